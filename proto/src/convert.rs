@@ -1,0 +1,109 @@
+//! Conversions between wire encodings and domain values: f32 buffers and experiment states.
+
+use std::fmt;
+use std::str::FromStr;
+
+use prost::bytes::Bytes;
+
+/// Encodes `values` as little-endian f32, the wire form of every tensor.
+pub fn f32s_to_bytes(values: &[f32]) -> Bytes {
+    let mut out = Vec::with_capacity(values.len() * 4);
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    Bytes::from(out)
+}
+
+/// Decodes little-endian f32; `None` when the length is not a multiple of four.
+pub fn f32s_from_bytes(bytes: &[u8]) -> Option<Vec<f32>> {
+    if bytes.len() % 4 != 0 {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}
+
+/// The life cycle of an experiment, as stored and as shown to users.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExperimentState {
+    Queued,
+    Running,
+    Finished,
+    Failed,
+    Cancelled,
+}
+
+impl ExperimentState {
+    pub const ALL: [ExperimentState; 5] = [
+        ExperimentState::Queued,
+        ExperimentState::Running,
+        ExperimentState::Finished,
+        ExperimentState::Failed,
+        ExperimentState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExperimentState::Queued => "queued",
+            ExperimentState::Running => "running",
+            ExperimentState::Finished => "finished",
+            ExperimentState::Failed => "failed",
+            ExperimentState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Finished, failed and cancelled experiments never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            ExperimentState::Finished | ExperimentState::Failed | ExperimentState::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for ExperimentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ExperimentState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| format!("unknown experiment state `{s}`"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f32_buffers_round_trip_bit_for_bit() {
+        let values = [0.0f32, -1.5, f32::MIN_POSITIVE, 3.25e7, f32::NAN];
+        let back = f32s_from_bytes(&f32s_to_bytes(&values)).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&back), bits(&values));
+    }
+
+    #[test]
+    fn ragged_buffers_are_refused() {
+        assert_eq!(f32s_from_bytes(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn states_parse_from_their_names() {
+        for state in ExperimentState::ALL {
+            assert_eq!(state.as_str().parse::<ExperimentState>(), Ok(state));
+        }
+        assert!("done".parse::<ExperimentState>().is_err());
+    }
+}
