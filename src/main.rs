@@ -1,1 +1,267 @@
-fn main() {}
+//! The `outerloop` command: coordinator, worker, and the client commands that drive them.
+
+mod demo;
+mod rpc;
+mod status;
+mod watch;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use outerloop_coordinator::dispatch::DispatchConfig;
+use outerloop_coordinator::CoordinatorConfig;
+
+const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7070";
+
+#[derive(Parser)]
+#[command(
+    name = "outerloop",
+    version,
+    about = "Distributed meta-learning and multi-task learning on libtorch"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the coordinator: the gRPC server that owns experiments and the outer loop.
+    Coordinator {
+        /// Address to listen on (port 0 picks a free port; see --port-file).
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: SocketAddr,
+        /// Where experiments and their results are stored.
+        #[arg(long, default_value = "outerloop-state")]
+        state_dir: PathBuf,
+        /// Write the bound address here once listening (for scripts that use port 0).
+        #[arg(long)]
+        port_file: Option<PathBuf>,
+        /// Drop a worker that has not been heard of for this long; its work is requeued.
+        #[arg(long, default_value_t = 10_000)]
+        worker_timeout_ms: u64,
+        /// Requeue a leased chunk that is not completed within this time.
+        #[arg(long, default_value_t = 300_000)]
+        lease_timeout_ms: u64,
+        /// How often workers heart-beat.
+        #[arg(long, default_value_t = 1_000)]
+        heartbeat_ms: u64,
+        /// Async runtime threads. One is fastest for small models: an outer step is a chain of
+        /// short hand-offs, and each cross-thread wake-up adds latency to it.
+        #[arg(long, default_value_t = 1)]
+        runtime_threads: usize,
+    },
+    /// Run a worker: pulls work from the coordinator and runs inner loops on this machine.
+    Worker {
+        #[arg(long, default_value = DEFAULT_COORDINATOR)]
+        coordinator: String,
+        /// cpu, cuda:N, or auto (the first CUDA device if there is one, else cpu).
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// libtorch intra-op threads (0: libtorch's default, one per core).
+        #[arg(long, default_value_t = 1)]
+        threads: u32,
+        /// Name shown in the coordinator's logs (default: host name and process id).
+        #[arg(long)]
+        name: Option<String>,
+        /// Most chunks taken per lease.
+        #[arg(long, default_value_t = 64)]
+        max_chunks: u32,
+        /// Run tasks one at a time instead of batched (the reference path; slower).
+        #[arg(long)]
+        per_task: bool,
+    },
+    /// Submit an experiment spec; prints the experiment id.
+    Submit {
+        spec: PathBuf,
+        /// Override a spec field, e.g. --set meta.steps=2000 (repeatable).
+        #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+        overrides: Vec<String>,
+        #[arg(long, default_value = DEFAULT_COORDINATOR)]
+        coordinator: String,
+    },
+    /// Show the state of one experiment, or of all.
+    Status {
+        id: Option<String>,
+        /// One JSON object per experiment, one per line.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_COORDINATOR)]
+        coordinator: String,
+    },
+    /// Follow an experiment until it ends; exits 0 if it finished, 1 if it failed, 2 if cancelled.
+    Watch {
+        id: String,
+        #[arg(long, default_value = DEFAULT_COORDINATOR)]
+        coordinator: String,
+    },
+    /// Cancel a queued or running experiment.
+    Cancel {
+        id: String,
+        #[arg(long, default_value = DEFAULT_COORDINATOR)]
+        coordinator: String,
+    },
+    /// Start a coordinator and workers on loopback, run the sinusoid MAML spec at demo length, and stop.
+    Demo(demo::DemoArgs),
+}
+
+fn init_tracing(default: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A worker's async side only talks to the coordinator (inner loops run on the compute
+    // thread) and the client commands make a few calls, so one thread each is plenty, and it
+    // keeps cross-thread wake-ups off the per-step critical path.
+    let runtime = match cli.command {
+        Command::Coordinator {
+            runtime_threads, ..
+        } if runtime_threads > 1 => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(runtime_threads)
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Coordinator {
+            listen,
+            state_dir,
+            port_file,
+            worker_timeout_ms,
+            lease_timeout_ms,
+            heartbeat_ms,
+            runtime_threads: _,
+        } => {
+            init_tracing("info");
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            let bound = listener.local_addr()?;
+            if let Some(path) = port_file {
+                let tmp = path.with_extension("tmp");
+                std::fs::write(&tmp, bound.to_string())
+                    .and_then(|()| std::fs::rename(&tmp, &path))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            let config = CoordinatorConfig {
+                state_dir,
+                dispatch: DispatchConfig {
+                    worker_timeout: Duration::from_millis(worker_timeout_ms),
+                    lease_timeout: Duration::from_millis(lease_timeout_ms),
+                    heartbeat_interval: Duration::from_millis(heartbeat_ms),
+                    ..DispatchConfig::default()
+                },
+            };
+            outerloop_coordinator::run(listener, config, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Worker {
+            coordinator,
+            device,
+            threads,
+            name,
+            max_chunks,
+            per_task,
+        } => {
+            init_tracing("info");
+            let device = outerloop_worker::parse_device(&device).map_err(anyhow::Error::msg)?;
+            let name = name.unwrap_or_else(default_worker_name);
+            let path = if per_task {
+                outerloop_worker::Path::PerTask
+            } else {
+                outerloop_worker::Path::Batched
+            };
+            let compute = outerloop_worker::ComputeThread::spawn(device, threads as usize, path)?;
+            let identity = outerloop_worker::WorkerIdentity {
+                coordinator,
+                name,
+                device: outerloop_worker::device_name(device),
+                threads,
+                max_chunks,
+            };
+            outerloop_worker::serve(identity, compute, shutdown_signal()).await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Submit {
+            spec,
+            overrides,
+            coordinator,
+        } => {
+            let text = std::fs::read_to_string(&spec)
+                .with_context(|| format!("cannot read {}", spec.display()))?;
+            let id = rpc::Coordinator::connect(&coordinator)
+                .await?
+                .submit(&text, &spec.display().to_string(), overrides)
+                .await?;
+            println!("{id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status {
+            id,
+            json,
+            coordinator,
+        } => {
+            let experiments = rpc::Coordinator::connect(&coordinator)
+                .await?
+                .status(id.as_deref().unwrap_or(""))
+                .await?;
+            status::print(&experiments, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Watch { id, coordinator } => watch::watch(&coordinator, &id).await,
+        Command::Cancel { id, coordinator } => {
+            let state = rpc::Coordinator::connect(&coordinator)
+                .await?
+                .cancel(&id)
+                .await?;
+            println!("{id}: {state}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+fn default_worker_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "worker".into());
+    format!("{host}-{}", std::process::id())
+}

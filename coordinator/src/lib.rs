@@ -1,8 +1,119 @@
 //! The outerloop coordinator: owns experiments and the outer loop; never links libtorch.
 
 pub mod aggregate;
+pub mod dispatch;
 pub mod model;
 pub mod optimizer;
+pub mod registry;
+pub mod runner;
 pub mod sampler;
+pub mod service;
 pub mod spec;
 pub mod stats;
+pub mod store;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use outerloop_proto::v1::experiments_server::ExperimentsServer;
+use outerloop_proto::v1::workers_server::WorkersServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+
+use crate::dispatch::{DispatchConfig, Dispatcher};
+use crate::registry::Registry;
+use crate::service::{ExperimentsService, WorkersService};
+use crate::store::Store;
+
+/// The largest message accepted, in either direction: parameters of large models travel whole.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+
+/// How a coordinator is set up.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    pub state_dir: PathBuf,
+    pub dispatch: DispatchConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error("cannot use state directory {dir}: {source}")]
+    StateDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Serves the coordinator on `listener` until `shutdown` completes. Experiments run one after
+/// another in submission order; one interrupted by shutdown runs again at the next start.
+pub async fn run(
+    listener: TcpListener,
+    config: CoordinatorConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), CoordinatorError> {
+    let state_error = |source| CoordinatorError::StateDir {
+        dir: config.state_dir.clone(),
+        source,
+    };
+    let store = Store::open(&config.state_dir).map_err(state_error)?;
+    let registry = Arc::new(Registry::open(store).map_err(state_error)?);
+    let dispatcher = Arc::new(Dispatcher::new(config.dispatch));
+    let stop = CancellationToken::new();
+
+    let reaper = tokio::spawn({
+        let (dispatcher, stop) = (dispatcher.clone(), stop.clone());
+        let period = config
+            .dispatch
+            .heartbeat_interval
+            .min(config.dispatch.worker_timeout / 4);
+        async move {
+            let mut tick = tokio::time::interval(period);
+            while stop.run_until_cancelled(tick.tick()).await.is_some() {
+                dispatcher.expire();
+            }
+        }
+    });
+    let scheduler = tokio::spawn({
+        let (registry, dispatcher, stop) = (registry.clone(), dispatcher.clone(), stop.clone());
+        async move {
+            while let Some(job) = stop.run_until_cancelled(registry.next_queued()).await {
+                match job {
+                    Ok(job) => {
+                        stop.run_until_cancelled(runner::run(job, &registry, &dispatcher))
+                            .await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the next experiment; retrying");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+    });
+
+    tracing::info!(addr = ?listener.local_addr().ok(), state_dir = %config.state_dir.display(), "coordinator listening");
+    let experiments = ExperimentsServer::new(ExperimentsService {
+        registry,
+        dispatcher: dispatcher.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let workers = WorkersServer::new(WorkersService { dispatcher })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // Every outer step is a few small request/reply exchanges: without TCP_NODELAY, Nagle's
+    // algorithm and delayed ACKs add tens of milliseconds to each.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let served = tonic::transport::Server::builder()
+        .add_service(experiments)
+        .add_service(workers)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    stop.cancel();
+    let _ = tokio::join!(reaper, scheduler);
+    Ok(served?)
+}

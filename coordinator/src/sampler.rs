@@ -35,6 +35,11 @@ pub fn task_key(seed: u64, split: Split, step: u64, index: u64) -> u64 {
         })
 }
 
+/// The seed of an experiment's initial parameters, kept apart from every task stream.
+pub fn init_seed(seed: u64) -> u64 {
+    mix(seed ^ 0x696e_6974_5f70_6172) // "init_par"
+}
+
 /// Draws the descriptor of task `index` of `split` at `step`.
 pub fn descriptor(spec: &Spec, split: Split, step: u64, index: u64) -> TaskDescriptor {
     let mut rng = ChaCha8Rng::seed_from_u64(task_key(spec.seed, split, step, index));

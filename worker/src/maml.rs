@@ -3,7 +3,7 @@
 use tch::Tensor;
 
 use crate::batch::TaskBatch;
-use crate::mlp::{forward, mse_per_task};
+use crate::mlp::{forward, mse_and_grad_batched, mse_per_task};
 
 /// How meta-gradients flow through the inner loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,8 +22,9 @@ pub struct InnerLoop {
     pub order: Order,
 }
 
-/// Batched: all tasks of a chunk in one computation. PerTask: a loop over tasks, the
-/// straightforward reference the batched path is tested against.
+/// Batched: all tasks of a chunk in one computation, with explicit inner gradients.
+/// PerTask: a loop over tasks with autograd's inner gradients, the straightforward reference
+/// the batched path is tested against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
     Batched,
@@ -35,8 +36,9 @@ pub enum Path {
 pub struct Outcome {
     /// Meta-gradient summed over the chunk's tasks, one tensor per parameter (train only).
     pub grad_sum: Option<Vec<Tensor>>,
-    /// Query loss of each task at the meta-parameters, before adaptation: `[tasks]`.
-    pub loss_before: Tensor,
+    /// Query loss of each task at the meta-parameters, before adaptation: `[tasks]`
+    /// (evaluation only: meta-training skips the extra forward pass).
+    pub loss_before: Option<Tensor>,
     /// Query loss of each task after adaptation: `[tasks]`.
     pub loss_after: Tensor,
 }
@@ -51,19 +53,14 @@ pub fn run(
     with_grad: bool,
     path: Path,
 ) -> Outcome {
-    let loss_before =
-        tch::no_grad(|| mse_per_task(&forward(theta, &batch.query_x), &batch.query_y));
+    let loss_before = (!with_grad)
+        .then(|| tch::no_grad(|| mse_per_task(&forward(theta, &batch.query_x), &batch.query_y)));
     match path {
         Path::Batched => {
-            let tasks = batch.tasks() as i64;
-            let per_task: Vec<Tensor> = theta
-                .iter()
-                .map(|p| {
-                    let shape: Vec<i64> = std::iter::once(tasks).chain(p.size()).collect();
-                    p.unsqueeze(0).expand(shape, false)
-                })
-                .collect();
-            let (grad_sum, loss_after) = meta_step(theta, per_task, batch, inner, with_grad);
+            // The first inner step starts from the shared weights; the explicit gradient
+            // gives each task its own fast weights from there.
+            let start = theta.iter().map(Tensor::shallow_clone).collect();
+            let (grad_sum, loss_after) = meta_step(theta, start, batch, inner, with_grad, path);
             Outcome {
                 grad_sum,
                 loss_before,
@@ -75,13 +72,8 @@ pub fn run(
             let mut losses = Vec::with_capacity(batch.tasks());
             for t in 0..batch.tasks() {
                 let task = batch.task(t);
-                let (grad, loss) = meta_step(
-                    theta,
-                    theta.iter().map(Tensor::shallow_clone).collect(),
-                    &task,
-                    inner,
-                    with_grad,
-                );
+                let start = theta.iter().map(Tensor::shallow_clone).collect();
+                let (grad, loss) = meta_step(theta, start, &task, inner, with_grad, path);
                 losses.push(loss);
                 grad_sum = match (grad_sum, grad) {
                     (Some(sum), Some(g)) => Some(sum.iter().zip(&g).map(|(s, g)| s + g).collect()),
@@ -98,7 +90,7 @@ pub fn run(
     }
 }
 
-/// Adapts `start` (per-task copies of `theta`, or `theta` itself for one task) and returns the
+/// Adapts `start` (`theta` itself, shared by the batch's tasks) and returns the
 /// meta-gradient (summed over tasks, shaped like `theta`) and the per-task query losses.
 fn meta_step(
     theta: &[Tensor],
@@ -106,63 +98,86 @@ fn meta_step(
     batch: &TaskBatch,
     inner: InnerLoop,
     with_grad: bool,
+    path: Path,
 ) -> (Option<Vec<Tensor>>, Tensor) {
     let second_order = with_grad && inner.order == Order::Second;
-    let fast = adapt(start, batch, inner, second_order);
+    let fast = adapt(start, batch, inner, second_order, path);
+    if second_order {
+        let query_loss = mse_per_task(&forward(&fast, &batch.query_x), &batch.query_y);
+        let grad = Tensor::run_backward(&[query_loss.sum(None)], theta, false, false);
+        return (Some(grad), query_loss.detach());
+    }
     if !with_grad {
         let loss = tch::no_grad(|| mse_per_task(&forward(&fast, &batch.query_x), &batch.query_y));
         return (None, loss);
     }
-    let query_loss = mse_per_task(&forward(&fast, &batch.query_x), &batch.query_y);
-    let total = query_loss.sum(None);
-    let grad = if second_order {
-        Tensor::run_backward(&[total], theta, false, false)
-    } else {
-        // FOMAML: the gradient at the adapted weights stands in for the meta-gradient; with
-        // per-task copies it carries a task axis that is summed away.
-        Tensor::run_backward(&[total], &fast, false, false)
-            .into_iter()
-            .zip(theta)
-            .map(|(g, p)| {
-                if g.dim() > p.dim() {
-                    g.sum_dim_intlist(0, false, None)
-                } else {
-                    g
-                }
-            })
-            .collect()
+    // FOMAML: the query gradient at the adapted weights stands in for the meta-gradient; with
+    // per-task copies it carries a task axis that is summed away.
+    let (query_loss, grad) = match path {
+        Path::Batched => {
+            let (loss, grads) =
+                tch::no_grad(|| mse_and_grad_batched(&fast, &batch.query_x, &batch.query_y, 1.0));
+            (
+                loss,
+                grads
+                    .iter()
+                    .map(|g| g.sum_dim_intlist(0, false, None))
+                    .collect(),
+            )
+        }
+        Path::PerTask => {
+            let fast: Vec<Tensor> = fast
+                .iter()
+                .map(|w| w.detach().set_requires_grad(true))
+                .collect();
+            let loss = mse_per_task(&forward(&fast, &batch.query_x), &batch.query_y);
+            let grads = Tensor::run_backward(&[loss.sum(None)], &fast, false, false);
+            (loss.detach(), grads)
+        }
     };
-    (Some(grad), query_loss.detach())
+    (Some(grad), query_loss)
 }
 
 /// `inner.steps` SGD steps on the support loss. With `create_graph` the updates stay
-/// differentiable with respect to `start`; otherwise every step starts from detached weights,
-/// and the returned weights are detached leaves that require grad.
+/// differentiable with respect to `start`; otherwise the returned weights are detached.
 fn adapt(
     start: Vec<Tensor>,
     batch: &TaskBatch,
     inner: InnerLoop,
     create_graph: bool,
+    path: Path,
 ) -> Vec<Tensor> {
-    let detach = |weights: Vec<Tensor>| -> Vec<Tensor> {
-        weights
-            .iter()
-            .map(|w| w.detach().set_requires_grad(true))
-            .collect()
+    let step = |fast: &[Tensor]| -> Vec<Tensor> {
+        match path {
+            Path::Batched => {
+                let (_, steps) =
+                    mse_and_grad_batched(fast, &batch.support_x, &batch.support_y, inner.lr);
+                fast.iter().zip(&steps).map(|(w, s)| w - s).collect()
+            }
+            Path::PerTask => {
+                let loss =
+                    mse_per_task(&forward(fast, &batch.support_x), &batch.support_y).sum(None);
+                let grads = Tensor::run_backward(&[loss], fast, create_graph, create_graph);
+                fast.iter()
+                    .zip(&grads)
+                    .map(|(w, g)| w - g * inner.lr)
+                    .collect()
+            }
+        }
     };
-    let mut fast = if create_graph { start } else { detach(start) };
+    let mut fast = start;
     for _ in 0..inner.steps {
-        let loss = mse_per_task(&forward(&fast, &batch.support_x), &batch.support_y).sum(None);
-        let grads = Tensor::run_backward(&[loss], &fast, create_graph, create_graph);
-        let stepped = fast
-            .iter()
-            .zip(&grads)
-            .map(|(w, g)| w - g * inner.lr)
-            .collect();
-        fast = if create_graph {
-            stepped
-        } else {
-            detach(stepped)
+        fast = match (create_graph, path) {
+            (true, _) => step(&fast),
+            // Explicit gradients need no autograd graph at all when nothing differentiates them.
+            (false, Path::Batched) => tch::no_grad(|| step(&fast)),
+            (false, Path::PerTask) => {
+                let leaves: Vec<Tensor> = fast
+                    .iter()
+                    .map(|w| w.detach().set_requires_grad(true))
+                    .collect();
+                step(&leaves).iter().map(Tensor::detach).collect()
+            }
         };
     }
     fast
@@ -332,12 +347,16 @@ mod tests {
         let mut want = vec![0.0; got.len()];
         for t in 0..batch.tasks() {
             let task = batch.task(t);
-            let phi = adapt(
+            let phi: Vec<Tensor> = adapt(
                 theta.iter().map(Tensor::shallow_clone).collect(),
                 &task,
                 inner,
                 false,
-            );
+                Path::PerTask,
+            )
+            .iter()
+            .map(|w| w.detach().set_requires_grad(true))
+            .collect();
             let query_loss = |w: &[Tensor]| {
                 tch::no_grad(|| {
                     mse_per_task(&forward(w, &task.query_x), &task.query_y).double_value(&[0])
@@ -376,8 +395,12 @@ mod tests {
                 1e-5,
             );
             assert_close(
-                &flat(&[batched.loss_before]),
-                &flat(&[looped.loss_before]),
+                &flat(&[run(&theta, &batch, inner, false, Path::Batched)
+                    .loss_before
+                    .unwrap()]),
+                &flat(&[run(&theta, &batch, inner, false, Path::PerTask)
+                    .loss_before
+                    .unwrap()]),
                 1e-6,
             );
         }
@@ -394,7 +417,11 @@ mod tests {
         };
         let out = run(&theta, &batch, inner, false, Path::Batched);
         assert!(out.grad_sum.is_none());
-        let before = out.loss_before.mean(Kind::Double).double_value(&[]);
+        let before = out
+            .loss_before
+            .unwrap()
+            .mean(Kind::Double)
+            .double_value(&[]);
         let after = out.loss_after.mean(Kind::Double).double_value(&[]);
         assert!(after < before, "{after} >= {before}");
     }

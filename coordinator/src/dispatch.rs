@@ -1,0 +1,608 @@
+//! Work dispatch: the worker registry, the chunks of the current round, leases and their expiry.
+//!
+//! One round (a meta-batch, or an evaluation) is in flight at a time. Its chunks wait in
+//! `pending` until a worker leases them; a lease lasts until its deadline or until the worker
+//! stops heart-beating, after which the chunk goes back to `pending`. The first result for a
+//! chunk wins and later ones are dropped, so a chunk is never counted twice, however many
+//! times it was leased.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use outerloop_proto::v1::{
+    ChunkResult, ExperimentSetup, LeaseReply, LeaseRequest, Parameters, Phase, RegisterReply,
+    RegisterRequest, TaskDescriptor, WorkChunk,
+};
+use prost::bytes::Bytes;
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+
+/// Timeouts of the dispatcher.
+#[derive(Clone, Copy, Debug)]
+pub struct DispatchConfig {
+    /// A worker that has not been heard of for this long is dropped and its leases requeued.
+    pub worker_timeout: Duration,
+    /// A lease not completed within this time is requeued even if its worker is alive.
+    pub lease_timeout: Duration,
+    /// How often workers are asked to heart-beat.
+    pub heartbeat_interval: Duration,
+    /// The longest a lease request is held open when there is no work.
+    pub max_lease_wait: Duration,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            worker_timeout: Duration::from_secs(10),
+            lease_timeout: Duration::from_secs(300),
+            heartbeat_interval: Duration::from_secs(1),
+            max_lease_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Everything a round needs: who it is for, the parameters it runs at, and the tasks of each chunk.
+#[derive(Clone, Debug)]
+pub struct RoundInput {
+    pub setup: ExperimentSetup,
+    pub version: u64,
+    pub params: Bytes,
+    pub phase: Phase,
+    pub inner_steps: u32,
+    pub chunks: Vec<Vec<TaskDescriptor>>,
+}
+
+/// The results of a round, in chunk order, with the worker that computed each chunk.
+#[derive(Debug)]
+pub struct RoundOutput {
+    pub results: Vec<ChunkResult>,
+    pub workers: Vec<u64>,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum RoundError {
+    #[error("worker {worker} could not compute chunk {chunk}: {message}")]
+    ChunkFailed {
+        worker: String,
+        chunk: usize,
+        message: String,
+    },
+    #[error("the round was abandoned")]
+    Abandoned,
+}
+
+/// A registered worker as the coordinator sees it.
+#[derive(Clone, Debug)]
+pub struct WorkerInfo {
+    pub name: String,
+    pub device: String,
+    pub threads: u32,
+    last_seen: Instant,
+}
+
+#[derive(Debug)]
+struct Lease {
+    worker: u64,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+struct Slot {
+    work: WorkChunk,
+    lease: Option<Lease>,
+    result: Option<(ChunkResult, u64)>,
+}
+
+#[derive(Debug)]
+struct Round {
+    setup: ExperimentSetup,
+    version: u64,
+    params: Bytes,
+    first_chunk_id: u64,
+    slots: Vec<Slot>,
+    /// Chunk indices waiting for a worker, in chunk order.
+    pending: VecDeque<usize>,
+    remaining: usize,
+    done: oneshot::Sender<Result<RoundOutput, RoundError>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    workers: HashMap<u64, WorkerInfo>,
+    next_worker_id: u64,
+    next_chunk_id: u64,
+    round: Option<Round>,
+}
+
+/// Hands chunks of the current round to workers and collects their results.
+#[derive(Debug)]
+pub struct Dispatcher {
+    config: DispatchConfig,
+    state: Mutex<State>,
+    /// Wakes lease requests that wait for work.
+    work_ready: Notify,
+}
+
+impl Dispatcher {
+    pub fn new(config: DispatchConfig) -> Self {
+        Dispatcher {
+            config,
+            state: Mutex::new(State {
+                next_worker_id: 1,
+                next_chunk_id: 1,
+                ..State::default()
+            }),
+            work_ready: Notify::new(),
+        }
+    }
+
+    pub fn config(&self) -> DispatchConfig {
+        self.config
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent state (every update is a single
+        // assignment), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn register(&self, request: RegisterRequest) -> RegisterReply {
+        let mut state = self.lock();
+        let worker_id = state.next_worker_id;
+        state.next_worker_id += 1;
+        tracing::info!(worker_id, name = %request.name, device = %request.device, threads = request.threads, "worker registered");
+        state.workers.insert(
+            worker_id,
+            WorkerInfo {
+                name: request.name,
+                device: request.device,
+                threads: request.threads,
+                last_seen: Instant::now(),
+            },
+        );
+        drop(state);
+        // A new worker changes everyone's fair share; let waiting requests look again.
+        self.work_ready.notify_waiters();
+        RegisterReply {
+            worker_id,
+            heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
+        }
+    }
+
+    /// Records that `worker` is alive; false when it is not (or no longer) registered.
+    pub fn heartbeat(&self, worker: u64) -> bool {
+        match self.lock().workers.get_mut(&worker) {
+            Some(info) => {
+                info.last_seen = Instant::now();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        self.lock().workers.values().cloned().collect()
+    }
+
+    /// Starts a round and waits for all of its results. Only one round runs at a time; the
+    /// caller (the experiment runner) awaits each before starting the next.
+    pub async fn run_round(&self, input: RoundInput) -> Result<RoundOutput, RoundError> {
+        let (done, receive) = oneshot::channel();
+        {
+            let mut state = self.lock();
+            let first_chunk_id = state.next_chunk_id;
+            state.next_chunk_id += input.chunks.len() as u64;
+            let slots: Vec<Slot> = input
+                .chunks
+                .into_iter()
+                .enumerate()
+                .map(|(index, tasks)| Slot {
+                    work: WorkChunk {
+                        chunk_id: first_chunk_id + index as u64,
+                        experiment_id: input.setup.experiment_id.clone(),
+                        version: input.version,
+                        phase: input.phase as i32,
+                        inner_steps: input.inner_steps,
+                        tasks,
+                    },
+                    lease: None,
+                    result: None,
+                })
+                .collect();
+            if let Some(old) = state.round.take() {
+                let _ = old.done.send(Err(RoundError::Abandoned));
+            }
+            state.round = Some(Round {
+                setup: input.setup,
+                version: input.version,
+                params: input.params,
+                first_chunk_id,
+                pending: (0..slots.len()).collect(),
+                remaining: slots.len(),
+                slots,
+                done,
+            });
+        }
+        self.work_ready.notify_waiters();
+        receive.await.unwrap_or(Err(RoundError::Abandoned))
+    }
+
+    /// Drops the current round (when its experiment is cancelled); its late results are ignored.
+    pub fn abandon_round(&self) {
+        if let Some(round) = self.lock().round.take() {
+            let _ = round.done.send(Err(RoundError::Abandoned));
+        }
+    }
+
+    /// Waits (up to the request's `wait_ms`, capped) for chunks to lease to this worker.
+    pub async fn lease(&self, request: &LeaseRequest) -> LeaseReply {
+        let wait = Duration::from_millis(request.wait_ms as u64).min(self.config.max_lease_wait);
+        let give_up = Instant::now() + wait;
+        loop {
+            let notified = self.work_ready.notified();
+            tokio::pin!(notified);
+            // Register interest before looking, so a round started in between is not missed.
+            notified.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if !state.workers.contains_key(&request.worker_id) {
+                    return LeaseReply {
+                        unknown_worker: true,
+                        ..LeaseReply::default()
+                    };
+                }
+                if let Some(reply) = state.take_work(request, self.config.lease_timeout) {
+                    return reply;
+                }
+            }
+            if tokio::time::timeout_at(give_up, notified).await.is_err() {
+                return LeaseReply::default();
+            }
+        }
+    }
+
+    /// Accepts results; returns how many were new. Results for chunks that already have one,
+    /// or for a round that is over, are dropped.
+    pub fn complete(&self, worker: u64, results: Vec<ChunkResult>) -> u32 {
+        let mut state = self.lock();
+        let worker_name = match state.workers.get_mut(&worker) {
+            Some(info) => {
+                info.last_seen = Instant::now();
+                info.name.clone()
+            }
+            None => format!("#{worker}"),
+        };
+        let mut accepted = 0;
+        for result in results {
+            let Some(round) = state.round.as_mut() else {
+                break;
+            };
+            let Some(index) = result
+                .chunk_id
+                .checked_sub(round.first_chunk_id)
+                .map(|i| i as usize)
+            else {
+                continue;
+            };
+            let Some(slot) = round.slots.get_mut(index) else {
+                continue;
+            };
+            if slot.result.is_some() {
+                continue;
+            }
+            if !result.error.is_empty() {
+                let round = state.round.take().expect("round checked above");
+                let _ = round.done.send(Err(RoundError::ChunkFailed {
+                    worker: worker_name,
+                    chunk: index,
+                    message: result.error,
+                }));
+                return accepted + 1;
+            }
+            slot.result = Some((result, worker));
+            slot.lease = None;
+            round.pending.retain(|&i| i != index);
+            round.remaining -= 1;
+            accepted += 1;
+            if round.remaining == 0 {
+                let round = state.round.take().expect("round checked above");
+                let (results, workers) = round
+                    .slots
+                    .into_iter()
+                    .map(|s| s.result.expect("all chunks done"))
+                    .unzip();
+                let _ = round.done.send(Ok(RoundOutput { results, workers }));
+            }
+        }
+        accepted
+    }
+
+    /// Drops silent workers and requeues their leases and every lease past its deadline.
+    pub fn expire(&self) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let timeout = self.config.worker_timeout;
+        let silent: Vec<u64> = state
+            .workers
+            .iter()
+            .filter(|(_, w)| now.duration_since(w.last_seen) > timeout)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in &silent {
+            let info = state.workers.remove(id).expect("listed above");
+            tracing::warn!(worker_id = id, name = %info.name, "worker missed its heartbeats; dropped, its leases requeued");
+        }
+        let mut requeued = false;
+        if let Some(round) = state.round.as_mut() {
+            for (index, slot) in round.slots.iter_mut().enumerate() {
+                let expired = slot
+                    .lease
+                    .as_ref()
+                    .is_some_and(|l| silent.contains(&l.worker) || l.deadline <= now);
+                if expired {
+                    slot.lease = None;
+                    let at = round.pending.partition_point(|&i| i < index);
+                    round.pending.insert(at, index);
+                    requeued = true;
+                }
+            }
+        }
+        drop(state);
+        if requeued || !silent.is_empty() {
+            self.work_ready.notify_waiters();
+        }
+    }
+}
+
+impl State {
+    /// Leases up to a fair share of the pending chunks to `request.worker_id`.
+    fn take_work(&mut self, request: &LeaseRequest, lease_timeout: Duration) -> Option<LeaseReply> {
+        let live_workers = self.workers.len().max(1);
+        let round = self.round.as_mut()?;
+        if round.pending.is_empty() {
+            return None;
+        }
+        // Split the round evenly over the live workers, so that one fast poller does not take
+        // everything while others sit idle.
+        let share = round.slots.len().div_ceil(live_workers);
+        let count = share
+            .min(request.max_chunks.max(1) as usize)
+            .min(round.pending.len());
+        let deadline = Instant::now() + lease_timeout;
+        let mut chunks = Vec::with_capacity(count);
+        for index in round.pending.drain(..count) {
+            let slot = &mut round.slots[index];
+            slot.lease = Some(Lease {
+                worker: request.worker_id,
+                deadline,
+            });
+            chunks.push(slot.work.clone());
+        }
+        let same_experiment = request.cached_experiment == round.setup.experiment_id;
+        Some(LeaseReply {
+            chunks,
+            setup: (!same_experiment).then(|| round.setup.clone()),
+            parameters: (!same_experiment || request.cached_version != round.version).then(|| {
+                Parameters {
+                    version: round.version,
+                    values: round.params.clone(),
+                }
+            }),
+            unknown_worker: false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn config() -> DispatchConfig {
+        DispatchConfig {
+            worker_timeout: Duration::from_secs(2),
+            lease_timeout: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_millis(500),
+            max_lease_wait: Duration::from_secs(1),
+        }
+    }
+
+    fn input(chunks: usize) -> RoundInput {
+        RoundInput {
+            setup: ExperimentSetup {
+                experiment_id: "exp-1".into(),
+                ..Default::default()
+            },
+            version: 3,
+            params: Bytes::from_static(&[0, 0, 128, 63]),
+            phase: Phase::Train,
+            inner_steps: 1,
+            chunks: (0..chunks)
+                .map(|i| {
+                    vec![TaskDescriptor {
+                        index: i as u64,
+                        ..Default::default()
+                    }]
+                })
+                .collect(),
+        }
+    }
+
+    fn register(d: &Dispatcher, name: &str) -> u64 {
+        d.register(RegisterRequest {
+            name: name.into(),
+            device: "cpu".into(),
+            threads: 1,
+        })
+        .worker_id
+    }
+
+    fn ask(worker: u64, max_chunks: u32) -> LeaseRequest {
+        LeaseRequest {
+            worker_id: worker,
+            max_chunks,
+            wait_ms: 1000,
+            ..Default::default()
+        }
+    }
+
+    fn result(chunk: &WorkChunk, loss: f32) -> ChunkResult {
+        ChunkResult {
+            chunk_id: chunk.chunk_id,
+            loss_after: vec![loss],
+            ..Default::default()
+        }
+    }
+
+    /// Starts a round on a task of its own and returns the handle to its output.
+    fn start(
+        d: &Arc<Dispatcher>,
+        chunks: usize,
+    ) -> tokio::task::JoinHandle<Result<RoundOutput, RoundError>> {
+        let d = d.clone();
+        tokio::spawn(async move { d.run_round(input(chunks)).await })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn results_come_back_in_chunk_order_whatever_the_completion_order() {
+        let d = Arc::new(Dispatcher::new(config()));
+        let w = register(&d, "a");
+        let round = start(&d, 3);
+        let lease = d.lease(&ask(w, 8)).await;
+        assert_eq!(lease.chunks.len(), 3, "a lone worker takes the whole round");
+        for chunk in lease.chunks.iter().rev() {
+            assert_eq!(
+                d.complete(w, vec![result(chunk, chunk.tasks[0].index as f32)]),
+                1
+            );
+        }
+        let out = round.await.unwrap().unwrap();
+        let order: Vec<f32> = out.results.iter().map(|r| r.loss_after[0]).collect();
+        assert_eq!(order, [0.0, 1.0, 2.0]);
+        assert_eq!(out.workers, [w, w, w]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_is_shared_between_workers_and_the_cache_is_respected() {
+        let d = Arc::new(Dispatcher::new(config()));
+        let (a, b) = (register(&d, "a"), register(&d, "b"));
+        let _round = start(&d, 5);
+        let first = d.lease(&ask(a, 8)).await;
+        assert_eq!(first.chunks.len(), 3);
+        assert!(
+            first.setup.is_some() && first.parameters.is_some(),
+            "a cold worker gets set-up and parameters"
+        );
+        let cached = LeaseRequest {
+            cached_experiment: "exp-1".into(),
+            cached_version: 3,
+            ..ask(b, 8)
+        };
+        let second = d.lease(&cached).await;
+        assert_eq!(second.chunks.len(), 2);
+        assert!(
+            second.setup.is_none() && second.parameters.is_none(),
+            "a warm worker gets neither"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_request_waits_for_work_and_times_out_empty() {
+        let d = Arc::new(Dispatcher::new(config()));
+        let w = register(&d, "a");
+        assert!(d.lease(&ask(w, 1)).await.chunks.is_empty());
+        let waiting = {
+            let d = d.clone();
+            tokio::spawn(async move { d.lease(&ask(w, 1)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _round = start(&d, 1);
+        assert_eq!(waiting.await.unwrap().chunks.len(), 1);
+        assert!(d.lease(&ask(99, 1)).await.unknown_worker);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_worker_loses_its_leases_and_its_late_results_are_not_counted_twice() {
+        let d = Arc::new(Dispatcher::new(config()));
+        let (dead, alive) = (register(&d, "dead"), register(&d, "alive"));
+        let round = start(&d, 2);
+        let lost = d.lease(&ask(dead, 1)).await.chunks;
+        let kept = d.lease(&ask(alive, 1)).await.chunks;
+        assert_eq!(d.complete(alive, vec![result(&kept[0], 1.0)]), 1);
+
+        // `alive` keeps heart-beating; `dead` goes quiet past the timeout.
+        for _ in 0..6 {
+            tokio::time::advance(Duration::from_millis(500)).await;
+            assert!(d.heartbeat(alive));
+            d.expire();
+        }
+        assert!(!d.heartbeat(dead), "the silent worker was dropped");
+        let retry = d.lease(&ask(alive, 8)).await.chunks;
+        assert_eq!(
+            retry.iter().map(|c| c.chunk_id).collect::<Vec<_>>(),
+            vec![lost[0].chunk_id]
+        );
+        assert_eq!(d.complete(alive, vec![result(&retry[0], 2.0)]), 1);
+        // The dead worker's result arrives late (say it was only partitioned): dropped.
+        assert_eq!(d.complete(dead, vec![result(&lost[0], 99.0)]), 0);
+        let out = round.await.unwrap().unwrap();
+        assert_eq!(
+            out.results
+                .iter()
+                .map(|r| r.loss_after[0])
+                .collect::<Vec<_>>(),
+            [2.0, 1.0]
+        );
+        assert_eq!(out.workers, [alive, alive]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overdue_lease_is_requeued_and_the_first_result_wins() {
+        let d = Arc::new(Dispatcher::new(DispatchConfig {
+            lease_timeout: Duration::from_secs(1),
+            ..config()
+        }));
+        let (a, b) = (register(&d, "a"), register(&d, "b"));
+        let round = start(&d, 1);
+        let slow = d.lease(&ask(a, 1)).await.chunks;
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        d.heartbeat(a);
+        d.heartbeat(b);
+        d.expire();
+        let again = d.lease(&ask(b, 1)).await.chunks;
+        assert_eq!(again[0].chunk_id, slow[0].chunk_id);
+        assert_eq!(
+            d.complete(a, vec![result(&slow[0], 1.0)]),
+            1,
+            "the slow worker answered first"
+        );
+        assert_eq!(d.complete(b, vec![result(&again[0], 1.0)]), 0);
+        assert_eq!(round.await.unwrap().unwrap().workers, [a]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_chunk_fails_the_round_with_the_workers_message() {
+        let d = Arc::new(Dispatcher::new(config()));
+        let w = register(&d, "gpu-box");
+        let round = start(&d, 2);
+        let chunks = d.lease(&ask(w, 8)).await.chunks;
+        let failed = ChunkResult {
+            chunk_id: chunks[1].chunk_id,
+            error: "CUDA out of memory".into(),
+            ..Default::default()
+        };
+        d.complete(w, vec![failed]);
+        let err = round.await.unwrap().unwrap_err();
+        assert_eq!(
+            err,
+            RoundError::ChunkFailed {
+                worker: "gpu-box".into(),
+                chunk: 1,
+                message: "CUDA out of memory".into()
+            }
+        );
+        // Nothing is left to lease or complete.
+        assert_eq!(d.complete(w, vec![result(&chunks[0], 0.0)]), 0);
+    }
+}

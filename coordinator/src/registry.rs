@@ -1,0 +1,316 @@
+//! The experiments the coordinator knows: submission, the run queue, status and cancellation.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Mutex;
+
+use outerloop_proto::ExperimentState;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::spec::{Spec, SpecError};
+use crate::store::{ExperimentRecord, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{0}")]
+    InvalidSpec(#[from] SpecError),
+    #[error("no experiment with id `{id}`{}", known_hint(.known))]
+    UnknownId { id: String, known: Vec<String> },
+    #[error("could not store the experiment: {0}")]
+    Storage(#[from] io::Error),
+}
+
+fn known_hint(known: &[String]) -> String {
+    match known {
+        [] => "; no experiments have been submitted".to_string(),
+        ids => format!("; known ids: {}", ids.join(", ")),
+    }
+}
+
+/// An experiment handed to the runner.
+#[derive(Debug)]
+pub struct Job {
+    pub id: String,
+    pub spec: Spec,
+    pub cancel: CancellationToken,
+}
+
+#[derive(Debug)]
+struct Entry {
+    record: ExperimentRecord,
+    spec: Spec,
+    cancel: CancellationToken,
+}
+
+/// All experiments, in memory and mirrored to the store on every change of state.
+#[derive(Debug)]
+pub struct Registry {
+    store: Store,
+    entries: Mutex<BTreeMap<u64, Entry>>,
+    submitted: Notify,
+}
+
+impl Registry {
+    /// Loads the stored experiments. Those that were queued or running when the coordinator
+    /// stopped are queued again; a running one restarts from step 0 (its result is the same,
+    /// since every task and every sum is deterministic).
+    pub fn open(store: Store) -> io::Result<Registry> {
+        let mut entries = BTreeMap::new();
+        for (mut record, spec_text) in store.load_all()? {
+            let spec = match Spec::parse(&spec_text, "spec.toml", &[]) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    tracing::error!(id = %record.id, error = %e, "stored spec no longer parses; skipped");
+                    continue;
+                }
+            };
+            if record.state == ExperimentState::Running.as_str() {
+                tracing::info!(id = %record.id, "was running when the coordinator stopped; queued to run again");
+                record.state = ExperimentState::Queued.to_string();
+                record.step = 0;
+                record.tasks_done = 0;
+                record.train_seconds = 0.0;
+                record.meta_loss = None;
+                record.last_eval = None;
+                store.save(&record)?;
+            }
+            entries.insert(
+                record.seq,
+                Entry {
+                    record,
+                    spec,
+                    cancel: CancellationToken::new(),
+                },
+            );
+        }
+        Ok(Registry {
+            store,
+            entries: Mutex::new(entries),
+            submitted: Notify::new(),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Validates and queues a spec; a refused spec leaves no trace.
+    pub fn submit(
+        &self,
+        text: &str,
+        source_name: &str,
+        overrides: &[String],
+    ) -> Result<String, RegistryError> {
+        let spec = Spec::parse(text, source_name, overrides)?;
+        let mut entries = self.lock();
+        let seq = entries.keys().next_back().map_or(1, |last| last + 1);
+        let record = ExperimentRecord {
+            id: format!("exp-{seq}"),
+            seq,
+            name: spec.name.clone(),
+            state: ExperimentState::Queued.to_string(),
+            step: 0,
+            steps: spec.meta.steps,
+            tasks_done: 0,
+            train_seconds: 0.0,
+            meta_loss: None,
+            last_eval: None,
+            final_eval: None,
+            error: None,
+        };
+        self.store.create(&record, &spec.to_toml())?;
+        let id = record.id.clone();
+        tracing::info!(%id, name = %spec.name, "experiment queued");
+        entries.insert(
+            seq,
+            Entry {
+                record,
+                spec,
+                cancel: CancellationToken::new(),
+            },
+        );
+        drop(entries);
+        self.submitted.notify_waiters();
+        Ok(id)
+    }
+
+    /// One experiment's record, or all of them when `id` is `None`.
+    pub fn status(&self, id: Option<&str>) -> Result<Vec<ExperimentRecord>, RegistryError> {
+        let entries = self.lock();
+        match id {
+            None => Ok(entries.values().map(|e| e.record.clone()).collect()),
+            Some(id) => entries
+                .values()
+                .find(|e| e.record.id == id)
+                .map(|e| vec![e.record.clone()])
+                .ok_or_else(|| unknown(id, &entries)),
+        }
+    }
+
+    /// Cancels a queued or running experiment; returns its state afterwards. A running one
+    /// becomes `cancelled` once its runner has stopped at the current round.
+    pub fn cancel(&self, id: &str) -> Result<String, RegistryError> {
+        let mut entries = self.lock();
+        let known = entries
+            .values()
+            .map(|e| e.record.id.clone())
+            .collect::<Vec<_>>();
+        let entry = entries
+            .values_mut()
+            .find(|e| e.record.id == id)
+            .ok_or_else(|| RegistryError::UnknownId {
+                id: id.to_string(),
+                known,
+            })?;
+        if entry.record.state == ExperimentState::Queued.as_str() {
+            entry.record.state = ExperimentState::Cancelled.to_string();
+            self.store.save(&entry.record)?;
+        }
+        entry.cancel.cancel();
+        Ok(entry.record.state.clone())
+    }
+
+    /// Waits for the oldest queued experiment and marks it running.
+    pub async fn next_queued(&self) -> io::Result<Job> {
+        loop {
+            let submitted = self.submitted.notified();
+            tokio::pin!(submitted);
+            submitted.as_mut().enable();
+            {
+                let mut entries = self.lock();
+                if let Some(entry) = entries
+                    .values_mut()
+                    .find(|e| e.record.state == ExperimentState::Queued.as_str())
+                {
+                    entry.record.state = ExperimentState::Running.to_string();
+                    self.store.save(&entry.record)?;
+                    return Ok(Job {
+                        id: entry.record.id.clone(),
+                        spec: entry.spec.clone(),
+                        cancel: entry.cancel.clone(),
+                    });
+                }
+            }
+            submitted.await;
+        }
+    }
+
+    /// Applies `change` to an experiment's record; `persist` also writes it to the store.
+    pub fn update(
+        &self,
+        id: &str,
+        persist: bool,
+        change: impl FnOnce(&mut ExperimentRecord),
+    ) -> io::Result<()> {
+        let mut entries = self.lock();
+        if let Some(entry) = entries.values_mut().find(|e| e.record.id == id) {
+            change(&mut entry.record);
+            if persist {
+                self.store.save(&entry.record)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unknown(id: &str, entries: &BTreeMap<u64, Entry>) -> RegistryError {
+    RegistryError::UnknownId {
+        id: id.to_string(),
+        known: entries.values().map(|e| e.record.id.clone()).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::tests::SPEC;
+
+    fn registry(dir: &std::path::Path) -> Registry {
+        Registry::open(Store::open(dir).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn submissions_queue_in_order_and_refusals_store_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(dir.path());
+        let bad = registry.submit(
+            &SPEC.replace("meta_batch = 25", "meta_batch = 0"),
+            "bad.toml",
+            &[],
+        );
+        assert!(matches!(bad, Err(RegistryError::InvalidSpec(_))));
+        assert!(registry.status(None).unwrap().is_empty());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("experiments"))
+                .unwrap()
+                .count(),
+            0
+        );
+
+        assert_eq!(registry.submit(SPEC, "a.toml", &[]).unwrap(), "exp-1");
+        assert_eq!(registry.submit(SPEC, "b.toml", &[]).unwrap(), "exp-2");
+        let job = registry.next_queued().await.unwrap();
+        assert_eq!(job.id, "exp-1");
+        assert_eq!(registry.status(Some("exp-1")).unwrap()[0].state, "running");
+        assert_eq!(registry.status(Some("exp-2")).unwrap()[0].state, "queued");
+    }
+
+    #[tokio::test]
+    async fn unknown_ids_are_named_with_the_known_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(dir.path());
+        let e = registry.status(Some("exp-9")).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "no experiment with id `exp-9`; no experiments have been submitted"
+        );
+        registry.submit(SPEC, "a.toml", &[]).unwrap();
+        let e = registry.cancel("nope").unwrap_err().to_string();
+        assert_eq!(e, "no experiment with id `nope`; known ids: exp-1");
+    }
+
+    #[tokio::test]
+    async fn cancelling_a_queued_experiment_skips_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(dir.path());
+        registry.submit(SPEC, "a.toml", &[]).unwrap();
+        registry.submit(SPEC, "b.toml", &[]).unwrap();
+        assert_eq!(registry.cancel("exp-1").unwrap(), "cancelled");
+        assert_eq!(registry.next_queued().await.unwrap().id, "exp-2");
+    }
+
+    #[tokio::test]
+    async fn a_restart_requeues_what_was_running_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let registry = registry(dir.path());
+            for _ in 0..3 {
+                registry.submit(SPEC, "a.toml", &[]).unwrap();
+            }
+            let job = registry.next_queued().await.unwrap();
+            registry.update(&job.id, true, |r| r.step = 40).unwrap();
+            registry.cancel("exp-3").unwrap();
+        }
+        let registry = registry(dir.path());
+        let states: Vec<(String, u64)> = registry
+            .status(None)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.state, r.step))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("queued".into(), 0),
+                ("queued".into(), 0),
+                ("cancelled".into(), 0)
+            ]
+        );
+        assert_eq!(registry.submit(SPEC, "a.toml", &[]).unwrap(), "exp-4");
+    }
+}

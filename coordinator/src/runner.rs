@@ -1,0 +1,309 @@
+//! Runs one experiment: the outer loop of rounds, the outer update, evaluations and results.
+
+use std::collections::HashMap;
+use std::io;
+use std::time::Instant;
+
+use outerloop_proto::v1::{self, experiment_setup, ExperimentSetup, Phase, SinusoidFamily};
+use outerloop_proto::{f32s_to_bytes, ExperimentState};
+use serde_json::json;
+
+use crate::aggregate::{reduce, AggregateError};
+use crate::dispatch::{Dispatcher, RoundError, RoundInput};
+use crate::model;
+use crate::optimizer::OuterOptimizer;
+use crate::registry::{Job, Registry};
+use crate::sampler::{self, Split};
+use crate::spec::{Algorithm, Spec};
+use crate::stats::MeanCi;
+use crate::store::{EvalRecord, MetricsWriter};
+use outerloop_proto::MlpLayout;
+
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error("cancelled")]
+    Cancelled,
+    #[error(transparent)]
+    Round(#[from] RoundError),
+    #[error("a worker returned a malformed result: {0}")]
+    Aggregate(#[from] AggregateError),
+    #[error("meta-loss became {loss} at step {step}; the run diverged (try a smaller meta.meta_lr or meta.inner_lr)")]
+    Diverged { step: u64, loss: f64 },
+    #[error("could not write results: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Runs `job` to its end and records how it ended.
+pub async fn run(job: Job, registry: &Registry, dispatcher: &Dispatcher) {
+    let id = job.id.clone();
+    tracing::info!(%id, "experiment started");
+    let outcome = match Run::new(&job, registry, dispatcher) {
+        Ok(mut run) => run.train().await,
+        Err(e) => Err(e),
+    };
+    let (state, error) = match &outcome {
+        Ok(()) => (ExperimentState::Finished, None),
+        Err(RunError::Cancelled) => (ExperimentState::Cancelled, None),
+        Err(e) => (ExperimentState::Failed, Some(e.to_string())),
+    };
+    match &error {
+        Some(e) => tracing::error!(%id, error = %e, "experiment failed"),
+        None => tracing::info!(%id, %state, "experiment ended"),
+    }
+    if let Err(e) = registry.update(&id, true, |r| {
+        r.state = state.to_string();
+        r.error = error;
+    }) {
+        tracing::error!(%id, error = %e, "could not record the end of the experiment");
+    }
+}
+
+/// The state of one experiment's outer loop.
+struct Run<'a> {
+    job: &'a Job,
+    registry: &'a Registry,
+    dispatcher: &'a Dispatcher,
+    layout: MlpLayout,
+    setup: ExperimentSetup,
+    params: Vec<f32>,
+    optimizer: OuterOptimizer,
+    version: u64,
+    metrics: MetricsWriter,
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        job: &'a Job,
+        registry: &'a Registry,
+        dispatcher: &'a Dispatcher,
+    ) -> Result<Self, RunError> {
+        let spec = &job.spec;
+        let hidden: Vec<usize> = spec.model.hidden.iter().map(|&w| w as usize).collect();
+        let layout = MlpLayout::new(1, &hidden, 1);
+        let params = model::init(&layout, sampler::init_seed(spec.seed));
+        let optimizer = OuterOptimizer::new(&spec.meta, layout.param_count());
+        Ok(Run {
+            job,
+            registry,
+            dispatcher,
+            setup: setup(&job.id, spec),
+            params,
+            optimizer,
+            version: 0,
+            metrics: registry.store().metrics_writer(&job.id)?,
+            layout,
+        })
+    }
+
+    fn spec(&self) -> &Spec {
+        &self.job.spec
+    }
+
+    async fn train(&mut self) -> Result<(), RunError> {
+        let spec = self.spec().clone();
+        let (meta_batch, every) = (spec.meta.meta_batch as u64, spec.eval.every);
+        self.evaluate(0, Split::Eval, spec.eval.tasks).await?;
+        for step in 0..spec.meta.steps {
+            let started = Instant::now();
+            let sizes = chunk_sizes(meta_batch, spec.meta.chunk_tasks as u64);
+            let chunks = self.descriptors(Split::Train, step, &sizes);
+            let out = self
+                .round(Phase::Train, spec.meta.inner_steps, chunks)
+                .await?;
+            let totals = reduce(&out.results, &sizes, Some(self.layout.param_count()))?;
+            // The meta-gradient is the mean over the meta-batch, as in MAML's outer update.
+            let scale = 1.0 / meta_batch as f32;
+            let grad: Vec<f32> = totals.grad_sum.iter().map(|g| g * scale).collect();
+            self.optimizer.step(&mut self.params, &grad);
+            self.version += 1;
+            let step_seconds = started.elapsed().as_secs_f64();
+
+            let meta_loss = MeanCi::of(&totals.loss_after).mean;
+            if !meta_loss.is_finite() || grad.iter().any(|g| !g.is_finite()) {
+                return Err(RunError::Diverged {
+                    step: step + 1,
+                    loss: meta_loss,
+                });
+            }
+            // The slowest worker's share of the round: what the round could not take less than.
+            let mut per_worker: HashMap<u64, f64> = HashMap::new();
+            for (result, worker) in out.results.iter().zip(&out.workers) {
+                *per_worker.entry(*worker).or_default() += result.compute_seconds;
+            }
+            let critical = per_worker.values().copied().fold(0.0, f64::max);
+            self.metrics.append(&json!({
+                "kind": "train",
+                "step": step + 1,
+                "meta_loss": meta_loss,
+                "step_seconds": step_seconds,
+                "compute_seconds": totals.compute_seconds,
+                "critical_compute_seconds": critical,
+                "workers": per_worker.len(),
+            }))?;
+            self.registry.update(&self.job.id, false, |r| {
+                r.step = step + 1;
+                r.tasks_done += meta_batch;
+                r.train_seconds += step_seconds;
+                r.meta_loss = Some(meta_loss);
+            })?;
+            if (step + 1) % every == 0 {
+                self.evaluate(step + 1, Split::Eval, spec.eval.tasks)
+                    .await?;
+            }
+        }
+        let steps = spec.meta.steps;
+        let last = self
+            .evaluate(steps, Split::Final, spec.eval.final_tasks)
+            .await?;
+        let metadata = HashMap::from([
+            ("experiment".to_string(), self.job.id.clone()),
+            ("name".to_string(), spec.name.clone()),
+            ("step".to_string(), steps.to_string()),
+            (
+                "final_eval_loss_mean".to_string(),
+                last.loss_mean.to_string(),
+            ),
+        ]);
+        let path = self.registry.store().write_parameters(
+            &self.job.id,
+            "final.safetensors",
+            &self.layout,
+            &self.params,
+            metadata,
+        )?;
+        tracing::info!(id = %self.job.id, path = %path.display(), "final parameters written");
+        Ok(())
+    }
+
+    /// Adapts on `tasks` held-out tasks of `split` and records the post-adaptation loss.
+    async fn evaluate(
+        &mut self,
+        step: u64,
+        split: Split,
+        tasks: u32,
+    ) -> Result<EvalRecord, RunError> {
+        let spec = self.spec().clone();
+        let sizes = chunk_sizes(tasks as u64, spec.eval.chunk_tasks as u64);
+        // Periodic evaluations reuse the same held-out tasks (step 0 of their split), so that
+        // the learning curve compares like with like.
+        let chunks = self.descriptors(split, 0, &sizes);
+        let out = self
+            .round(Phase::Eval, spec.eval_inner_steps(), chunks)
+            .await?;
+        let totals = reduce(&out.results, &sizes, None)?;
+        let after = MeanCi::of(&totals.loss_after);
+        let record = EvalRecord {
+            step,
+            loss_mean: after.mean,
+            loss_ci95: after.ci95,
+            tasks: tasks as u64,
+            loss_before_mean: MeanCi::of(&totals.loss_before).mean,
+            r#final: split == Split::Final,
+        };
+        self.metrics.append(&json!({
+            "kind": if record.r#final { "final_eval" } else { "eval" },
+            "step": step,
+            "loss_mean": record.loss_mean,
+            "loss_ci95": record.loss_ci95,
+            "loss_before_mean": record.loss_before_mean,
+            "tasks": record.tasks,
+        }))?;
+        self.metrics.flush()?;
+        tracing::info!(id = %self.job.id, step, loss = record.loss_mean, ci95 = record.loss_ci95, tasks, final_eval = record.r#final, "evaluated");
+        let stored = record.clone();
+        self.registry.update(&self.job.id, true, |r| {
+            if stored.r#final {
+                r.final_eval = Some(stored.clone());
+            }
+            r.last_eval = Some(stored);
+        })?;
+        Ok(record)
+    }
+
+    fn descriptors(
+        &self,
+        split: Split,
+        step: u64,
+        sizes: &[usize],
+    ) -> Vec<Vec<v1::TaskDescriptor>> {
+        let mut next = 0u64;
+        sizes
+            .iter()
+            .map(|&size| {
+                let chunk = (next..next + size as u64)
+                    .map(|i| sampler::descriptor(self.spec(), split, step, i))
+                    .collect();
+                next += size as u64;
+                chunk
+            })
+            .collect()
+    }
+
+    /// Dispatches one round at the current parameters; stops early when cancelled.
+    async fn round(
+        &self,
+        phase: Phase,
+        inner_steps: u32,
+        chunks: Vec<Vec<v1::TaskDescriptor>>,
+    ) -> Result<crate::dispatch::RoundOutput, RunError> {
+        let input = RoundInput {
+            setup: self.setup.clone(),
+            version: self.version,
+            params: f32s_to_bytes(&self.params),
+            phase,
+            inner_steps,
+            chunks,
+        };
+        tokio::select! {
+            out = self.dispatcher.run_round(input) => Ok(out?),
+            _ = self.job.cancel.cancelled() => {
+                self.dispatcher.abandon_round();
+                Err(RunError::Cancelled)
+            }
+        }
+    }
+}
+
+/// Sizes of the chunks a batch of `tasks` is cut into: `chunk` each, the last one smaller.
+fn chunk_sizes(tasks: u64, chunk: u64) -> Vec<usize> {
+    (0..tasks)
+        .step_by(chunk as usize)
+        .map(|start| chunk.min(tasks - start) as usize)
+        .collect()
+}
+
+/// What a worker needs to know about the experiment, sent once per worker.
+fn setup(id: &str, spec: &Spec) -> ExperimentSetup {
+    ExperimentSetup {
+        experiment_id: id.to_string(),
+        family: Some(experiment_setup::Family::Sinusoid(SinusoidFamily {
+            shots: spec.task.shots,
+            queries: spec.task.queries,
+            x_min: spec.task.x[0],
+            x_max: spec.task.x[1],
+        })),
+        model: Some(v1::ModelSpec {
+            input: 1,
+            hidden: spec.model.hidden.clone(),
+            output: 1,
+        }),
+        algorithm: match spec.meta.algorithm {
+            Algorithm::Maml => v1::Algorithm::Maml,
+            Algorithm::Fomaml => v1::Algorithm::Fomaml,
+        } as i32,
+        inner_lr: spec.meta.inner_lr,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_cut_into_fixed_size_chunks() {
+        assert_eq!(chunk_sizes(25, 10), [10, 10, 5]);
+        assert_eq!(chunk_sizes(25, 25), [25]);
+        assert_eq!(chunk_sizes(3, 5), [3]);
+        assert_eq!(chunk_sizes(4, 1), [1, 1, 1, 1]);
+    }
+}

@@ -1,0 +1,157 @@
+//! The gRPC edge: unpacks requests, delegates to the registry and dispatcher, maps errors to statuses.
+
+use std::sync::Arc;
+
+use outerloop_proto::v1::experiments_server::Experiments;
+use outerloop_proto::v1::workers_server::Workers;
+use outerloop_proto::v1::{
+    CancelReply, CancelRequest, CompleteReply, CompleteRequest, EvalSummary, ExperimentStatus,
+    HeartbeatReply, HeartbeatRequest, LeaseReply, LeaseRequest, RegisterReply, RegisterRequest,
+    StatusReply, StatusRequest, SubmitReply, SubmitRequest,
+};
+use tonic::{Request, Response, Status};
+
+use crate::dispatch::Dispatcher;
+use crate::registry::{Registry, RegistryError};
+use crate::store::{EvalRecord, ExperimentRecord};
+
+/// The user-facing service: submit, status, cancel.
+pub struct ExperimentsService {
+    pub registry: Arc<Registry>,
+    pub dispatcher: Arc<Dispatcher>,
+}
+
+/// The worker-facing service: registration, heartbeats, leases and results.
+pub struct WorkersService {
+    pub dispatcher: Arc<Dispatcher>,
+}
+
+fn to_status(e: RegistryError) -> Status {
+    match e {
+        RegistryError::InvalidSpec(e) => Status::invalid_argument(e.to_string()),
+        RegistryError::UnknownId { .. } => Status::not_found(e.to_string()),
+        RegistryError::Storage(_) => Status::internal(e.to_string()),
+    }
+}
+
+fn eval_summary(e: &EvalRecord) -> EvalSummary {
+    EvalSummary {
+        step: e.step,
+        loss_mean: e.loss_mean,
+        loss_ci95: e.loss_ci95,
+        tasks: e.tasks,
+        loss_before_mean: e.loss_before_mean,
+        r#final: e.r#final,
+    }
+}
+
+impl ExperimentsService {
+    fn status_of(&self, r: &ExperimentRecord, workers: u32) -> ExperimentStatus {
+        let dir = self.registry.store().dir(&r.id);
+        ExperimentStatus {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            state: r.state.clone(),
+            step: r.step,
+            steps: r.steps,
+            tasks_per_s: if r.train_seconds > 0.0 {
+                r.tasks_done as f64 / r.train_seconds
+            } else {
+                0.0
+            },
+            last_eval: r.last_eval.as_ref().map(eval_summary),
+            meta_loss: r.meta_loss.unwrap_or(f64::NAN),
+            train_seconds: r.train_seconds,
+            error: r.error.clone().unwrap_or_default(),
+            results_dir: std::path::absolute(&dir)
+                .unwrap_or(dir)
+                .display()
+                .to_string(),
+            workers,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Experiments for ExperimentsService {
+    async fn submit(
+        &self,
+        request: Request<SubmitRequest>,
+    ) -> Result<Response<SubmitReply>, Status> {
+        let r = request.into_inner();
+        let source = if r.source_name.is_empty() {
+            "spec"
+        } else {
+            &r.source_name
+        };
+        let id = self
+            .registry
+            .submit(&r.spec_toml, source, &r.overrides)
+            .map_err(to_status)?;
+        Ok(Response::new(SubmitReply { id }))
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
+        let id = request.into_inner().id;
+        let records = self
+            .registry
+            .status((!id.is_empty()).then_some(id.as_str()))
+            .map_err(to_status)?;
+        let workers = self.dispatcher.workers().len() as u32;
+        let experiments = records.iter().map(|r| self.status_of(r, workers)).collect();
+        Ok(Response::new(StatusReply { experiments }))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<CancelRequest>,
+    ) -> Result<Response<CancelReply>, Status> {
+        let state = self
+            .registry
+            .cancel(&request.into_inner().id)
+            .map_err(to_status)?;
+        Ok(Response::new(CancelReply { state }))
+    }
+}
+
+#[tonic::async_trait]
+impl Workers for WorkersService {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterReply>, Status> {
+        Ok(Response::new(
+            self.dispatcher.register(request.into_inner()),
+        ))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatReply>, Status> {
+        let known = self.dispatcher.heartbeat(request.into_inner().worker_id);
+        Ok(Response::new(HeartbeatReply { known }))
+    }
+
+    async fn lease(&self, request: Request<LeaseRequest>) -> Result<Response<LeaseReply>, Status> {
+        Ok(Response::new(
+            self.dispatcher.lease(&request.into_inner()).await,
+        ))
+    }
+
+    async fn complete(
+        &self,
+        request: Request<CompleteRequest>,
+    ) -> Result<Response<CompleteReply>, Status> {
+        let r = request.into_inner();
+        let accepted = self.dispatcher.complete(r.worker_id, r.results);
+        let next = match r.next {
+            Some(lease) => Some(self.dispatcher.lease(&lease).await),
+            None => None,
+        };
+        Ok(Response::new(CompleteReply { accepted, next }))
+    }
+}

@@ -1,0 +1,107 @@
+//! `outerloop watch`: live progress of one experiment until it ends.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use outerloop_proto::v1::ExperimentStatus;
+
+use crate::rpc::Coordinator;
+use crate::status::eval_line;
+
+const POLL: Duration = Duration::from_millis(250);
+/// When output is not a terminal, progress is printed as lines at most this often.
+const LINE_EVERY: Duration = Duration::from_secs(5);
+
+/// Follows `id` until it finishes (exit 0), fails (1) or is cancelled (2).
+pub async fn watch(url: &str, id: &str) -> anyhow::Result<ExitCode> {
+    let mut coordinator = Coordinator::connect(url).await?;
+    let live = std::io::stdout().is_terminal();
+    let mut last_eval_step = None;
+    let mut last_line = Instant::now() - LINE_EVERY;
+    loop {
+        let status = coordinator
+            .status(id)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("no experiment {id}"))?;
+        if let Some(eval) = &status.last_eval {
+            if last_eval_step != Some((eval.step, eval.r#final)) {
+                last_eval_step = Some((eval.step, eval.r#final));
+                let what = if eval.r#final {
+                    "final evaluation"
+                } else {
+                    "evaluation"
+                };
+                clear_line(live);
+                println!(
+                    "{what} at step {}: post-adaptation loss {}",
+                    eval.step,
+                    eval_line(eval)
+                );
+            }
+        }
+        match status.state.as_str() {
+            "finished" => {
+                clear_line(live);
+                println!(
+                    "{}: finished {} steps in {:.1}s of meta-training ({:.0} tasks/s)",
+                    status.id, status.step, status.train_seconds, status.tasks_per_s
+                );
+                println!("results: {}", status.results_dir);
+                return Ok(ExitCode::SUCCESS);
+            }
+            "failed" => {
+                clear_line(live);
+                println!(
+                    "{}: failed at step {}: {}",
+                    status.id, status.step, status.error
+                );
+                return Ok(ExitCode::from(1));
+            }
+            "cancelled" => {
+                clear_line(live);
+                println!("{}: cancelled at step {}", status.id, status.step);
+                return Ok(ExitCode::from(2));
+            }
+            _ => {}
+        }
+        if live {
+            print!("\r{}\x1b[K", progress(&status));
+            std::io::stdout().flush()?;
+        } else if last_line.elapsed() >= LINE_EVERY {
+            println!("{}", progress(&status));
+            last_line = Instant::now();
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn clear_line(live: bool) {
+    if live {
+        print!("\r\x1b[K");
+    }
+}
+
+/// `step 1200/3000 (40%)  meta-loss 0.4120  21345 tasks/s  ETA 0:45  workers 2`
+fn progress(s: &ExperimentStatus) -> String {
+    if s.state == "queued" {
+        return format!("{}: queued (workers connected: {})", s.id, s.workers);
+    }
+    let eta = if s.step > 0 {
+        let left = s.train_seconds / s.step as f64 * (s.steps - s.step) as f64;
+        format!("{}:{:02}", left as u64 / 60, left as u64 % 60)
+    } else {
+        "-".into()
+    };
+    format!(
+        "step {}/{} ({:.0}%)  meta-loss {:.4}  {:.0} tasks/s  ETA {eta}  workers {}",
+        s.step,
+        s.steps,
+        100.0 * s.step as f64 / s.steps.max(1) as f64,
+        s.meta_loss,
+        s.tasks_per_s,
+        s.workers
+    )
+}

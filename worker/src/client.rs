@@ -1,0 +1,168 @@
+//! The worker's conversation with the coordinator: connect, register, heart-beat, lease, complete.
+
+use std::future::Future;
+use std::time::Duration;
+
+use outerloop_proto::v1::workers_client::WorkersClient;
+use outerloop_proto::v1::{CompleteRequest, HeartbeatRequest, LeaseRequest, RegisterRequest};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::compute::ComputeThread;
+
+/// Largest message accepted from the coordinator (parameters of large models travel whole).
+const MAX_MESSAGE_BYTES: usize = 1 << 30;
+/// How long a lease request waits at the coordinator before coming back empty.
+const LEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// Who this worker is and where it reports.
+#[derive(Clone, Debug)]
+pub struct WorkerIdentity {
+    pub coordinator: String,
+    pub name: String,
+    pub device: String,
+    pub threads: u32,
+    /// Most chunks taken per lease.
+    pub max_chunks: u32,
+}
+
+/// Why a session with the coordinator ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("the coordinator no longer knows this worker")]
+    Forgotten,
+    #[error(transparent)]
+    Rpc(#[from] tonic::Status),
+    #[error(transparent)]
+    Connect(#[from] tonic::transport::Error),
+}
+
+/// Serves the coordinator until `shutdown`: reconnects with exponential backoff whenever the
+/// coordinator is unreachable, and registers again whenever it forgot this worker.
+pub async fn serve(
+    identity: WorkerIdentity,
+    compute: ComputeThread,
+    shutdown: impl Future<Output = ()>,
+) {
+    let sessions = async {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match session(&identity, &compute).await {
+                SessionEnd::Forgotten => {
+                    tracing::warn!("the coordinator forgot this worker; registering again");
+                    backoff = Duration::from_millis(100);
+                }
+                e => {
+                    tracing::warn!(coordinator = %identity.coordinator, error = %e, retry_in = ?backoff, "coordinator unreachable");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = sessions => {}
+        () = shutdown => tracing::info!("worker shutting down"),
+    }
+}
+
+/// One registration's worth of work; ends only when something goes wrong.
+async fn session(identity: &WorkerIdentity, compute: &ComputeThread) -> SessionEnd {
+    match work_session(identity, compute).await {
+        Ok(never) => match never {},
+        Err(end) => end,
+    }
+}
+
+async fn work_session(
+    identity: &WorkerIdentity,
+    compute: &ComputeThread,
+) -> Result<std::convert::Infallible, SessionEnd> {
+    let channel: Channel = Endpoint::from_shared(identity.coordinator.clone())
+        .map_err(SessionEnd::Connect)?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let mut client = WorkersClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let registered = client
+        .register(RegisterRequest {
+            name: identity.name.clone(),
+            device: identity.device.clone(),
+            threads: identity.threads,
+        })
+        .await?
+        .into_inner();
+    let worker_id = registered.worker_id;
+    tracing::info!(worker_id, coordinator = %identity.coordinator, "registered");
+
+    // Heartbeats run beside the lease loop, so a long inner loop never looks like a dead worker.
+    let heartbeats = {
+        let mut client = client.clone();
+        let interval = Duration::from_millis(registered.heartbeat_interval_ms.max(50) as u64);
+        async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                match client.heartbeat(HeartbeatRequest { worker_id }).await {
+                    Ok(reply) if !reply.get_ref().known => return SessionEnd::Forgotten,
+                    Ok(_) => {}
+                    Err(status) => return SessionEnd::Rpc(status),
+                }
+            }
+        }
+    };
+    let work = async {
+        let (mut cached_experiment, mut cached_version) = (String::new(), 0u64);
+        let lease_request = |experiment: &str, version: u64| LeaseRequest {
+            worker_id,
+            max_chunks: identity.max_chunks,
+            cached_experiment: experiment.to_string(),
+            cached_version: version,
+            wait_ms: LEASE_WAIT.as_millis() as u32,
+        };
+        let mut lease = client.lease(lease_request("", 0)).await?.into_inner();
+        loop {
+            if lease.unknown_worker {
+                return Err(SessionEnd::Forgotten);
+            }
+            if lease.chunks.is_empty() {
+                lease = client
+                    .lease(lease_request(&cached_experiment, cached_version))
+                    .await?
+                    .into_inner();
+                continue;
+            }
+            if let Some(setup) = &lease.setup {
+                cached_experiment = setup.experiment_id.clone();
+                tracing::info!(experiment = %cached_experiment, "new experiment");
+            }
+            if let Some(params) = &lease.parameters {
+                cached_version = params.version;
+            }
+            let results = compute
+                .run(lease.setup, lease.parameters, lease.chunks)
+                .await;
+            if results.iter().any(|r| !r.error.is_empty()) {
+                // The engine may have refused the set-up: make the next lease send it again.
+                cached_experiment.clear();
+            }
+            // Hand the results back and ask for more in one call.
+            let next = Some(lease_request(&cached_experiment, cached_version));
+            let reply = client
+                .complete(CompleteRequest {
+                    worker_id,
+                    results,
+                    next,
+                })
+                .await?
+                .into_inner();
+            lease = reply.next.unwrap_or_default();
+        }
+    };
+    tokio::select! {
+        end = heartbeats => Err(end),
+        end = work => end,
+    }
+}

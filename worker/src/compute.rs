@@ -1,0 +1,105 @@
+//! The compute thread: one per worker, fed by a channel, so inner loops never block the async side.
+
+use std::sync::mpsc;
+use std::thread;
+
+use outerloop_proto::v1::{ChunkResult, ExperimentSetup, Parameters, WorkChunk};
+use tch::Device;
+use tokio::sync::oneshot;
+
+use crate::engine::Engine;
+use crate::maml::Path;
+
+/// A lease's worth of work, with whatever set-up and parameters it brought.
+struct Job {
+    setup: Option<ExperimentSetup>,
+    params: Option<Parameters>,
+    chunks: Vec<WorkChunk>,
+    reply: oneshot::Sender<Vec<ChunkResult>>,
+}
+
+/// The async side's handle to the compute thread.
+#[derive(Clone, Debug)]
+pub struct ComputeThread {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl ComputeThread {
+    /// Starts the thread with libtorch limited to `threads` intra-op threads.
+    pub fn spawn(device: Device, threads: usize, path: Path) -> std::io::Result<ComputeThread> {
+        crate::allocator::keep_freed_memory();
+        let (jobs, receive) = mpsc::channel::<Job>();
+        thread::Builder::new()
+            .name("outerloop-compute".into())
+            .spawn(move || {
+                tch::set_num_threads(threads as i32);
+                let mut engine = Engine::new(device, path);
+                for job in receive {
+                    let results = run_job(&mut engine, &job);
+                    let _ = job.reply.send(results);
+                }
+            })?;
+        Ok(ComputeThread { jobs })
+    }
+
+    /// Runs `chunks` after installing `setup` and `params` when given; results in chunk order.
+    pub async fn run(
+        &self,
+        setup: Option<ExperimentSetup>,
+        params: Option<Parameters>,
+        chunks: Vec<WorkChunk>,
+    ) -> Vec<ChunkResult> {
+        let (reply, receive) = oneshot::channel();
+        let ids: Vec<u64> = chunks.iter().map(|c| c.chunk_id).collect();
+        let lost = |ids: Vec<u64>| {
+            ids.into_iter()
+                .map(|chunk_id| ChunkResult {
+                    chunk_id,
+                    error: "the compute thread has stopped".into(),
+                    ..Default::default()
+                })
+                .collect()
+        };
+        if self
+            .jobs
+            .send(Job {
+                setup,
+                params,
+                chunks,
+                reply,
+            })
+            .is_err()
+        {
+            return lost(ids);
+        }
+        receive.await.unwrap_or_else(|_| lost(ids))
+    }
+}
+
+fn run_job(engine: &mut Engine, job: &Job) -> Vec<ChunkResult> {
+    let installed = job
+        .setup
+        .as_ref()
+        .map_or(Ok(()), |setup| engine.set_experiment(setup))
+        .and_then(|()| {
+            job.params
+                .as_ref()
+                .map_or(Ok(()), |p| engine.set_parameters(p))
+        });
+    match installed {
+        Ok(()) => job
+            .chunks
+            .iter()
+            .map(|chunk| engine.run_chunk(chunk))
+            .collect(),
+        Err(e) => job
+            .chunks
+            .iter()
+            .map(|c| ChunkResult {
+                chunk_id: c.chunk_id,
+                error: e.to_string(),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}

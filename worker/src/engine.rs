@@ -1,0 +1,215 @@
+//! The compute engine: owns every libtorch tensor, caches the experiment and its parameters, runs chunks.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
+
+use outerloop_proto::v1::{
+    experiment_setup, task_descriptor, Algorithm, ChunkResult, ExperimentSetup, Parameters, Phase,
+    WorkChunk,
+};
+use outerloop_proto::{f32s_from_bytes, f32s_to_bytes, MlpLayout};
+use tch::{Device, Kind, Tensor};
+
+use crate::maml::{self, InnerLoop, Order, Path};
+use crate::sinusoid::{SinusoidFamily, SinusoidTask};
+
+/// Why the engine could not take an experiment's set-up or parameters.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EngineError {
+    #[error("experiment set-up is incomplete: {0}")]
+    Setup(&'static str),
+    #[error("parameters for version {version} have {got} values, the model has {expected}")]
+    ParameterCount {
+        version: u64,
+        got: usize,
+        expected: usize,
+    },
+    #[error("no parameters cached for {experiment} version {version}")]
+    NoParameters { experiment: String, version: u64 },
+}
+
+/// One experiment as the engine needs it.
+#[derive(Debug)]
+struct Experiment {
+    id: String,
+    family: SinusoidFamily,
+    layout: MlpLayout,
+    order: Order,
+    inner_lr: f64,
+}
+
+/// Runs chunks on one device. Lives on the compute thread: `tch::Tensor` is not `Sync`.
+#[derive(Debug)]
+pub struct Engine {
+    device: Device,
+    path: Path,
+    experiment: Option<Experiment>,
+    params: Option<(u64, Vec<Tensor>)>,
+}
+
+impl Engine {
+    pub fn new(device: Device, path: Path) -> Self {
+        Engine {
+            device,
+            path,
+            experiment: None,
+            params: None,
+        }
+    }
+
+    /// Caches a new experiment; its parameters must follow.
+    pub fn set_experiment(&mut self, setup: &ExperimentSetup) -> Result<(), EngineError> {
+        let model = setup.model.as_ref().ok_or(EngineError::Setup("no model"))?;
+        let family = match &setup.family {
+            Some(experiment_setup::Family::Sinusoid(s)) => SinusoidFamily {
+                shots: s.shots as usize,
+                queries: s.queries as usize,
+                x_range: [s.x_min, s.x_max],
+            },
+            None => return Err(EngineError::Setup("no task family")),
+        };
+        let order = match Algorithm::try_from(setup.algorithm) {
+            Ok(Algorithm::Maml) => Order::Second,
+            Ok(Algorithm::Fomaml) => Order::First,
+            _ => return Err(EngineError::Setup("unknown algorithm")),
+        };
+        let hidden: Vec<usize> = model.hidden.iter().map(|&w| w as usize).collect();
+        self.experiment = Some(Experiment {
+            id: setup.experiment_id.clone(),
+            family,
+            layout: MlpLayout::new(model.input as usize, &hidden, model.output as usize),
+            order,
+            inner_lr: setup.inner_lr as f64,
+        });
+        self.params = None;
+        Ok(())
+    }
+
+    /// Caches a parameter version as leaf tensors on the device.
+    pub fn set_parameters(&mut self, params: &Parameters) -> Result<(), EngineError> {
+        let experiment = self
+            .experiment
+            .as_ref()
+            .ok_or(EngineError::Setup("parameters before set-up"))?;
+        let values = f32s_from_bytes(&params.values).unwrap_or_default();
+        let expected = experiment.layout.param_count();
+        if values.len() != expected {
+            return Err(EngineError::ParameterCount {
+                version: params.version,
+                got: values.len(),
+                expected,
+            });
+        }
+        let tensors = experiment
+            .layout
+            .slots
+            .iter()
+            .map(|slot| {
+                let shape: Vec<i64> = slot.shape.iter().map(|&d| d as i64).collect();
+                Tensor::from_slice(&values[slot.offset..slot.offset + slot.len()])
+                    .view(shape.as_slice())
+                    .to_device(self.device)
+                    .set_requires_grad(true)
+            })
+            .collect();
+        self.params = Some((params.version, tensors));
+        Ok(())
+    }
+
+    /// Computes one chunk. Never panics: a libtorch error becomes the result's `error`.
+    pub fn run_chunk(&mut self, chunk: &WorkChunk) -> ChunkResult {
+        let started = Instant::now();
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.compute(chunk)))
+            .unwrap_or_else(|panic| Err(panic_message(panic)));
+        match outcome {
+            Ok(mut result) => {
+                result.compute_seconds = started.elapsed().as_secs_f64();
+                result
+            }
+            Err(error) => ChunkResult {
+                chunk_id: chunk.chunk_id,
+                error,
+                ..ChunkResult::default()
+            },
+        }
+    }
+
+    fn compute(&self, chunk: &WorkChunk) -> Result<ChunkResult, String> {
+        let experiment = self
+            .experiment
+            .as_ref()
+            .filter(|e| e.id == chunk.experiment_id)
+            .ok_or_else(|| {
+                format!(
+                    "experiment {} is not set up on this worker",
+                    chunk.experiment_id
+                )
+            })?;
+        let theta = match &self.params {
+            Some((version, tensors)) if *version == chunk.version => tensors,
+            _ => {
+                let missing = EngineError::NoParameters {
+                    experiment: chunk.experiment_id.clone(),
+                    version: chunk.version,
+                };
+                return Err(missing.to_string());
+            }
+        };
+        let tasks = chunk
+            .tasks
+            .iter()
+            .map(|d| match d.task {
+                Some(task_descriptor::Task::Sinusoid(s)) => Ok(SinusoidTask {
+                    amplitude: s.amplitude,
+                    phase: s.phase,
+                    data_seed: d.data_seed,
+                }),
+                None => Err(format!("task {} has no descriptor", d.index)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let batch = experiment
+            .family
+            .materialise(&tasks, Kind::Float, self.device);
+        let train = chunk.phase == Phase::Train as i32;
+        let inner = InnerLoop {
+            steps: chunk.inner_steps as usize,
+            lr: experiment.inner_lr,
+            order: experiment.order,
+        };
+        let outcome = maml::run(theta, &batch, inner, train, self.path);
+        let to_vec = |t: &Tensor| {
+            Vec::<f32>::try_from(
+                t.detach()
+                    .to_device(Device::Cpu)
+                    .to_kind(Kind::Float)
+                    .flatten(0, -1),
+            )
+        };
+        let grad_sum = match outcome.grad_sum {
+            Some(grads) => {
+                let flat: Vec<Tensor> = grads.iter().map(|g| g.flatten(0, -1)).collect();
+                f32s_to_bytes(&to_vec(&Tensor::cat(&flat, 0)).map_err(|e| e.to_string())?)
+            }
+            None => Default::default(),
+        };
+        Ok(ChunkResult {
+            chunk_id: chunk.chunk_id,
+            grad_sum,
+            loss_before: match &outcome.loss_before {
+                Some(loss) => to_vec(loss).map_err(|e| e.to_string())?,
+                None => Vec::new(),
+            },
+            loss_after: to_vec(&outcome.loss_after).map_err(|e| e.to_string())?,
+            compute_seconds: 0.0,
+            error: String::new(),
+        })
+    }
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "the compute thread panicked".to_string())
+}
