@@ -6,6 +6,7 @@ pub mod model;
 pub mod optimizer;
 pub mod registry;
 pub mod runner;
+pub mod safetensors_file;
 pub mod sampler;
 pub mod service;
 pub mod spec;

@@ -1,6 +1,6 @@
 //! Runs one experiment: the outer loop of rounds, the outer update, evaluations and results.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::time::Instant;
 
@@ -155,7 +155,7 @@ impl<'a> Run<'a> {
         let last = self
             .evaluate(steps, Split::Final, spec.eval.final_tasks)
             .await?;
-        let metadata = HashMap::from([
+        let metadata = BTreeMap::from([
             ("experiment".to_string(), self.job.id.clone()),
             ("name".to_string(), spec.name.clone()),
             ("step".to_string(), steps.to_string()),
@@ -169,7 +169,7 @@ impl<'a> Run<'a> {
             "final.safetensors",
             &self.layout,
             &self.params,
-            metadata,
+            &metadata,
         )?;
         tracing::info!(id = %self.job.id, path = %path.display(), "final parameters written");
         Ok(())

@@ -118,22 +118,35 @@ fn default_eval_chunk_tasks() -> u32 {
 
 /// A spec that was refused, with where and why.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{source_name}{}: {message}", location.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
+#[error("{source_name}{}: {message}{}", location.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default(), excerpt.as_deref().unwrap_or_default())]
 pub struct SpecError {
     pub source_name: String,
     /// 1-based line and column in the spec file, when the error has one.
     pub location: Option<(usize, usize)>,
     pub message: String,
+    /// The offending line with a caret under the column, when there is one.
+    pub excerpt: Option<String>,
+}
+
+/// `\n  9 | shots = = 10\n    |         ^`
+fn excerpt(text: &str, (line, col): (usize, usize)) -> Option<String> {
+    let source = text.lines().nth(line - 1)?;
+    let gutter = line.to_string().len();
+    Some(format!(
+        "\n {line} | {source}\n {:gutter$} | {:>col$}",
+        "", "^"
+    ))
 }
 
 impl Spec {
     /// Parses `text` (named `source_name` in errors), applies `overrides` (`key.path=value`) in
     /// order and validates the result.
     pub fn parse(text: &str, source_name: &str, overrides: &[String]) -> Result<Spec, SpecError> {
-        let err = |location, message: String| SpecError {
+        let err = |location: Option<(usize, usize)>, message: String| SpecError {
             source_name: source_name.to_string(),
             location,
             message,
+            excerpt: location.and_then(|at| excerpt(text, at)),
         };
         let located = |e: toml::de::Error| {
             err(
@@ -397,7 +410,12 @@ final_tasks = 200
         let broken = SPEC.replace("shots = 10", "shots = = 10");
         let e = parse(&broken, &[]).unwrap_err();
         assert_eq!(e.location.map(|(l, _)| l), Some(6), "{e}");
-        assert!(e.to_string().starts_with("spec.toml:6:"), "{e}");
+        assert!(e.to_string().starts_with("spec.toml:6:9: "), "{e}");
+        assert!(
+            e.to_string()
+                .ends_with("\n 6 | shots = = 10\n   |         ^"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! Plain files rather than a database: they are what users read and copy anyway, and an atomic
 //! rename per record is all the consistency one experiment at a time needs.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use outerloop_proto::MlpLayout;
+
+use crate::safetensors_file;
 
 /// An evaluation's summary, as stored and reported.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -108,33 +110,17 @@ impl Store {
         })
     }
 
-    /// Writes `params` as `final.safetensors`, named as PyTorch's `nn.Sequential` names them.
+    /// Writes `params` as `file_name` (safetensors), named as PyTorch's `nn.Sequential` names them.
     pub fn write_parameters(
         &self,
         id: &str,
         file_name: &str,
         layout: &MlpLayout,
         params: &[f32],
-        metadata: HashMap<String, String>,
+        metadata: &BTreeMap<String, String>,
     ) -> io::Result<PathBuf> {
-        let bytes: Vec<u8> = params.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let views = layout
-            .slots
-            .iter()
-            .map(|slot| {
-                let data = &bytes[4 * slot.offset..4 * (slot.offset + slot.len())];
-                safetensors::tensor::TensorView::new(
-                    safetensors::Dtype::F32,
-                    slot.shape.clone(),
-                    data,
-                )
-                .map(|view| (slot.name.clone(), view))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(io::Error::other)?;
-        let encoded = safetensors::serialize(views, Some(metadata)).map_err(io::Error::other)?;
         let path = self.dir(id).join(file_name);
-        write_atomically(&path, &encoded)?;
+        write_atomically(&path, &safetensors_file::encode(layout, params, metadata))?;
         Ok(path)
     }
 }
@@ -221,7 +207,7 @@ mod tests {
                 "final.safetensors",
                 &layout,
                 &params,
-                HashMap::new(),
+                &BTreeMap::new(),
             )
             .unwrap();
         let bytes = fs::read(path).unwrap();

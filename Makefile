@@ -1,0 +1,55 @@
+# outerloop: `make demo` runs the main job on an embedded default; `make test` runs every test.
+#
+# libtorch comes from the PyPI wheel torch==$(TORCH_VERSION) (what tch 0.26 expects), installed
+# once into a virtual environment in a cache directory outside the repository and reused after.
+# A user who already has libtorch 2.13 sets LIBTORCH=/path/to/libtorch and skips the download.
+
+TORCH_VERSION := 2.13.0
+CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/outerloop
+TORCH_VENV := $(CACHE_DIR)/torch-$(TORCH_VERSION)
+PYTHON := $(TORCH_VENV)/bin/python
+SYSTEM_PYTHON ?= python3
+
+ifdef LIBTORCH
+  TORCH_ENV := LIBTORCH="$(LIBTORCH)"
+  TORCH_SETUP :=
+else
+  # torch-sys asks this python where the wheel's libtorch is.
+  TORCH_ENV := LIBTORCH_USE_PYTORCH=1 PATH="$(TORCH_VENV)/bin:$$PATH"
+  TORCH_SETUP := $(TORCH_VENV)/.installed
+endif
+
+.PHONY: all setup build demo test lint bench bench-full clean-demo
+all: build
+
+# The marker is written last, so an interrupted install is redone on the next run.
+$(TORCH_VENV)/.installed:
+	@echo "Installing torch==$(TORCH_VERSION) into $(TORCH_VENV) (once; about 5 GB)"
+	$(SYSTEM_PYTHON) -m venv "$(TORCH_VENV)"
+	"$(TORCH_VENV)/bin/pip" install --quiet "torch==$(TORCH_VERSION)" numpy safetensors
+	touch "$@"
+
+setup: $(TORCH_SETUP)
+
+build: setup
+	$(TORCH_ENV) cargo build --release
+
+demo: build
+	./target/release/outerloop demo --state-dir outerloop-demo
+
+lint: setup
+	cargo fmt --all -- --check
+	$(TORCH_ENV) cargo clippy --workspace --all-targets -- -D warnings
+
+test: lint
+	$(TORCH_ENV) cargo test --workspace
+
+# Speed and results against the plain-PyTorch reference (see bench/README.md).
+bench: build
+	$(PYTHON) bench/compare.py --steps 3000
+
+bench-full: build
+	$(PYTHON) bench/compare.py --steps 70000 --eval-tasks 10000 --skip-two-workers
+
+clean-demo:
+	rm -rf outerloop-demo

@@ -1,0 +1,238 @@
+//! Test harness: real coordinator and worker processes on loopback, driven through the real CLI.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_outerloop");
+pub const SPEC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/sinusoid_maml.toml");
+
+/// A coordinator and its workers; every process is killed when the cluster is dropped.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    coordinator: Child,
+    pub workers: Vec<Child>,
+    coordinator_args: Vec<String>,
+}
+
+fn spawn(args: &[&str], log: &Path) -> Child {
+    let log = std::fs::File::create(log).expect("log file");
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start outerloop")
+}
+
+impl Cluster {
+    /// Starts a coordinator on a free loopback port with `extra` flags.
+    pub fn start(extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let coordinator_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (coordinator, url) = Self::start_coordinator(dir.path(), &coordinator_args);
+        Cluster {
+            dir,
+            url,
+            coordinator,
+            workers: Vec::new(),
+            coordinator_args,
+        }
+    }
+
+    fn start_coordinator(dir: &Path, extra: &[String]) -> (Child, String) {
+        let port_file = dir.join("coordinator.addr");
+        let _ = std::fs::remove_file(&port_file);
+        let state = dir.join("state");
+        let mut args = vec![
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
+        args.extend(["--port-file", port_file.to_str().unwrap()]);
+        args.extend(extra.iter().map(String::as_str));
+        let mut child = spawn(&args, &dir.join("coordinator.log"));
+        let started = Instant::now();
+        loop {
+            if let Ok(addr) = std::fs::read_to_string(&port_file) {
+                return (child, format!("http://{}", addr.trim()));
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "coordinator exited early ({status}): {}",
+                    std::fs::read_to_string(dir.join("coordinator.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "coordinator did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn add_worker(&mut self) {
+        let name = format!("worker-{}", self.workers.len());
+        let log = self.dir.path().join(format!("{name}.log"));
+        let child = spawn(
+            &[
+                "worker",
+                "--coordinator",
+                &self.url,
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+                "--name",
+                &name,
+            ],
+            &log,
+        );
+        self.workers.push(child);
+    }
+
+    /// SIGKILLs the coordinator and starts a new one on the same state directory.
+    pub fn restart_coordinator(&mut self) {
+        self.coordinator.kill().unwrap();
+        self.coordinator.wait().unwrap();
+        let (child, url) = Self::start_coordinator(self.dir.path(), &self.coordinator_args);
+        self.coordinator = child;
+        self.url = url;
+    }
+
+    pub fn coordinator_alive(&mut self) -> bool {
+        self.coordinator.try_wait().unwrap().is_none()
+    }
+
+    /// Runs `outerloop ARGS --coordinator URL` and returns its output.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .args(["--coordinator", &self.url])
+            .output()
+            .expect("run outerloop")
+    }
+
+    /// Submits `spec` with `overrides`; the id, or the error text.
+    pub fn submit(&self, spec: &str, overrides: &[&str]) -> Result<String, String> {
+        let mut args = vec!["submit", spec];
+        for o in overrides {
+            args.extend(["--set", o]);
+        }
+        let out = self.cli(&args);
+        if out.status.success() {
+            Ok(String::from_utf8(out.stdout).unwrap().trim().to_string())
+        } else {
+            Err(String::from_utf8(out.stderr).unwrap())
+        }
+    }
+
+    pub fn status(&self, id: &str) -> Value {
+        let out = self.cli(&["status", id, "--json"]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status --json prints one JSON object")
+    }
+
+    /// Polls until `pred(status)` holds; panics with the last status after `timeout`.
+    pub fn wait_for(&self, id: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let status = self.status(id);
+            if pred(&status) {
+                return status;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "timed out waiting; last status {status}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn wait_finished(&self, id: &str, timeout: Duration) -> Value {
+        let status = self.wait_for(id, timeout, |s| {
+            matches!(
+                s["state"].as_str(),
+                Some("finished" | "failed" | "cancelled")
+            )
+        });
+        assert_eq!(status["state"], "finished", "{status}\n{}", self.logs());
+        status
+    }
+
+    pub fn experiment_dir(&self, id: &str) -> PathBuf {
+        self.state_dir().join("experiments").join(id)
+    }
+
+    /// Every line of the experiment's metrics.jsonl.
+    pub fn metrics(&self, id: &str) -> Vec<Value> {
+        std::fs::read_to_string(self.experiment_dir(id).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// All process logs, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                out += &format!(
+                    "--- {} (last lines)\n{}\n",
+                    path.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self
+            .workers
+            .iter_mut()
+            .chain(std::iter::once(&mut self.coordinator))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The `step` of every meta-training line, in file order.
+pub fn train_steps(metrics: &[Value]) -> Vec<u64> {
+    metrics
+        .iter()
+        .filter(|m| m["kind"] == "train")
+        .map(|m| m["step"].as_u64().unwrap())
+        .collect()
+}
+
+/// The final parameters as raw bytes.
+pub fn final_parameters(cluster: &Cluster, id: &str) -> Vec<u8> {
+    std::fs::read(cluster.experiment_dir(id).join("final.safetensors")).unwrap()
+}
