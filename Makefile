@@ -13,10 +13,13 @@ SYSTEM_PYTHON ?= python3
 ifdef LIBTORCH
   TORCH_ENV := LIBTORCH="$(LIBTORCH)"
   TORCH_SETUP :=
+  TEST_ENV :=
 else
   # torch-sys asks this python where the wheel's libtorch is.
   TORCH_ENV := LIBTORCH_USE_PYTORCH=1 PATH="$(TORCH_VENV)/bin:$$PATH"
   TORCH_SETUP := $(TORCH_VENV)/.installed
+  # Lets the end-to-end tests load exported parameters with PyTorch itself.
+  TEST_ENV := OUTERLOOP_PYTHON="$(PYTHON)"
 endif
 
 .PHONY: all setup build demo test lint bench bench-full clean-demo
@@ -42,7 +45,7 @@ lint: setup
 	$(TORCH_ENV) cargo clippy --workspace --all-targets -- -D warnings
 
 test: lint
-	$(TORCH_ENV) cargo test --workspace
+	$(TORCH_ENV) $(TEST_ENV) cargo test --workspace
 
 # Speed and results against the plain-PyTorch reference (see bench/README.md).
 bench: build

@@ -11,12 +11,14 @@ use crate::rpc::Coordinator;
 
 /// The main benchmark spec, embedded so that the demo runs from anywhere.
 const SINUSOID_MAML: &str = include_str!("../configs/sinusoid_maml.toml");
-/// Demo length: long enough for MAML to learn the family well, short enough for a 2-core laptop.
+/// Demo length: long enough for MAML to learn the family well, short enough for a 2-core laptop
+/// (under a minute). Chunks of 13 tasks give both demo workers a share of every meta-batch.
 const DEMO_OVERRIDES: &[&str] = &[
-    "meta.steps=6000",
-    "eval.every=1000",
-    "eval.tasks=500",
-    "eval.final_tasks=2000",
+    "meta.steps=20000",
+    "meta.chunk_tasks=13",
+    "eval.every=2000",
+    "eval.tasks=1000",
+    "eval.final_tasks=5000",
 ];
 
 #[derive(clap::Args)]

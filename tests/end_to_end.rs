@@ -95,4 +95,34 @@ fn maml_on_two_workers_learns_the_sinusoid_family() {
         ["0.bias", "0.weight", "2.bias", "2.weight", "4.bias", "4.weight"]
     );
     assert_eq!(tensors.tensor("2.weight").unwrap().shape(), [40, 40]);
+
+    // And PyTorch loads them into the matching nn.Sequential, strictly. `make test` points
+    // OUTERLOOP_PYTHON at the torch environment it installs; with a user's own LIBTORCH there
+    // may be no Python torch at all.
+    let Ok(python) = std::env::var("OUTERLOOP_PYTHON") else {
+        eprintln!("OUTERLOOP_PYTHON unset: not checking that PyTorch loads final.safetensors");
+        return;
+    };
+    let check = r#"
+import sys, torch
+from safetensors.torch import load_file
+net = torch.nn.Sequential(torch.nn.Linear(1, 40), torch.nn.ReLU(), torch.nn.Linear(40, 40), torch.nn.ReLU(), torch.nn.Linear(40, 1))
+net.load_state_dict(load_file(sys.argv[1]), strict=True)
+print(float(net(torch.zeros(1, 1))))
+"#;
+    let out = std::process::Command::new(python)
+        .args(["-c", check, dir.join("final.safetensors").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value: f64 = String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(value.is_finite());
 }

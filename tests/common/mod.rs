@@ -35,8 +35,14 @@ fn spawn(args: &[&str], log: &Path) -> Child {
 impl Cluster {
     /// Starts a coordinator on a free loopback port with `extra` flags.
     pub fn start(extra: &[&str]) -> Cluster {
+        Self::start_on("127.0.0.1:0", extra)
+    }
+
+    /// Starts a coordinator listening on `listen` with `extra` flags.
+    pub fn start_on(listen: &str, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let coordinator_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut coordinator_args: Vec<String> = vec!["--listen".into(), listen.into()];
+        coordinator_args.extend(extra.iter().map(|s| s.to_string()));
         let (coordinator, url) = Self::start_coordinator(dir.path(), &coordinator_args);
         Cluster {
             dir,
@@ -51,13 +57,7 @@ impl Cluster {
         let port_file = dir.join("coordinator.addr");
         let _ = std::fs::remove_file(&port_file);
         let state = dir.join("state");
-        let mut args = vec![
-            "coordinator",
-            "--listen",
-            "127.0.0.1:0",
-            "--state-dir",
-            state.to_str().unwrap(),
-        ];
+        let mut args = vec!["coordinator", "--state-dir", state.to_str().unwrap()];
         args.extend(["--port-file", port_file.to_str().unwrap()]);
         args.extend(extra.iter().map(String::as_str));
         let mut child = spawn(&args, &dir.join("coordinator.log"));
@@ -104,7 +104,7 @@ impl Cluster {
         self.workers.push(child);
     }
 
-    /// SIGKILLs the coordinator and starts a new one on the same state directory.
+    /// SIGKILLs the coordinator and starts a new one with the same flags and state directory.
     pub fn restart_coordinator(&mut self) {
         self.coordinator.kill().unwrap();
         self.coordinator.wait().unwrap();
@@ -221,6 +221,13 @@ impl Drop for Cluster {
             let _ = child.wait();
         }
     }
+}
+
+/// A loopback address with a port that was free a moment ago (for a coordinator that must
+/// come back on the same address after a restart).
+pub fn free_loopback_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
 }
 
 /// The `step` of every meta-training line, in file order.

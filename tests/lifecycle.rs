@@ -1,0 +1,92 @@
+//! Experiments queue, can be cancelled, and survive a coordinator killed mid-run.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{free_loopback_addr, train_steps, Cluster, SPEC};
+
+#[test]
+fn experiments_run_in_order_and_a_cancelled_one_stops() {
+    let mut cluster = Cluster::start(&[]);
+    cluster.add_worker();
+    let long = cluster
+        .submit(SPEC, &["meta.steps=1000000", "eval.every=100000"])
+        .unwrap();
+    let short = cluster
+        .submit(
+            SPEC,
+            &[
+                "meta.steps=20",
+                "eval.every=10",
+                "eval.tasks=20",
+                "eval.final_tasks=20",
+            ],
+        )
+        .unwrap();
+    cluster.wait_for(&long, Duration::from_secs(60), |s| {
+        s["state"] == "running" && s["step"].as_u64() > Some(10)
+    });
+    assert_eq!(
+        cluster.status(&short)["state"],
+        "queued",
+        "one experiment runs at a time"
+    );
+
+    let cancel = cluster.cli(&["cancel", &long]);
+    assert!(cancel.status.success());
+    let watch = cluster.cli(&["watch", &long]);
+    assert_eq!(
+        watch.status.code(),
+        Some(2),
+        "watch exits 2 for a cancelled experiment"
+    );
+    assert!(String::from_utf8(watch.stdout)
+        .unwrap()
+        .contains("cancelled at step"));
+    let stopped_at = cluster.status(&long)["step"].as_u64().unwrap();
+    assert!(stopped_at < 1_000_000);
+
+    cluster.wait_finished(&short, Duration::from_secs(60));
+    assert_eq!(
+        cluster.status(&long)["step"].as_u64(),
+        Some(stopped_at),
+        "nothing ran after the cancel"
+    );
+    assert!(!cluster
+        .experiment_dir(&long)
+        .join("final.safetensors")
+        .exists());
+}
+
+#[test]
+fn a_coordinator_killed_mid_run_resumes_the_experiment_after_restart() {
+    let addr = free_loopback_addr();
+    let mut cluster = Cluster::start_on(&addr, &[]);
+    cluster.add_worker();
+    let overrides = [
+        "meta.steps=3000",
+        "meta.chunk_tasks=5",
+        "eval.every=1000",
+        "eval.tasks=100",
+        "eval.final_tasks=200",
+    ];
+    let id = cluster.submit(SPEC, &overrides).unwrap();
+    cluster.wait_for(&id, Duration::from_secs(60), |s| {
+        s["step"].as_u64() >= Some(300)
+    });
+
+    cluster.restart_coordinator(); // SIGKILL, then a new process on the same address and state
+    let status = cluster.wait_finished(&id, Duration::from_secs(120));
+    assert_eq!(status["step"], 3000);
+    // The interrupted run starts over from its spec: every step appears once in the metrics.
+    assert_eq!(
+        train_steps(&cluster.metrics(&id)),
+        (1..=3000).collect::<Vec<_>>()
+    );
+    let worker_log = std::fs::read_to_string(cluster.dir.path().join("worker-0.log")).unwrap();
+    assert!(
+        worker_log.matches("registered").count() >= 2,
+        "the worker registered again:\n{worker_log}"
+    );
+}
