@@ -47,7 +47,7 @@ lint: setup
 test: lint
 	$(TORCH_ENV) $(TEST_ENV) cargo test --workspace
 
-# Speed and results against the plain-PyTorch reference (see bench/README.md).
+# Speed and results against the plain-PyTorch reference (the README's Results section).
 bench: build
 	$(PYTHON) bench/compare.py --steps 3000
 

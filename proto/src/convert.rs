@@ -16,7 +16,7 @@ pub fn f32s_to_bytes(values: &[f32]) -> Bytes {
 
 /// Decodes little-endian f32; `None` when the length is not a multiple of four.
 pub fn f32s_from_bytes(bytes: &[u8]) -> Option<Vec<f32>> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     Some(
