@@ -52,7 +52,7 @@ bench: build
 	$(PYTHON) bench/compare.py --steps 3000
 
 bench-full: build
-	$(PYTHON) bench/compare.py --steps 70000 --eval-tasks 10000 --skip-two-workers
+	$(PYTHON) bench/compare.py --steps 70000 --eval-tasks 10000 --skip-two-workers --skip-reference
 
 clean-demo:
 	rm -rf outerloop-demo

@@ -14,17 +14,23 @@ const OVERRIDES: &[&str] = &[
     "eval.final_tasks=200",
 ];
 
-fn run_with(workers: usize) -> (Vec<u8>, Vec<serde_json::Value>) {
+/// Runs the spec on `workers` workers: the final parameters, the metrics without timings, and
+/// the most workers that shared one step.
+fn run_with(workers: usize) -> (Vec<u8>, Vec<serde_json::Value>, u64) {
     let mut cluster = Cluster::start(&[]);
     for _ in 0..workers {
         cluster.add_worker();
     }
     let id = cluster.submit(SPEC, OVERRIDES).unwrap();
     cluster.wait_finished(&id, Duration::from_secs(120));
-    let losses = cluster
-        .metrics(&id)
+    let metrics = cluster.metrics(&id);
+    let most_sharing = metrics
+        .iter()
+        .filter_map(|m| m["workers"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let losses = metrics
         .into_iter()
-        .filter(|m| m["kind"] != "train" || m["workers"].as_u64() > Some(0))
         .map(|mut m| {
             // Timings and the number of workers differ between runs by design.
             for key in [
@@ -38,19 +44,28 @@ fn run_with(workers: usize) -> (Vec<u8>, Vec<serde_json::Value>) {
             m
         })
         .collect();
-    (final_parameters(&cluster, &id), losses)
+    (final_parameters(&cluster, &id), losses, most_sharing)
 }
 
 #[test]
-fn one_and_three_workers_give_bit_identical_parameters() {
-    let (one, one_metrics) = run_with(1);
-    let (three, three_metrics) = run_with(3);
-    assert_eq!(one_metrics.len(), three_metrics.len());
-    for (a, b) in one_metrics.iter().zip(&three_metrics) {
-        assert_eq!(a, b, "every loss of every step and evaluation is identical");
+fn one_two_and_three_workers_give_bit_identical_parameters() {
+    let (one, one_metrics, _) = run_with(1);
+    for workers in [2, 3] {
+        let (many, many_metrics, most_sharing) = run_with(workers);
+        assert!(
+            most_sharing >= 2,
+            "with {workers} workers, steps were shared"
+        );
+        assert_eq!(one_metrics.len(), many_metrics.len());
+        for (a, b) in one_metrics.iter().zip(&many_metrics) {
+            assert_eq!(
+                a, b,
+                "every loss of every step and evaluation is identical with {workers} workers"
+            );
+        }
+        assert!(
+            one == many,
+            "final.safetensors differs between 1 and {workers} workers"
+        );
     }
-    assert!(
-        one == three,
-        "final.safetensors differs between 1 and 3 workers"
-    );
 }

@@ -67,12 +67,7 @@ impl Registry {
             };
             if record.state == ExperimentState::Running.as_str() {
                 tracing::info!(id = %record.id, "was running when the coordinator stopped; queued to run again");
-                record.state = ExperimentState::Queued.to_string();
-                record.step = 0;
-                record.tasks_done = 0;
-                record.train_seconds = 0.0;
-                record.meta_loss = None;
-                record.last_eval = None;
+                record = ExperimentRecord::queued(record.seq, &record.name, record.steps);
                 store.save(&record)?;
             }
             entries.insert(
@@ -109,20 +104,7 @@ impl Registry {
         let spec = Spec::parse(text, source_name, overrides)?;
         let mut entries = self.lock();
         let seq = entries.keys().next_back().map_or(1, |last| last + 1);
-        let record = ExperimentRecord {
-            id: format!("exp-{seq}"),
-            seq,
-            name: spec.name.clone(),
-            state: ExperimentState::Queued.to_string(),
-            step: 0,
-            steps: spec.meta.steps,
-            tasks_done: 0,
-            train_seconds: 0.0,
-            meta_loss: None,
-            last_eval: None,
-            final_eval: None,
-            error: None,
-        };
+        let record = ExperimentRecord::queued(seq, &spec.name, spec.meta.steps);
         self.store.create(&record, &spec.to_toml())?;
         let id = record.id.clone();
         tracing::info!(%id, name = %spec.name, "experiment queued");

@@ -116,6 +116,11 @@ fn default_eval_chunk_tasks() -> u32 {
     250
 }
 
+/// Most points per task (support or query).
+const MAX_POINTS: u32 = 100_000;
+/// Most tasks in one meta-batch or one evaluation.
+const MAX_TASKS: u32 = 10_000_000;
+
 /// A spec that was refused, with where and why.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{source_name}{}: {message}{}", location.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default(), excerpt.as_deref().unwrap_or_default())]
@@ -222,6 +227,16 @@ impl Spec {
         if t.queries == 0 {
             return fail("task.queries", t.queries, "must be at least 1");
         }
+        // Upper bounds catch typos that would otherwise make the coordinator or a worker
+        // allocate for billions of tasks or points.
+        if t.shots > MAX_POINTS || t.queries > MAX_POINTS {
+            let (path, given) = if t.shots > MAX_POINTS {
+                ("task.shots", t.shots)
+            } else {
+                ("task.queries", t.queries)
+            };
+            return fail(path, given, &format!("must be at most {MAX_POINTS}"));
+        }
         range("task.amplitude", t.amplitude)?;
         range("task.phase", t.phase)?;
         range("task.x", t.x)?;
@@ -240,6 +255,13 @@ impl Spec {
         }
         if m.meta_batch == 0 {
             return fail("meta.meta_batch", m.meta_batch, "must be at least 1");
+        }
+        if m.meta_batch > MAX_TASKS {
+            return fail(
+                "meta.meta_batch",
+                m.meta_batch,
+                &format!("must be at most {MAX_TASKS}"),
+            );
         }
         if m.inner_steps == 0 || m.inner_steps > 1000 {
             return fail(
@@ -274,6 +296,12 @@ impl Spec {
         }
         if e.final_tasks == 0 {
             return fail("eval.final_tasks", e.final_tasks, "must be at least 1");
+        }
+        if let Some((path, given)) = [("eval.tasks", e.tasks), ("eval.final_tasks", e.final_tasks)]
+            .into_iter()
+            .find(|&(_, n)| n > MAX_TASKS)
+        {
+            return fail(path, given, &format!("must be at most {MAX_TASKS}"));
         }
         if let Some(s) = e.inner_steps {
             if s == 0 || s > 1000 {
@@ -441,6 +469,13 @@ final_tasks = 200
 
         let e = parse(&SPEC.replace("inner_lr = 0.01", "inner_lr = -0.5"), &[]).unwrap_err();
         assert!(e.message.contains("meta.inner_lr: -0.5"), "{e}");
+
+        let e = parse(SPEC, &["meta.meta_batch=20000000"]).unwrap_err();
+        assert!(
+            e.message
+                .ends_with("20000000 is out of range: must be at most 10000000"),
+            "{e}"
+        );
 
         let e = parse(&SPEC.replace("hidden = [40, 40]", "hidden = []"), &[]).unwrap_err();
         assert!(e.message.contains("model.hidden: []"), "{e}");

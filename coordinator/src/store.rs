@@ -10,6 +10,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use outerloop_proto::ExperimentState;
 use serde::{Deserialize, Serialize};
 
 use outerloop_proto::MlpLayout;
@@ -44,6 +45,26 @@ pub struct ExperimentRecord {
     pub last_eval: Option<EvalRecord>,
     pub final_eval: Option<EvalRecord>,
     pub error: Option<String>,
+}
+
+impl ExperimentRecord {
+    /// A submitted experiment that has not started; its id is `exp-{seq}`.
+    pub fn queued(seq: u64, name: &str, steps: u64) -> Self {
+        ExperimentRecord {
+            id: format!("exp-{seq}"),
+            seq,
+            name: name.to_string(),
+            state: ExperimentState::Queued.to_string(),
+            step: 0,
+            steps,
+            tasks_done: 0,
+            train_seconds: 0.0,
+            meta_loss: None,
+            last_eval: None,
+            final_eval: None,
+            error: None,
+        }
+    }
 }
 
 /// The experiments directory of a coordinator's state directory.
@@ -158,20 +179,7 @@ mod tests {
     use super::*;
 
     fn record(seq: u64) -> ExperimentRecord {
-        ExperimentRecord {
-            id: format!("exp-{seq}"),
-            seq,
-            name: "sin".into(),
-            state: "queued".into(),
-            step: 0,
-            steps: 10,
-            tasks_done: 0,
-            train_seconds: 0.0,
-            meta_loss: None,
-            last_eval: None,
-            final_eval: None,
-            error: None,
-        }
+        ExperimentRecord::queued(seq, "sin", 10)
     }
 
     #[test]

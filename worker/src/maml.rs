@@ -115,10 +115,11 @@ fn meta_step(
     // per-task copies it carries a task axis that is summed away.
     let (query_loss, grad) = match path {
         Path::Batched => {
-            let (loss, grads) =
-                tch::no_grad(|| mse_and_grad_batched(&fast, &batch.query_x, &batch.query_y, 1.0));
+            let (loss, grads) = tch::no_grad(|| {
+                mse_and_grad_batched(&fast, &batch.query_x, &batch.query_y, 1.0, true)
+            });
             (
-                loss,
+                loss.expect("asked for the loss"),
                 grads
                     .iter()
                     .map(|g| g.sum_dim_intlist(0, false, None))
@@ -151,7 +152,7 @@ fn adapt(
         match path {
             Path::Batched => {
                 let (_, steps) =
-                    mse_and_grad_batched(fast, &batch.support_x, &batch.support_y, inner.lr);
+                    mse_and_grad_batched(fast, &batch.support_x, &batch.support_y, inner.lr, false);
                 fast.iter().zip(&steps).map(|(w, s)| w - s).collect()
             }
             Path::PerTask => {

@@ -44,13 +44,15 @@ pub fn mse_per_task(prediction: &Tensor, target: &Tensor) -> Tensor {
 /// path keeps autograd's gradient and serves as the reference this is tested against.
 ///
 /// The gradients come out multiplied by `scale` (the inner learning rate), which folds the
-/// step size into the backward pass instead of costing one more op per parameter.
+/// step size into the backward pass instead of costing one more op per parameter. The loss
+/// itself is only computed when `want_loss`.
 pub fn mse_and_grad_batched(
     params: &[Tensor],
     x: &Tensor,
     y: &Tensor,
     scale: f64,
-) -> (Tensor, Vec<Tensor>) {
+    want_loss: bool,
+) -> (Option<Tensor>, Vec<Tensor>) {
     let layers = params.len() / 2;
     // Forward, keeping each layer's input and ReLU mask.
     let mut inputs = Vec::with_capacity(layers);
@@ -58,12 +60,13 @@ pub fn mse_and_grad_batched(
     let mut h = x.shallow_clone();
     for (layer, pair) in params.chunks_exact(2).enumerate() {
         let (w, b) = (&pair[0], &pair[1]);
-        let bias = if b.dim() == 2 {
-            b.unsqueeze(1)
+        // One fused op per layer either way: the op count, not the arithmetic, is what a
+        // step of a small model costs.
+        let z = if w.dim() == 3 {
+            b.unsqueeze(1).baddbmm(&h, &w.transpose(1, 2), 1, 1)
         } else {
-            b.shallow_clone()
+            h.linear(w, Some(b))
         };
-        let z = h.matmul(&w.transpose(-1, -2)) + bias;
         inputs.push(h);
         h = if layer + 1 < layers {
             active.push(z.gt(0.0));
@@ -74,9 +77,11 @@ pub fn mse_and_grad_batched(
     }
     let residual = &h - y;
     let per_point = (residual.size()[1] * residual.size()[2]) as f64;
-    let loss = residual
-        .square()
-        .mean_dim([1i64, 2].as_slice(), false, None);
+    let loss = want_loss.then(|| {
+        residual
+            .square()
+            .mean_dim([1i64, 2].as_slice(), false, None)
+    });
     // Backward: delta is scale * dLoss/dz of the current layer, [tasks, points, out].
     let mut delta = residual * (2.0 * scale / per_point);
     let mut grads: Vec<Tensor> = (0..params.len()).map(|_| Tensor::new()).collect();

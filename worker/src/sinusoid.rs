@@ -49,10 +49,18 @@ impl SinusoidFamily {
         }
         let t = tasks.len() as i64;
         let tensor = |v: &[f32], points: usize| {
-            Tensor::from_slice(v)
-                .reshape([t, points as i64, 1])
-                .to_kind(kind)
-                .to_device(device)
+            let x = Tensor::from_slice(v).view([t, points as i64, 1]);
+            // Skip no-op conversions: each op call costs microseconds at this size.
+            let x = if kind == Kind::Float {
+                x
+            } else {
+                x.to_kind(kind)
+            };
+            if device == Device::Cpu {
+                x
+            } else {
+                x.to_device(device)
+            }
         };
         TaskBatch {
             support_x: tensor(&xs[0], k),
