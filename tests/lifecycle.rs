@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{free_loopback_addr, train_steps, Cluster, SPEC};
+use common::{final_parameters, free_loopback_addr, train_steps, Cluster, SPEC};
 
 #[test]
 fn experiments_run_in_order_and_a_cancelled_one_stops() {
@@ -60,26 +60,36 @@ fn experiments_run_in_order_and_a_cancelled_one_stops() {
 }
 
 #[test]
-fn a_coordinator_killed_mid_run_resumes_the_experiment_after_restart() {
-    let addr = free_loopback_addr();
-    let mut cluster = Cluster::start_on(&addr, &[]);
-    cluster.add_worker();
+fn a_coordinator_killed_mid_run_resumes_from_its_checkpoint_with_the_same_result() {
     let overrides = [
         "meta.steps=3000",
         "meta.chunk_tasks=5",
-        "eval.every=1000",
+        "eval.every=500",
         "eval.tasks=100",
         "eval.final_tasks=200",
     ];
+    let addr = free_loopback_addr();
+    let mut cluster = Cluster::start_on(&addr, &[]);
+    cluster.add_worker();
     let id = cluster.submit(SPEC, &overrides).unwrap();
     cluster.wait_for(&id, Duration::from_secs(60), |s| {
-        s["step"].as_u64() >= Some(300)
+        s["step"].as_u64() >= Some(1200)
     });
 
     cluster.restart_coordinator(); // SIGKILL, then a new process on the same address and state
-    let status = cluster.wait_finished(&id, Duration::from_secs(120));
-    assert_eq!(status["step"], 3000);
-    // The interrupted run starts over from its spec: every step appears once in the metrics.
+    cluster.wait_finished(&id, Duration::from_secs(120));
+    let log = std::fs::read_to_string(cluster.dir.path().join("coordinator.log")).unwrap();
+    let resumed_at: u64 = log
+        .lines()
+        .find_map(|l| l.split("resuming from the checkpoint").nth(1))
+        .and_then(|rest| rest.split("step=").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the coordinator did not resume from a checkpoint:\n{log}"));
+    assert!(
+        resumed_at >= 1000 && resumed_at % 500 == 0,
+        "resumed at {resumed_at}"
+    );
+    // Steps done after the checkpoint and lost with the coordinator are done again, once.
     assert_eq!(
         train_steps(&cluster.metrics(&id)),
         (1..=3000).collect::<Vec<_>>()
@@ -89,4 +99,11 @@ fn a_coordinator_killed_mid_run_resumes_the_experiment_after_restart() {
         worker_log.matches("registered").count() >= 2,
         "the worker registered again:\n{worker_log}"
     );
+
+    // Parameters and optimizer state were restored exactly: same bits as an undisturbed run.
+    let mut reference = Cluster::start(&[]);
+    reference.add_worker();
+    let reference_id = reference.submit(SPEC, &overrides).unwrap();
+    reference.wait_finished(&reference_id, Duration::from_secs(120));
+    assert!(final_parameters(&cluster, &id) == final_parameters(&reference, &reference_id));
 }

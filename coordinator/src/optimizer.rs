@@ -1,5 +1,7 @@
 //! Outer optimizers (SGD with momentum, Adam) on flat f32 parameter buffers, as torch.optim defines them.
 
+use std::collections::BTreeMap;
+
 use crate::spec::{MetaSpec, OptimizerKind};
 
 /// An outer optimizer: one update of `params` from the meta-gradient `grad`.
@@ -41,6 +43,46 @@ impl OuterOptimizer {
                 m: vec![0.0; param_count],
                 v: vec![0.0; param_count],
             }),
+        }
+    }
+
+    /// The state a checkpoint must keep: updates applied so far and the named buffers.
+    pub fn state(&self) -> (u64, Vec<(&'static str, &[f32])>) {
+        match self {
+            OuterOptimizer::Sgd { velocity, .. } => (0, vec![("optimizer.velocity", velocity)]),
+            OuterOptimizer::Adam(adam) => (
+                adam.step as u64,
+                vec![("optimizer.m", &adam.m), ("optimizer.v", &adam.v)],
+            ),
+        }
+    }
+
+    /// Restores what `state` returned; refuses buffers that are missing or of the wrong size.
+    pub fn restore(
+        &mut self,
+        updates: u64,
+        buffers: &BTreeMap<String, Vec<f32>>,
+    ) -> Result<(), String> {
+        let take = |name: &str, into: &mut Vec<f32>| match buffers.get(name) {
+            Some(values) if values.len() == into.len() => {
+                into.copy_from_slice(values);
+                Ok(())
+            }
+            Some(values) => Err(format!(
+                "{name} has {} values, expected {}",
+                values.len(),
+                into.len()
+            )),
+            None => Err(format!("{name} is missing")),
+        };
+        match self {
+            OuterOptimizer::Sgd { velocity, .. } => take("optimizer.velocity", velocity),
+            OuterOptimizer::Adam(adam) => {
+                adam.step = i32::try_from(updates)
+                    .map_err(|_| format!("{updates} Adam steps is too many"))?;
+                take("optimizer.m", &mut adam.m)?;
+                take("optimizer.v", &mut adam.v)
+            }
         }
     }
 
@@ -139,5 +181,31 @@ mod tests {
             "{} vs {expected}",
             p[0]
         );
+    }
+
+    #[test]
+    fn a_restored_optimizer_continues_exactly_where_the_saved_one_was() {
+        for kind in [OptimizerKind::Adam, OptimizerKind::Sgd] {
+            let spec = meta(kind, 0.01, 0.9);
+            let mut original = OuterOptimizer::new(&spec, 2);
+            let mut p = [1.0f32, -2.0];
+            original.step(&mut p, &[0.3, -0.7]);
+            original.step(&mut p, &[0.1, 0.2]);
+            let (updates, buffers) = original.state();
+            let saved: BTreeMap<String, Vec<f32>> = buffers
+                .iter()
+                .map(|(n, b)| (n.to_string(), b.to_vec()))
+                .collect();
+            let mut restored = OuterOptimizer::new(&spec, 2);
+            restored.restore(updates, &saved).unwrap();
+            let (mut a, mut b) = (p, p);
+            original.step(&mut a, &[0.5, 0.5]);
+            restored.step(&mut b, &[0.5, 0.5]);
+            assert_eq!(a, b, "{kind:?}");
+            assert!(OuterOptimizer::new(&spec, 3)
+                .restore(updates, &saved)
+                .unwrap_err()
+                .contains("expected 3"));
+        }
     }
 }

@@ -13,6 +13,7 @@ use crate::dispatch::{Dispatcher, RoundError, RoundInput};
 use crate::model;
 use crate::optimizer::OuterOptimizer;
 use crate::registry::{Job, Registry};
+use crate::safetensors_file::{model_tensors, NamedTensor};
 use crate::sampler::{self, Split};
 use crate::spec::{Algorithm, Spec};
 use crate::stats::MeanCi;
@@ -58,6 +59,9 @@ pub async fn run(job: Job, registry: &Registry, dispatcher: &Dispatcher) {
     }
 }
 
+/// Written after every periodic evaluation; a restarted coordinator resumes from it.
+const CHECKPOINT: &str = "checkpoint.safetensors";
+
 /// The state of one experiment's outer loop.
 struct Run<'a> {
     job: &'a Job,
@@ -67,8 +71,18 @@ struct Run<'a> {
     setup: ExperimentSetup,
     params: Vec<f32>,
     optimizer: OuterOptimizer,
-    version: u64,
+    /// Outer steps done; also the parameter version workers cache by.
+    step: u64,
+    train_seconds: f64,
     metrics: MetricsWriter,
+}
+
+/// Where a run starts: from scratch, or from the last checkpoint of an interrupted run.
+struct Start {
+    params: Vec<f32>,
+    optimizer: OuterOptimizer,
+    step: u64,
+    train_seconds: f64,
 }
 
 impl<'a> Run<'a> {
@@ -80,17 +94,39 @@ impl<'a> Run<'a> {
         let spec = &job.spec;
         let hidden: Vec<usize> = spec.model.hidden.iter().map(|&w| w as usize).collect();
         let layout = MlpLayout::new(1, &hidden, 1);
-        let params = model::init(&layout, sampler::init_seed(spec.seed));
-        let optimizer = OuterOptimizer::new(&spec.meta, layout.param_count());
+        let fresh = || Start {
+            params: model::init(&layout, sampler::init_seed(spec.seed)),
+            optimizer: OuterOptimizer::new(&spec.meta, layout.param_count()),
+            step: 0,
+            train_seconds: 0.0,
+        };
+        let start = match resume(job, registry, &layout) {
+            Ok(Some(start)) => start,
+            Ok(None) => fresh(),
+            Err(e) => {
+                // Starting over gives the same result (everything is deterministic), only later.
+                tracing::warn!(id = %job.id, error = %e, "unusable checkpoint; starting from step 0");
+                fresh()
+            }
+        };
+        let (metrics, last_eval) = registry.store().metrics_writer(&job.id, start.step)?;
+        let meta_batch = spec.meta.meta_batch as u64;
+        registry.update(&job.id, true, |r| {
+            r.step = start.step;
+            r.tasks_done = start.step * meta_batch;
+            r.train_seconds = start.train_seconds;
+            r.last_eval = last_eval;
+        })?;
         Ok(Run {
             job,
             registry,
             dispatcher,
             setup: setup(&job.id, spec),
-            params,
-            optimizer,
-            version: 0,
-            metrics: registry.store().metrics_writer(&job.id)?,
+            params: start.params,
+            optimizer: start.optimizer,
+            step: start.step,
+            train_seconds: start.train_seconds,
+            metrics,
             layout,
         })
     }
@@ -102,11 +138,15 @@ impl<'a> Run<'a> {
     async fn train(&mut self) -> Result<(), RunError> {
         let spec = self.spec().clone();
         let (meta_batch, every) = (spec.meta.meta_batch as u64, spec.eval.every);
-        self.evaluate(0, Split::Eval, spec.eval.tasks).await?;
-        for step in 0..spec.meta.steps {
+        if self.step == 0 {
+            self.evaluate(Split::Eval, spec.eval.tasks).await?;
+        } else {
+            tracing::info!(id = %self.job.id, step = self.step, "resuming from the checkpoint");
+        }
+        while self.step < spec.meta.steps {
             let started = Instant::now();
             let sizes = chunk_sizes(meta_batch, spec.meta.chunk_tasks as u64);
-            let chunks = self.descriptors(Split::Train, step, &sizes);
+            let chunks = self.descriptors(Split::Train, self.step, &sizes);
             let out = self
                 .round(Phase::Train, spec.meta.inner_steps, chunks)
                 .await?;
@@ -115,13 +155,14 @@ impl<'a> Run<'a> {
             let scale = 1.0 / meta_batch as f32;
             let grad: Vec<f32> = totals.grad_sum.iter().map(|g| g * scale).collect();
             self.optimizer.step(&mut self.params, &grad);
-            self.version += 1;
+            self.step += 1;
             let step_seconds = started.elapsed().as_secs_f64();
+            self.train_seconds += step_seconds;
 
             let meta_loss = MeanCi::of(&totals.loss_after).mean;
             if !meta_loss.is_finite() || grad.iter().any(|g| !g.is_finite()) {
                 return Err(RunError::Diverged {
-                    step: step + 1,
+                    step: self.step,
                     loss: meta_loss,
                 });
             }
@@ -133,56 +174,71 @@ impl<'a> Run<'a> {
             let critical = per_worker.values().copied().fold(0.0, f64::max);
             self.metrics.append(&json!({
                 "kind": "train",
-                "step": step + 1,
+                "step": self.step,
                 "meta_loss": meta_loss,
                 "step_seconds": step_seconds,
                 "compute_seconds": totals.compute_seconds,
                 "critical_compute_seconds": critical,
                 "workers": per_worker.len(),
             }))?;
+            let (step, train_seconds) = (self.step, self.train_seconds);
             self.registry.update(&self.job.id, false, |r| {
-                r.step = step + 1;
-                r.tasks_done += meta_batch;
-                r.train_seconds += step_seconds;
+                r.step = step;
+                r.tasks_done = step * meta_batch;
+                r.train_seconds = train_seconds;
                 r.meta_loss = Some(meta_loss);
             })?;
-            if (step + 1) % every == 0 {
-                self.evaluate(step + 1, Split::Eval, spec.eval.tasks)
-                    .await?;
+            if self.step % every == 0 {
+                self.evaluate(Split::Eval, spec.eval.tasks).await?;
+                self.checkpoint()?;
             }
         }
-        let steps = spec.meta.steps;
-        let last = self
-            .evaluate(steps, Split::Final, spec.eval.final_tasks)
-            .await?;
+        let last = self.evaluate(Split::Final, spec.eval.final_tasks).await?;
         let metadata = BTreeMap::from([
             ("experiment".to_string(), self.job.id.clone()),
             ("name".to_string(), spec.name.clone()),
-            ("step".to_string(), steps.to_string()),
+            ("step".to_string(), self.step.to_string()),
             (
                 "final_eval_loss_mean".to_string(),
                 last.loss_mean.to_string(),
             ),
         ]);
-        let path = self.registry.store().write_parameters(
+        let tensors = model_tensors(&self.layout, &self.params);
+        let path = self.registry.store().write_tensors(
             &self.job.id,
             "final.safetensors",
-            &self.layout,
-            &self.params,
+            &tensors,
             &metadata,
         )?;
         tracing::info!(id = %self.job.id, path = %path.display(), "final parameters written");
         Ok(())
     }
 
+    /// Saves what resuming needs: parameters, optimizer state, step and training time.
+    fn checkpoint(&mut self) -> Result<(), RunError> {
+        // Metrics up to this step must be on disk before the checkpoint claims them.
+        self.metrics.flush()?;
+        let (updates, buffers) = self.optimizer.state();
+        let mut tensors = model_tensors(&self.layout, &self.params);
+        tensors.extend(buffers.into_iter().map(|(name, values)| NamedTensor {
+            name: name.to_string(),
+            shape: vec![values.len()],
+            values,
+        }));
+        let metadata = BTreeMap::from([
+            ("step".to_string(), self.step.to_string()),
+            ("optimizer_updates".to_string(), updates.to_string()),
+            ("train_seconds".to_string(), self.train_seconds.to_string()),
+        ]);
+        self.registry
+            .store()
+            .write_tensors(&self.job.id, CHECKPOINT, &tensors, &metadata)?;
+        Ok(())
+    }
+
     /// Adapts on `tasks` held-out tasks of `split` and records the post-adaptation loss.
-    async fn evaluate(
-        &mut self,
-        step: u64,
-        split: Split,
-        tasks: u32,
-    ) -> Result<EvalRecord, RunError> {
-        let spec = self.spec().clone();
+    async fn evaluate(&mut self, split: Split, tasks: u32) -> Result<EvalRecord, RunError> {
+        let (spec, step) = (self.spec().clone(), self.step);
         let sizes = chunk_sizes(tasks as u64, spec.eval.chunk_tasks as u64);
         // Periodic evaluations reuse the same held-out tasks (step 0 of their split), so that
         // the learning curve compares like with like.
@@ -248,7 +304,7 @@ impl<'a> Run<'a> {
     ) -> Result<crate::dispatch::RoundOutput, RunError> {
         let input = RoundInput {
             setup: self.setup.clone(),
-            version: self.version,
+            version: self.step,
             params: f32s_to_bytes(&self.params),
             phase,
             inner_steps,
@@ -262,6 +318,44 @@ impl<'a> Run<'a> {
             }
         }
     }
+}
+
+/// The state saved by the last checkpoint of `job`, if it has one.
+fn resume(job: &Job, registry: &Registry, layout: &MlpLayout) -> Result<Option<Start>, String> {
+    let Some(saved) = registry
+        .store()
+        .read_tensors(&job.id, CHECKPOINT)
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    let number = |key: &str| -> Result<f64, String> {
+        saved
+            .metadata
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("checkpoint metadata lacks {key}"))
+    };
+    let mut params = Vec::with_capacity(layout.param_count());
+    for slot in &layout.slots {
+        match saved.tensors.get(&slot.name) {
+            Some(values) if values.len() == slot.len() => params.extend_from_slice(values),
+            _ => {
+                return Err(format!(
+                    "checkpoint tensor {} is missing or of the wrong size",
+                    slot.name
+                ))
+            }
+        }
+    }
+    let mut optimizer = OuterOptimizer::new(&job.spec.meta, layout.param_count());
+    optimizer.restore(number("optimizer_updates")? as u64, &saved.tensors)?;
+    Ok(Some(Start {
+        params,
+        optimizer,
+        step: number("step")? as u64,
+        train_seconds: number("train_seconds")?,
+    }))
 }
 
 /// Sizes of the chunks a batch of `tasks` is cut into: `chunk` each, the last one smaller.

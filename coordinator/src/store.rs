@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 use outerloop_proto::ExperimentState;
 use serde::{Deserialize, Serialize};
 
-use outerloop_proto::MlpLayout;
-
-use crate::safetensors_file;
+use crate::safetensors_file::{self, Decoded, NamedTensor};
 
 /// An evaluation's summary, as stored and reported.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -119,30 +117,72 @@ impl Store {
         write_atomically(&self.dir(&record.id).join("state.json"), &json)
     }
 
-    /// Opens `metrics.jsonl` afresh (a restarted experiment rewrites its metrics).
-    pub fn metrics_writer(&self, id: &str) -> io::Result<MetricsWriter> {
-        let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(self.dir(id).join("metrics.jsonl"))?;
-        Ok(MetricsWriter {
-            out: BufWriter::new(file),
-        })
+    /// Opens `metrics.jsonl` for a run starting at `from_step`: afresh at step 0; on resuming,
+    /// keeping only the lines up to the checkpoint (an interrupted run wrote some after it,
+    /// which it is about to write again). Returns the last evaluation kept.
+    pub fn metrics_writer(
+        &self,
+        id: &str,
+        from_step: u64,
+    ) -> io::Result<(MetricsWriter, Option<EvalRecord>)> {
+        let path = self.dir(id).join("metrics.jsonl");
+        let mut last_eval = None;
+        if from_step > 0 {
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            let mut kept = String::new();
+            for line in text.lines() {
+                let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue; // a line torn by the crash
+                };
+                if value["step"].as_u64().is_some_and(|step| step <= from_step) {
+                    if value["kind"] == "eval" {
+                        last_eval = serde_json::from_value(value).ok();
+                    }
+                    kept.push_str(line);
+                    kept.push('\n');
+                }
+            }
+            write_atomically(&path, kept.as_bytes())?;
+        }
+        let file = if from_step == 0 {
+            File::create(&path)?
+        } else {
+            OpenOptions::new().append(true).open(&path)?
+        };
+        Ok((
+            MetricsWriter {
+                out: BufWriter::new(file),
+            },
+            last_eval,
+        ))
     }
 
-    /// Writes `params` as `file_name` (safetensors), named as PyTorch's `nn.Sequential` names them.
-    pub fn write_parameters(
+    /// Writes F32 tensors as the safetensors file `file_name` in the experiment's directory.
+    pub fn write_tensors(
         &self,
         id: &str,
         file_name: &str,
-        layout: &MlpLayout,
-        params: &[f32],
+        tensors: &[NamedTensor],
         metadata: &BTreeMap<String, String>,
     ) -> io::Result<PathBuf> {
         let path = self.dir(id).join(file_name);
-        write_atomically(&path, &safetensors_file::encode(layout, params, metadata))?;
+        write_atomically(&path, &safetensors_file::encode(tensors, metadata))?;
         Ok(path)
+    }
+
+    /// Reads a safetensors file of the experiment's, if there is one.
+    pub fn read_tensors(&self, id: &str, file_name: &str) -> io::Result<Option<Decoded>> {
+        let path = self.dir(id).join(file_name);
+        match fs::read(&path) {
+            Ok(bytes) => safetensors_file::decode(&bytes).map(Some).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {e}", path.display()),
+                )
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -203,26 +243,92 @@ mod tests {
     }
 
     #[test]
-    fn parameters_are_written_as_named_safetensors() {
+    fn tensors_round_trip_and_a_missing_file_is_none() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store.create(&record(1), "").unwrap();
-        let layout = MlpLayout::new(1, &[2], 1);
-        let params: Vec<f32> = (0..layout.param_count()).map(|i| i as f32).collect();
-        let path = store
-            .write_parameters(
-                "exp-1",
-                "final.safetensors",
-                &layout,
-                &params,
-                &BTreeMap::new(),
-            )
+        assert_eq!(
+            store
+                .read_tensors("exp-1", "checkpoint.safetensors")
+                .unwrap(),
+            None
+        );
+        let values = [1.0f32, 2.0, 3.0];
+        let tensors = [NamedTensor {
+            name: "t".into(),
+            shape: vec![3],
+            values: &values,
+        }];
+        let metadata = BTreeMap::from([("step".to_string(), "5".to_string())]);
+        store
+            .write_tensors("exp-1", "checkpoint.safetensors", &tensors, &metadata)
             .unwrap();
-        let bytes = fs::read(path).unwrap();
-        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let bias = file.tensor("2.bias").unwrap();
-        assert_eq!(bias.shape(), [1]);
-        assert_eq!(bias.data(), 6.0f32.to_le_bytes());
-        assert_eq!(file.tensor("0.weight").unwrap().shape(), [2, 1]);
+        let back = store
+            .read_tensors("exp-1", "checkpoint.safetensors")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (back.tensors["t"].as_slice(), &back.metadata),
+            (&values[..], &metadata)
+        );
+        fs::write(store.dir("exp-1").join("bad.safetensors"), b"junk").unwrap();
+        let err = store.read_tensors("exp-1", "bad.safetensors").unwrap_err();
+        assert!(err.to_string().contains("bad.safetensors"), "{err}");
+    }
+
+    #[test]
+    fn resuming_keeps_the_metrics_up_to_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.create(&record(1), "").unwrap();
+        {
+            let (mut metrics, last) = store.metrics_writer("exp-1", 0).unwrap();
+            assert_eq!(last, None);
+            for step in 1..=5 {
+                metrics
+                    .append(&serde_json::json!({"kind": "train", "step": step}))
+                    .unwrap();
+                if step % 2 == 0 {
+                    let eval = serde_json::json!({"kind": "eval", "step": step, "loss_mean": step as f64,
+                        "loss_ci95": 0.1, "tasks": 10, "loss_before_mean": 3.0});
+                    metrics.append(&eval).unwrap();
+                }
+            }
+            metrics.flush().unwrap();
+        }
+        let path = store.dir("exp-1").join("metrics.jsonl");
+        fs::write(
+            &path,
+            fs::read_to_string(&path).unwrap() + "{\"kind\": \"tr",
+        )
+        .unwrap(); // torn by a crash
+
+        let (mut metrics, last) = store.metrics_writer("exp-1", 4).unwrap();
+        assert_eq!(last.map(|e| (e.step, e.loss_mean)), Some((4, 4.0)));
+        metrics
+            .append(&serde_json::json!({"kind": "train", "step": 5}))
+            .unwrap();
+        metrics.flush().unwrap();
+        let steps: Vec<(String, u64)> = fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|v| {
+                (
+                    v["kind"].as_str().unwrap().to_string(),
+                    v["step"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let expected = [
+            ("train", 1),
+            ("train", 2),
+            ("eval", 2),
+            ("train", 3),
+            ("train", 4),
+            ("eval", 4),
+            ("train", 5),
+        ];
+        assert_eq!(steps, expected.map(|(k, s)| (k.to_string(), s)));
     }
 }
