@@ -48,10 +48,11 @@ test: lint
 	$(TORCH_ENV) $(TEST_ENV) cargo test --workspace
 
 # Speed and results against the plain-PyTorch reference (the README's Results section).
-bench: build
+# The benchmarks run the PyTorch reference from the cached environment, even with LIBTORCH set.
+bench: build $(TORCH_VENV)/.installed
 	$(PYTHON) bench/compare.py --steps 3000
 
-bench-full: build
+bench-full: build $(TORCH_VENV)/.installed
 	$(PYTHON) bench/compare.py --steps 70000 --eval-tasks 10000 --skip-two-workers --skip-reference
 
 clean-demo:

@@ -32,7 +32,10 @@ def parse_args():
     p.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "outerloop"))
     p.add_argument("--skip-two-workers", action="store_true")
     p.add_argument("--skip-reference", action="store_true", help="only run outerloop")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.steps < 1 or args.eval_tasks < 2:
+        p.error("--steps must be at least 1 and --eval-tasks at least 2")
+    return args
 
 
 def run_reference(args):
@@ -52,7 +55,10 @@ def run_outerloop(args, workers, chunk_tasks):
             procs.append(subprocess.Popen(
                 [args.binary, "coordinator", "--listen", "127.0.0.1:0", "--state-dir", tmp,
                  "--port-file", port_file], stdout=logs, stderr=logs))
+            deadline = time.monotonic() + 60
             while not os.path.exists(port_file):
+                if procs[0].poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"the coordinator did not start; see {tmp}/processes.log")
                 time.sleep(0.02)
             url = "http://" + open(port_file).read().strip()
             for i in range(workers):
@@ -79,7 +85,8 @@ def run_outerloop(args, workers, chunk_tasks):
                 p.terminate()
             for p in procs:
                 p.wait()
-    train = [l for l in lines if l["kind"] == "train"][10:]  # skip warm-up steps
+    train = [l for l in lines if l["kind"] == "train"]
+    train = train[10:] or train  # skip warm-up steps when there are enough
     step = statistics.mean(l["step_seconds"] for l in train)
     critical = statistics.mean(l["critical_compute_seconds"] for l in train)
     return {

@@ -49,6 +49,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             "configs/sinusoid_maml.toml".to_string(),
         ),
     };
+    // The demo's state directory is its own: an earlier demo's experiments (an interrupted one
+    // would be resumed first) are cleared so that this run starts alone.
+    let previous = args.state_dir.join("experiments");
+    if previous.exists() {
+        std::fs::remove_dir_all(&previous)
+            .with_context(|| format!("cannot clear {}", previous.display()))?;
+        println!(
+            "cleared the previous demo's results in {}",
+            previous.display()
+        );
+    }
     let logs = args.state_dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let exe = std::env::current_exe()?;

@@ -42,13 +42,13 @@ enum Command {
         #[arg(long)]
         port_file: Option<PathBuf>,
         /// Drop a worker that has not been heard of for this long; its work is requeued.
-        #[arg(long, default_value_t = 10_000)]
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
         worker_timeout_ms: u64,
         /// Requeue a leased chunk that is not completed within this time.
-        #[arg(long, default_value_t = 300_000)]
+        #[arg(long, default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(100..))]
         lease_timeout_ms: u64,
         /// How often workers heart-beat.
-        #[arg(long, default_value_t = 1_000)]
+        #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..))]
         heartbeat_ms: u64,
         /// Async runtime threads. One is fastest for small models: an outer step is a chain of
         /// short hand-offs, and each cross-thread wake-up adds latency to it.
@@ -57,7 +57,7 @@ enum Command {
     },
     /// Run a worker: pulls work from the coordinator and runs inner loops on this machine.
     Worker {
-        #[arg(long, default_value = DEFAULT_COORDINATOR)]
+        #[arg(long, default_value = DEFAULT_COORDINATOR, value_parser = coordinator_url)]
         coordinator: String,
         /// cpu, cuda:N, or auto (the first CUDA device if there is one, else cpu).
         #[arg(long, default_value = "auto")]
@@ -81,7 +81,7 @@ enum Command {
         /// Override a spec field, e.g. --set meta.steps=2000 (repeatable).
         #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
         overrides: Vec<String>,
-        #[arg(long, default_value = DEFAULT_COORDINATOR)]
+        #[arg(long, default_value = DEFAULT_COORDINATOR, value_parser = coordinator_url)]
         coordinator: String,
     },
     /// Show the state of one experiment, or of all.
@@ -90,19 +90,20 @@ enum Command {
         /// One JSON object per experiment, one per line.
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value = DEFAULT_COORDINATOR)]
+        #[arg(long, default_value = DEFAULT_COORDINATOR, value_parser = coordinator_url)]
         coordinator: String,
     },
-    /// Follow an experiment until it ends; exits 0 if it finished, 1 if it failed, 2 if cancelled.
+    /// Follow an experiment until it ends; exits 0 if it finished, 1 if it failed, 2 if
+    /// cancelled, 3 if the coordinator stayed unreachable.
     Watch {
         id: String,
-        #[arg(long, default_value = DEFAULT_COORDINATOR)]
+        #[arg(long, default_value = DEFAULT_COORDINATOR, value_parser = coordinator_url)]
         coordinator: String,
     },
     /// Cancel a queued or running experiment.
     Cancel {
         id: String,
-        #[arg(long, default_value = DEFAULT_COORDINATOR)]
+        #[arg(long, default_value = DEFAULT_COORDINATOR, value_parser = coordinator_url)]
         coordinator: String,
     },
     /// Start a coordinator and workers on loopback, run the sinusoid MAML spec at demo length, and stop.
@@ -173,6 +174,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             runtime_threads: _,
         } => {
             init_tracing("info");
+            if worker_timeout_ms < 2 * heartbeat_ms {
+                anyhow::bail!(
+                    "--worker-timeout-ms ({worker_timeout_ms}) must be at least twice --heartbeat-ms ({heartbeat_ms}), \
+                     or live workers would be dropped between two heartbeats"
+                );
+            }
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
@@ -258,6 +265,22 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+/// Accepts `host:port` as well as `http://host:port`, and refuses what is neither.
+fn coordinator_url(text: &str) -> Result<String, String> {
+    let url = if text.contains("://") {
+        text.to_string()
+    } else {
+        format!("http://{text}")
+    };
+    let uri: tonic::transport::Uri = url
+        .parse()
+        .map_err(|e| format!("not a URL like http://127.0.0.1:7070: {e}"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) => Ok(url),
+        _ => Err("expected http://HOST:PORT or HOST:PORT".to_string()),
     }
 }
 

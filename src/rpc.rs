@@ -53,14 +53,13 @@ impl Coordinator {
 
     /// One experiment (`id` non-empty) or all of them.
     pub async fn status(&mut self, id: &str) -> anyhow::Result<Vec<ExperimentStatus>> {
+        self.try_status(id).await.map_err(refused)
+    }
+
+    /// `status`, keeping the gRPC status so callers can tell "unknown id" from "unreachable".
+    pub async fn try_status(&mut self, id: &str) -> Result<Vec<ExperimentStatus>, tonic::Status> {
         let request = StatusRequest { id: id.to_string() };
-        Ok(self
-            .client
-            .status(request)
-            .await
-            .map_err(refused)?
-            .into_inner()
-            .experiments)
+        Ok(self.client.status(request).await?.into_inner().experiments)
     }
 
     pub async fn cancel(&mut self, id: &str) -> anyhow::Result<String> {

@@ -13,19 +13,47 @@ const POLL: Duration = Duration::from_millis(250);
 /// When output is not a terminal, progress is printed as lines at most this often.
 const LINE_EVERY: Duration = Duration::from_secs(5);
 
-/// Follows `id` until it finishes (exit 0), fails (1) or is cancelled (2).
+/// How long `watch` keeps retrying a coordinator that stopped answering (it may be restarting).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Follows `id` until it finishes (exit 0), fails (1) or is cancelled (2); exits 3 if the
+/// coordinator stays unreachable for a minute.
 pub async fn watch(url: &str, id: &str) -> anyhow::Result<ExitCode> {
     let mut coordinator = Coordinator::connect(url).await?;
     let live = std::io::stdout().is_terminal();
     let mut last_eval_step = None;
     let mut last_line = Instant::now() - LINE_EVERY;
+    let mut unreachable_since: Option<Instant> = None;
     loop {
-        let status = coordinator
-            .status(id)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("no experiment {id}"))?;
+        let status = match coordinator.try_status(id).await {
+            Ok(found) => {
+                unreachable_since = None;
+                found
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("no experiment {id}"))?
+            }
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                anyhow::bail!("{}", status.message())
+            }
+            Err(status) => {
+                let since = *unreachable_since.get_or_insert_with(|| {
+                    clear_line(live);
+                    println!(
+                        "lost the coordinator ({}); retrying for up to {}s",
+                        status.message(),
+                        PATIENCE.as_secs()
+                    );
+                    Instant::now()
+                });
+                if since.elapsed() > PATIENCE {
+                    println!("the coordinator stayed unreachable; giving up");
+                    return Ok(ExitCode::from(3));
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
         if let Some(eval) = &status.last_eval {
             if last_eval_step != Some((eval.step, eval.r#final)) {
                 last_eval_step = Some((eval.step, eval.r#final));

@@ -86,7 +86,7 @@ fn a_coordinator_killed_mid_run_resumes_from_its_checkpoint_with_the_same_result
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("the coordinator did not resume from a checkpoint:\n{log}"));
     assert!(
-        resumed_at >= 1000 && resumed_at % 500 == 0,
+        resumed_at >= 1000 && resumed_at.is_multiple_of(500),
         "resumed at {resumed_at}"
     );
     // Steps done after the checkpoint and lost with the coordinator are done again, once.

@@ -74,10 +74,8 @@ pub enum RoundError {
 
 /// A registered worker as the coordinator sees it.
 #[derive(Clone, Debug)]
-pub struct WorkerInfo {
-    pub name: String,
-    pub device: String,
-    pub threads: u32,
+struct WorkerInfo {
+    name: String,
     last_seen: Instant,
 }
 
@@ -115,6 +113,19 @@ struct State {
     round: Option<Round>,
 }
 
+/// Where this process starts numbering workers and chunks: a function of the start time, so
+/// that ids from before a coordinator restart (a worker's heartbeat, a late result) do not
+/// collide with new ones.
+fn boot_epoch() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    // The clock's low 32 bits, effectively random per boot, as the high half: 2^32 ids per
+    // boot, and two boots share a range with probability 2^-32.
+    (nanos as u64) << 32
+}
+
 /// Hands chunks of the current round to workers and collects their results.
 #[derive(Debug)]
 pub struct Dispatcher {
@@ -129,21 +140,17 @@ impl Dispatcher {
         Dispatcher {
             config,
             state: Mutex::new(State {
-                next_worker_id: 1,
-                next_chunk_id: 1,
+                next_worker_id: boot_epoch(),
+                next_chunk_id: boot_epoch(),
                 ..State::default()
             }),
             work_ready: Notify::new(),
         }
     }
 
-    pub fn config(&self) -> DispatchConfig {
-        self.config
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding the lock leaves consistent state (every update is a single
-        // assignment), so a poisoned lock is still usable.
+        // Nothing under this lock calls code that can panic on user input; if a bug did, the
+        // state could be mid-update, but stopping every RPC for good would be worse.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -156,8 +163,6 @@ impl Dispatcher {
             worker_id,
             WorkerInfo {
                 name: request.name,
-                device: request.device,
-                threads: request.threads,
                 last_seen: Instant::now(),
             },
         );
@@ -181,13 +186,19 @@ impl Dispatcher {
         }
     }
 
-    pub fn workers(&self) -> Vec<WorkerInfo> {
-        self.lock().workers.values().cloned().collect()
+    pub fn worker_count(&self) -> usize {
+        self.lock().workers.len()
     }
 
     /// Starts a round and waits for all of its results. Only one round runs at a time; the
     /// caller (the experiment runner) awaits each before starting the next.
     pub async fn run_round(&self, input: RoundInput) -> Result<RoundOutput, RoundError> {
+        if input.chunks.is_empty() {
+            return Ok(RoundOutput {
+                results: Vec::new(),
+                workers: Vec::new(),
+            });
+        }
         let (done, receive) = oneshot::channel();
         {
             let mut state = self.lock();

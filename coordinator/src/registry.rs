@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use outerloop_proto::ExperimentState;
@@ -48,6 +49,9 @@ struct Entry {
 pub struct Registry {
     store: Store,
     entries: Mutex<BTreeMap<u64, Entry>>,
+    /// Sequence number of the next submission (ids are `exp-{seq}`); advanced under the
+    /// `entries` lock.
+    next_seq: AtomicU64,
     submitted: Notify,
 }
 
@@ -65,8 +69,12 @@ impl Registry {
                     continue;
                 }
             };
-            if record.state == ExperimentState::Running.as_str() {
-                tracing::info!(id = %record.id, "was running when the coordinator stopped; queued to run again");
+            if record.state == ExperimentState::Running.as_str() && record.cancel_requested {
+                tracing::info!(id = %record.id, "was cancelled while running; stays cancelled");
+                record.state = ExperimentState::Cancelled.to_string();
+                store.save(&record)?;
+            } else if record.state == ExperimentState::Running.as_str() {
+                tracing::info!(id = %record.id, "was running when the coordinator stopped; queued to resume");
                 record = ExperimentRecord::queued(record.seq, &record.name, record.steps);
                 store.save(&record)?;
             }
@@ -79,9 +87,11 @@ impl Registry {
                 },
             );
         }
+        let next_seq = AtomicU64::new(store.highest_seq()? + 1);
         Ok(Registry {
             store,
             entries: Mutex::new(entries),
+            next_seq,
             submitted: Notify::new(),
         })
     }
@@ -103,9 +113,10 @@ impl Registry {
     ) -> Result<String, RegistryError> {
         let spec = Spec::parse(text, source_name, overrides)?;
         let mut entries = self.lock();
-        let seq = entries.keys().next_back().map_or(1, |last| last + 1);
+        let seq = self.next_seq.load(Ordering::Relaxed);
         let record = ExperimentRecord::queued(seq, &spec.name, spec.meta.steps);
         self.store.create(&record, &spec.to_toml())?;
+        self.next_seq.store(seq + 1, Ordering::Relaxed);
         let id = record.id.clone();
         tracing::info!(%id, name = %spec.name, "experiment queued");
         entries.insert(
@@ -149,9 +160,16 @@ impl Registry {
                 id: id.to_string(),
                 known,
             })?;
-        if entry.record.state == ExperimentState::Queued.as_str() {
-            entry.record.state = ExperimentState::Cancelled.to_string();
-            self.store.save(&entry.record)?;
+        // Persist first, then change what others see: a failed write changes nothing.
+        let mut updated = entry.record.clone();
+        if updated.state == ExperimentState::Queued.as_str() {
+            updated.state = ExperimentState::Cancelled.to_string();
+        } else if updated.state == ExperimentState::Running.as_str() {
+            updated.cancel_requested = true;
+        }
+        if updated != entry.record {
+            self.store.save(&updated)?;
+            entry.record = updated;
         }
         entry.cancel.cancel();
         Ok(entry.record.state.clone())
@@ -169,8 +187,10 @@ impl Registry {
                     .values_mut()
                     .find(|e| e.record.state == ExperimentState::Queued.as_str())
                 {
-                    entry.record.state = ExperimentState::Running.to_string();
-                    self.store.save(&entry.record)?;
+                    let mut running = entry.record.clone();
+                    running.state = ExperimentState::Running.to_string();
+                    self.store.save(&running)?;
+                    entry.record = running;
                     return Ok(Job {
                         id: entry.record.id.clone(),
                         spec: entry.spec.clone(),
@@ -294,5 +314,73 @@ mod tests {
             ]
         );
         assert_eq!(registry.submit(SPEC, "a.toml", &[]).unwrap(), "exp-4");
+    }
+
+    #[tokio::test]
+    async fn ids_are_never_reused_even_past_an_unreadable_experiment() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let registry = registry(dir.path());
+            registry.submit(SPEC, "a.toml", &[]).unwrap();
+            registry.submit(SPEC, "b.toml", &[]).unwrap();
+        }
+        std::fs::write(dir.path().join("experiments/exp-2/state.json"), "{ torn").unwrap();
+        let registry = registry(dir.path());
+        assert_eq!(
+            registry.status(None).unwrap().len(),
+            1,
+            "the unreadable one is skipped"
+        );
+        assert_eq!(registry.submit(SPEC, "c.toml", &[]).unwrap(), "exp-3");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("experiments/exp-2/state.json")).unwrap(),
+            "{ torn"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cancel_of_a_running_experiment_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let registry = registry(dir.path());
+            registry.submit(SPEC, "a.toml", &[]).unwrap();
+            let job = registry.next_queued().await.unwrap();
+            assert_eq!(
+                registry.cancel(&job.id).unwrap(),
+                "running",
+                "the runner stops it"
+            );
+            assert!(job.cancel.is_cancelled());
+        }
+        let registry = registry(dir.path());
+        assert_eq!(
+            registry.status(Some("exp-1")).unwrap()[0].state,
+            "cancelled"
+        );
+    }
+
+    #[test]
+    fn evaluations_with_no_interval_survive_a_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(dir.path());
+        registry.submit(SPEC, "a.toml", &[]).unwrap();
+        let eval = crate::store::EvalRecord {
+            step: 0,
+            loss_mean: f64::INFINITY,
+            loss_ci95: f64::NAN,
+            tasks: 1,
+            loss_before_mean: 1.0,
+            r#final: false,
+        };
+        registry
+            .update("exp-1", true, |r| r.last_eval = Some(eval))
+            .unwrap();
+        drop(registry);
+        let loaded = Registry::open(Store::open(dir.path()).unwrap())
+            .unwrap()
+            .status(None)
+            .unwrap();
+        let back = loaded[0].last_eval.clone().unwrap();
+        assert!(back.loss_mean.is_nan() && back.loss_ci95.is_nan() && back.loss_before_mean == 1.0);
     }
 }

@@ -188,7 +188,7 @@ impl<'a> Run<'a> {
                 r.train_seconds = train_seconds;
                 r.meta_loss = Some(meta_loss);
             })?;
-            if self.step % every == 0 {
+            if self.step.is_multiple_of(every) {
                 self.evaluate(Split::Eval, spec.eval.tasks).await?;
                 self.checkpoint()?;
             }

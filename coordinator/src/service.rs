@@ -100,7 +100,7 @@ impl Experiments for ExperimentsService {
             .registry
             .status((!id.is_empty()).then_some(id.as_str()))
             .map_err(to_status)?;
-        let workers = self.dispatcher.workers().len() as u32;
+        let workers = self.dispatcher.worker_count() as u32;
         let experiments = records.iter().map(|r| self.status_of(r, workers)).collect();
         Ok(Response::new(StatusReply { experiments }))
     }

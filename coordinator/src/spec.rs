@@ -118,6 +118,8 @@ fn default_eval_chunk_tasks() -> u32 {
 
 /// Most points per task (support or query).
 const MAX_POINTS: u32 = 100_000;
+/// Most model parameters: the parameters travel whole in one message.
+const MAX_PARAMS: u64 = 64 << 20;
 /// Most tasks in one meta-batch or one evaluation.
 const MAX_TASKS: u32 = 10_000_000;
 
@@ -169,7 +171,7 @@ impl Spec {
             Spec::from_table(&doc)
                 .map_err(|e| err(None, format!("--set {assignment}: {}", e.message().trim())))?;
         }
-        let spec = Spec::from_table(&doc).expect("checked above");
+        let mut spec = Spec::from_table(&doc).expect("checked above");
         spec.validate().map_err(|(path, message)| {
             let set_by = overrides
                 .iter()
@@ -180,6 +182,8 @@ impl Spec {
                 None => err(locate_key(text, &path), format!("{path}: {message}")),
             }
         })?;
+        // Resolve defaults that depend on other fields, so the stored spec says what ran.
+        spec.eval.inner_steps = Some(spec.eval_inner_steps());
         Ok(spec)
     }
 
@@ -249,6 +253,15 @@ impl Spec {
         }
         if let Some(w) = self.model.hidden.iter().find(|&&w| w == 0 || w > 65_536) {
             return fail("model.hidden", w, "each width must be between 1 and 65536");
+        }
+        let widths: Vec<u64> = std::iter::once(1)
+            .chain(self.model.hidden.iter().map(|&w| w as u64))
+            .chain([1])
+            .collect();
+        let params: u64 = widths.windows(2).map(|p| (p[0] + 1) * p[1]).sum();
+        if params > MAX_PARAMS {
+            let allowed = format!("the network would have {params} parameters; at most {MAX_PARAMS} (256 MiB of f32) are supported");
+            return fail("model.hidden", &self.model.hidden, &allowed);
         }
         if m.steps == 0 {
             return fail("meta.steps", m.steps, "must be at least 1");
@@ -423,7 +436,11 @@ final_tasks = 200
         let spec = parse(SPEC, &[]).unwrap();
         assert_eq!(spec.meta.chunk_tasks, 25);
         assert_eq!(spec.task.amplitude, [0.1, 5.0]);
-        assert_eq!(spec.eval_inner_steps(), 1);
+        assert_eq!(
+            spec.eval.inner_steps,
+            Some(1),
+            "resolved from meta.inner_steps"
+        );
         assert_eq!(spec.meta.optimizer, OptimizerKind::Adam);
     }
 
@@ -474,6 +491,12 @@ final_tasks = 200
         assert!(
             e.message
                 .ends_with("20000000 is out of range: must be at most 10000000"),
+            "{e}"
+        );
+
+        let e = parse(SPEC, &["model.hidden=[8192, 8192]"]).unwrap_err();
+        assert!(
+            e.message.contains("67141633 parameters; at most 67108864"),
             "{e}"
         );
 

@@ -19,12 +19,33 @@ use crate::safetensors_file::{self, Decoded, NamedTensor};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvalRecord {
     pub step: u64,
+    #[serde(with = "non_finite_as_null")]
     pub loss_mean: f64,
+    /// NaN when there is no interval (a single task).
+    #[serde(with = "non_finite_as_null")]
     pub loss_ci95: f64,
     pub tasks: u64,
+    #[serde(with = "non_finite_as_null")]
     pub loss_before_mean: f64,
     #[serde(default)]
     pub r#final: bool,
+}
+
+/// JSON has no NaN or infinity: they are written as `null` and read back as NaN, so a diverged
+/// evaluation or a one-task interval never makes a record unreadable.
+mod non_finite_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+        match value.is_finite() {
+            true => serializer.serialize_f64(*value),
+            false => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
+    }
 }
 
 /// Everything known about an experiment except its spec.
@@ -43,6 +64,9 @@ pub struct ExperimentRecord {
     pub last_eval: Option<EvalRecord>,
     pub final_eval: Option<EvalRecord>,
     pub error: Option<String>,
+    /// Set when a running experiment is cancelled, so that a restart does not run it again.
+    #[serde(default)]
+    pub cancel_requested: bool,
 }
 
 impl ExperimentRecord {
@@ -61,6 +85,7 @@ impl ExperimentRecord {
             last_eval: None,
             final_eval: None,
             error: None,
+            cancel_requested: false,
         }
     }
 }
@@ -104,10 +129,28 @@ impl Store {
         Ok(out)
     }
 
-    /// Creates the experiment's directory with its spec and first record.
+    /// The highest `exp-N` directory number, readable or not, so that an id is never reused
+    /// (and an old experiment's files never mixed with a new one's).
+    pub fn highest_seq(&self) -> io::Result<u64> {
+        let mut highest = 0;
+        for entry in fs::read_dir(&self.root)? {
+            let name = entry?.file_name();
+            if let Some(seq) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("exp-"))
+                .and_then(|n| n.parse().ok())
+            {
+                highest = highest.max(seq);
+            }
+        }
+        Ok(highest)
+    }
+
+    /// Creates the experiment's directory with its spec and first record; an existing
+    /// directory is an error, never overwritten.
     pub fn create(&self, record: &ExperimentRecord, spec_toml: &str) -> io::Result<()> {
         let dir = self.dir(&record.id);
-        fs::create_dir_all(&dir)?;
+        fs::create_dir(&dir)?;
         write_atomically(&dir.join("spec.toml"), spec_toml.as_bytes())?;
         self.save(record)
     }

@@ -1,7 +1,6 @@
 //! Conversions between wire encodings and domain values: f32 buffers and experiment states.
 
 use std::fmt;
-use std::str::FromStr;
 
 use prost::bytes::Bytes;
 
@@ -38,14 +37,6 @@ pub enum ExperimentState {
 }
 
 impl ExperimentState {
-    pub const ALL: [ExperimentState; 5] = [
-        ExperimentState::Queued,
-        ExperimentState::Running,
-        ExperimentState::Finished,
-        ExperimentState::Failed,
-        ExperimentState::Cancelled,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             ExperimentState::Queued => "queued",
@@ -55,30 +46,11 @@ impl ExperimentState {
             ExperimentState::Cancelled => "cancelled",
         }
     }
-
-    /// Finished, failed and cancelled experiments never change again.
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            ExperimentState::Finished | ExperimentState::Failed | ExperimentState::Cancelled
-        )
-    }
 }
 
 impl fmt::Display for ExperimentState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ExperimentState {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| format!("unknown experiment state `{s}`"))
     }
 }
 
@@ -97,13 +69,5 @@ mod tests {
     #[test]
     fn ragged_buffers_are_refused() {
         assert_eq!(f32s_from_bytes(&[1, 2, 3]), None);
-    }
-
-    #[test]
-    fn states_parse_from_their_names() {
-        for state in ExperimentState::ALL {
-            assert_eq!(state.as_str().parse::<ExperimentState>(), Ok(state));
-        }
-        assert!("done".parse::<ExperimentState>().is_err());
     }
 }

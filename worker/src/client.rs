@@ -13,6 +13,8 @@ use crate::compute::ComputeThread;
 const MAX_MESSAGE_BYTES: usize = 1 << 30;
 /// How long a lease request waits at the coordinator before coming back empty.
 const LEASE_WAIT: Duration = Duration::from_secs(2);
+/// The longest any one call may take: a lease wait plus moving a large model's parameters.
+const RPC_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Who this worker is and where it reports.
 #[derive(Clone, Debug)]
@@ -80,6 +82,12 @@ async fn work_session(
     let channel: Channel = Endpoint::from_shared(identity.coordinator.clone())
         .map_err(SessionEnd::Connect)?
         .connect_timeout(Duration::from_secs(5))
+        // A coordinator host that vanishes without closing the connection (power loss, a
+        // partition) must not wedge the worker until TCP gives up minutes later.
+        .timeout(RPC_TIMEOUT)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
         .tcp_nodelay(true)
         .connect()
         .await?;

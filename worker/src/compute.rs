@@ -32,7 +32,10 @@ impl ComputeThread {
         thread::Builder::new()
             .name("outerloop-compute".into())
             .spawn(move || {
-                tch::set_num_threads(threads as i32);
+                // 0 leaves libtorch's default (one thread per core).
+                if threads > 0 {
+                    tch::set_num_threads(threads as i32);
+                }
                 let mut engine = Engine::new(device, path);
                 for job in receive {
                     let results = run_job(&mut engine, &job);
@@ -76,7 +79,26 @@ impl ComputeThread {
     }
 }
 
+/// Runs a job; a panic anywhere in it (libtorch raises them, e.g. on CUDA out of memory)
+/// becomes an error result for its chunks instead of ending the compute thread.
 fn run_job(engine: &mut Engine, job: &Job) -> Vec<ChunkResult> {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        install_and_run(engine, job)
+    }));
+    outcome.unwrap_or_else(|panic| {
+        let message = crate::engine::panic_message(panic);
+        job.chunks
+            .iter()
+            .map(|c| ChunkResult {
+                chunk_id: c.chunk_id,
+                error: message.clone(),
+                ..Default::default()
+            })
+            .collect()
+    })
+}
+
+fn install_and_run(engine: &mut Engine, job: &Job) -> Vec<ChunkResult> {
     let installed = job
         .setup
         .as_ref()

@@ -206,7 +206,8 @@ impl Engine {
     }
 }
 
-fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+/// The text of a caught panic (libtorch errors arrive as panics with their message).
+pub fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<String>()
         .cloned()
