@@ -28,7 +28,7 @@ all: build
 # The marker is written last, so an interrupted install is redone on the next run.
 $(TORCH_VENV)/.installed:
 	@echo "Installing torch==$(TORCH_VERSION) into $(TORCH_VENV) (once; about 5 GB)"
-	$(SYSTEM_PYTHON) -m venv "$(TORCH_VENV)"
+	$(SYSTEM_PYTHON) -m venv "$(TORCH_VENV)" || { echo "error: '$(SYSTEM_PYTHON) -m venv' failed; on Debian or Ubuntu: apt-get install python3-venv"; exit 1; }
 	"$(TORCH_VENV)/bin/pip" install --quiet "torch==$(TORCH_VERSION)" numpy safetensors
 	touch "$@"
 

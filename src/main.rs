@@ -290,3 +290,24 @@ fn default_worker_name() -> String {
         .unwrap_or_else(|_| "worker".into());
     format!("{host}-{}", std::process::id())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::coordinator_url;
+
+    #[test]
+    fn coordinator_urls_take_a_scheme_or_get_one() {
+        assert_eq!(
+            coordinator_url("127.0.0.1:7070").as_deref(),
+            Ok("http://127.0.0.1:7070")
+        );
+        assert_eq!(
+            coordinator_url("https://coord:443").as_deref(),
+            Ok("https://coord:443")
+        );
+        assert!(coordinator_url("ftp://coord:21")
+            .unwrap_err()
+            .contains("expected http://HOST:PORT"));
+        assert!(coordinator_url("http://").is_err());
+    }
+}

@@ -106,10 +106,14 @@ impl Engine {
             .iter()
             .map(|slot| {
                 let shape: Vec<i64> = slot.shape.iter().map(|&d| d as i64).collect();
-                Tensor::from_slice(&values[slot.offset..slot.offset + slot.len()])
-                    .view(shape.as_slice())
-                    .to_device(self.device)
-                    .set_requires_grad(true)
+                let tensor = Tensor::from_slice(&values[slot.offset..slot.offset + slot.len()])
+                    .view(shape.as_slice());
+                let tensor = if self.device == Device::Cpu {
+                    tensor
+                } else {
+                    tensor.to_device(self.device)
+                };
+                tensor.set_requires_grad(true)
             })
             .collect();
         self.params = Some((params.version, tensors));
@@ -177,33 +181,42 @@ impl Engine {
             order: experiment.order,
         };
         let outcome = maml::run(theta, &batch, inner, train, self.path);
-        let to_vec = |t: &Tensor| {
-            Vec::<f32>::try_from(
-                t.detach()
-                    .to_device(Device::Cpu)
-                    .to_kind(Kind::Float)
-                    .flatten(0, -1),
-            )
-        };
-        let grad_sum = match outcome.grad_sum {
-            Some(grads) => {
-                let flat: Vec<Tensor> = grads.iter().map(|g| g.flatten(0, -1)).collect();
-                f32s_to_bytes(&to_vec(&Tensor::cat(&flat, 0)).map_err(|e| e.to_string())?)
+        let values = |tensors: &[Tensor]| -> Result<Vec<f32>, String> {
+            let mut out = Vec::new();
+            for t in tensors {
+                append_values(t, &mut out).map_err(|e| e.to_string())?;
             }
+            Ok(out)
+        };
+        let grad_sum = match &outcome.grad_sum {
+            Some(grads) => f32s_to_bytes(&values(grads)?),
             None => Default::default(),
         };
         Ok(ChunkResult {
             chunk_id: chunk.chunk_id,
             grad_sum,
             loss_before: match &outcome.loss_before {
-                Some(loss) => to_vec(loss).map_err(|e| e.to_string())?,
+                Some(loss) => values(std::slice::from_ref(loss))?,
                 None => Vec::new(),
             },
-            loss_after: to_vec(&outcome.loss_after).map_err(|e| e.to_string())?,
+            loss_after: values(std::slice::from_ref(&outcome.loss_after))?,
             compute_seconds: 0.0,
             error: String::new(),
         })
     }
+}
+
+/// Appends a tensor's values to `out` in one copy, from any device and layout: no
+/// intermediate tensors, which cost more than the copy at these sizes.
+fn append_values(t: &Tensor, out: &mut Vec<f32>) -> Result<(), tch::TchError> {
+    let t = if t.kind() == Kind::Float {
+        t.shallow_clone()
+    } else {
+        t.to_kind(Kind::Float)
+    };
+    let (start, count) = (out.len(), t.numel());
+    out.resize(start + count, 0.0);
+    t.f_copy_data(&mut out[start..], count)
 }
 
 /// The text of a caught panic (libtorch errors arrive as panics with their message).
@@ -213,4 +226,102 @@ pub fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
         .cloned()
         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "the compute thread panicked".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outerloop_proto::v1::{
+        ModelSpec, SinusoidFamily as WireFamily, SinusoidTask as WireTask, TaskDescriptor,
+    };
+
+    fn setup() -> ExperimentSetup {
+        ExperimentSetup {
+            experiment_id: "exp-1".into(),
+            family: Some(experiment_setup::Family::Sinusoid(WireFamily {
+                shots: 5,
+                queries: 5,
+                x_min: -5.0,
+                x_max: 5.0,
+            })),
+            model: Some(ModelSpec {
+                input: 1,
+                hidden: vec![8],
+                output: 1,
+            }),
+            algorithm: Algorithm::Maml as i32,
+            inner_lr: 0.01,
+        }
+    }
+
+    fn chunk(version: u64, phase: Phase) -> WorkChunk {
+        let task = |i: u64| TaskDescriptor {
+            index: i,
+            data_seed: i,
+            task: Some(task_descriptor::Task::Sinusoid(WireTask {
+                amplitude: 1.0,
+                phase: 0.5,
+            })),
+        };
+        WorkChunk {
+            chunk_id: 7,
+            experiment_id: "exp-1".into(),
+            version,
+            phase: phase as i32,
+            inner_steps: 1,
+            tasks: vec![task(0), task(1), task(2)],
+        }
+    }
+
+    #[test]
+    fn a_chunk_yields_a_gradient_per_parameter_and_a_loss_per_task() {
+        let mut engine = Engine::new(Device::Cpu, Path::Batched);
+        engine.set_experiment(&setup()).unwrap();
+        let count = MlpLayout::new(1, &[8], 1).param_count();
+        let params = Parameters {
+            version: 3,
+            values: f32s_to_bytes(&vec![0.1; count]),
+        };
+        engine.set_parameters(&params).unwrap();
+
+        let train = engine.run_chunk(&chunk(3, Phase::Train));
+        assert_eq!(train.error, "");
+        assert_eq!(f32s_from_bytes(&train.grad_sum).unwrap().len(), count);
+        assert_eq!((train.loss_before.len(), train.loss_after.len()), (0, 3));
+        let eval = engine.run_chunk(&chunk(3, Phase::Eval));
+        assert_eq!(
+            (
+                eval.grad_sum.len(),
+                eval.loss_before.len(),
+                eval.loss_after.len()
+            ),
+            (0, 3, 3)
+        );
+    }
+
+    #[test]
+    fn mismatched_parameters_and_versions_are_errors_not_panics() {
+        let mut engine = Engine::new(Device::Cpu, Path::Batched);
+        let params = Parameters {
+            version: 1,
+            values: f32s_to_bytes(&[1.0; 5]),
+        };
+        assert_eq!(
+            engine.set_parameters(&params),
+            Err(EngineError::Setup("parameters before set-up"))
+        );
+        engine.set_experiment(&setup()).unwrap();
+        assert!(matches!(
+            engine.set_parameters(&params),
+            Err(EngineError::ParameterCount { got: 5, .. })
+        ));
+        let stale = engine.run_chunk(&chunk(9, Phase::Train));
+        assert!(
+            stale
+                .error
+                .contains("no parameters cached for exp-1 version 9"),
+            "{}",
+            stale.error
+        );
+    }
 }
