@@ -58,14 +58,20 @@ pub fn print(experiments: &[ExperimentStatus], json: bool) {
             .as_ref()
             .map(|v| format!("step {}: {}", v.step, eval_line(v)))
             .unwrap_or_default();
+        // Before the first step there is no meta-loss yet.
+        let meta_loss = if e.meta_loss.is_finite() {
+            format!("{:.4}", e.meta_loss)
+        } else {
+            "-".into()
+        };
         println!(
-            "{:<8} {:<20} {:<10} {:>15} {:>10.0} {:>10.4}  {eval}",
+            "{:<8} {:<20} {:<10} {:>15} {:>10.0} {:>10}  {eval}",
             e.id,
             e.name,
             e.state,
             format!("{}/{}", e.step, e.steps),
             e.tasks_per_s,
-            e.meta_loss
+            meta_loss
         );
         if !e.error.is_empty() {
             println!("         error: {}", e.error);

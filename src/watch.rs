@@ -117,12 +117,14 @@ fn progress(s: &ExperimentStatus) -> String {
     if s.state == "queued" {
         return format!("{}: queued (workers connected: {})", s.id, s.workers);
     }
-    let eta = if s.step > 0 {
-        let left = s.train_seconds / s.step as f64 * (s.steps - s.step) as f64;
-        format!("{}:{:02}", left as u64 / 60, left as u64 % 60)
-    } else {
-        "-".into()
-    };
+    if s.step == 0 || s.train_seconds <= 0.0 {
+        return format!(
+            "step {}/{}: starting (workers connected: {})",
+            s.step, s.steps, s.workers
+        );
+    }
+    let left = s.train_seconds / s.step as f64 * (s.steps - s.step) as f64;
+    let eta = format!("{}:{:02}", left as u64 / 60, left as u64 % 60);
     format!(
         "step {}/{} ({:.0}%)  meta-loss {:.4}  {:.0} tasks/s  ETA {eta}  workers {}",
         s.step,
