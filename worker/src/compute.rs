@@ -2,6 +2,7 @@
 
 use std::sync::mpsc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use outerloop_proto::v1::{ChunkResult, ExperimentSetup, Parameters, WorkChunk};
 use tch::Device;
@@ -37,7 +38,7 @@ impl ComputeThread {
                     tch::set_num_threads(threads as i32);
                 }
                 let mut engine = Engine::new(device, path);
-                for job in receive {
+                while let Some(job) = next_job(&receive) {
                     let results = run_job(&mut engine, &job);
                     let _ = job.reply.send(results);
                 }
@@ -77,6 +78,25 @@ impl ComputeThread {
         }
         receive.await.unwrap_or_else(|_| lost(ids))
     }
+}
+
+/// How long the compute thread keeps polling for the next job before it sleeps.
+const POLL: Duration = Duration::from_micros(300);
+
+/// The next job, or `None` once the async side has gone. In meta-training the next step's
+/// work arrives a fraction of a millisecond after the results leave, and waking a sleeping
+/// thread costs tens of microseconds on every step, so the thread first polls for a moment,
+/// yielding its core to any other runnable thread (the coordinator may share the machine).
+fn next_job(jobs: &mpsc::Receiver<Job>) -> Option<Job> {
+    let until = Instant::now() + POLL;
+    while Instant::now() < until {
+        match jobs.try_recv() {
+            Ok(job) => return Some(job),
+            Err(mpsc::TryRecvError::Empty) => thread::yield_now(),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+        }
+    }
+    jobs.recv().ok()
 }
 
 /// Runs a job; a panic anywhere in it (libtorch raises them, e.g. on CUDA out of memory)
