@@ -7,7 +7,7 @@ use outerloop_proto::v1::ChunkResult;
 pub struct RoundTotals {
     /// Sum of the chunks' meta-gradient sums, in chunk order (empty at evaluation).
     pub grad_sum: Vec<f32>,
-    /// Per-task losses, in task order (`loss_before` only at evaluation).
+    /// Per-task losses before and after adaptation, in task order.
     pub loss_before: Vec<f32>,
     pub loss_after: Vec<f32>,
     /// Worker compute time over all chunks.
@@ -62,10 +62,8 @@ pub fn reduce(
                 *total += f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
             }
         }
-        // Meta-training rounds skip the pre-adaptation loss; evaluations must report it.
-        let before_optional = param_count.is_some() && result.loss_before.is_empty();
         for losses in [&result.loss_before, &result.loss_after] {
-            if losses.len() != tasks && !(before_optional && losses.is_empty()) {
+            if losses.len() != tasks {
                 return Err(AggregateError::LossCount {
                     index,
                     got: losses.len(),
@@ -141,15 +139,10 @@ mod tests {
                 expected: 2
             })
         );
-        // Training results may leave out the pre-adaptation losses; evaluation results may not.
-        let train = [chunk(&[1.0], &[], &[0.5])];
-        assert_eq!(reduce(&train, &[1], Some(1)).unwrap().loss_after, vec![0.5]);
-        let eval = [ChunkResult {
-            grad_sum: Default::default(),
-            ..train[0].clone()
-        }];
+        // Both phases report the loss before adaptation for every task.
+        let missing = [chunk(&[1.0], &[], &[0.5])];
         assert_eq!(
-            reduce(&eval, &[1], None),
+            reduce(&missing, &[1], Some(1)),
             Err(AggregateError::LossCount {
                 index: 0,
                 got: 0,

@@ -176,6 +176,7 @@ impl<'a> Run<'a> {
                 "kind": "train",
                 "step": self.step,
                 "meta_loss": meta_loss,
+                "loss_before": MeanCi::of(&totals.loss_before).mean,
                 "step_seconds": step_seconds,
                 "compute_seconds": totals.compute_seconds,
                 "critical_compute_seconds": critical,

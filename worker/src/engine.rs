@@ -195,10 +195,7 @@ impl Engine {
         Ok(ChunkResult {
             chunk_id: chunk.chunk_id,
             grad_sum,
-            loss_before: match &outcome.loss_before {
-                Some(loss) => values(std::slice::from_ref(loss))?,
-                None => Vec::new(),
-            },
+            loss_before: values(std::slice::from_ref(&outcome.loss_before))?,
             loss_after: values(std::slice::from_ref(&outcome.loss_after))?,
             compute_seconds: 0.0,
             error: String::new(),
@@ -287,7 +284,7 @@ mod tests {
         let train = engine.run_chunk(&chunk(3, Phase::Train));
         assert_eq!(train.error, "");
         assert_eq!(f32s_from_bytes(&train.grad_sum).unwrap().len(), count);
-        assert_eq!((train.loss_before.len(), train.loss_after.len()), (0, 3));
+        assert_eq!((train.loss_before.len(), train.loss_after.len()), (3, 3));
         let eval = engine.run_chunk(&chunk(3, Phase::Eval));
         assert_eq!(
             (

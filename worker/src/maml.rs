@@ -36,9 +36,8 @@ pub enum Path {
 pub struct Outcome {
     /// Meta-gradient summed over the chunk's tasks, one tensor per parameter (train only).
     pub grad_sum: Option<Vec<Tensor>>,
-    /// Query loss of each task at the meta-parameters, before adaptation: `[tasks]`
-    /// (evaluation only: meta-training skips the extra forward pass).
-    pub loss_before: Option<Tensor>,
+    /// Query loss of each task at the meta-parameters, before adaptation: `[tasks]`.
+    pub loss_before: Tensor,
     /// Query loss of each task after adaptation: `[tasks]`.
     pub loss_after: Tensor,
 }
@@ -53,8 +52,8 @@ pub fn run(
     with_grad: bool,
     path: Path,
 ) -> Outcome {
-    let loss_before = (!with_grad)
-        .then(|| tch::no_grad(|| mse_per_task(&forward(theta, &batch.query_x), &batch.query_y)));
+    let loss_before =
+        tch::no_grad(|| mse_per_task(&forward(theta, &batch.query_x), &batch.query_y));
     match path {
         Path::Batched => {
             // The first inner step starts from the shared weights; the explicit gradient
@@ -396,12 +395,8 @@ mod tests {
                 1e-5,
             );
             assert_close(
-                &flat(&[run(&theta, &batch, inner, false, Path::Batched)
-                    .loss_before
-                    .unwrap()]),
-                &flat(&[run(&theta, &batch, inner, false, Path::PerTask)
-                    .loss_before
-                    .unwrap()]),
+                &flat(&[batched.loss_before]),
+                &flat(&[looped.loss_before]),
                 1e-6,
             );
         }
@@ -418,11 +413,7 @@ mod tests {
         };
         let out = run(&theta, &batch, inner, false, Path::Batched);
         assert!(out.grad_sum.is_none());
-        let before = out
-            .loss_before
-            .unwrap()
-            .mean(Kind::Double)
-            .double_value(&[]);
+        let before = out.loss_before.mean(Kind::Double).double_value(&[]);
         let after = out.loss_after.mean(Kind::Double).double_value(&[]);
         assert!(after < before, "{after} >= {before}");
     }
