@@ -134,14 +134,10 @@ impl Registry {
 
     /// One experiment's record, or all of them when `id` is `None`.
     pub fn status(&self, id: Option<&str>) -> Result<Vec<ExperimentRecord>, RegistryError> {
-        let entries = self.lock();
+        let mut entries = self.lock();
         match id {
             None => Ok(entries.values().map(|e| e.record.clone()).collect()),
-            Some(id) => entries
-                .values()
-                .find(|e| e.record.id == id)
-                .map(|e| vec![e.record.clone()])
-                .ok_or_else(|| unknown(id, &entries)),
+            Some(id) => Ok(vec![entry_mut(&mut entries, id)?.record.clone()]),
         }
     }
 
@@ -149,17 +145,7 @@ impl Registry {
     /// becomes `cancelled` once its runner has stopped at the current round.
     pub fn cancel(&self, id: &str) -> Result<String, RegistryError> {
         let mut entries = self.lock();
-        let known = entries
-            .values()
-            .map(|e| e.record.id.clone())
-            .collect::<Vec<_>>();
-        let entry = entries
-            .values_mut()
-            .find(|e| e.record.id == id)
-            .ok_or_else(|| RegistryError::UnknownId {
-                id: id.to_string(),
-                known,
-            })?;
+        let entry = entry_mut(&mut entries, id)?;
         // Persist first, then change what others see: a failed write changes nothing.
         let mut updated = entry.record.clone();
         if updated.state == ExperimentState::Queued.as_str() {
@@ -210,7 +196,7 @@ impl Registry {
         change: impl FnOnce(&mut ExperimentRecord),
     ) -> io::Result<()> {
         let mut entries = self.lock();
-        if let Some(entry) = entries.values_mut().find(|e| e.record.id == id) {
+        if let Ok(entry) = entry_mut(&mut entries, id) {
             change(&mut entry.record);
             if persist {
                 self.store.save(&entry.record)?;
@@ -220,10 +206,21 @@ impl Registry {
     }
 }
 
-fn unknown(id: &str, entries: &BTreeMap<u64, Entry>) -> RegistryError {
-    RegistryError::UnknownId {
-        id: id.to_string(),
-        known: entries.values().map(|e| e.record.id.clone()).collect(),
+/// The entry of experiment `id`, or the error that names the known ids.
+fn entry_mut<'a>(
+    entries: &'a mut BTreeMap<u64, Entry>,
+    id: &str,
+) -> Result<&'a mut Entry, RegistryError> {
+    match entries
+        .iter()
+        .find(|(_, e)| e.record.id == id)
+        .map(|(&seq, _)| seq)
+    {
+        Some(seq) => Ok(entries.get_mut(&seq).expect("found above")),
+        None => Err(RegistryError::UnknownId {
+            id: id.to_string(),
+            known: entries.values().map(|e| e.record.id.clone()).collect(),
+        }),
     }
 }
 
