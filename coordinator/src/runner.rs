@@ -143,9 +143,10 @@ impl<'a> Run<'a> {
         } else {
             tracing::info!(id = %self.job.id, step = self.step, "resuming from the checkpoint");
         }
+        // Every meta-batch is cut the same way.
+        let sizes = chunk_sizes(meta_batch, spec.meta.chunk_tasks as u64);
         while self.step < spec.meta.steps {
             let started = Instant::now();
-            let sizes = chunk_sizes(meta_batch, spec.meta.chunk_tasks as u64);
             let chunks = self.descriptors(Split::Train, self.step, &sizes);
             let out = self
                 .round(Phase::Train, spec.meta.inner_steps, chunks)
