@@ -53,7 +53,7 @@ pub fn run(
     path: Path,
 ) -> Outcome {
     let loss_before =
-        tch::no_grad(|| mse_per_task(&forward(theta, &batch.query_x), &batch.query_y));
+        without_grad(|| mse_per_task(&forward(theta, &batch.query_x), &batch.query_y));
     match path {
         Path::Batched => {
             // The first inner step starts from the shared weights; the explicit gradient
@@ -107,14 +107,14 @@ fn meta_step(
         return (Some(grad), query_loss.detach());
     }
     if !with_grad {
-        let loss = tch::no_grad(|| mse_per_task(&forward(&fast, &batch.query_x), &batch.query_y));
+        let loss = without_grad(|| mse_per_task(&forward(&fast, &batch.query_x), &batch.query_y));
         return (None, loss);
     }
     // FOMAML: the query gradient at the adapted weights stands in for the meta-gradient; with
     // per-task copies it carries a task axis that is summed away.
     let (query_loss, grad) = match path {
         Path::Batched => {
-            let (loss, grads) = tch::no_grad(|| {
+            let (loss, grads) = without_grad(|| {
                 mse_and_grad_batched(&fast, &batch.query_x, &batch.query_y, 1.0, true)
             });
             (
@@ -136,6 +136,14 @@ fn meta_step(
         }
     };
     (Some(grad), query_loss)
+}
+
+/// `tch::no_grad`, but restoring gradient tracking even when `f` panics. libtorch reports
+/// errors by panicking and the compute thread survives them; `tch::no_grad` would leave the
+/// thread with tracking off, and the next second-order step would crash in autograd.
+fn without_grad<T>(f: impl FnOnce() -> T) -> T {
+    let _restore_on_drop = tch::no_grad_guard();
+    f()
 }
 
 /// `inner.steps` SGD steps on the support loss. With `create_graph` the updates stay
@@ -170,7 +178,7 @@ fn adapt(
         fast = match (create_graph, path) {
             (true, _) => step(&fast),
             // Explicit gradients need no autograd graph at all when nothing differentiates them.
-            (false, Path::Batched) => tch::no_grad(|| step(&fast)),
+            (false, Path::Batched) => without_grad(|| step(&fast)),
             (false, Path::PerTask) => {
                 let leaves: Vec<Tensor> = fast
                     .iter()
