@@ -8,7 +8,7 @@ use outerloop_proto::v1::{ChunkResult, ExperimentSetup, Parameters, WorkChunk};
 use tch::Device;
 use tokio::sync::oneshot;
 
-use crate::engine::Engine;
+use crate::engine::{failed_chunk, panic_message, Engine};
 use crate::maml::Path;
 
 /// A lease's worth of work, with whatever set-up and parameters it brought.
@@ -55,15 +55,7 @@ impl ComputeThread {
     ) -> Vec<ChunkResult> {
         let (reply, receive) = oneshot::channel();
         let ids: Vec<u64> = chunks.iter().map(|c| c.chunk_id).collect();
-        let lost = |ids: Vec<u64>| {
-            ids.into_iter()
-                .map(|chunk_id| ChunkResult {
-                    chunk_id,
-                    error: "the compute thread has stopped".into(),
-                    ..Default::default()
-                })
-                .collect()
-        };
+        let lost = |ids: Vec<u64>| fail_all(ids, "the compute thread has stopped");
         if self
             .jobs
             .send(Job {
@@ -105,17 +97,18 @@ fn run_job(engine: &mut Engine, job: &Job) -> Vec<ChunkResult> {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         install_and_run(engine, job)
     }));
-    outcome.unwrap_or_else(|panic| {
-        let message = crate::engine::panic_message(panic);
-        job.chunks
-            .iter()
-            .map(|c| ChunkResult {
-                chunk_id: c.chunk_id,
-                error: message.clone(),
-                ..Default::default()
-            })
-            .collect()
-    })
+    outcome.unwrap_or_else(|panic| fail_all(chunk_ids(job), &panic_message(panic)))
+}
+
+fn chunk_ids(job: &Job) -> Vec<u64> {
+    job.chunks.iter().map(|c| c.chunk_id).collect()
+}
+
+/// The same error for every chunk.
+fn fail_all(ids: Vec<u64>, error: &str) -> Vec<ChunkResult> {
+    ids.into_iter()
+        .map(|id| failed_chunk(id, error.to_string()))
+        .collect()
 }
 
 fn install_and_run(engine: &mut Engine, job: &Job) -> Vec<ChunkResult> {
@@ -134,14 +127,73 @@ fn install_and_run(engine: &mut Engine, job: &Job) -> Vec<ChunkResult> {
             .iter()
             .map(|chunk| engine.run_chunk(chunk))
             .collect(),
-        Err(e) => job
-            .chunks
-            .iter()
-            .map(|c| ChunkResult {
-                chunk_id: c.chunk_id,
-                error: e.to_string(),
-                ..Default::default()
-            })
-            .collect(),
+        Err(e) => fail_all(chunk_ids(job), &e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outerloop_proto::v1::{
+        experiment_setup, task_descriptor, Algorithm, ModelSpec, Phase, SinusoidFamily,
+        SinusoidTask, TaskDescriptor,
+    };
+    use outerloop_proto::{f32s_to_bytes, MlpLayout};
+
+    fn job(input: u32) -> (ExperimentSetup, Parameters, Vec<WorkChunk>) {
+        let setup = ExperimentSetup {
+            experiment_id: format!("exp-{input}"),
+            family: Some(experiment_setup::Family::Sinusoid(SinusoidFamily {
+                shots: 4,
+                queries: 4,
+                x_min: -5.0,
+                x_max: 5.0,
+            })),
+            model: Some(ModelSpec {
+                input,
+                hidden: vec![4],
+                output: 1,
+            }),
+            algorithm: Algorithm::Maml as i32,
+            inner_lr: 0.01,
+        };
+        let count = MlpLayout::new(input as usize, &[4], 1).param_count();
+        let params = Parameters {
+            version: 0,
+            values: f32s_to_bytes(&vec![0.1; count]),
+        };
+        let task = TaskDescriptor {
+            index: 0,
+            data_seed: 1,
+            task: Some(task_descriptor::Task::Sinusoid(SinusoidTask {
+                amplitude: 1.0,
+                phase: 0.0,
+            })),
+        };
+        let chunk = WorkChunk {
+            chunk_id: 11,
+            experiment_id: setup.experiment_id.clone(),
+            version: 0,
+            phase: Phase::Train as i32,
+            inner_steps: 1,
+            tasks: vec![task],
+        };
+        (setup, params, vec![chunk])
+    }
+
+    #[tokio::test]
+    async fn a_libtorch_error_fails_the_chunks_and_the_thread_lives_on() {
+        let compute = ComputeThread::spawn(Device::Cpu, 1, Path::Batched).unwrap();
+        // Sinusoid inputs are 1-wide; a 3-wide first layer makes libtorch raise a shape error.
+        let (setup, params, chunks) = job(3);
+        let results = compute.run(Some(setup), Some(params), chunks).await;
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].chunk_id, 11);
+        assert!(!results[0].error.is_empty(), "a shape error is reported");
+
+        let (setup, params, chunks) = job(1);
+        let results = compute.run(Some(setup), Some(params), chunks).await;
+        assert_eq!(results[0].error, "", "the thread still computes");
+        assert_eq!(results[0].loss_after.len(), 1);
     }
 }

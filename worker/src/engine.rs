@@ -1,6 +1,5 @@
 //! The compute engine: owns every libtorch tensor, caches the experiment and its parameters, runs chunks.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
 use outerloop_proto::v1::{
@@ -120,21 +119,16 @@ impl Engine {
         Ok(())
     }
 
-    /// Computes one chunk. Never panics: a libtorch error becomes the result's `error`.
+    /// Computes one chunk; a chunk that cannot be computed comes back with its `error` set.
+    /// libtorch reports its own errors by panicking: the compute thread catches those.
     pub fn run_chunk(&mut self, chunk: &WorkChunk) -> ChunkResult {
         let started = Instant::now();
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.compute(chunk)))
-            .unwrap_or_else(|panic| Err(panic_message(panic)));
-        match outcome {
+        match self.compute(chunk) {
             Ok(mut result) => {
                 result.compute_seconds = started.elapsed().as_secs_f64();
                 result
             }
-            Err(error) => ChunkResult {
-                chunk_id: chunk.chunk_id,
-                error,
-                ..ChunkResult::default()
-            },
+            Err(error) => failed_chunk(chunk.chunk_id, error),
         }
     }
 
@@ -214,6 +208,15 @@ fn append_values(t: &Tensor, out: &mut Vec<f32>) -> Result<(), tch::TchError> {
     let (start, count) = (out.len(), t.numel());
     out.resize(start + count, 0.0);
     t.f_copy_data(&mut out[start..], count)
+}
+
+/// The result of a chunk that could not be computed, with why.
+pub fn failed_chunk(chunk_id: u64, error: String) -> ChunkResult {
+    ChunkResult {
+        chunk_id,
+        error,
+        ..ChunkResult::default()
+    }
 }
 
 /// The text of a caught panic (libtorch errors arrive as panics with their message).
