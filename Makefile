@@ -7,6 +7,8 @@
 TORCH_VERSION := 2.13.0
 CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/outerloop
 TORCH_VENV := $(CACHE_DIR)/torch-$(TORCH_VERSION)
+# Bump when the environment's package list changes, so existing caches install what is new.
+VENV_READY := $(TORCH_VENV)/.installed-2
 PYTHON := $(TORCH_VENV)/bin/python
 SYSTEM_PYTHON ?= python3
 
@@ -17,7 +19,7 @@ ifdef LIBTORCH
 else
   # torch-sys asks this python where the wheel's libtorch is.
   TORCH_ENV := LIBTORCH_USE_PYTORCH=1 PATH="$(TORCH_VENV)/bin:$$PATH"
-  TORCH_SETUP := $(TORCH_VENV)/.installed
+  TORCH_SETUP := $(VENV_READY)
   # Lets the end-to-end tests load exported parameters with PyTorch itself.
   TEST_ENV := OUTERLOOP_PYTHON="$(PYTHON)"
 endif
@@ -26,10 +28,10 @@ endif
 all: build
 
 # The marker is written last, so an interrupted install is redone on the next run.
-$(TORCH_VENV)/.installed:
+$(VENV_READY):
 	@echo "Installing torch==$(TORCH_VERSION) into $(TORCH_VENV) (once; about 5 GB)"
 	$(SYSTEM_PYTHON) -m venv "$(TORCH_VENV)" || { echo "error: '$(SYSTEM_PYTHON) -m venv' failed; on Debian or Ubuntu: apt-get install python3-venv"; exit 1; }
-	"$(TORCH_VENV)/bin/pip" install --quiet "torch==$(TORCH_VERSION)" numpy safetensors
+	"$(TORCH_VENV)/bin/pip" install --quiet "torch==$(TORCH_VERSION)" numpy safetensors pillow
 	touch "$@"
 
 setup: $(TORCH_SETUP)
@@ -49,10 +51,10 @@ test: lint
 
 # Speed and results against the plain-PyTorch reference (the README's Results section).
 # The benchmarks run the PyTorch reference from the cached environment, even with LIBTORCH set.
-bench: build $(TORCH_VENV)/.installed
+bench: build $(VENV_READY)
 	$(PYTHON) bench/compare.py --steps 3000
 
-bench-full: build $(TORCH_VENV)/.installed
+bench-full: build $(VENV_READY)
 	$(PYTHON) bench/compare.py --steps 70000 --eval-tasks 10000 --skip-two-workers --skip-reference
 
 clean-demo:

@@ -1,5 +1,6 @@
 //! The `outerloop` command: coordinator, worker, and the client commands that drive them.
 
+mod dataset;
 mod demo;
 mod rpc;
 mod status;
@@ -108,6 +109,8 @@ enum Command {
     },
     /// Start a coordinator and workers on loopback, run the sinusoid MAML spec at demo length, and stop.
     Demo(demo::DemoArgs),
+    /// Dataset tools: generate the synthetic few-shot benchmark data.
+    Dataset(dataset::DatasetArgs),
 }
 
 fn init_tracing(default: &str) {
@@ -265,6 +268,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => demo::run(args).await,
+        Command::Dataset(args) => dataset::run(args),
     }
 }
 
