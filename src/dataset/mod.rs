@@ -1,5 +1,7 @@
 //! `outerloop dataset`: tools for the datasets workers read (generating the synthetic benchmark data).
 
+mod synth;
+
 use std::process::ExitCode;
 
 /// `outerloop dataset ...`
@@ -10,8 +12,14 @@ pub struct DatasetArgs {
 }
 
 #[derive(clap::Subcommand)]
-enum DatasetCommand {}
+enum DatasetCommand {
+    /// Generate a synthetic few-shot image dataset (procedurally drawn glyphs) as PNG files in
+    /// Omniglot's layout or the class-per-folder layout of mini-ImageNet.
+    Synth(synth::SynthArgs),
+}
 
 pub fn run(args: DatasetArgs) -> anyhow::Result<ExitCode> {
-    match args.command {}
+    match args.command {
+        DatasetCommand::Synth(args) => synth::run(args),
+    }
 }
