@@ -24,7 +24,7 @@ else
   TEST_ENV := OUTERLOOP_PYTHON="$(PYTHON)"
 endif
 
-.PHONY: all setup build demo test lint bench bench-full clean-demo
+.PHONY: all setup build demo test lint bench bench-full bench-fewshot clean-demo
 all: build
 
 # The marker is written last, so an interrupted install is redone on the next run.
@@ -56,6 +56,10 @@ bench: build $(VENV_READY)
 
 bench-full: build $(VENV_READY)
 	$(PYTHON) bench/compare.py --steps 70000 --eval-tasks 10000 --skip-two-workers --skip-reference
+
+# conv4 few-shot MAML against the plain-PyTorch reference (generates the synthetic data once).
+bench-fewshot: build $(VENV_READY)
+	$(PYTHON) bench/compare_fewshot.py --steps 60
 
 clean-demo:
 	rm -rf outerloop-demo

@@ -15,6 +15,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use outerloop_coordinator::dispatch::DispatchConfig;
 use outerloop_coordinator::CoordinatorConfig;
+use outerloop_worker::data::DataRoot;
 
 const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7070";
 
@@ -75,6 +76,18 @@ enum Command {
         /// Run tasks one at a time instead of batched (the reference path; slower).
         #[arg(long)]
         per_task: bool,
+        /// Where this worker's datasets are: a spec's dataset NAME is read from DIR/NAME/
+        /// (Omniglot's published layout, or train/, val/ and test/ class folders).
+        #[arg(long, value_name = "DIR")]
+        data_root: Option<PathBuf>,
+    },
+    /// List the registered workers and the datasets each holds.
+    Workers {
+        /// One JSON object per worker, one per line.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_COORDINATOR, value_parser = coordinator_url)]
+        coordinator: String,
     },
     /// Submit an experiment spec; prints the experiment id.
     Submit {
@@ -212,6 +225,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             name,
             max_chunks,
             per_task,
+            data_root,
         } => {
             init_tracing("info");
             let device = outerloop_worker::parse_device(&device).map_err(anyhow::Error::msg)?;
@@ -221,13 +235,24 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 outerloop_worker::Path::Batched
             };
-            let compute = outerloop_worker::ComputeThread::spawn(device, threads as usize, path)?;
+            let data = match &data_root {
+                Some(root) => scan_data_root(root)?,
+                None => DataRoot::empty(),
+            };
+            let datasets = data.manifests();
+            let compute = outerloop_worker::ComputeThread::spawn(
+                device,
+                threads as usize,
+                path,
+                std::sync::Arc::new(data),
+            )?;
             let identity = outerloop_worker::WorkerIdentity {
                 coordinator,
                 name,
                 device: outerloop_worker::device_name(device),
                 threads,
                 max_chunks,
+                datasets,
             };
             outerloop_worker::serve(identity, compute, shutdown_signal()).await;
             Ok(ExitCode::SUCCESS)
@@ -259,6 +284,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Watch { id, coordinator } => watch::watch(&coordinator, &id).await,
+        Command::Workers { json, coordinator } => {
+            let workers = rpc::Coordinator::connect(&coordinator)
+                .await?
+                .workers()
+                .await?;
+            status::print_workers(&workers, json);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Cancel { id, coordinator } => {
             let state = rpc::Coordinator::connect(&coordinator)
                 .await?
@@ -286,6 +319,25 @@ fn coordinator_url(text: &str) -> Result<String, String> {
         (Some("http" | "https"), Some(_)) => Ok(url),
         _ => Err("expected http://HOST:PORT or HOST:PORT".to_string()),
     }
+}
+
+/// The datasets under `root`, each reported with its layout, size and fingerprint.
+fn scan_data_root(root: &std::path::Path) -> anyhow::Result<DataRoot> {
+    if !root.is_dir() {
+        anyhow::bail!("--data-root {}: not a directory", root.display());
+    }
+    let data = DataRoot::scan(root)
+        .with_context(|| format!("cannot read --data-root {}", root.display()))?;
+    for dataset in data.datasets.values() {
+        tracing::info!(dataset = %dataset.manifest.summary(), "found dataset");
+    }
+    for (dir, why) in &data.skipped {
+        tracing::warn!(dir = %dir.display(), error = %why, "not a usable dataset; skipped");
+    }
+    if data.datasets.is_empty() {
+        tracing::warn!(root = %root.display(), "no datasets under --data-root (expected NAME/images_background/... or NAME/train/...)");
+    }
+    Ok(data)
 }
 
 fn default_worker_name() -> String {

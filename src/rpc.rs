@@ -2,7 +2,10 @@
 
 use anyhow::anyhow;
 use outerloop_proto::v1::experiments_client::ExperimentsClient;
-use outerloop_proto::v1::{CancelRequest, ExperimentStatus, StatusRequest, SubmitRequest};
+use outerloop_proto::v1::{
+    CancelRequest, ExperimentStatus, ListWorkersRequest, StatusRequest, SubmitRequest,
+    WorkerSummary,
+};
 use tonic::transport::Channel;
 
 /// A connection to a coordinator.
@@ -60,6 +63,16 @@ impl Coordinator {
     pub async fn try_status(&mut self, id: &str) -> Result<Vec<ExperimentStatus>, tonic::Status> {
         let request = StatusRequest { id: id.to_string() };
         Ok(self.client.status(request).await?.into_inner().experiments)
+    }
+
+    pub async fn workers(&mut self) -> anyhow::Result<Vec<WorkerSummary>> {
+        Ok(self
+            .client
+            .list_workers(ListWorkersRequest {})
+            .await
+            .map_err(refused)?
+            .into_inner()
+            .workers)
     }
 
     pub async fn cancel(&mut self, id: &str) -> anyhow::Result<String> {

@@ -125,8 +125,12 @@ fn progress(s: &ExperimentStatus) -> String {
     }
     let left = s.train_seconds / s.step as f64 * (s.steps - s.step) as f64;
     let eta = format!("{}:{:02}", left as u64 / 60, left as u64 % 60);
+    let accuracy = s
+        .meta_accuracy
+        .map(|a| format!("  accuracy {:.1}%", 100.0 * a))
+        .unwrap_or_default();
     format!(
-        "step {}/{} ({:.0}%)  meta-loss {:.4}  {:.0} tasks/s  ETA {eta}  workers {}",
+        "step {}/{} ({:.0}%)  meta-loss {:.4}{accuracy}  {:.0} tasks/s  ETA {eta}  workers {}",
         s.step,
         s.steps,
         100.0 * s.step as f64 / s.steps.max(1) as f64,

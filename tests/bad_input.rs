@@ -83,7 +83,7 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
                 &cluster,
                 "algo.toml",
                 "algorithm = \"maml\"",
-                "algorithm = \"reptile\"",
+                "algorithm = \"mamml\"",
             ),
             vec![],
             vec!["algo.toml:19:13", "`maml`", "`fomaml`"],

@@ -10,6 +10,10 @@ pub struct RoundTotals {
     /// Per-task losses before and after adaptation, in task order.
     pub loss_before: Vec<f32>,
     pub loss_after: Vec<f32>,
+    /// Per-task query accuracies before and after adaptation, in task order (classification
+    /// only; empty otherwise).
+    pub accuracy_before: Vec<f32>,
+    pub accuracy_after: Vec<f32>,
     /// Worker compute time over all chunks.
     pub compute_seconds: f64,
 }
@@ -29,6 +33,12 @@ pub enum AggregateError {
         got: usize,
         expected: usize,
     },
+    #[error("chunk {index}: {got} accuracies for {expected} tasks")]
+    AccuracyCount {
+        index: usize,
+        got: usize,
+        expected: usize,
+    },
 }
 
 /// Adds chunk results in chunk-index order. Floating-point addition is not associative, so the
@@ -43,6 +53,8 @@ pub fn reduce(
         grad_sum: vec![0.0; param_count.unwrap_or(0)],
         loss_before: Vec::new(),
         loss_after: Vec::new(),
+        accuracy_before: Vec::new(),
+        accuracy_after: Vec::new(),
         compute_seconds: 0.0,
     };
     for (index, (result, &tasks)) in results.iter().zip(tasks_per_chunk).enumerate() {
@@ -71,8 +83,24 @@ pub fn reduce(
                 });
             }
         }
+        for accuracies in [&result.accuracy_before, &result.accuracy_after] {
+            // Regression reports no accuracy at all; classification one per task.
+            if !accuracies.is_empty() && accuracies.len() != tasks {
+                return Err(AggregateError::AccuracyCount {
+                    index,
+                    got: accuracies.len(),
+                    expected: tasks,
+                });
+            }
+        }
         totals.loss_before.extend_from_slice(&result.loss_before);
         totals.loss_after.extend_from_slice(&result.loss_after);
+        totals
+            .accuracy_before
+            .extend_from_slice(&result.accuracy_before);
+        totals
+            .accuracy_after
+            .extend_from_slice(&result.accuracy_after);
         totals.compute_seconds += result.compute_seconds;
     }
     Ok(totals)

@@ -5,14 +5,19 @@
 //! stops heart-beating, after which the chunk goes back to `pending`. The first result for a
 //! chunk wins and later ones are dropped, so a chunk is never counted twice, however many
 //! times it was leased.
+//!
+//! A round on a dataset is only leased to workers that reported holding that dataset at the
+//! experiment's version; a worker that refuses the work anyway (its copy changed) is not asked
+//! again. A round that no registered worker can compute for longer than the worker timeout
+//! fails, saying why each worker cannot.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use outerloop_proto::v1::{
     ChunkResult, ExperimentSetup, LeaseReply, LeaseRequest, Parameters, Phase, RegisterReply,
-    RegisterRequest, TaskDescriptor, WorkChunk,
+    TaskDescriptor, WorkChunk,
 };
 use prost::bytes::Bytes;
 use tokio::sync::{oneshot, Notify};
@@ -42,10 +47,38 @@ impl Default for DispatchConfig {
     }
 }
 
+/// A dataset at one version: its name and fingerprint.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DatasetVersion {
+    pub name: String,
+    pub fingerprint: String,
+}
+
+/// A registering worker, as the dispatcher needs it.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    pub name: String,
+    pub device: String,
+    pub threads: u32,
+    pub datasets: Vec<DatasetVersion>,
+}
+
+/// A registered worker, as `outerloop workers` shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerView {
+    pub id: u64,
+    pub name: String,
+    pub device: String,
+    pub threads: u32,
+    pub datasets: Vec<DatasetVersion>,
+}
+
 /// Everything a round needs: who it is for, the parameters it runs at, and the tasks of each chunk.
 #[derive(Clone, Debug)]
 pub struct RoundInput {
     pub setup: ExperimentSetup,
+    /// The dataset a worker must hold to compute the round, if any.
+    pub dataset: Option<DatasetVersion>,
     pub version: u64,
     pub params: Bytes,
     pub phase: Phase,
@@ -70,12 +103,17 @@ pub enum RoundError {
     },
     #[error("the round was abandoned")]
     Abandoned,
+    #[error("no registered worker can compute it: {}", reasons.join("; "))]
+    NoEligibleWorker { reasons: Vec<String> },
 }
 
 /// A registered worker as the coordinator sees it.
 #[derive(Clone, Debug)]
 struct WorkerInfo {
     name: String,
+    device: String,
+    threads: u32,
+    datasets: Vec<DatasetVersion>,
     last_seen: Instant,
 }
 
@@ -95,9 +133,12 @@ struct Slot {
 #[derive(Debug)]
 struct Round {
     setup: ExperimentSetup,
+    dataset: Option<DatasetVersion>,
     version: u64,
     params: Bytes,
     first_chunk_id: u64,
+    /// Since when no registered worker could compute the round, if none can.
+    blocked_since: Option<Instant>,
     slots: Vec<Slot>,
     /// Chunk indices waiting for a worker, in chunk order.
     pending: VecDeque<usize>,
@@ -111,6 +152,8 @@ struct State {
     next_worker_id: u64,
     next_chunk_id: u64,
     round: Option<Round>,
+    /// Why a worker refused an experiment's work, by (experiment, worker).
+    refusals: HashMap<(String, u64), String>,
 }
 
 /// Where this process starts numbering workers and chunks: a function of the start time, so
@@ -154,15 +197,23 @@ impl Dispatcher {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn register(&self, request: RegisterRequest) -> RegisterReply {
+    pub fn register(&self, request: Registration) -> RegisterReply {
         let mut state = self.lock();
         let worker_id = state.next_worker_id;
         state.next_worker_id += 1;
-        tracing::info!(worker_id, name = %request.name, device = %request.device, threads = request.threads, "worker registered");
+        let datasets: Vec<String> = request
+            .datasets
+            .iter()
+            .map(|d| format!("{}@{}", d.name, d.fingerprint))
+            .collect();
+        tracing::info!(worker_id, name = %request.name, device = %request.device, threads = request.threads, datasets = %datasets.join(","), "worker registered");
         state.workers.insert(
             worker_id,
             WorkerInfo {
                 name: request.name,
+                device: request.device,
+                threads: request.threads,
+                datasets: request.datasets,
                 last_seen: Instant::now(),
             },
         );
@@ -188,6 +239,35 @@ impl Dispatcher {
 
     pub fn worker_count(&self) -> usize {
         self.lock().workers.len()
+    }
+
+    /// The registered workers, by id.
+    pub fn workers(&self) -> Vec<WorkerView> {
+        let state = self.lock();
+        let mut workers: Vec<WorkerView> = state
+            .workers
+            .iter()
+            .map(|(&id, w)| WorkerView {
+                id,
+                name: w.name.clone(),
+                device: w.device.clone(),
+                threads: w.threads,
+                datasets: w.datasets.clone(),
+            })
+            .collect();
+        workers.sort_by_key(|w| w.id);
+        workers
+    }
+
+    /// How many registered workers hold each version (fingerprint) of dataset `name`.
+    pub fn dataset_holders(&self, name: &str) -> BTreeMap<String, usize> {
+        let mut holders = BTreeMap::new();
+        for worker in self.lock().workers.values() {
+            for d in worker.datasets.iter().filter(|d| d.name == name) {
+                *holders.entry(d.fingerprint.clone()).or_insert(0) += 1;
+            }
+        }
+        holders
     }
 
     /// Starts a round and waits for all of its results. Only one round runs at a time; the
@@ -226,9 +306,11 @@ impl Dispatcher {
             }
             state.round = Some(Round {
                 setup: input.setup,
+                dataset: input.dataset,
                 version: input.version,
                 params: input.params,
                 first_chunk_id,
+                blocked_since: None,
                 pending: (0..slots.len()).collect(),
                 remaining: slots.len(),
                 slots,
@@ -302,6 +384,20 @@ impl Dispatcher {
             if slot.result.is_some() {
                 continue;
             }
+            if !result.refusal.is_empty() {
+                // This worker cannot compute the experiment at all (its copy of the data is
+                // missing or differs): the chunk goes back to the queue for another worker.
+                tracing::warn!(worker = %worker_name, experiment = %round.setup.experiment_id, reason = %result.refusal, "worker refused the experiment's work");
+                if slot.lease.as_ref().is_some_and(|l| l.worker == worker) {
+                    slot.lease = None;
+                    let at = round.pending.partition_point(|&i| i < index);
+                    round.pending.insert(at, index);
+                }
+                let key = (round.setup.experiment_id.clone(), worker);
+                state.refusals.insert(key, result.refusal);
+                self.work_ready.notify_waiters();
+                continue;
+            }
             if !result.error.is_empty() {
                 let round = state.round.take().expect("round checked above");
                 let _ = round.done.send(Err(RoundError::ChunkFailed {
@@ -345,6 +441,22 @@ impl Dispatcher {
             tracing::warn!(worker_id = id, name = %info.name, "worker missed its heartbeats; dropped, its leases requeued");
         }
         let mut requeued = false;
+        let blocked = state.blocked_reasons();
+        if let Some(round) = state.round.as_mut() {
+            match blocked {
+                None => round.blocked_since = None,
+                Some(reasons) => {
+                    let since = *round.blocked_since.get_or_insert(now);
+                    if now.duration_since(since) > timeout {
+                        let round = state.round.take().expect("checked above");
+                        let _ = round
+                            .done
+                            .send(Err(RoundError::NoEligibleWorker { reasons }));
+                        return;
+                    }
+                }
+            }
+        }
         if let Some(round) = state.round.as_mut() {
             for (index, slot) in round.slots.iter_mut().enumerate() {
                 let expired = slot
@@ -367,9 +479,53 @@ impl Dispatcher {
 }
 
 impl State {
+    /// Why `worker` cannot compute the current round, if it cannot.
+    fn ineligible(&self, worker: u64) -> Option<String> {
+        let round = self.round.as_ref()?;
+        let info = self.workers.get(&worker)?;
+        let key = (round.setup.experiment_id.clone(), worker);
+        if let Some(refusal) = self.refusals.get(&key) {
+            return Some(format!("{}: {refusal}", info.name));
+        }
+        let needed = round.dataset.as_ref()?;
+        if info.datasets.contains(needed) {
+            return None;
+        }
+        Some(match info.datasets.iter().find(|d| d.name == needed.name) {
+            Some(other) => format!(
+                "{}: holds dataset `{}` at version {}, the experiment uses version {}",
+                info.name, needed.name, other.fingerprint, needed.fingerprint
+            ),
+            None => format!(
+                "{}: has no dataset `{}` under its --data-root",
+                info.name, needed.name
+            ),
+        })
+    }
+
+    /// When the current round has work waiting and workers are registered but none of them
+    /// can compute it, why each cannot.
+    fn blocked_reasons(&self) -> Option<Vec<String>> {
+        let round = self.round.as_ref()?;
+        if round.pending.is_empty() || self.workers.is_empty() {
+            return None;
+        }
+        let mut ids: Vec<u64> = self.workers.keys().copied().collect();
+        ids.sort();
+        ids.iter().map(|&w| self.ineligible(w)).collect()
+    }
+
     /// Leases up to a fair share of the pending chunks to `request.worker_id`.
     fn take_work(&mut self, request: &LeaseRequest, lease_timeout: Duration) -> Option<LeaseReply> {
-        let live_workers = self.workers.len().max(1);
+        if self.ineligible(request.worker_id).is_some() {
+            return None;
+        }
+        let ids: Vec<u64> = self.workers.keys().copied().collect();
+        let live_workers = ids
+            .into_iter()
+            .filter(|&w| self.ineligible(w).is_none())
+            .count()
+            .max(1);
         let round = self.round.as_mut()?;
         if round.pending.is_empty() {
             return None;
@@ -425,6 +581,7 @@ mod tests {
                 experiment_id: "exp-1".into(),
                 ..Default::default()
             },
+            dataset: None,
             version: 3,
             params: Bytes::from_static(&[0, 0, 128, 63]),
             phase: Phase::Train,
@@ -441,12 +598,40 @@ mod tests {
     }
 
     fn register(d: &Dispatcher, name: &str) -> u64 {
-        d.register(RegisterRequest {
+        register_with(d, name, vec![])
+    }
+
+    fn register_with(d: &Dispatcher, name: &str, datasets: Vec<DatasetVersion>) -> u64 {
+        d.register(Registration {
             name: name.into(),
             device: "cpu".into(),
             threads: 1,
+            datasets,
         })
         .worker_id
+    }
+
+    fn omniglot(fingerprint: &str) -> DatasetVersion {
+        DatasetVersion {
+            name: "omniglot".into(),
+            fingerprint: fingerprint.into(),
+        }
+    }
+
+    /// Starts a round that needs `dataset`.
+    fn start_on(
+        d: &Arc<Dispatcher>,
+        chunks: usize,
+        dataset: DatasetVersion,
+    ) -> tokio::task::JoinHandle<Result<RoundOutput, RoundError>> {
+        let d = d.clone();
+        tokio::spawn(async move {
+            d.run_round(RoundInput {
+                dataset: Some(dataset),
+                ..input(chunks)
+            })
+            .await
+        })
     }
 
     fn ask(worker: u64, max_chunks: u32) -> LeaseRequest {
@@ -590,6 +775,90 @@ mod tests {
         );
         assert_eq!(d.complete(b, vec![result(&again[0], 1.0)]), 0);
         assert_eq!(round.await.unwrap().unwrap().workers, [a]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dataset_round_goes_only_to_workers_holding_that_version() {
+        let d = Arc::new(Dispatcher::new(config()));
+        let holder = register_with(&d, "holder", vec![omniglot("aa")]);
+        let other = register_with(&d, "other-version", vec![omniglot("bb")]);
+        let none = register(&d, "no-data");
+        assert_eq!(
+            d.dataset_holders("omniglot"),
+            BTreeMap::from([("aa".to_string(), 1), ("bb".to_string(), 1)])
+        );
+        let round = start_on(&d, 4, omniglot("aa"));
+        tokio::task::yield_now().await;
+        assert!(d.lease(&ask(other, 8)).await.chunks.is_empty());
+        assert!(d.lease(&ask(none, 8)).await.chunks.is_empty());
+        let chunks = d.lease(&ask(holder, 8)).await.chunks;
+        assert_eq!(
+            chunks.len(),
+            4,
+            "the only eligible worker's fair share is everything"
+        );
+        for c in &chunks {
+            d.complete(holder, vec![result(c, 0.0)]);
+        }
+        assert!(round.await.unwrap().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_chunk_goes_to_another_worker_and_the_refuser_is_not_asked_again() {
+        let d = Arc::new(Dispatcher::new(config()));
+        let (a, b) = (
+            register_with(&d, "a", vec![omniglot("aa")]),
+            register_with(&d, "b", vec![omniglot("aa")]),
+        );
+        let round = start_on(&d, 2, omniglot("aa"));
+        let refused = d.lease(&ask(a, 1)).await.chunks;
+        let refusal = ChunkResult {
+            chunk_id: refused[0].chunk_id,
+            refusal: "dataset `omniglot` is not under --data-root /x".into(),
+            ..Default::default()
+        };
+        assert_eq!(d.complete(a, vec![refusal]), 0);
+        assert!(
+            d.lease(&ask(a, 8)).await.chunks.is_empty(),
+            "not asked again"
+        );
+        let rest = d.lease(&ask(b, 8)).await.chunks;
+        assert_eq!(rest.len(), 2, "the refused chunk was requeued");
+        for c in &rest {
+            d.complete(b, vec![result(c, 1.0)]);
+        }
+        assert_eq!(round.await.unwrap().unwrap().workers, [b, b]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_round_nobody_can_compute_fails_after_the_worker_timeout_saying_why() {
+        let d = Arc::new(Dispatcher::new(config()));
+        let _ = register_with(&d, "old-copy", vec![omniglot("bb")]);
+        let _ = register(&d, "no-data");
+        let round = start_on(&d, 1, omniglot("aa"));
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_millis(500)).await;
+            for w in d.workers() {
+                d.heartbeat(w.id);
+            }
+            d.expire();
+        }
+        assert!(!round.is_finished(), "still within the grace period");
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_millis(500)).await;
+            for w in d.workers() {
+                d.heartbeat(w.id);
+            }
+            d.expire();
+        }
+        let err = round.await.unwrap().unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "old-copy: holds dataset `omniglot` at version bb, the experiment uses version aa"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("no-data: has no dataset `omniglot`"), "{err}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,13 +1,13 @@
 //! The outerloop coordinator: owns experiments and the outer loop; never links libtorch.
 
 pub mod aggregate;
+pub mod datasets;
 pub mod dispatch;
-pub mod model;
 pub mod optimizer;
 pub mod registry;
 pub mod runner;
 pub mod safetensors_file;
-pub mod sampler;
+pub mod sampling;
 pub mod service;
 pub mod spec;
 pub mod stats;
@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
+use crate::datasets::Catalog;
 use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::registry::Registry;
 use crate::service::{ExperimentsService, WorkersService};
@@ -62,6 +63,7 @@ pub async fn run(
     };
     let store = Store::open(&config.state_dir).map_err(state_error)?;
     let registry = Arc::new(Registry::open(store).map_err(state_error)?);
+    let datasets = Arc::new(Catalog::open(&config.state_dir).map_err(state_error)?);
     let dispatcher = Arc::new(Dispatcher::new(config.dispatch));
     let stop = CancellationToken::new();
 
@@ -100,12 +102,16 @@ pub async fn run(
     let experiments = ExperimentsServer::new(ExperimentsService {
         registry,
         dispatcher: dispatcher.clone(),
+        datasets: datasets.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let workers = WorkersServer::new(WorkersService { dispatcher })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let workers = WorkersServer::new(WorkersService {
+        dispatcher,
+        datasets,
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     // Every outer step is a few small request/reply exchanges: without TCP_NODELAY, Nagle's
     // algorithm and delayed ACKs add tens of milliseconds to each.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));

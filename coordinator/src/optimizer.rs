@@ -4,20 +4,16 @@ use std::collections::BTreeMap;
 
 use crate::spec::{MetaSpec, OptimizerKind};
 
-/// An outer optimizer: one update of `params` from the meta-gradient `grad`.
+/// An outer optimizer: one update of `params` from the meta-gradient `grad`. The learning rate
+/// is given at each step, so a schedule needs no state of its own (and resumes exactly).
 #[derive(Clone, Debug)]
 pub enum OuterOptimizer {
-    Sgd {
-        lr: f32,
-        momentum: f32,
-        velocity: Vec<f32>,
-    },
+    Sgd { momentum: f32, velocity: Vec<f32> },
     Adam(Adam),
 }
 
 #[derive(Clone, Debug)]
 pub struct Adam {
-    lr: f32,
     beta1: f32,
     beta2: f32,
     eps: f32,
@@ -30,12 +26,10 @@ impl OuterOptimizer {
     pub fn new(meta: &MetaSpec, param_count: usize) -> Self {
         match meta.optimizer {
             OptimizerKind::Sgd => OuterOptimizer::Sgd {
-                lr: meta.meta_lr,
                 momentum: meta.momentum,
                 velocity: vec![0.0; param_count],
             },
             OptimizerKind::Adam => OuterOptimizer::Adam(Adam {
-                lr: meta.meta_lr,
                 beta1: meta.betas[0],
                 beta2: meta.betas[1],
                 eps: meta.eps,
@@ -86,35 +80,32 @@ impl OuterOptimizer {
         }
     }
 
-    pub fn step(&mut self, params: &mut [f32], grad: &[f32]) {
+    /// One update with learning rate `lr`.
+    pub fn step(&mut self, params: &mut [f32], grad: &[f32], lr: f32) {
         assert_eq!(
             params.len(),
             grad.len(),
             "gradient and parameters differ in length"
         );
         match self {
-            OuterOptimizer::Sgd {
-                lr,
-                momentum,
-                velocity,
-            } => {
+            OuterOptimizer::Sgd { momentum, velocity } => {
                 for ((p, g), v) in params.iter_mut().zip(grad).zip(velocity.iter_mut()) {
                     // torch.optim.SGD: v = momentum * v + g; p -= lr * v.
                     *v = *momentum * *v + g;
-                    *p -= *lr * *v;
+                    *p -= lr * *v;
                 }
             }
-            OuterOptimizer::Adam(adam) => adam.step(params, grad),
+            OuterOptimizer::Adam(adam) => adam.step(params, grad, lr),
         }
     }
 }
 
 impl Adam {
-    fn step(&mut self, params: &mut [f32], grad: &[f32]) {
+    fn step(&mut self, params: &mut [f32], grad: &[f32], lr: f32) {
         self.step += 1;
         let bias1 = 1.0 - self.beta1.powi(self.step);
         let bias2_sqrt = (1.0 - self.beta2.powi(self.step)).sqrt();
-        let step_size = self.lr / bias1;
+        let step_size = lr / bias1;
         for (((p, &g), m), v) in params
             .iter_mut()
             .zip(grad)
@@ -133,17 +124,20 @@ impl Adam {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{Algorithm, MetaSpec};
+    use crate::spec::{Algorithm, LrSchedule, MetaSpec};
 
     fn meta(optimizer: OptimizerKind, lr: f32, momentum: f32) -> MetaSpec {
         MetaSpec {
             algorithm: Algorithm::Maml,
             steps: 1,
             meta_batch: 1,
-            inner_steps: 1,
-            inner_lr: 0.1,
+            inner_steps: Some(1),
+            inner_lr: Some(0.1),
             optimizer,
             meta_lr: lr,
+            lr_schedule: LrSchedule::Constant,
+            lr_decay_every: None,
+            lr_decay: None,
             momentum,
             betas: [0.9, 0.999],
             eps: 1e-8,
@@ -153,20 +147,22 @@ mod tests {
 
     #[test]
     fn sgd_with_momentum_matches_hand_computation() {
-        let mut opt = OuterOptimizer::new(&meta(OptimizerKind::Sgd, 0.1, 0.5), 1);
+        let opt_lr = 0.1;
+        let mut opt = OuterOptimizer::new(&meta(OptimizerKind::Sgd, opt_lr, 0.5), 1);
         let mut p = [1.0f32];
-        opt.step(&mut p, &[2.0]); // v = 2, p = 1 - 0.2
+        opt.step(&mut p, &[2.0], opt_lr); // v = 2, p = 1 - 0.2
         assert!((p[0] - 0.8).abs() < 1e-7);
-        opt.step(&mut p, &[2.0]); // v = 0.5 * 2 + 2 = 3, p = 0.8 - 0.3
+        opt.step(&mut p, &[2.0], opt_lr); // v = 0.5 * 2 + 2 = 3, p = 0.8 - 0.3
         assert!((p[0] - 0.5).abs() < 1e-6);
     }
 
     #[test]
     fn adam_matches_hand_computation() {
-        let mut opt = OuterOptimizer::new(&meta(OptimizerKind::Adam, 0.01, 0.0), 2);
+        let opt_lr = 0.01;
+        let mut opt = OuterOptimizer::new(&meta(OptimizerKind::Adam, opt_lr, 0.0), 2);
         let mut p = [1.0f32, -1.0];
         // The first Adam step moves every coordinate by lr in the direction against its gradient.
-        opt.step(&mut p, &[3.0, -0.5]);
+        opt.step(&mut p, &[3.0, -0.5], opt_lr);
         assert!(
             (p[0] - 0.99).abs() < 1e-6 && (p[1] + 0.99).abs() < 1e-6,
             "{p:?}"
@@ -174,7 +170,7 @@ mod tests {
         // Second step, by hand for the first coordinate with gradient 1:
         // m = 0.9*0.3 + 0.1*1 = 0.37, v = 0.999*0.009 + 0.001*1 = 0.009991,
         // m_hat = 0.37/0.19, v_hat = 0.009991/0.001999, p = 0.99 - 0.01*m_hat/(sqrt(v_hat)+eps).
-        opt.step(&mut p, &[1.0, -0.5]);
+        opt.step(&mut p, &[1.0, -0.5], opt_lr);
         let expected = 0.99 - 0.01 * (0.37 / 0.19) / ((0.009991f64 / 0.001999).sqrt() + 1e-8);
         assert!(
             (p[0] as f64 - expected).abs() < 1e-6,
@@ -189,8 +185,8 @@ mod tests {
             let spec = meta(kind, 0.01, 0.9);
             let mut original = OuterOptimizer::new(&spec, 2);
             let mut p = [1.0f32, -2.0];
-            original.step(&mut p, &[0.3, -0.7]);
-            original.step(&mut p, &[0.1, 0.2]);
+            original.step(&mut p, &[0.3, -0.7], 0.01);
+            original.step(&mut p, &[0.1, 0.2], 0.01);
             let (updates, buffers) = original.state();
             let saved: BTreeMap<String, Vec<f32>> = buffers
                 .iter()
@@ -199,13 +195,54 @@ mod tests {
             let mut restored = OuterOptimizer::new(&spec, 2);
             restored.restore(updates, &saved).unwrap();
             let (mut a, mut b) = (p, p);
-            original.step(&mut a, &[0.5, 0.5]);
-            restored.step(&mut b, &[0.5, 0.5]);
+            original.step(&mut a, &[0.5, 0.5], 0.01);
+            restored.step(&mut b, &[0.5, 0.5], 0.01);
             assert_eq!(a, b, "{kind:?}");
             assert!(OuterOptimizer::new(&spec, 3)
                 .restore(updates, &saved)
                 .unwrap_err()
                 .contains("expected 3"));
         }
+    }
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use crate::spec::{LrSchedule, MetaSpec};
+
+    fn meta(schedule: LrSchedule, every: Option<u64>) -> MetaSpec {
+        MetaSpec {
+            algorithm: crate::spec::Algorithm::Reptile,
+            steps: 100,
+            meta_batch: 1,
+            inner_steps: Some(1),
+            inner_lr: Some(0.1),
+            optimizer: crate::spec::OptimizerKind::Sgd,
+            meta_lr: 1.0,
+            lr_schedule: schedule,
+            lr_decay_every: every,
+            lr_decay: every.map(|_| 0.5),
+            momentum: 0.0,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            chunk_tasks: 1,
+        }
+    }
+
+    #[test]
+    fn schedules_follow_their_definitions() {
+        let constant = meta(LrSchedule::Constant, None);
+        assert_eq!((constant.lr_at(0), constant.lr_at(99)), (1.0, 1.0));
+        // Reptile: linear from the initial step size to 0 at the end of the run.
+        let linear = meta(LrSchedule::Linear, None);
+        assert_eq!(linear.lr_at(0), 1.0);
+        assert!((linear.lr_at(50) - 0.5).abs() < 1e-7);
+        assert!((linear.lr_at(99) - 0.01).abs() < 1e-6);
+        // Prototypical networks: halved every `lr_decay_every` steps.
+        let step = meta(LrSchedule::Step, Some(20));
+        assert_eq!(
+            [0, 19, 20, 45, 99].map(|s| step.lr_at(s)),
+            [1.0, 1.0, 0.5, 0.25, 0.0625]
+        );
     }
 }

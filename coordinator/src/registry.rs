@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use outerloop_proto::dataset::Manifest;
 use outerloop_proto::ExperimentState;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,10 @@ fn known_hint(known: &[String]) -> String {
         ids => format!("; known ids: {}", ids.join(", ")),
     }
 }
+
+/// Finds the manifest of a dataset by name and, when the spec pins one, fingerprint; the
+/// error says what is known instead.
+pub type ManifestLookup<'a> = dyn Fn(&str, Option<&str>) -> Result<Arc<Manifest>, String> + 'a;
 
 /// An experiment handed to the runner.
 #[derive(Debug)]
@@ -69,11 +74,11 @@ impl Registry {
                     continue;
                 }
             };
-            if record.state == ExperimentState::Running.as_str() && record.cancel_requested {
+            if record.state == ExperimentState::Running && record.cancel_requested {
                 tracing::info!(id = %record.id, "was cancelled while running; stays cancelled");
-                record.state = ExperimentState::Cancelled.to_string();
+                record.state = ExperimentState::Cancelled;
                 store.save(&record)?;
-            } else if record.state == ExperimentState::Running.as_str() {
+            } else if record.state == ExperimentState::Running {
                 tracing::info!(id = %record.id, "was running when the coordinator stopped; queued to resume");
                 record = ExperimentRecord::queued(record.seq, &record.name, record.steps);
                 store.save(&record)?;
@@ -104,18 +109,40 @@ impl Registry {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Validates and queues a spec; a refused spec leaves no trace.
+    /// Validates and queues a spec; a refused spec leaves no trace. A spec on a dataset is
+    /// checked against the dataset's manifest, which `datasets` finds by name (and pinned
+    /// fingerprint, if the spec has one): the experiment is pinned to that version and keeps
+    /// the manifest beside its results.
     pub fn submit(
         &self,
         text: &str,
         source_name: &str,
         overrides: &[String],
+        datasets: &ManifestLookup,
     ) -> Result<String, RegistryError> {
-        let spec = Spec::parse(text, source_name, overrides)?;
+        let mut spec = Spec::parse(text, source_name, overrides)?;
+        let blame = |invalid| SpecError::blame(text, source_name, overrides, invalid);
+        let manifest = match spec.task.images() {
+            Some(images) => {
+                let pinned = images.fingerprint.as_deref();
+                let manifest = datasets(&images.dataset, pinned).map_err(|message| {
+                    let field = if pinned.is_some() {
+                        "task.fingerprint"
+                    } else {
+                        "task.dataset"
+                    };
+                    blame((field.to_string(), message))
+                })?;
+                spec.check_dataset(&manifest).map_err(blame)?;
+                Some(manifest)
+            }
+            None => None,
+        };
         let mut entries = self.lock();
         let seq = self.next_seq.load(Ordering::Relaxed);
         let record = ExperimentRecord::queued(seq, &spec.name, spec.meta.steps);
-        self.store.create(&record, &spec.to_toml())?;
+        self.store
+            .create(&record, &spec.to_toml(), manifest.as_deref())?;
         self.next_seq.store(seq + 1, Ordering::Relaxed);
         let id = record.id.clone();
         tracing::info!(%id, name = %spec.name, "experiment queued");
@@ -143,14 +170,14 @@ impl Registry {
 
     /// Cancels a queued or running experiment; returns its state afterwards. A running one
     /// becomes `cancelled` once its runner has stopped at the current round.
-    pub fn cancel(&self, id: &str) -> Result<String, RegistryError> {
+    pub fn cancel(&self, id: &str) -> Result<ExperimentState, RegistryError> {
         let mut entries = self.lock();
         let entry = entry_mut(&mut entries, id)?;
         // Persist first, then change what others see: a failed write changes nothing.
         let mut updated = entry.record.clone();
-        if updated.state == ExperimentState::Queued.as_str() {
-            updated.state = ExperimentState::Cancelled.to_string();
-        } else if updated.state == ExperimentState::Running.as_str() {
+        if updated.state == ExperimentState::Queued {
+            updated.state = ExperimentState::Cancelled;
+        } else if updated.state == ExperimentState::Running {
             updated.cancel_requested = true;
         }
         if updated != entry.record {
@@ -158,7 +185,7 @@ impl Registry {
             entry.record = updated;
         }
         entry.cancel.cancel();
-        Ok(entry.record.state.clone())
+        Ok(entry.record.state)
     }
 
     /// Waits for the oldest queued experiment and marks it running.
@@ -171,10 +198,10 @@ impl Registry {
                 let mut entries = self.lock();
                 if let Some(entry) = entries
                     .values_mut()
-                    .find(|e| e.record.state == ExperimentState::Queued.as_str())
+                    .find(|e| e.record.state == ExperimentState::Queued)
                 {
                     let mut running = entry.record.clone();
-                    running.state = ExperimentState::Running.to_string();
+                    running.state = ExperimentState::Running;
                     self.store.save(&running)?;
                     entry.record = running;
                     return Ok(Job {
@@ -229,6 +256,10 @@ mod tests {
     use super::*;
     use crate::spec::tests::SPEC;
 
+    fn no_datasets(name: &str, _: Option<&str>) -> Result<Arc<Manifest>, String> {
+        Err(format!("no dataset {name}"))
+    }
+
     fn registry(dir: &std::path::Path) -> Registry {
         Registry::open(Store::open(dir).unwrap()).unwrap()
     }
@@ -241,6 +272,7 @@ mod tests {
             &SPEC.replace("meta_batch = 25", "meta_batch = 0"),
             "bad.toml",
             &[],
+            &no_datasets,
         );
         assert!(matches!(bad, Err(RegistryError::InvalidSpec(_))));
         assert!(registry.status(None).unwrap().is_empty());
@@ -251,12 +283,24 @@ mod tests {
             0
         );
 
-        assert_eq!(registry.submit(SPEC, "a.toml", &[]).unwrap(), "exp-1");
-        assert_eq!(registry.submit(SPEC, "b.toml", &[]).unwrap(), "exp-2");
+        assert_eq!(
+            registry.submit(SPEC, "a.toml", &[], &no_datasets).unwrap(),
+            "exp-1"
+        );
+        assert_eq!(
+            registry.submit(SPEC, "b.toml", &[], &no_datasets).unwrap(),
+            "exp-2"
+        );
         let job = registry.next_queued().await.unwrap();
         assert_eq!(job.id, "exp-1");
-        assert_eq!(registry.status(Some("exp-1")).unwrap()[0].state, "running");
-        assert_eq!(registry.status(Some("exp-2")).unwrap()[0].state, "queued");
+        assert_eq!(
+            registry.status(Some("exp-1")).unwrap()[0].state,
+            ExperimentState::Running
+        );
+        assert_eq!(
+            registry.status(Some("exp-2")).unwrap()[0].state,
+            ExperimentState::Queued
+        );
     }
 
     #[tokio::test]
@@ -268,7 +312,7 @@ mod tests {
             e,
             "no experiment with id `exp-9`; no experiments have been submitted"
         );
-        registry.submit(SPEC, "a.toml", &[]).unwrap();
+        registry.submit(SPEC, "a.toml", &[], &no_datasets).unwrap();
         let e = registry.cancel("nope").unwrap_err().to_string();
         assert_eq!(e, "no experiment with id `nope`; known ids: exp-1");
     }
@@ -277,9 +321,12 @@ mod tests {
     async fn cancelling_a_queued_experiment_skips_it() {
         let dir = tempfile::tempdir().unwrap();
         let registry = registry(dir.path());
-        registry.submit(SPEC, "a.toml", &[]).unwrap();
-        registry.submit(SPEC, "b.toml", &[]).unwrap();
-        assert_eq!(registry.cancel("exp-1").unwrap(), "cancelled");
+        registry.submit(SPEC, "a.toml", &[], &no_datasets).unwrap();
+        registry.submit(SPEC, "b.toml", &[], &no_datasets).unwrap();
+        assert_eq!(
+            registry.cancel("exp-1").unwrap(),
+            ExperimentState::Cancelled
+        );
         assert_eq!(registry.next_queued().await.unwrap().id, "exp-2");
     }
 
@@ -289,14 +336,14 @@ mod tests {
         {
             let registry = registry(dir.path());
             for _ in 0..3 {
-                registry.submit(SPEC, "a.toml", &[]).unwrap();
+                registry.submit(SPEC, "a.toml", &[], &no_datasets).unwrap();
             }
             let job = registry.next_queued().await.unwrap();
             registry.update(&job.id, true, |r| r.step = 40).unwrap();
             registry.cancel("exp-3").unwrap();
         }
         let registry = registry(dir.path());
-        let states: Vec<(String, u64)> = registry
+        let states: Vec<(ExperimentState, u64)> = registry
             .status(None)
             .unwrap()
             .into_iter()
@@ -305,12 +352,15 @@ mod tests {
         assert_eq!(
             states,
             [
-                ("queued".into(), 0),
-                ("queued".into(), 0),
-                ("cancelled".into(), 0)
+                (ExperimentState::Queued, 0),
+                (ExperimentState::Queued, 0),
+                (ExperimentState::Cancelled, 0)
             ]
         );
-        assert_eq!(registry.submit(SPEC, "a.toml", &[]).unwrap(), "exp-4");
+        assert_eq!(
+            registry.submit(SPEC, "a.toml", &[], &no_datasets).unwrap(),
+            "exp-4"
+        );
     }
 
     #[tokio::test]
@@ -318,8 +368,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let registry = registry(dir.path());
-            registry.submit(SPEC, "a.toml", &[]).unwrap();
-            registry.submit(SPEC, "b.toml", &[]).unwrap();
+            registry.submit(SPEC, "a.toml", &[], &no_datasets).unwrap();
+            registry.submit(SPEC, "b.toml", &[], &no_datasets).unwrap();
         }
         std::fs::write(dir.path().join("experiments/exp-2/state.json"), "{ torn").unwrap();
         let registry = registry(dir.path());
@@ -328,7 +378,10 @@ mod tests {
             1,
             "the unreadable one is skipped"
         );
-        assert_eq!(registry.submit(SPEC, "c.toml", &[]).unwrap(), "exp-3");
+        assert_eq!(
+            registry.submit(SPEC, "c.toml", &[], &no_datasets).unwrap(),
+            "exp-3"
+        );
         assert_eq!(
             std::fs::read_to_string(dir.path().join("experiments/exp-2/state.json")).unwrap(),
             "{ torn"
@@ -340,11 +393,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let registry = registry(dir.path());
-            registry.submit(SPEC, "a.toml", &[]).unwrap();
+            registry.submit(SPEC, "a.toml", &[], &no_datasets).unwrap();
             let job = registry.next_queued().await.unwrap();
             assert_eq!(
                 registry.cancel(&job.id).unwrap(),
-                "running",
+                ExperimentState::Running,
                 "the runner stops it"
             );
             assert!(job.cancel.is_cancelled());
@@ -352,7 +405,7 @@ mod tests {
         let registry = registry(dir.path());
         assert_eq!(
             registry.status(Some("exp-1")).unwrap()[0].state,
-            "cancelled"
+            ExperimentState::Cancelled
         );
     }
 
@@ -360,7 +413,7 @@ mod tests {
     fn evaluations_with_no_interval_survive_a_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let registry = registry(dir.path());
-        registry.submit(SPEC, "a.toml", &[]).unwrap();
+        registry.submit(SPEC, "a.toml", &[], &no_datasets).unwrap();
         let eval = crate::store::EvalRecord {
             step: 0,
             loss_mean: f64::INFINITY,
@@ -368,6 +421,9 @@ mod tests {
             tasks: 1,
             loss_before_mean: 1.0,
             r#final: false,
+            accuracy_mean: None,
+            accuracy_ci95: None,
+            accuracy_before_mean: None,
         };
         registry
             .update("exp-1", true, |r| r.last_eval = Some(eval))

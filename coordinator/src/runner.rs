@@ -4,21 +4,20 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::time::Instant;
 
-use outerloop_proto::v1::{self, experiment_setup, ExperimentSetup, Phase, SinusoidFamily};
+use outerloop_proto::model::ParamLayout;
+use outerloop_proto::v1::{self, ExperimentSetup, Phase};
 use outerloop_proto::{f32s_to_bytes, ExperimentState};
 use serde_json::json;
 
 use crate::aggregate::{reduce, AggregateError};
-use crate::dispatch::{Dispatcher, RoundError, RoundInput};
-use crate::model;
+use crate::dispatch::{DatasetVersion, Dispatcher, RoundError, RoundInput};
 use crate::optimizer::OuterOptimizer;
 use crate::registry::{Job, Registry};
 use crate::safetensors_file::{model_tensors, NamedTensor};
-use crate::sampler::{self, Split};
-use crate::spec::{Algorithm, Spec};
+use crate::sampling::{self, Sampler, Split};
+use crate::spec::Spec;
 use crate::stats::MeanCi;
 use crate::store::{EvalRecord, MetricsWriter};
-use outerloop_proto::MlpLayout;
 
 #[derive(Debug, thiserror::Error)]
 enum RunError {
@@ -32,6 +31,8 @@ enum RunError {
     Diverged { step: u64, loss: f64 },
     #[error("could not write results: {0}")]
     Io(#[from] io::Error),
+    #[error("cannot sample its tasks: {0}")]
+    Sampling(String),
 }
 
 /// Runs `job` to its end and records how it ended.
@@ -52,7 +53,7 @@ pub async fn run(job: Job, registry: &Registry, dispatcher: &Dispatcher) {
         None => tracing::info!(%id, %state, "experiment ended"),
     }
     if let Err(e) = registry.update(&id, true, |r| {
-        r.state = state.to_string();
+        r.state = state;
         r.error = error;
     }) {
         tracing::error!(%id, error = %e, "could not record the end of the experiment");
@@ -67,8 +68,12 @@ struct Run<'a> {
     job: &'a Job,
     registry: &'a Registry,
     dispatcher: &'a Dispatcher,
-    layout: MlpLayout,
+    layout: ParamLayout,
+    sampler: Box<dyn Sampler>,
+    /// The set-up in its wire form, built once: every round carries it.
     setup: ExperimentSetup,
+    /// The dataset (and version) a worker must hold to compute this experiment's rounds.
+    dataset: Option<DatasetVersion>,
     params: Vec<f32>,
     optimizer: OuterOptimizer,
     /// Outer steps done; also the parameter version workers cache by.
@@ -92,10 +97,9 @@ impl<'a> Run<'a> {
         dispatcher: &'a Dispatcher,
     ) -> Result<Self, RunError> {
         let spec = &job.spec;
-        let hidden: Vec<usize> = spec.model.hidden.iter().map(|&w| w as usize).collect();
-        let layout = MlpLayout::new(1, &hidden, 1);
+        let layout = spec.layout();
         let fresh = || Start {
-            params: model::init(&layout, sampler::init_seed(spec.seed)),
+            params: layout.init(sampling::init_seed(spec.seed)),
             optimizer: OuterOptimizer::new(&spec.meta, layout.param_count()),
             step: 0,
             train_seconds: 0.0,
@@ -109,6 +113,8 @@ impl<'a> Run<'a> {
                 fresh()
             }
         };
+        let manifest = registry.store().manifest(&job.id)?;
+        let sampler = sampling::for_spec(spec, manifest.as_ref()).map_err(RunError::Sampling)?;
         let (metrics, last_eval) = registry.store().metrics_writer(&job.id, start.step)?;
         let meta_batch = spec.meta.meta_batch as u64;
         registry.update(&job.id, true, |r| {
@@ -121,7 +127,12 @@ impl<'a> Run<'a> {
             job,
             registry,
             dispatcher,
-            setup: setup(&job.id, spec),
+            setup: (&spec.setup(&job.id)).into(),
+            dataset: spec.task.images().map(|i| DatasetVersion {
+                name: i.dataset.clone(),
+                fingerprint: i.fingerprint.clone().unwrap_or_default(),
+            }),
+            sampler,
             params: start.params,
             optimizer: start.optimizer,
             step: start.step,
@@ -149,46 +160,57 @@ impl<'a> Run<'a> {
             let started = Instant::now();
             let chunks = self.descriptors(Split::Train, self.step, &sizes);
             let out = self
-                .round(Phase::Train, spec.meta.inner_steps, chunks)
+                .round(Phase::Train, spec.meta.inner_steps(), chunks)
                 .await?;
             let totals = reduce(&out.results, &sizes, Some(self.layout.param_count()))?;
-            // The meta-gradient is the mean over the meta-batch, as in MAML's outer update.
+            // The meta-gradient is the mean over the meta-batch, as in MAML's outer update
+            // (for Reptile, the mean of the tasks' updates `theta - adapted`).
             let scale = 1.0 / meta_batch as f32;
             let grad: Vec<f32> = totals.grad_sum.iter().map(|g| g * scale).collect();
-            self.optimizer.step(&mut self.params, &grad);
-            self.step += 1;
-            let step_seconds = started.elapsed().as_secs_f64();
-            self.train_seconds += step_seconds;
-
             let meta_loss = MeanCi::of(&totals.loss_after).mean;
+            // Checked before the update, so diverged values never reach the parameters.
             if !meta_loss.is_finite() || grad.iter().any(|g| !g.is_finite()) {
                 return Err(RunError::Diverged {
-                    step: self.step,
+                    step: self.step + 1,
                     loss: meta_loss,
                 });
             }
+            let lr = spec.meta.lr_at(self.step);
+            self.optimizer.step(&mut self.params, &grad, lr);
+            self.step += 1;
+            let step_seconds = started.elapsed().as_secs_f64();
+            self.train_seconds += step_seconds;
+            let meta_accuracy = (!totals.accuracy_after.is_empty())
+                .then(|| MeanCi::of(&totals.accuracy_after).mean);
             // The slowest worker's share of the round: what the round could not take less than.
             let mut per_worker: HashMap<u64, f64> = HashMap::new();
             for (result, worker) in out.results.iter().zip(&out.workers) {
                 *per_worker.entry(*worker).or_default() += result.compute_seconds;
             }
             let critical = per_worker.values().copied().fold(0.0, f64::max);
-            self.metrics.append(&json!({
+            let mut line = json!({
                 "kind": "train",
                 "step": self.step,
                 "meta_loss": meta_loss,
                 "loss_before": MeanCi::of(&totals.loss_before).mean,
+                "lr": lr,
                 "step_seconds": step_seconds,
                 "compute_seconds": totals.compute_seconds,
                 "critical_compute_seconds": critical,
                 "workers": per_worker.len(),
-            }))?;
+            });
+            if let Some(accuracy) = meta_accuracy {
+                line["accuracy"] = json!(accuracy);
+                line["accuracy_before"] = json!(MeanCi::of(&totals.accuracy_before).mean);
+            }
+            self.metrics.append(&line)?;
             let (step, train_seconds) = (self.step, self.train_seconds);
             self.registry.update(&self.job.id, false, |r| {
                 r.step = step;
                 r.tasks_done = step * meta_batch;
                 r.train_seconds = train_seconds;
                 r.meta_loss = Some(meta_loss);
+                r.meta_accuracy = meta_accuracy;
             })?;
             if self.step.is_multiple_of(every) {
                 self.evaluate(Split::Eval, spec.eval.tasks).await?;
@@ -205,6 +227,10 @@ impl<'a> Run<'a> {
                 last.loss_mean.to_string(),
             ),
         ]);
+        let mut metadata = metadata;
+        if let Some(accuracy) = last.accuracy_mean {
+            metadata.insert("final_eval_accuracy_mean".into(), accuracy.to_string());
+        }
         let tensors = model_tensors(&self.layout, &self.params);
         let path = self.registry.store().write_tensors(
             &self.job.id,
@@ -241,7 +267,7 @@ impl<'a> Run<'a> {
     /// Adapts on `tasks` held-out tasks of `split` and records the post-adaptation loss.
     async fn evaluate(&mut self, split: Split, tasks: u32) -> Result<EvalRecord, RunError> {
         let (spec, step) = (self.spec().clone(), self.step);
-        let sizes = chunk_sizes(tasks as u64, spec.eval.chunk_tasks as u64);
+        let sizes = chunk_sizes(tasks as u64, spec.eval.chunk_tasks.unwrap_or(1) as u64);
         // Periodic evaluations reuse the same held-out tasks (step 0 of their split), so that
         // the learning curve compares like with like.
         let chunks = self.descriptors(split, 0, &sizes);
@@ -250,6 +276,8 @@ impl<'a> Run<'a> {
             .await?;
         let totals = reduce(&out.results, &sizes, None)?;
         let after = MeanCi::of(&totals.loss_after);
+        let classified = !totals.accuracy_after.is_empty();
+        let accuracy = MeanCi::of(&totals.accuracy_after);
         let record = EvalRecord {
             step,
             loss_mean: after.mean,
@@ -257,17 +285,16 @@ impl<'a> Run<'a> {
             tasks: tasks as u64,
             loss_before_mean: MeanCi::of(&totals.loss_before).mean,
             r#final: split == Split::Final,
+            accuracy_mean: classified.then_some(accuracy.mean),
+            accuracy_ci95: classified.then_some(accuracy.ci95),
+            accuracy_before_mean: classified.then(|| MeanCi::of(&totals.accuracy_before).mean),
         };
-        self.metrics.append(&json!({
-            "kind": if record.r#final { "final_eval" } else { "eval" },
-            "step": step,
-            "loss_mean": record.loss_mean,
-            "loss_ci95": record.loss_ci95,
-            "loss_before_mean": record.loss_before_mean,
-            "tasks": record.tasks,
-        }))?;
+        let mut line = serde_json::to_value(&record).map_err(io::Error::other)?;
+        line["kind"] = json!(if record.r#final { "final_eval" } else { "eval" });
+        line.as_object_mut().map(|l| l.remove("final"));
+        self.metrics.append(&line)?;
         self.metrics.flush()?;
-        tracing::info!(id = %self.job.id, step, loss = record.loss_mean, ci95 = record.loss_ci95, tasks, final_eval = record.r#final, "evaluated");
+        tracing::info!(id = %self.job.id, step, loss = record.loss_mean, ci95 = record.loss_ci95, accuracy = ?record.accuracy_mean, tasks, final_eval = record.r#final, "evaluated");
         let stored = record.clone();
         self.registry.update(&self.job.id, true, |r| {
             if stored.r#final {
@@ -289,7 +316,7 @@ impl<'a> Run<'a> {
             .iter()
             .map(|&size| {
                 let chunk = (next..next + size as u64)
-                    .map(|i| sampler::descriptor(self.spec(), split, step, i))
+                    .map(|i| (&self.sampler.draw(split, step, i)).into())
                     .collect();
                 next += size as u64;
                 chunk
@@ -306,6 +333,7 @@ impl<'a> Run<'a> {
     ) -> Result<crate::dispatch::RoundOutput, RunError> {
         let input = RoundInput {
             setup: self.setup.clone(),
+            dataset: self.dataset.clone(),
             version: self.step,
             params: f32s_to_bytes(&self.params),
             phase,
@@ -323,7 +351,7 @@ impl<'a> Run<'a> {
 }
 
 /// The state saved by the last checkpoint of `job`, if it has one.
-fn resume(job: &Job, registry: &Registry, layout: &MlpLayout) -> Result<Option<Start>, String> {
+fn resume(job: &Job, registry: &Registry, layout: &ParamLayout) -> Result<Option<Start>, String> {
     let Some(saved) = registry
         .store()
         .read_tensors(&job.id, CHECKPOINT)
@@ -366,29 +394,6 @@ fn chunk_sizes(tasks: u64, chunk: u64) -> Vec<usize> {
         .step_by(chunk as usize)
         .map(|start| chunk.min(tasks - start) as usize)
         .collect()
-}
-
-/// What a worker needs to know about the experiment, sent once per worker.
-fn setup(id: &str, spec: &Spec) -> ExperimentSetup {
-    ExperimentSetup {
-        experiment_id: id.to_string(),
-        family: Some(experiment_setup::Family::Sinusoid(SinusoidFamily {
-            shots: spec.task.shots,
-            queries: spec.task.queries,
-            x_min: spec.task.x[0],
-            x_max: spec.task.x[1],
-        })),
-        model: Some(v1::ModelSpec {
-            input: 1,
-            hidden: spec.model.hidden.clone(),
-            output: 1,
-        }),
-        algorithm: match spec.meta.algorithm {
-            Algorithm::Maml => v1::Algorithm::Maml,
-            Algorithm::Fomaml => v1::Algorithm::Fomaml,
-        } as i32,
-        inner_lr: spec.meta.inner_lr,
-    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use outerloop_proto::MlpLayout;
+use outerloop_proto::model::ParamLayout;
 use serde_json::{json, Map, Value};
 
 /// One f32 tensor to write.
@@ -13,8 +13,8 @@ pub struct NamedTensor<'a> {
     pub values: &'a [f32],
 }
 
-/// The model's tensors, named as PyTorch's `nn.Sequential` names them.
-pub fn model_tensors<'a>(layout: &MlpLayout, params: &'a [f32]) -> Vec<NamedTensor<'a>> {
+/// The tensors of a flat parameter buffer, named and shaped by its layout.
+pub fn model_tensors<'a>(layout: &ParamLayout, params: &'a [f32]) -> Vec<NamedTensor<'a>> {
     assert_eq!(
         params.len(),
         layout.param_count(),
@@ -26,7 +26,7 @@ pub fn model_tensors<'a>(layout: &MlpLayout, params: &'a [f32]) -> Vec<NamedTens
         .map(|slot| NamedTensor {
             name: slot.name.clone(),
             shape: slot.shape.clone(),
-            values: &params[slot.offset..slot.offset + slot.len()],
+            values: slot.values(params),
         })
         .collect()
 }
@@ -106,10 +106,16 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use outerloop_proto::model::Mlp;
 
     #[test]
     fn the_reference_reader_reads_what_we_write() {
-        let layout = MlpLayout::new(2, &[3], 1);
+        let layout = Mlp {
+            input: 2,
+            hidden: vec![3],
+            output: 1,
+        }
+        .layout();
         let params: Vec<f32> = (0..layout.param_count()).map(|i| i as f32 * 0.5).collect();
         let metadata = BTreeMap::from([
             ("step".to_string(), "7".to_string()),

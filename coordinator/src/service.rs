@@ -2,28 +2,33 @@
 
 use std::sync::Arc;
 
+use outerloop_proto::dataset::Manifest;
 use outerloop_proto::v1::experiments_server::Experiments;
 use outerloop_proto::v1::workers_server::Workers;
 use outerloop_proto::v1::{
-    CancelReply, CancelRequest, CompleteReply, CompleteRequest, EvalSummary, ExperimentStatus,
-    HeartbeatReply, HeartbeatRequest, LeaseReply, LeaseRequest, RegisterReply, RegisterRequest,
-    StatusReply, StatusRequest, SubmitReply, SubmitRequest,
+    self, CancelReply, CancelRequest, CompleteReply, CompleteRequest, EvalSummary,
+    ExperimentStatus, HeartbeatReply, HeartbeatRequest, LeaseReply, LeaseRequest, ListWorkersReply,
+    ListWorkersRequest, RegisterReply, RegisterRequest, StatusReply, StatusRequest, SubmitReply,
+    SubmitRequest,
 };
 use tonic::{Request, Response, Status};
 
-use crate::dispatch::Dispatcher;
+use crate::datasets::Catalog;
+use crate::dispatch::{DatasetVersion, Dispatcher, Registration};
 use crate::registry::{Registry, RegistryError};
 use crate::store::{EvalRecord, ExperimentRecord};
 
-/// The user-facing service: submit, status, cancel.
+/// The user-facing service: submit, status, cancel, and the list of workers.
 pub struct ExperimentsService {
     pub registry: Arc<Registry>,
     pub dispatcher: Arc<Dispatcher>,
+    pub datasets: Arc<Catalog>,
 }
 
 /// The worker-facing service: registration, heartbeats, leases and results.
 pub struct WorkersService {
     pub dispatcher: Arc<Dispatcher>,
+    pub datasets: Arc<Catalog>,
 }
 
 fn to_status(e: RegistryError) -> Status {
@@ -42,6 +47,9 @@ fn eval_summary(e: &EvalRecord) -> EvalSummary {
         tasks: e.tasks,
         loss_before_mean: e.loss_before_mean,
         r#final: e.r#final,
+        accuracy_mean: e.accuracy_mean,
+        accuracy_ci95: e.accuracy_ci95,
+        accuracy_before_mean: e.accuracy_before_mean,
     }
 }
 
@@ -51,7 +59,7 @@ impl ExperimentsService {
         ExperimentStatus {
             id: r.id.clone(),
             name: r.name.clone(),
-            state: r.state.clone(),
+            state: r.state.to_string(),
             step: r.step,
             steps: r.steps,
             tasks_per_s: if r.train_seconds > 0.0 {
@@ -68,6 +76,7 @@ impl ExperimentsService {
                 .display()
                 .to_string(),
             workers,
+            meta_accuracy: r.meta_accuracy,
         }
     }
 }
@@ -84,11 +93,60 @@ impl Experiments for ExperimentsService {
         } else {
             &r.source_name
         };
+        // A spec on a dataset is checked against the version most registered workers hold
+        // (or the one it pins), from the manifests workers reported.
+        let resolve = |name: &str, pinned: Option<&str>| {
+            self.datasets
+                .resolve(name, pinned, &self.dispatcher.dataset_holders(name))
+        };
         let id = self
             .registry
-            .submit(&r.spec_toml, source, &r.overrides)
+            .submit(&r.spec_toml, source, &r.overrides, &resolve)
             .map_err(to_status)?;
         Ok(Response::new(SubmitReply { id }))
+    }
+
+    async fn list_workers(
+        &self,
+        _request: Request<ListWorkersRequest>,
+    ) -> Result<Response<ListWorkersReply>, Status> {
+        let workers = self
+            .dispatcher
+            .workers()
+            .into_iter()
+            .map(|w| v1::WorkerSummary {
+                worker_id: w.id,
+                name: w.name,
+                device: w.device,
+                threads: w.threads,
+                datasets: w
+                    .datasets
+                    .iter()
+                    .map(|d| {
+                        let known = self.datasets.resolve(
+                            &d.name,
+                            Some(&d.fingerprint),
+                            &Default::default(),
+                        );
+                        let (layout, classes, images) = known.map_or((0, 0, 0), |m| {
+                            (
+                                v1::DatasetLayout::from(m.layout) as i32,
+                                m.classes.len() as u32,
+                                m.images(),
+                            )
+                        });
+                        v1::DatasetSummary {
+                            name: d.name.clone(),
+                            layout,
+                            fingerprint: d.fingerprint.clone(),
+                            classes,
+                            images,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(ListWorkersReply { workers }))
     }
 
     async fn status(
@@ -113,7 +171,9 @@ impl Experiments for ExperimentsService {
             .registry
             .cancel(&request.into_inner().id)
             .map_err(to_status)?;
-        Ok(Response::new(CancelReply { state }))
+        Ok(Response::new(CancelReply {
+            state: state.to_string(),
+        }))
     }
 }
 
@@ -123,9 +183,27 @@ impl Workers for WorkersService {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterReply>, Status> {
-        Ok(Response::new(
-            self.dispatcher.register(request.into_inner()),
-        ))
+        let r = request.into_inner();
+        let manifests = r
+            .datasets
+            .iter()
+            .map(Manifest::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::invalid_argument(format!("a dataset manifest is invalid: {e}")))?;
+        self.datasets.report(&manifests);
+        let registration = Registration {
+            name: r.name,
+            device: r.device,
+            threads: r.threads,
+            datasets: manifests
+                .iter()
+                .map(|m| DatasetVersion {
+                    name: m.name.clone(),
+                    fingerprint: m.fingerprint.clone(),
+                })
+                .collect(),
+        };
+        Ok(Response::new(self.dispatcher.register(registration)))
     }
 
     async fn heartbeat(

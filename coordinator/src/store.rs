@@ -10,10 +10,14 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use outerloop_proto::dataset::Manifest;
 use outerloop_proto::ExperimentState;
 use serde::{Deserialize, Serialize};
 
 use crate::safetensors_file::{self, Decoded, NamedTensor};
+
+/// The dataset manifest of an experiment, in its directory.
+const MANIFEST: &str = "manifest.json";
 
 /// An evaluation's summary, as stored and reported.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -29,6 +33,15 @@ pub struct EvalRecord {
     pub loss_before_mean: f64,
     #[serde(default)]
     pub r#final: bool,
+    /// Classification: post-adaptation query accuracy (a fraction in [0, 1]) with its 95%
+    /// confidence interval, and the accuracy before adaptation. Named as in `metrics.jsonl`
+    /// and `outerloop status --json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy_mean: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy_ci95: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy_before_mean: Option<f64>,
 }
 
 /// JSON has no NaN or infinity: they are written as `null` and read back as NaN, so a diverged
@@ -55,12 +68,15 @@ pub struct ExperimentRecord {
     /// Submission order; ids are `exp-{seq}`.
     pub seq: u64,
     pub name: String,
-    pub state: String,
+    pub state: ExperimentState,
     pub step: u64,
     pub steps: u64,
     pub tasks_done: u64,
     pub train_seconds: f64,
     pub meta_loss: Option<f64>,
+    /// Classification: mean post-adaptation query accuracy of the last meta-batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_accuracy: Option<f64>,
     pub last_eval: Option<EvalRecord>,
     pub final_eval: Option<EvalRecord>,
     pub error: Option<String>,
@@ -76,12 +92,13 @@ impl ExperimentRecord {
             id: format!("exp-{seq}"),
             seq,
             name: name.to_string(),
-            state: ExperimentState::Queued.to_string(),
+            state: ExperimentState::Queued,
             step: 0,
             steps,
             tasks_done: 0,
             train_seconds: 0.0,
             meta_loss: None,
+            meta_accuracy: None,
             last_eval: None,
             final_eval: None,
             error: None,
@@ -146,13 +163,35 @@ impl Store {
         Ok(highest)
     }
 
-    /// Creates the experiment's directory with its spec and first record; an existing
-    /// directory is an error, never overwritten.
-    pub fn create(&self, record: &ExperimentRecord, spec_toml: &str) -> io::Result<()> {
+    /// Creates the experiment's directory with its spec, the manifest of the dataset it
+    /// samples from (if any), and its first record; an existing directory is an error, never
+    /// overwritten.
+    pub fn create(
+        &self,
+        record: &ExperimentRecord,
+        spec_toml: &str,
+        manifest: Option<&Manifest>,
+    ) -> io::Result<()> {
         let dir = self.dir(&record.id);
         fs::create_dir(&dir)?;
         write_atomically(&dir.join("spec.toml"), spec_toml.as_bytes())?;
+        if let Some(manifest) = manifest {
+            let json = serde_json::to_vec_pretty(manifest).map_err(io::Error::other)?;
+            write_atomically(&dir.join(MANIFEST), &json)?;
+        }
         self.save(record)
+    }
+
+    /// The manifest stored with an experiment at submission: its episodes are drawn from it,
+    /// whatever the workers report later.
+    pub fn manifest(&self, id: &str) -> io::Result<Option<Manifest>> {
+        match fs::read(self.dir(id).join(MANIFEST)) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(io::Error::other),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn save(&self, record: &ExperimentRecord) -> io::Result<()> {
@@ -247,7 +286,7 @@ impl MetricsWriter {
 
 /// Replaces `path` with `data` so that readers see the old or the new content, never a mix,
 /// even if the coordinator dies mid-write.
-fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let mut file = File::create(&tmp)?;
@@ -270,10 +309,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         for seq in [10, 2, 7] {
-            store.create(&record(seq), "name = \"sin\"\n").unwrap();
+            store
+                .create(&record(seq), "name = \"sin\"\n", None)
+                .unwrap();
         }
         let mut finished = record(7);
-        finished.state = "finished".into();
+        finished.state = ExperimentState::Finished;
         finished.meta_loss = Some(0.5);
         store.save(&finished).unwrap();
         fs::create_dir_all(dir.path().join("experiments/garbage")).unwrap();
@@ -289,7 +330,7 @@ mod tests {
     fn tensors_round_trip_and_a_missing_file_is_none() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.create(&record(1), "").unwrap();
+        store.create(&record(1), "", None).unwrap();
         assert_eq!(
             store
                 .read_tensors("exp-1", "checkpoint.safetensors")
@@ -323,7 +364,7 @@ mod tests {
     fn resuming_keeps_the_metrics_up_to_the_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.create(&record(1), "").unwrap();
+        store.create(&record(1), "", None).unwrap();
         {
             let (mut metrics, last) = store.metrics_writer("exp-1", 0).unwrap();
             assert_eq!(last, None);

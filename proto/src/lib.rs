@@ -1,12 +1,15 @@
-//! The outerloop wire protocol: generated gRPC code and the conversions the rest of the code uses.
+//! The outerloop wire protocol and the domain types both sides share: generated gRPC code, model layouts, work descriptions, and the conversions between them.
 
 pub mod convert;
-pub mod layout;
+pub mod dataset;
+pub mod model;
+pub mod state;
+pub mod work;
 
 /// Generated messages, clients and servers of `outerloop.v1`.
 pub mod v1 {
     tonic::include_proto!("outerloop.v1");
 }
 
-pub use convert::{f32s_from_bytes, f32s_to_bytes, ExperimentState};
-pub use layout::{MlpLayout, ParamSlot};
+pub use convert::{f32s_from_bytes, f32s_to_bytes, WireError};
+pub use state::ExperimentState;

@@ -1,5 +1,6 @@
-//! `outerloop dataset`: tools for the datasets workers read (generating the synthetic benchmark data).
+//! `outerloop dataset`: tools for the datasets workers read (generating the synthetic benchmark data, measuring a baseline).
 
+mod baseline;
 mod synth;
 
 use std::process::ExitCode;
@@ -16,10 +17,14 @@ enum DatasetCommand {
     /// Generate a synthetic few-shot image dataset (procedurally drawn glyphs) as PNG files in
     /// Omniglot's layout or the class-per-folder layout of mini-ImageNet.
     Synth(synth::SynthArgs),
+    /// Measure the raw-pixel nearest-neighbour accuracy of a dataset's few-shot episodes, the
+    /// floor a meta-learner must clearly beat.
+    Baseline(baseline::BaselineArgs),
 }
 
 pub fn run(args: DatasetArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         DatasetCommand::Synth(args) => synth::run(args),
+        DatasetCommand::Baseline(args) => baseline::run(args),
     }
 }

@@ -11,6 +11,11 @@ use serde_json::Value;
 pub const BIN: &str = env!("CARGO_BIN_EXE_outerloop");
 pub const SPEC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/sinusoid_maml.toml");
 
+/// A spec of `configs/` by file name.
+pub fn config(name: &str) -> String {
+    format!("{}/configs/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
 /// A coordinator and its workers; every process is killed when the cluster is dropped.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
@@ -85,23 +90,61 @@ impl Cluster {
     }
 
     pub fn add_worker(&mut self) {
+        self.add_worker_with(&[]);
+    }
+
+    /// Starts a worker with `extra` flags (e.g. `--data-root DIR`); returns its name.
+    pub fn add_worker_with(&mut self, extra: &[&str]) -> String {
         let name = format!("worker-{}", self.workers.len());
         let log = self.dir.path().join(format!("{name}.log"));
-        let child = spawn(
-            &[
-                "worker",
-                "--coordinator",
-                &self.url,
-                "--device",
-                "cpu",
-                "--threads",
-                "1",
-                "--name",
-                &name,
-            ],
-            &log,
-        );
+        let mut args = vec![
+            "worker",
+            "--coordinator",
+            &self.url,
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--name",
+            &name,
+        ];
+        args.extend(extra);
+        let child = spawn(&args, &log);
         self.workers.push(child);
+        name
+    }
+
+    /// The registered workers, as `outerloop workers --json` lists them.
+    pub fn workers(&self) -> Vec<Value> {
+        let out = self.cli(&["workers", "--json"]);
+        assert!(
+            out.status.success(),
+            "workers failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits until `count` workers are registered.
+    pub fn wait_workers(&self, count: usize) -> Vec<Value> {
+        let started = Instant::now();
+        loop {
+            let workers = self.workers();
+            if workers.len() >= count {
+                return workers;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "{} of {count} workers registered\n{}",
+                workers.len(),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGKILLs the coordinator and starts a new one with the same flags and state directory.

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use outerloop_proto::dataset::Manifest;
 use outerloop_proto::v1::workers_client::WorkersClient;
 use outerloop_proto::v1::{CompleteRequest, HeartbeatRequest, LeaseRequest, RegisterRequest};
 use tonic::transport::{Channel, Endpoint};
@@ -25,6 +26,8 @@ pub struct WorkerIdentity {
     pub threads: u32,
     /// Most chunks taken per lease.
     pub max_chunks: u32,
+    /// The datasets under this worker's --data-root, reported when it registers.
+    pub datasets: Vec<Manifest>,
 }
 
 /// Why a session with the coordinator ended.
@@ -99,6 +102,7 @@ async fn work_session(
             name: identity.name.clone(),
             device: identity.device.clone(),
             threads: identity.threads,
+            datasets: identity.datasets.iter().map(Into::into).collect(),
         })
         .await?
         .into_inner();

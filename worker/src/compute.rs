@@ -1,6 +1,6 @@
 //! The compute thread: one per worker, fed by a channel, so inner loops never block the async side.
 
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -8,8 +8,9 @@ use outerloop_proto::v1::{ChunkResult, ExperimentSetup, Parameters, WorkChunk};
 use tch::Device;
 use tokio::sync::oneshot;
 
-use crate::engine::{failed_chunk, panic_message, Engine};
-use crate::maml::Path;
+use crate::algorithms::Path;
+use crate::data::DataRoot;
+use crate::engine::{failed_chunk, panic_message, refused_chunk, Engine, EngineError};
 
 /// A lease's worth of work, with whatever set-up and parameters it brought.
 struct Job {
@@ -26,8 +27,14 @@ pub struct ComputeThread {
 }
 
 impl ComputeThread {
-    /// Starts the thread with libtorch limited to `threads` intra-op threads.
-    pub fn spawn(device: Device, threads: usize, path: Path) -> std::io::Result<ComputeThread> {
+    /// Starts the thread with libtorch limited to `threads` intra-op threads, reading datasets
+    /// from `data`.
+    pub fn spawn(
+        device: Device,
+        threads: usize,
+        path: Path,
+        data: Arc<DataRoot>,
+    ) -> std::io::Result<ComputeThread> {
         crate::allocator::keep_freed_memory();
         let (jobs, receive) = mpsc::channel::<Job>();
         thread::Builder::new()
@@ -37,7 +44,7 @@ impl ComputeThread {
                 if threads > 0 {
                     tch::set_num_threads(threads as i32);
                 }
-                let mut engine = Engine::new(device, path);
+                let mut engine = Engine::new(device, path, data);
                 while let Some(job) = next_job(&receive) {
                     let results = run_job(&mut engine, &job);
                     let _ = job.reply.send(results);
@@ -127,6 +134,10 @@ fn install_and_run(engine: &mut Engine, job: &Job) -> Vec<ChunkResult> {
             .iter()
             .map(|chunk| engine.run_chunk(chunk))
             .collect(),
+        Err(EngineError::Refused(refusal)) => chunk_ids(job)
+            .into_iter()
+            .map(|id| refused_chunk(id, refusal.clone()))
+            .collect(),
         Err(e) => fail_all(chunk_ids(job), &e.to_string()),
     }
 }
@@ -134,30 +145,30 @@ fn install_and_run(engine: &mut Engine, job: &Job) -> Vec<ChunkResult> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outerloop_proto::v1::{
-        experiment_setup, task_descriptor, Algorithm, ModelSpec, Phase, SinusoidFamily,
-        SinusoidTask, TaskDescriptor,
-    };
-    use outerloop_proto::{f32s_to_bytes, MlpLayout};
+    use outerloop_proto::f32s_to_bytes;
+    use outerloop_proto::model::{Mlp, Model};
+    use outerloop_proto::v1::{task_descriptor, Phase, SinusoidTask, TaskDescriptor};
+    use outerloop_proto::work::{self, Family, Setup, SinusoidFamily};
 
     fn job(input: u32) -> (ExperimentSetup, Parameters, Vec<WorkChunk>) {
-        let setup = ExperimentSetup {
+        let mlp = Mlp {
+            input: input as usize,
+            hidden: vec![4],
+            output: 1,
+        };
+        let count = mlp.layout().param_count();
+        let setup: ExperimentSetup = (&Setup {
             experiment_id: format!("exp-{input}"),
-            family: Some(experiment_setup::Family::Sinusoid(SinusoidFamily {
+            family: Family::Sinusoid(SinusoidFamily {
                 shots: 4,
                 queries: 4,
-                x_min: -5.0,
-                x_max: 5.0,
-            })),
-            model: Some(ModelSpec {
-                input,
-                hidden: vec![4],
-                output: 1,
+                x_range: [-5.0, 5.0],
             }),
-            algorithm: Algorithm::Maml as i32,
+            model: Model::Mlp(mlp),
+            algorithm: work::Algorithm::Maml,
             inner_lr: 0.01,
-        };
-        let count = MlpLayout::new(input as usize, &[4], 1).param_count();
+        })
+            .into();
         let params = Parameters {
             version: 0,
             values: f32s_to_bytes(&vec![0.1; count]),
@@ -183,7 +194,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_libtorch_error_fails_the_chunks_and_the_thread_lives_on() {
-        let compute = ComputeThread::spawn(Device::Cpu, 1, Path::Batched).unwrap();
+        let compute =
+            ComputeThread::spawn(Device::Cpu, 1, Path::Batched, Arc::new(DataRoot::empty()))
+                .unwrap();
         // Sinusoid inputs are 1-wide; a 3-wide first layer makes libtorch raise a shape error.
         let (setup, params, chunks) = job(3);
         let results = compute.run(Some(setup), Some(params), chunks).await;

@@ -1,22 +1,30 @@
 //! The compute engine: owns every libtorch tensor, caches the experiment and its parameters, runs chunks.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
-use outerloop_proto::v1::{
-    experiment_setup, task_descriptor, Algorithm, ChunkResult, ExperimentSetup, Parameters, Phase,
-    WorkChunk,
-};
-use outerloop_proto::{f32s_from_bytes, f32s_to_bytes, MlpLayout};
+use outerloop_proto::model::ParamLayout;
+use outerloop_proto::v1::{ChunkResult, ExperimentSetup, Parameters, Phase, WorkChunk};
+use outerloop_proto::work::{Setup, TaskDescriptor};
+use outerloop_proto::{f32s_from_bytes, f32s_to_bytes, WireError};
 use tch::{Device, Kind, Tensor};
 
-use crate::maml::{self, InnerLoop, Order, Path};
-use crate::sinusoid::{SinusoidFamily, SinusoidTask};
+use crate::algorithms::{self, Algorithm, Context, Path};
+use crate::data::{self, DataRoot, ImageCache, TaskSource};
+use crate::models::{self, Model};
 
 /// Why the engine could not take an experiment's set-up or parameters.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum EngineError {
-    #[error("experiment set-up is incomplete: {0}")]
-    Setup(&'static str),
+    #[error("experiment set-up is invalid: {0}")]
+    Setup(#[from] WireError),
+    /// The worker cannot compute this experiment at all: the work should go elsewhere.
+    #[error("{0}")]
+    Refused(String),
+    #[error("parameters arrived before any experiment set-up")]
+    NoSetup,
     #[error("parameters for version {version} have {got} values, the model has {expected}")]
     ParameterCount {
         version: u64,
@@ -27,30 +35,59 @@ pub enum EngineError {
     NoParameters { experiment: String, version: u64 },
 }
 
-/// One experiment as the engine needs it.
-#[derive(Debug)]
+/// One experiment as the engine needs it: where its tasks come from, the model, the algorithm.
 struct Experiment {
     id: String,
-    family: SinusoidFamily,
-    layout: MlpLayout,
-    order: Order,
+    layout: ParamLayout,
+    source: Box<dyn TaskSource>,
+    model: Box<dyn Model>,
+    algorithm: Box<dyn Algorithm>,
     inner_lr: f64,
 }
 
+impl Experiment {
+    fn new(
+        setup: &Setup,
+        data: &DataRoot,
+        cache: &Rc<RefCell<ImageCache>>,
+    ) -> Result<Self, EngineError> {
+        let model_layout = setup.model.layout();
+        let layout = match setup.algorithm {
+            outerloop_proto::work::Algorithm::MetaSgd => {
+                model_layout.with_inner_lrs(setup.inner_lr)
+            }
+            _ => model_layout,
+        };
+        Ok(Experiment {
+            id: setup.experiment_id.clone(),
+            layout,
+            source: data::source(&setup.family, data, cache).map_err(EngineError::Refused)?,
+            model: models::build(&setup.model),
+            algorithm: algorithms::build(setup.algorithm),
+            inner_lr: setup.inner_lr as f64,
+        })
+    }
+}
+
 /// Runs chunks on one device. Lives on the compute thread: `tch::Tensor` is not `Sync`.
-#[derive(Debug)]
 pub struct Engine {
     device: Device,
     path: Path,
+    /// The datasets under this worker's --data-root.
+    data: Arc<DataRoot>,
+    /// Decoded images, kept across experiments on the same data.
+    images: Rc<RefCell<ImageCache>>,
     experiment: Option<Experiment>,
     params: Option<(u64, Vec<Tensor>)>,
 }
 
 impl Engine {
-    pub fn new(device: Device, path: Path) -> Self {
+    pub fn new(device: Device, path: Path, data: Arc<DataRoot>) -> Self {
         Engine {
             device,
             path,
+            data,
+            images: ImageCache::shared(),
             experiment: None,
             params: None,
         }
@@ -58,38 +95,16 @@ impl Engine {
 
     /// Caches a new experiment; its parameters must follow.
     pub fn set_experiment(&mut self, setup: &ExperimentSetup) -> Result<(), EngineError> {
-        let model = setup.model.as_ref().ok_or(EngineError::Setup("no model"))?;
-        let family = match &setup.family {
-            Some(experiment_setup::Family::Sinusoid(s)) => SinusoidFamily {
-                shots: s.shots as usize,
-                queries: s.queries as usize,
-                x_range: [s.x_min, s.x_max],
-            },
-            None => return Err(EngineError::Setup("no task family")),
-        };
-        let order = match Algorithm::try_from(setup.algorithm) {
-            Ok(Algorithm::Maml) => Order::Second,
-            Ok(Algorithm::Fomaml) => Order::First,
-            _ => return Err(EngineError::Setup("unknown algorithm")),
-        };
-        let hidden: Vec<usize> = model.hidden.iter().map(|&w| w as usize).collect();
-        self.experiment = Some(Experiment {
-            id: setup.experiment_id.clone(),
-            family,
-            layout: MlpLayout::new(model.input as usize, &hidden, model.output as usize),
-            order,
-            inner_lr: setup.inner_lr as f64,
-        });
+        self.experiment = None;
         self.params = None;
+        let setup = Setup::try_from(setup)?;
+        self.experiment = Some(Experiment::new(&setup, &self.data, &self.images)?);
         Ok(())
     }
 
     /// Caches a parameter version as leaf tensors on the device.
     pub fn set_parameters(&mut self, params: &Parameters) -> Result<(), EngineError> {
-        let experiment = self
-            .experiment
-            .as_ref()
-            .ok_or(EngineError::Setup("parameters before set-up"))?;
+        let experiment = self.experiment.as_ref().ok_or(EngineError::NoSetup)?;
         let values = f32s_from_bytes(&params.values).unwrap_or_default();
         let expected = experiment.layout.param_count();
         if values.len() != expected {
@@ -105,8 +120,7 @@ impl Engine {
             .iter()
             .map(|slot| {
                 let shape: Vec<i64> = slot.shape.iter().map(|&d| d as i64).collect();
-                let tensor = Tensor::from_slice(&values[slot.offset..slot.offset + slot.len()])
-                    .view(shape.as_slice());
+                let tensor = Tensor::from_slice(slot.values(&values)).view(shape.as_slice());
                 let tensor = if self.device == Device::Cpu {
                     tensor
                 } else {
@@ -156,25 +170,21 @@ impl Engine {
         let tasks = chunk
             .tasks
             .iter()
-            .map(|d| match d.task {
-                Some(task_descriptor::Task::Sinusoid(s)) => Ok(SinusoidTask {
-                    amplitude: s.amplitude,
-                    phase: s.phase,
-                    data_seed: d.data_seed,
-                }),
-                None => Err(format!("task {} has no descriptor", d.index)),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(TaskDescriptor::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("a task of chunk {} is invalid: {e}", chunk.chunk_id))?;
         let batch = experiment
-            .family
-            .materialise(&tasks, Kind::Float, self.device);
-        let train = chunk.phase == Phase::Train as i32;
-        let inner = InnerLoop {
-            steps: chunk.inner_steps as usize,
-            lr: experiment.inner_lr,
-            order: experiment.order,
+            .source
+            .materialise(&tasks, Kind::Float, self.device)?;
+        let cx = Context {
+            model: experiment.model.as_ref(),
+            objective: experiment.source.objective(),
+            inner_steps: chunk.inner_steps as usize,
+            inner_lr: experiment.inner_lr,
+            path: self.path,
         };
-        let outcome = maml::run(theta, &batch, inner, train, self.path);
+        let train = chunk.phase == Phase::Train as i32;
+        let outcome = experiment.algorithm.run(&cx, theta, &batch, train);
         let values = |tensors: &[Tensor]| -> Result<Vec<f32>, String> {
             let mut out = Vec::new();
             for t in tensors {
@@ -183,16 +193,36 @@ impl Engine {
             Ok(out)
         };
         let grad_sum = match &outcome.grad_sum {
-            Some(grads) => f32s_to_bytes(&values(grads)?),
+            // A parameter the loss does not depend on gets no gradient from autograd at all:
+            // its gradient is zero.
+            Some(grads) => {
+                let dense: Vec<Tensor> = grads
+                    .iter()
+                    .zip(theta)
+                    .map(|(g, p)| {
+                        if g.defined() {
+                            g.shallow_clone()
+                        } else {
+                            p.zeros_like()
+                        }
+                    })
+                    .collect();
+                f32s_to_bytes(&values(&dense)?)
+            }
             None => Default::default(),
+        };
+        let optional = |t: &Option<Tensor>| match t {
+            Some(t) => values(std::slice::from_ref(t)),
+            None => Ok(Vec::new()),
         };
         Ok(ChunkResult {
             chunk_id: chunk.chunk_id,
             grad_sum,
             loss_before: values(std::slice::from_ref(&outcome.loss_before))?,
             loss_after: values(std::slice::from_ref(&outcome.loss_after))?,
-            compute_seconds: 0.0,
-            error: String::new(),
+            accuracy_before: optional(&outcome.accuracy_before)?,
+            accuracy_after: optional(&outcome.accuracy_after)?,
+            ..ChunkResult::default()
         })
     }
 }
@@ -219,6 +249,16 @@ pub fn failed_chunk(chunk_id: u64, error: String) -> ChunkResult {
     }
 }
 
+/// The result of a chunk this worker will not compute (it cannot compute its experiment at
+/// all): the coordinator gives the chunk to another worker.
+pub fn refused_chunk(chunk_id: u64, refusal: String) -> ChunkResult {
+    ChunkResult {
+        chunk_id,
+        refusal,
+        ..ChunkResult::default()
+    }
+}
+
 /// The text of a caught panic (libtorch errors arrive as panics with their message).
 pub fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
     panic
@@ -231,34 +271,38 @@ pub fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outerloop_proto::v1::{
-        ModelSpec, SinusoidFamily as WireFamily, SinusoidTask as WireTask, TaskDescriptor,
-    };
+    use outerloop_proto::model::{Mlp, Model as Architecture};
+    use outerloop_proto::v1::{self, task_descriptor};
+    use outerloop_proto::work::{self, Family, SinusoidFamily};
 
-    fn setup() -> ExperimentSetup {
-        ExperimentSetup {
-            experiment_id: "exp-1".into(),
-            family: Some(experiment_setup::Family::Sinusoid(WireFamily {
-                shots: 5,
-                queries: 5,
-                x_min: -5.0,
-                x_max: 5.0,
-            })),
-            model: Some(ModelSpec {
-                input: 1,
-                hidden: vec![8],
-                output: 1,
-            }),
-            algorithm: Algorithm::Maml as i32,
-            inner_lr: 0.01,
+    fn mlp() -> Mlp {
+        Mlp {
+            input: 1,
+            hidden: vec![8],
+            output: 1,
         }
     }
 
+    fn setup() -> ExperimentSetup {
+        (&Setup {
+            experiment_id: "exp-1".into(),
+            family: Family::Sinusoid(SinusoidFamily {
+                shots: 5,
+                queries: 5,
+                x_range: [-5.0, 5.0],
+            }),
+            model: Architecture::Mlp(mlp()),
+            algorithm: work::Algorithm::Maml,
+            inner_lr: 0.01,
+        })
+            .into()
+    }
+
     fn chunk(version: u64, phase: Phase) -> WorkChunk {
-        let task = |i: u64| TaskDescriptor {
+        let task = |i: u64| v1::TaskDescriptor {
             index: i,
             data_seed: i,
-            task: Some(task_descriptor::Task::Sinusoid(WireTask {
+            task: Some(task_descriptor::Task::Sinusoid(v1::SinusoidTask {
                 amplitude: 1.0,
                 phase: 0.5,
             })),
@@ -275,9 +319,9 @@ mod tests {
 
     #[test]
     fn a_chunk_yields_a_gradient_per_parameter_and_a_loss_per_task() {
-        let mut engine = Engine::new(Device::Cpu, Path::Batched);
+        let mut engine = Engine::new(Device::Cpu, Path::Batched, Arc::new(DataRoot::empty()));
         engine.set_experiment(&setup()).unwrap();
-        let count = MlpLayout::new(1, &[8], 1).param_count();
+        let count = mlp().layout().param_count();
         let params = Parameters {
             version: 3,
             values: f32s_to_bytes(&vec![0.1; count]),
@@ -301,15 +345,12 @@ mod tests {
 
     #[test]
     fn mismatched_parameters_and_versions_are_errors_not_panics() {
-        let mut engine = Engine::new(Device::Cpu, Path::Batched);
+        let mut engine = Engine::new(Device::Cpu, Path::Batched, Arc::new(DataRoot::empty()));
         let params = Parameters {
             version: 1,
             values: f32s_to_bytes(&[1.0; 5]),
         };
-        assert_eq!(
-            engine.set_parameters(&params),
-            Err(EngineError::Setup("parameters before set-up"))
-        );
+        assert_eq!(engine.set_parameters(&params), Err(EngineError::NoSetup));
         engine.set_experiment(&setup()).unwrap();
         assert!(matches!(
             engine.set_parameters(&params),

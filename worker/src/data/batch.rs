@@ -2,7 +2,9 @@
 
 use tch::Tensor;
 
-/// `[tasks, points, features]` tensors of one chunk.
+/// The tensors of one chunk, task axis first: inputs `[tasks, points, ...]` (values, or images
+/// `[channels, size, size]`) and targets `[tasks, points, outputs]` (regression) or class
+/// labels `[tasks, points]` (classification).
 #[derive(Debug)]
 pub struct TaskBatch {
     pub support_x: Tensor,

@@ -1,10 +1,12 @@
 //! The sinusoid task family (Finn et al. 2017): materialises tasks from their descriptors.
 
+use outerloop_proto::work::{self, Task, TaskDescriptor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
-use crate::batch::TaskBatch;
+use super::{TaskBatch, TaskSource};
+use crate::objective::Objective;
 
 /// Shape of every task of the family: `shots` support and `queries` query points, x uniform.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -22,11 +24,47 @@ pub struct SinusoidTask {
     pub data_seed: u64,
 }
 
+impl From<&work::SinusoidFamily> for SinusoidFamily {
+    fn from(family: &work::SinusoidFamily) -> Self {
+        SinusoidFamily {
+            shots: family.shots as usize,
+            queries: family.queries as usize,
+            x_range: family.x_range,
+        }
+    }
+}
+
+impl TaskSource for SinusoidFamily {
+    fn materialise(
+        &self,
+        tasks: &[TaskDescriptor],
+        kind: Kind,
+        device: Device,
+    ) -> Result<TaskBatch, String> {
+        let tasks = tasks
+            .iter()
+            .map(|d| match d.task {
+                Task::Sinusoid(s) => Ok(SinusoidTask {
+                    amplitude: s.amplitude,
+                    phase: s.phase,
+                    data_seed: d.data_seed,
+                }),
+                Task::Episode(_) => Err(format!("task {} is not a sinusoid", d.index)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.points(&tasks, kind, device))
+    }
+
+    fn objective(&self) -> Objective {
+        Objective::Mse
+    }
+}
+
 impl SinusoidFamily {
     /// The points of `tasks` as one batch `[tasks, points, 1]` on `device`, in `kind`.
     /// Support points are drawn before query points from the task's own seed, so a task's data
     /// never depends on which chunk or worker it landed in.
-    pub fn materialise(&self, tasks: &[SinusoidTask], kind: Kind, device: Device) -> TaskBatch {
+    pub fn points(&self, tasks: &[SinusoidTask], kind: Kind, device: Device) -> TaskBatch {
         let (k, q) = (self.shots, self.queries);
         let mut xs = [
             Vec::with_capacity(tasks.len() * k),
@@ -90,7 +128,7 @@ mod tests {
             phase: 0.5,
             data_seed: 11,
         };
-        let b = family().materialise(&[task], Kind::Float, Device::Cpu);
+        let b = family().points(&[task], Kind::Float, Device::Cpu);
         assert_eq!(b.support_x.size(), vec![1, 5, 1]);
         assert_eq!(b.query_y.size(), vec![1, 7, 1]);
         let x = Vec::<f32>::try_from(b.query_x.flatten(0, -1)).unwrap();
@@ -113,8 +151,8 @@ mod tests {
             phase: 1.0,
             data_seed: 2,
         };
-        let alone = family().materialise(&[b], Kind::Float, Device::Cpu);
-        let paired = family().materialise(&[a, b], Kind::Float, Device::Cpu);
+        let alone = family().points(&[b], Kind::Float, Device::Cpu);
+        let paired = family().points(&[a, b], Kind::Float, Device::Cpu);
         assert!(alone.support_x.equal(&paired.support_x.get(1).unsqueeze(0)));
         assert!(alone.query_y.equal(&paired.query_y.get(1).unsqueeze(0)));
         assert!(!paired.support_x.get(0).equal(&paired.support_x.get(1)));

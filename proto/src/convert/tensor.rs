@@ -1,6 +1,4 @@
-//! Conversions between wire encodings and domain values: f32 buffers and experiment states.
-
-use std::fmt;
+//! Tensors on the wire: little-endian f32 buffers.
 
 use prost::bytes::Bytes;
 
@@ -24,34 +22,6 @@ pub fn f32s_from_bytes(bytes: &[u8]) -> Option<Vec<f32>> {
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect(),
     )
-}
-
-/// The life cycle of an experiment, as stored and as shown to users.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExperimentState {
-    Queued,
-    Running,
-    Finished,
-    Failed,
-    Cancelled,
-}
-
-impl ExperimentState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExperimentState::Queued => "queued",
-            ExperimentState::Running => "running",
-            ExperimentState::Finished => "finished",
-            ExperimentState::Failed => "failed",
-            ExperimentState::Cancelled => "cancelled",
-        }
-    }
-}
-
-impl fmt::Display for ExperimentState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 #[cfg(test)]

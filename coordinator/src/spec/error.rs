@@ -1,0 +1,133 @@
+//! Spec errors that point at the file, line and column, with the offending line and a caret.
+
+/// A spec that was refused, with where and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{source_name}{}: {message}{}", location.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default(), excerpt.as_deref().unwrap_or_default())]
+pub struct SpecError {
+    pub source_name: String,
+    /// 1-based line and column in the spec file, when the error has one.
+    pub location: Option<(usize, usize)>,
+    pub message: String,
+    /// The offending line with a caret under the column, when there is one.
+    pub excerpt: Option<String>,
+}
+
+/// A validation failure: the field path (`meta.meta_batch`) and what is wrong with it.
+pub type Invalid = (String, String);
+
+/// The standard refusal: the field, the value given, and what is allowed.
+pub fn out_of_range<T: std::fmt::Debug>(path: &str, given: T, allowed: &str) -> Invalid {
+    (
+        path.to_string(),
+        format!("{given:?} is out of range: {allowed}"),
+    )
+}
+
+impl SpecError {
+    /// The error for a field that failed validation: blamed on the `--set` that assigned it
+    /// when one did, else on the line of `text` where the field is written (if it is).
+    pub fn blame(
+        text: &str,
+        source_name: &str,
+        overrides: &[String],
+        (path, message): Invalid,
+    ) -> SpecError {
+        let set_by = overrides
+            .iter()
+            .rev()
+            .find(|o| super::overrides::path_of(o) == Some(path.as_str()));
+        match set_by {
+            Some(assignment) => SpecError::at(
+                text,
+                source_name,
+                None,
+                format!("--set {assignment}: {message}"),
+            ),
+            None => SpecError::at(
+                text,
+                source_name,
+                locate_key(text, &path),
+                format!("{path}: {message}"),
+            ),
+        }
+    }
+
+    /// An error at `location` (if known) in `text`, which was read from `source_name`.
+    pub fn at(
+        text: &str,
+        source_name: &str,
+        location: Option<(usize, usize)>,
+        message: String,
+    ) -> SpecError {
+        SpecError {
+            source_name: source_name.to_string(),
+            location,
+            message,
+            excerpt: location.and_then(|at| excerpt(text, at)),
+        }
+    }
+}
+
+/// `\n  9 | shots = = 10\n    |         ^`
+fn excerpt(text: &str, (line, col): (usize, usize)) -> Option<String> {
+    let source = text.lines().nth(line - 1)?;
+    let gutter = line.to_string().len();
+    Some(format!(
+        "\n {line} | {source}\n {:gutter$} | {:>col$}",
+        "", "^"
+    ))
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Finds where `path` (`meta.meta_batch`) is assigned in a conventionally written spec:
+/// `[meta]` followed by `meta_batch = ...`, or a top-level key. Best effort: a spec written
+/// with dotted keys or inline tables just gets no line number.
+pub fn locate_key(text: &str, path: &str) -> Option<(usize, usize)> {
+    let (table, key) = match path.rsplit_once('.') {
+        Some((table, key)) => (table, key),
+        None => ("", path),
+    };
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if let Some(header) = trimmed.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            current = header.trim().to_string();
+            continue;
+        }
+        let Some((k, _)) = trimmed.split_once('=') else {
+            continue;
+        };
+        if current == table && k.trim() == key {
+            let col = line.len() - line.trim_start().len() + 1;
+            return Some((i + 1, col));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_found_in_their_table() {
+        let text = "name = \"a\"\n[task]\nshots = 1\n[meta]\n  shots = 2\n";
+        assert_eq!(locate_key(text, "task.shots"), Some((3, 1)));
+        assert_eq!(locate_key(text, "meta.shots"), Some((5, 3)));
+        assert_eq!(locate_key(text, "name"), Some((1, 1)));
+        assert_eq!(locate_key(text, "eval.shots"), None);
+    }
+
+    #[test]
+    fn an_error_shows_its_line_with_a_caret() {
+        let e = SpecError::at("a = 1\nb = = 2\n", "s.toml", Some((2, 5)), "bad".into());
+        assert_eq!(e.to_string(), "s.toml:2:5: bad\n 2 | b = = 2\n   |     ^");
+    }
+}

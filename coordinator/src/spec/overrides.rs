@@ -1,0 +1,56 @@
+//! `--set key.path=value` overrides, applied to the parsed TOML document before validation.
+
+/// Applies one `key.path=value` assignment. The value is read as a TOML value
+/// (`3`, `0.5`, `"adam"`, `[40, 40]`); a bare word that is not one is taken as a string.
+pub fn apply(doc: &mut toml::Table, assignment: &str) -> Result<(), String> {
+    let (path, raw) = assignment
+        .split_once('=')
+        .ok_or_else(|| "expected key.path=value".to_string())?;
+    let path = path.trim();
+    let value = parse_value(raw.trim());
+    let keys: Vec<&str> = path.split('.').collect();
+    if keys.iter().any(|k| k.is_empty()) {
+        return Err(format!("`{path}` is not a field path like meta.steps"));
+    }
+    let (last, parents) = keys.split_last().expect("split yields at least one key");
+    let mut table = doc;
+    for (depth, key) in parents.iter().enumerate() {
+        let entry = table
+            .entry(key.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{}` is a value, not a table", keys[..=depth].join(".")))?;
+    }
+    table.insert(last.to_string(), value);
+    Ok(())
+}
+
+/// The field path an assignment sets (`meta.steps` of `meta.steps=3`).
+pub fn path_of(assignment: &str) -> Option<&str> {
+    assignment.split_once('=').map(|(k, _)| k.trim())
+}
+
+fn parse_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_read_as_toml_and_bare_words_as_strings() {
+        let mut doc = toml::Table::new();
+        apply(&mut doc, "meta.steps=3").unwrap();
+        apply(&mut doc, "model.hidden = [8, 8]").unwrap();
+        apply(&mut doc, "meta.algorithm=fomaml").unwrap();
+        assert_eq!(doc["meta"]["steps"].as_integer(), Some(3));
+        assert_eq!(doc["model"]["hidden"].as_array().map(|a| a.len()), Some(2));
+        assert_eq!(doc["meta"]["algorithm"].as_str(), Some("fomaml"));
+        assert_eq!(path_of("meta.steps = 3"), Some("meta.steps"));
+    }
+}
