@@ -2,8 +2,9 @@
 
 use tch::Tensor;
 
-use super::maml::{per_task, Step};
-use super::{adapt, query_scores, without_grad, Algorithm, Context, Outcome, Path, StepSize};
+use super::{
+    adapt, on_path, query_scores, without_grad, Algorithm, Context, Outcome, Step, StepSize,
+};
 use crate::data::TaskBatch;
 use crate::models::{Mlp, Model};
 
@@ -32,7 +33,7 @@ impl Default for Anil {
 
 impl Algorithm for Anil {
     fn run(&self, cx: &Context, theta: &[Tensor], batch: &TaskBatch, train: bool) -> Outcome {
-        let (loss_before, accuracy_before) = query_scores(cx, theta, batch);
+        let before = query_scores(cx, theta, batch);
         let (body, head) = theta.split_at(cx.model.body_len());
         let head_cx = Context {
             model: &self.head as &dyn Model,
@@ -63,23 +64,14 @@ impl Algorithm for Anil {
             let grad = Tensor::run_backward(&[loss.sum(None)], theta, false, false);
             (Some(grad), loss.detach(), accuracy)
         };
-        let (grad_sum, loss_after, accuracy_after) = match cx.path {
-            Path::Batched => step(batch),
-            Path::PerTask => per_task(batch, step),
-        };
-        Outcome {
-            grad_sum,
-            loss_before,
-            loss_after,
-            accuracy_before,
-            accuracy_after,
-        }
+        Outcome::new(before, on_path(cx, batch, step))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::algorithms::Path;
     use tch::{Device, Kind};
 
     use crate::algorithms::maml::total_loss_after;

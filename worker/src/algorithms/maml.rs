@@ -2,7 +2,9 @@
 
 use tch::Tensor;
 
-use super::{adapt, query_scores, task_grads, Algorithm, Context, Outcome, Path, StepSize};
+use super::{
+    adapt, on_path, query_scores, task_grads, Algorithm, Context, Outcome, Step, StepSize,
+};
 use crate::data::TaskBatch;
 
 /// How meta-gradients flow through the inner loop.
@@ -20,24 +22,11 @@ pub struct Maml {
     pub order: Order,
 }
 
-/// What adapting one batch of tasks yields: the meta-gradient summed over its tasks (training
-/// only), and each task's query loss and accuracy after adaptation.
-pub(super) type Step = (Option<Vec<Tensor>>, Tensor, Option<Tensor>);
-
 impl Algorithm for Maml {
     fn run(&self, cx: &Context, theta: &[Tensor], batch: &TaskBatch, train: bool) -> Outcome {
-        let (loss_before, accuracy_before) = query_scores(cx, theta, batch);
-        let (grad_sum, loss_after, accuracy_after) = match cx.path {
-            Path::Batched => self.meta_step(cx, theta, batch, train),
-            Path::PerTask => per_task(batch, |task| self.meta_step(cx, theta, task, train)),
-        };
-        Outcome {
-            grad_sum,
-            loss_before,
-            loss_after,
-            accuracy_before,
-            accuracy_after,
-        }
+        let before = query_scores(cx, theta, batch);
+        let after = on_path(cx, batch, |task| self.meta_step(cx, theta, task, train));
+        Outcome::new(before, after)
     }
 }
 
@@ -67,25 +56,6 @@ impl Maml {
     }
 }
 
-/// Runs `step` on each task of `batch` alone and combines the results: gradients summed,
-/// losses and accuracies concatenated in task order. The reference path.
-pub(super) fn per_task(batch: &TaskBatch, mut step: impl FnMut(&TaskBatch) -> Step) -> Step {
-    let mut grad_sum: Option<Vec<Tensor>> = None;
-    let (mut losses, mut accuracies) = (Vec::new(), Vec::new());
-    for t in 0..batch.tasks() {
-        let (grad, loss, accuracy) = step(&batch.task(t));
-        losses.push(loss);
-        accuracies.extend(accuracy);
-        grad_sum = match (grad_sum, grad) {
-            (Some(sum), Some(g)) => Some(sum.iter().zip(&g).map(|(s, g)| s + g).collect()),
-            (None, g) => g,
-            (sum, None) => sum,
-        };
-    }
-    let accuracy = (!accuracies.is_empty()).then(|| Tensor::cat(&accuracies, 0));
-    (grad_sum, Tensor::cat(&losses, 0), accuracy)
-}
-
 /// The summed post-adaptation query loss, in f64 (for finite-difference references).
 #[cfg(test)]
 pub(super) fn total_loss_after(outcome: &Outcome) -> f64 {
@@ -95,6 +65,7 @@ pub(super) fn total_loss_after(outcome: &Outcome) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::algorithms::Path;
     use tch::Kind;
 
     use crate::algorithms::inner_loop::without_grad;

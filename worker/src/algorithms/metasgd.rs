@@ -2,8 +2,7 @@
 
 use tch::Tensor;
 
-use super::maml::{per_task, Step};
-use super::{adapt, query_scores, Algorithm, Context, Outcome, Path, StepSize};
+use super::{adapt, on_path, query_scores, Algorithm, Context, Outcome, Step, StepSize};
 use crate::data::TaskBatch;
 
 /// The parameters are the model's, followed by one learned rate per model parameter, shaped
@@ -14,7 +13,7 @@ pub struct MetaSgd;
 impl Algorithm for MetaSgd {
     fn run(&self, cx: &Context, params: &[Tensor], batch: &TaskBatch, train: bool) -> Outcome {
         let (theta, lrs) = params.split_at(params.len() / 2);
-        let (loss_before, accuracy_before) = query_scores(cx, theta, batch);
+        let before = query_scores(cx, theta, batch);
         let step = |task: &TaskBatch| -> Step {
             let fast = adapt(cx, theta, task, StepSize::Learned(lrs), train);
             if !train {
@@ -27,23 +26,14 @@ impl Algorithm for MetaSgd {
             let grad = Tensor::run_backward(&[loss.sum(None)], params, false, false);
             (Some(grad), loss.detach(), accuracy)
         };
-        let (grad_sum, loss_after, accuracy_after) = match cx.path {
-            Path::Batched => step(batch),
-            Path::PerTask => per_task(batch, step),
-        };
-        Outcome {
-            grad_sum,
-            loss_before,
-            loss_after,
-            accuracy_before,
-            accuracy_after,
-        }
+        Outcome::new(before, on_path(cx, batch, step))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::algorithms::Path;
     use tch::Kind;
 
     use crate::algorithms::maml::total_loss_after;

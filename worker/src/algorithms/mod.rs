@@ -57,6 +57,48 @@ pub struct Outcome {
     pub accuracy_after: Option<Tensor>,
 }
 
+impl Outcome {
+    /// The outcome of a chunk scored `before` adaptation (loss and accuracy) and adapted into
+    /// `after`.
+    pub fn new(before: (Tensor, Option<Tensor>), after: Step) -> Outcome {
+        let (grad_sum, loss_after, accuracy_after) = after;
+        Outcome {
+            grad_sum,
+            loss_before: before.0,
+            loss_after,
+            accuracy_before: before.1,
+            accuracy_after,
+        }
+    }
+}
+
+/// What adapting one batch of tasks yields: the meta-gradient summed over its tasks (training
+/// only), and each task's query loss and accuracy after adaptation.
+pub type Step = (Option<Vec<Tensor>>, Tensor, Option<Tensor>);
+
+/// Runs `step` on the whole batch (the batched path) or on each task alone, combining the
+/// results: gradients summed, losses and accuracies concatenated in task order (the per-task
+/// reference path).
+pub fn on_path(cx: &Context, batch: &TaskBatch, mut step: impl FnMut(&TaskBatch) -> Step) -> Step {
+    if cx.path == Path::Batched {
+        return step(batch);
+    }
+    let mut grad_sum: Option<Vec<Tensor>> = None;
+    let (mut losses, mut accuracies) = (Vec::new(), Vec::new());
+    for t in 0..batch.tasks() {
+        let (grad, loss, accuracy) = step(&batch.task(t));
+        losses.push(loss);
+        accuracies.extend(accuracy);
+        grad_sum = match (grad_sum, grad) {
+            (Some(sum), Some(g)) => Some(sum.iter().zip(&g).map(|(s, g)| s + g).collect()),
+            (None, g) => g,
+            (sum, None) => sum,
+        };
+    }
+    let accuracy = (!accuracies.is_empty()).then(|| Tensor::cat(&accuracies, 0));
+    (grad_sum, Tensor::cat(&losses, 0), accuracy)
+}
+
 /// A meta-learning algorithm.
 pub trait Algorithm {
     /// Runs the chunk's tasks from the meta-parameters `params` (leaves that require grad, in

@@ -2,8 +2,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::maml::{per_task, Step};
-use super::{without_grad, Algorithm, Context, Outcome, Path};
+use super::{on_path, without_grad, Algorithm, Context, Outcome, Step};
 use crate::data::TaskBatch;
 
 /// No inner loop: the model (without a head) embeds each task's support and query images in
@@ -52,10 +51,7 @@ impl Algorithm for ProtoNet {
                 train.then(|| Tensor::run_backward(&[loss.sum(Kind::Float)], theta, false, false));
             (grad, loss.detach(), accuracy)
         };
-        let (grad_sum, loss, accuracy) = match cx.path {
-            Path::Batched => step(batch),
-            Path::PerTask => per_task(batch, step),
-        };
+        let (grad_sum, loss, accuracy) = on_path(cx, batch, step);
         // Nothing is adapted: the scores before and after adaptation are the same.
         Outcome {
             grad_sum,
@@ -70,6 +66,7 @@ impl Algorithm for ProtoNet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::algorithms::Path;
     use tch::Device;
 
     use crate::algorithms::maml::total_loss_after;

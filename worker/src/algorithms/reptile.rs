@@ -2,8 +2,7 @@
 
 use tch::Tensor;
 
-use super::maml::{per_task, Step};
-use super::{adapt, query_scores, Algorithm, Context, Outcome, Path, StepSize};
+use super::{adapt, on_path, query_scores, Algorithm, Context, Outcome, Step, StepSize};
 use crate::data::TaskBatch;
 
 /// The result of a chunk is the sum over its tasks of `theta - adapted`: the direction the
@@ -14,7 +13,7 @@ pub struct Reptile;
 
 impl Algorithm for Reptile {
     fn run(&self, cx: &Context, theta: &[Tensor], batch: &TaskBatch, train: bool) -> Outcome {
-        let (loss_before, accuracy_before) = query_scores(cx, theta, batch);
+        let before = query_scores(cx, theta, batch);
         let step = |task: &TaskBatch| -> Step {
             let fast = adapt(cx, theta, task, StepSize::Fixed(cx.inner_lr), false);
             let (loss, accuracy) = query_scores(cx, &fast, task);
@@ -37,23 +36,14 @@ impl Algorithm for Reptile {
             });
             (update, loss, accuracy)
         };
-        let (grad_sum, loss_after, accuracy_after) = match cx.path {
-            Path::Batched => step(batch),
-            Path::PerTask => per_task(batch, step),
-        };
-        Outcome {
-            grad_sum,
-            loss_before,
-            loss_after,
-            accuracy_before,
-            accuracy_after,
-        }
+        Outcome::new(before, on_path(cx, batch, step))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::algorithms::Path;
     use tch::Kind;
 
     use crate::algorithms::testing::{assert_close, flat, sinusoid_batch, theta};
