@@ -24,7 +24,7 @@ else
   TEST_ENV := OUTERLOOP_PYTHON="$(PYTHON)"
 endif
 
-.PHONY: all setup build demo test lint bench bench-full bench-fewshot clean-demo
+.PHONY: all setup build demo demo-fewshot test lint bench bench-full bench-fewshot clean-demo
 all: build
 
 # The marker is written last, so an interrupted install is redone on the next run.
@@ -41,6 +41,15 @@ build: setup
 
 demo: build
 	./target/release/outerloop demo --state-dir outerloop-demo
+
+# Few-shot: generates the synthetic Omniglot once, then a short 5-way 1-shot MAML run on it.
+DEMO_DATA := outerloop-demo-data
+demo-fewshot: build
+	test -d $(DEMO_DATA)/omniglot/images_evaluation || ./target/release/outerloop dataset synth --out $(DEMO_DATA)/omniglot --force
+	./target/release/outerloop demo --state-dir outerloop-demo --data-root $(DEMO_DATA) \
+	  --spec configs/omniglot_5w1s_maml.toml --set model.filters=32 --set task.queries=5 \
+	  --set meta.meta_batch=8 --set meta.chunk_tasks=4 --set meta.steps=400 --set eval.every=100 \
+	  --set eval.tasks=100 --set eval.queries=5
 
 lint: setup
 	cargo fmt --all -- --check
@@ -62,4 +71,4 @@ bench-fewshot: build $(VENV_READY)
 	$(PYTHON) bench/compare_fewshot.py --steps 60
 
 clean-demo:
-	rm -rf outerloop-demo
+	rm -rf outerloop-demo $(DEMO_DATA)

@@ -26,7 +26,8 @@ pub struct DemoArgs {
     /// Worker processes to start.
     #[arg(long, default_value_t = 2)]
     workers: u32,
-    /// Spec to run instead of the embedded configs/sinusoid_maml.toml.
+    /// Spec to run instead of the embedded configs/sinusoid_maml.toml (as written: the demo's
+    /// shortening applies to the embedded spec only).
     #[arg(long)]
     spec: Option<PathBuf>,
     /// Further overrides, applied after the demo's own (e.g. --set meta.steps=2000).
@@ -35,6 +36,9 @@ pub struct DemoArgs {
     /// Where the coordinator stores experiments and the processes' logs.
     #[arg(long, default_value = "outerloop-demo")]
     state_dir: PathBuf,
+    /// The workers' --data-root, for specs on image datasets.
+    #[arg(long, value_name = "DIR")]
+    data_root: Option<PathBuf>,
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -93,17 +97,39 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 "1",
                 "--name",
             ])
-            .arg(format!("demo-worker-{i}"))
+            .arg(format!("demo-worker-{i}"));
+            if let Some(root) = &args.data_root {
+                c.arg("--data-root").arg(root);
+            }
+            c
         })?);
+    }
+    let mut coordinator = Coordinator::connect(&url).await?;
+    // Specs on a dataset are checked against what workers report when they register.
+    let started = Instant::now();
+    while coordinator.workers().await?.len() < args.workers as usize {
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "the workers did not register within 120 s; see their logs in {}",
+                logs.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!("started {} worker processes", args.workers);
 
-    let overrides: Vec<String> = DEMO_OVERRIDES
+    // The demo length applies to the embedded sinusoid spec; a spec of the user's runs as
+    // given, with the user's own overrides.
+    let demo_length = if args.spec.is_none() {
+        DEMO_OVERRIDES
+    } else {
+        &[]
+    };
+    let overrides: Vec<String> = demo_length
         .iter()
         .map(|s| s.to_string())
         .chain(args.overrides)
         .collect();
-    let mut coordinator = Coordinator::connect(&url).await?;
     let id = coordinator
         .submit(&spec_text, &spec_name, overrides.clone())
         .await?;
@@ -116,11 +142,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if let Some(status) = coordinator.status(&id).await?.into_iter().next() {
         if let Some(eval) = status.last_eval.filter(|e| e.r#final) {
             println!();
-            println!(
-                "post-adaptation MSE on {} held-out tasks: {:.4} ± {:.4} (95% CI)",
-                eval.tasks, eval.loss_mean, eval.loss_ci95
-            );
-            println!("before adaptation: {:.4}", eval.loss_before_mean);
+            match (eval.accuracy_mean, eval.accuracy_ci95) {
+                (Some(mean), Some(ci95)) => println!(
+                    "post-adaptation accuracy on {} held-out episodes: {:.2}% ± {:.2}% (95% CI)",
+                    eval.tasks,
+                    100.0 * mean,
+                    100.0 * ci95
+                ),
+                _ => {
+                    println!(
+                        "post-adaptation MSE on {} held-out tasks: {:.4} ± {:.4} (95% CI)",
+                        eval.tasks, eval.loss_mean, eval.loss_ci95
+                    );
+                    println!("before adaptation: {:.4}", eval.loss_before_mean);
+                }
+            }
             println!(
                 "results written to {}: spec.toml, metrics.jsonl, final.safetensors",
                 status.results_dir

@@ -120,7 +120,8 @@ enum Command {
         #[arg(long, default_value = DEFAULT_COORDINATOR, value_parser = coordinator_url)]
         coordinator: String,
     },
-    /// Start a coordinator and workers on loopback, run the sinusoid MAML spec at demo length, and stop.
+    /// Start a coordinator and workers on loopback, run a spec (by default the sinusoid MAML one
+    /// at demo length), and stop.
     Demo(demo::DemoArgs),
     /// Dataset tools: generate the synthetic few-shot benchmark data.
     Dataset(dataset::DatasetArgs),
