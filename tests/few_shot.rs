@@ -264,21 +264,22 @@ print(net(torch.rand(10, 1, 28, 28)).shape)
 }
 
 /// The final parameters and the metrics (timings and worker counts removed) of a short conv4
-/// run on `workers` workers.
-fn conv4_run(workers: usize) -> (Vec<u8>, Vec<Value>) {
-    let mut cluster = Cluster::start(&[]);
+/// run on `workers` workers; with `restart_at`, the coordinator is killed with SIGKILL once
+/// the run has passed that step, and restarted on the same address and state.
+fn conv4_run(workers: usize, restart_at: Option<u64>) -> (Vec<u8>, Vec<Value>) {
+    let mut cluster = Cluster::start_on(&common::free_loopback_addr(), &[]);
     let root = data_root().to_str().unwrap().to_string();
     for _ in 0..workers {
         cluster.add_worker_with(&["--data-root", &root]);
     }
     cluster.wait_workers(workers);
     let overrides = [
-        "model.filters=8",
+        "model.filters=4",
         "task.queries=2",
         "meta.meta_batch=6",
         "meta.chunk_tasks=2",
-        "meta.steps=12",
-        "eval.every=6",
+        "meta.steps=60",
+        "eval.every=10",
         "eval.tasks=20",
         "eval.final_tasks=20",
         "eval.chunk_tasks=5",
@@ -286,7 +287,17 @@ fn conv4_run(workers: usize) -> (Vec<u8>, Vec<Value>) {
     let id = cluster
         .submit(&config("omniglot_5w1s_maml.toml"), &overrides)
         .unwrap();
+    if let Some(step) = restart_at {
+        cluster.wait_for(&id, Duration::from_secs(600), |s| {
+            s["step"].as_u64() >= Some(step)
+        });
+        cluster.restart_coordinator();
+    }
     cluster.wait_finished(&id, Duration::from_secs(600));
+    if restart_at.is_some() {
+        let log = std::fs::read_to_string(cluster.dir.path().join("coordinator.log")).unwrap();
+        assert!(log.contains("resuming from the checkpoint"), "{log}");
+    }
     let metrics = cluster
         .metrics(&id)
         .into_iter()
@@ -306,9 +317,9 @@ fn conv4_run(workers: usize) -> (Vec<u8>, Vec<Value>) {
 }
 
 #[test]
-fn a_conv4_experiment_is_bit_identical_on_one_and_two_workers() {
-    let (one, one_metrics) = conv4_run(1);
-    let (two, two_metrics) = conv4_run(2);
+fn a_conv4_experiment_is_bit_identical_on_one_and_two_workers_and_after_a_restart() {
+    let (one, one_metrics) = conv4_run(1, None);
+    let (two, two_metrics) = conv4_run(2, None);
     assert_eq!(
         one_metrics, two_metrics,
         "every loss and accuracy is identical"
@@ -316,6 +327,17 @@ fn a_conv4_experiment_is_bit_identical_on_one_and_two_workers() {
     assert!(
         one == two,
         "final.safetensors differs between 1 and 2 workers"
+    );
+    // Killed past its checkpoint at step 20 and resumed from it, with the episodes sampled
+    // from the manifest kept with the experiment.
+    let (resumed, resumed_metrics) = conv4_run(1, Some(25));
+    assert_eq!(
+        one_metrics, resumed_metrics,
+        "the steps after the checkpoint were done again, once"
+    );
+    assert!(
+        one == resumed,
+        "final.safetensors differs after a coordinator restart"
     );
 }
 
