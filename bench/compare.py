@@ -15,11 +15,11 @@ Usage (from the repository root, after `make build`):
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
+
+from cluster import Cluster, step_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = os.path.join(ROOT, "configs", "sinusoid_maml.toml")
@@ -47,48 +47,16 @@ def run_reference(args):
 
 def run_outerloop(args, workers, chunk_tasks):
     """Coordinator + `workers` worker processes on loopback; returns status and step timings."""
-    with tempfile.TemporaryDirectory(prefix="outerloop-bench-") as tmp:
-        port_file = os.path.join(tmp, "addr")
-        procs = []
-        logs = open(os.path.join(tmp, "processes.log"), "w")
-        try:
-            procs.append(subprocess.Popen(
-                [args.binary, "coordinator", "--listen", "127.0.0.1:0", "--state-dir", tmp,
-                 "--port-file", port_file], stdout=logs, stderr=logs))
-            deadline = time.monotonic() + 60
-            while not os.path.exists(port_file):
-                if procs[0].poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the coordinator did not start; see {tmp}/processes.log")
-                time.sleep(0.02)
-            url = "http://" + open(port_file).read().strip()
-            for i in range(workers):
-                procs.append(subprocess.Popen(
-                    [args.binary, "worker", "--coordinator", url, "--device", "cpu",
-                     "--threads", "1", "--name", f"bench-{i}"], stdout=logs, stderr=logs))
-            overrides = [f"meta.steps={args.steps}", f"meta.chunk_tasks={chunk_tasks}",
-                         f"eval.every={args.steps}", "eval.tasks=100",
-                         f"eval.final_tasks={args.eval_tasks}"]
-            submit = [args.binary, "submit", SPEC, "--coordinator", url]
-            for o in overrides:
-                submit += ["--set", o]
-            exp = subprocess.run(submit, check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
-            started = time.perf_counter()
-            subprocess.run([args.binary, "watch", exp, "--coordinator", url], check=True,
-                           stdout=subprocess.DEVNULL)
-            wall = time.perf_counter() - started
-            status = json.loads(subprocess.run(
-                [args.binary, "status", exp, "--json", "--coordinator", url], check=True,
-                stdout=subprocess.PIPE, text=True).stdout)
-            lines = [json.loads(l) for l in open(os.path.join(tmp, "experiments", exp, "metrics.jsonl"))]
-        finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait()
-    train = [l for l in lines if l["kind"] == "train"]
-    train = train[10:] or train  # skip warm-up steps when there are enough
-    step = statistics.mean(l["step_seconds"] for l in train)
-    critical = statistics.mean(l["critical_compute_seconds"] for l in train)
+    overrides = [f"meta.steps={args.steps}", f"meta.chunk_tasks={chunk_tasks}",
+                 f"eval.every={args.steps}", "eval.tasks=100",
+                 f"eval.final_tasks={args.eval_tasks}"]
+    with Cluster(args.binary, workers) as cluster:
+        exp = cluster.submit(SPEC, overrides)
+        started = time.perf_counter()
+        cluster.watch(exp)
+        wall = time.perf_counter() - started
+        status, metrics = cluster.status(exp), cluster.metrics(exp)
+    step, critical = step_split(metrics, skip=10)
     return {
         "impl": f"outerloop ({workers} worker{'s' if workers > 1 else ''})",
         "workers": workers,

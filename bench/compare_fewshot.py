@@ -20,18 +20,19 @@ Usage (from the repository root, after `make build`):
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 import torch
+
+from cluster import Cluster, step_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = os.path.join(ROOT, "configs", "omniglot_5w1s_maml.toml")
 DATA = os.path.join(ROOT, "bench", "results", "data")
 EVAL_INNER_STEPS = 3
+META_BATCH = 32
 
 
 def parse_args():
@@ -82,61 +83,21 @@ def run_reference(args, data_root):
 
 def run_outerloop(args, data_root, workers, chunk_tasks):
     """Coordinator + `workers` worker processes on loopback; returns status and step timings."""
-    with tempfile.TemporaryDirectory(prefix="outerloop-bench-") as tmp:
-        port_file = os.path.join(tmp, "addr")
-        logs = open(os.path.join(tmp, "processes.log"), "w")
-        procs = []
-        try:
-            procs.append(subprocess.Popen(
-                [args.binary, "coordinator", "--listen", "127.0.0.1:0", "--state-dir", tmp,
-                 "--port-file", port_file], stdout=logs, stderr=logs))
-            deadline = time.monotonic() + 60
-            while not os.path.exists(port_file):
-                if procs[0].poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the coordinator did not start; see {tmp}/processes.log")
-                time.sleep(0.02)
-            url = "http://" + open(port_file).read().strip()
-            for i in range(workers):
-                procs.append(subprocess.Popen(
-                    [args.binary, "worker", "--coordinator", url, "--device", args.device,
-                     "--threads", "1", "--name", f"bench-{i}", "--data-root", data_root],
-                    stdout=logs, stderr=logs))
-            while True:
-                listed = subprocess.run([args.binary, "workers", "--json", "--coordinator", url],
-                                        check=True, stdout=subprocess.PIPE, text=True).stdout
-                if len(listed.splitlines()) >= workers:
-                    break
-                time.sleep(0.05)
-            overrides = [f"meta.steps={args.steps}", f"meta.chunk_tasks={chunk_tasks}",
-                         f"eval.every={args.steps}", "eval.tasks=2",
-                         f"eval.final_tasks={args.eval_episodes}",
-                         f"eval.inner_steps={EVAL_INNER_STEPS}"]
-            submit = [args.binary, "submit", SPEC, "--coordinator", url]
-            for o in overrides:
-                submit += ["--set", o]
-            exp = subprocess.run(submit, check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
-            subprocess.run([args.binary, "watch", exp, "--coordinator", url], check=True,
-                           stdout=subprocess.DEVNULL)
-            status = json.loads(subprocess.run(
-                [args.binary, "status", exp, "--json", "--coordinator", url], check=True,
-                stdout=subprocess.PIPE, text=True).stdout)
-            lines = [json.loads(l) for l in open(os.path.join(tmp, "experiments", exp, "metrics.jsonl"))]
-        finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait()
-    train = [l for l in lines if l["kind"] == "train"]
-    train = train[2:] or train  # skip the warm-up steps (first decodes of the images)
-    step = statistics.mean(l["step_seconds"] for l in train)
-    critical = statistics.mean(l["critical_compute_seconds"] for l in train)
-    meta_batch = 32
+    overrides = [f"meta.steps={args.steps}", f"meta.chunk_tasks={chunk_tasks}",
+                 f"eval.every={args.steps}", "eval.tasks=2",
+                 f"eval.final_tasks={args.eval_episodes}",
+                 f"eval.inner_steps={EVAL_INNER_STEPS}"]
+    with Cluster(args.binary, workers, ["--data-root", data_root], args.device) as cluster:
+        exp = cluster.submit(SPEC, overrides)
+        cluster.watch(exp)
+        status, metrics = cluster.status(exp), cluster.metrics(exp)
+    # Steady state: the first steps decode every image once.
+    step, critical = step_split(metrics, skip=2)
     return {
         "impl": f"outerloop ({workers} worker{'s' if workers > 1 else ''})",
         "workers": workers,
         "chunk_tasks": chunk_tasks,
-        # Steady state, from the per-step timings (the first steps decode every image once).
-        "episodes_per_s": meta_batch / step,
+        "episodes_per_s": META_BATCH / step,
         "train_seconds": status["train_seconds"],
         "eval_episodes": status["last_eval"]["tasks"],
         "eval_accuracy_mean": status["last_eval"]["accuracy_mean"],

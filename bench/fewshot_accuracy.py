@@ -19,8 +19,8 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
-import time
+
+from cluster import Cluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "bench", "results", "data")
@@ -54,52 +54,23 @@ def main():
     if args.only:
         configs = [c for c in configs if os.path.basename(c)[:-5] in args.only]
     rows = []
-    with tempfile.TemporaryDirectory(prefix="outerloop-accuracy-") as tmp:
-        port_file = os.path.join(tmp, "addr")
-        logs = open(os.path.join(tmp, "processes.log"), "w")
-        procs = [subprocess.Popen([args.binary, "coordinator", "--listen", "127.0.0.1:0",
-                                   "--state-dir", tmp, "--port-file", port_file],
-                                  stdout=logs, stderr=logs)]
-        try:
-            while not os.path.exists(port_file):
-                time.sleep(0.02)
-            url = "http://" + open(port_file).read().strip()
-            for i in range(args.workers):
-                procs.append(subprocess.Popen(
-                    [args.binary, "worker", "--coordinator", url, "--device", "cpu",
-                     "--threads", "1", "--name", f"w{i}", "--data-root", DATA],
-                    stdout=logs, stderr=logs))
-            while len(subprocess.run([args.binary, "workers", "--json", "--coordinator", url],
-                                     check=True, stdout=subprocess.PIPE, text=True)
-                      .stdout.splitlines()) < args.workers:
-                time.sleep(0.1)
-            for config in configs:
-                name = os.path.basename(config)[:-5]
-                steps = args.omniglot_steps if name.startswith("omniglot") else args.mini_steps
-                overrides = [f"meta.steps={steps}", f"eval.every={steps}", "eval.tasks=2"]
-                cmd = [args.binary, "submit", config, "--coordinator", url]
-                for o in overrides:
-                    cmd += ["--set", o]
-                exp = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
-                print(f"{name}: {exp}, {steps} steps...", file=sys.stderr)
-                subprocess.run([args.binary, "watch", exp, "--coordinator", url],
-                               stdout=subprocess.DEVNULL)
-                status = json.loads(subprocess.run(
-                    [args.binary, "status", exp, "--json", "--coordinator", url], check=True,
-                    stdout=subprocess.PIPE, text=True).stdout)
-                last = status.get("last_eval") or {}
-                row = {"config": name, "steps": steps, "state": status["state"],
-                       "accuracy_mean": last.get("accuracy_mean"),
-                       "accuracy_ci95": last.get("accuracy_ci95"),
-                       "episodes": last.get("tasks"), "train_seconds": status["train_seconds"],
-                       "error": status.get("error")}
-                rows.append(row)
-                print(json.dumps(row), file=sys.stderr)
-        finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait()
+    with Cluster(args.binary, args.workers, ["--data-root", DATA]) as cluster:
+        for config in configs:
+            name = os.path.basename(config)[:-5]
+            steps = args.omniglot_steps if name.startswith("omniglot") else args.mini_steps
+            exp = cluster.submit(config, [f"meta.steps={steps}", f"eval.every={steps}",
+                                          "eval.tasks=2"])
+            print(f"{name}: {exp}, {steps} steps...", file=sys.stderr)
+            cluster.watch(exp)
+            status = cluster.status(exp)
+            last = status.get("last_eval") or {}
+            row = {"config": name, "steps": steps, "state": status["state"],
+                   "accuracy_mean": last.get("accuracy_mean"),
+                   "accuracy_ci95": last.get("accuracy_ci95"),
+                   "episodes": last.get("tasks"), "train_seconds": status["train_seconds"],
+                   "error": status.get("error")}
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr)
     print("\n| spec | steps | meta-test accuracy (95% CI) | episodes | meta-training time |")
     print("| --- | --- | --- | --- | --- |")
     for r in rows:

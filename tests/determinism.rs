@@ -29,21 +29,7 @@ fn run_with(workers: usize) -> (Vec<u8>, Vec<serde_json::Value>, u64) {
         .filter_map(|m| m["workers"].as_u64())
         .max()
         .unwrap_or(0);
-    let losses = metrics
-        .into_iter()
-        .map(|mut m| {
-            // Timings and the number of workers differ between runs by design.
-            for key in [
-                "step_seconds",
-                "compute_seconds",
-                "critical_compute_seconds",
-                "workers",
-            ] {
-                m.as_object_mut().unwrap().remove(key);
-            }
-            m
-        })
-        .collect();
+    let losses = common::without_timings(metrics);
     (final_parameters(&cluster, &id), losses, most_sharing)
 }
 

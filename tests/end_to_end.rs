@@ -110,19 +110,11 @@ net = torch.nn.Sequential(torch.nn.Linear(1, 40), torch.nn.ReLU(), torch.nn.Line
 net.load_state_dict(load_file(sys.argv[1]), strict=True)
 print(float(net(torch.zeros(1, 1))))
 "#;
-    let out = std::process::Command::new(python)
-        .args(["-c", check, dir.join("final.safetensors").to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let value: f64 = String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let out = common::succeed(std::process::Command::new(python).args([
+        "-c",
+        check,
+        dir.join("final.safetensors").to_str().unwrap(),
+    ]));
+    let value: f64 = String::from_utf8(out).unwrap().trim().parse().unwrap();
     assert!(value.is_finite());
 }

@@ -25,23 +25,18 @@ fn data_root() -> &'static Path {
 
 /// Writes a synthetic Omniglot-layout dataset of `characters` characters, 20 drawers each.
 pub fn generate(dir: &Path, characters: u32) {
-    let out = std::process::Command::new(common::BIN)
-        .args(["dataset", "synth", "--out"])
-        .arg(dir)
-        .args([
-            "--classes",
-            &characters.to_string(),
-            "--instances",
-            "20",
-            "--seed",
-            "7",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::succeed(
+        std::process::Command::new(common::BIN)
+            .args(["dataset", "synth", "--out"])
+            .arg(dir)
+            .args([
+                "--classes",
+                &characters.to_string(),
+                "--instances",
+                "20",
+                "--seed",
+                "7",
+            ]),
     );
 }
 
@@ -87,24 +82,19 @@ fn final_accuracy(status: &Value) -> f64 {
 fn baseline() -> f64 {
     static BASELINE: OnceLock<f64> = OnceLock::new();
     *BASELINE.get_or_init(|| {
-        let out = std::process::Command::new(common::BIN)
-            .args([
-                "dataset",
-                "baseline",
-                "--json",
-                "--queries",
-                "5",
-                "--data-root",
-            ])
-            .arg(data_root())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = common::succeed(
+            std::process::Command::new(common::BIN)
+                .args([
+                    "dataset",
+                    "baseline",
+                    "--json",
+                    "--queries",
+                    "5",
+                    "--data-root",
+                ])
+                .arg(data_root()),
         );
-        let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let summary: Value = serde_json::from_slice(&out).unwrap();
         summary["accuracy_mean"].as_f64().unwrap()
     })
 }
@@ -248,17 +238,13 @@ net = torch.nn.Sequential(*block(1, 16), *block(16, 16), *block(16, 16), *block(
 net.load_state_dict(load_file(sys.argv[1]), strict=True)
 print(net(torch.rand(10, 1, 28, 28)).shape)
 "#;
-    let out = std::process::Command::new(python)
-        .args(["-c", check, path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::succeed(std::process::Command::new(python).args([
+        "-c",
+        check,
+        path.to_str().unwrap(),
+    ]));
     assert_eq!(
-        String::from_utf8(out.stdout).unwrap().trim(),
+        String::from_utf8(out).unwrap().trim(),
         "torch.Size([10, 5])"
     );
 }
@@ -298,21 +284,7 @@ fn conv4_run(workers: usize, restart_at: Option<u64>) -> (Vec<u8>, Vec<Value>) {
         let log = std::fs::read_to_string(cluster.dir.path().join("coordinator.log")).unwrap();
         assert!(log.contains("resuming from the checkpoint"), "{log}");
     }
-    let metrics = cluster
-        .metrics(&id)
-        .into_iter()
-        .map(|mut m| {
-            for key in [
-                "step_seconds",
-                "compute_seconds",
-                "critical_compute_seconds",
-                "workers",
-            ] {
-                m.as_object_mut().unwrap().remove(key);
-            }
-            m
-        })
-        .collect();
+    let metrics = common::without_timings(cluster.metrics(&id));
     (common::final_parameters(&cluster, &id), metrics)
 }
 

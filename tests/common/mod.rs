@@ -273,6 +273,37 @@ pub fn free_loopback_addr() -> String {
     listener.local_addr().unwrap().to_string()
 }
 
+/// Runs `command` to completion and returns its standard output, failing the test with its
+/// standard error if it failed.
+pub fn succeed(command: &mut Command) -> Vec<u8> {
+    let out = command.output().expect("run the command");
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Metrics lines without what differs between runs by design: timings and how many workers
+/// shared a step.
+pub fn without_timings(metrics: Vec<Value>) -> Vec<Value> {
+    metrics
+        .into_iter()
+        .map(|mut m| {
+            for key in [
+                "step_seconds",
+                "compute_seconds",
+                "critical_compute_seconds",
+                "workers",
+            ] {
+                m.as_object_mut().unwrap().remove(key);
+            }
+            m
+        })
+        .collect()
+}
+
 /// The `step` of every meta-training line, in file order.
 pub fn train_steps(metrics: &[Value]) -> Vec<u64> {
     metrics
