@@ -156,8 +156,12 @@ async fn work_session(
             let results = compute
                 .run(lease.setup, lease.parameters, lease.chunks)
                 .await;
-            if results.iter().any(|r| !r.error.is_empty()) {
-                // The engine may have refused the set-up: make the next lease send it again.
+            if results
+                .iter()
+                .any(|r| !r.error.is_empty() || !r.refusal.is_empty())
+            {
+                // The engine may have refused the set-up (or not kept it): make the next
+                // lease send it again.
                 cached_experiment.clear();
             }
             // Hand the results back and ask for more in one call.
