@@ -38,7 +38,7 @@ pub fn task_grads(
 ) -> Vec<Tensor> {
     let explicit = || {
         cx.model
-            .loss_and_grads(params, x, target, cx.objective, scale, false)
+            .loss_and_grads(params, x, target, cx.objective, scale, false, create_graph)
     };
     let explicit = if create_graph {
         explicit()

@@ -74,6 +74,7 @@ impl Model for Mlp {
         objective: Objective,
         scale: f64,
         want_loss: bool,
+        _create_graph: bool,
     ) -> Option<(Option<Tensor>, Vec<Tensor>)> {
         let layers = self.layers;
         // Forward, keeping each layer's input and ReLU mask.

@@ -37,8 +37,11 @@ pub trait Model {
     /// Each task's loss (when `want_loss`) and `scale` times its gradient with respect to
     /// `params`, per task (task axis first), written in differentiable ops. Differentiating
     /// through such an explicit gradient (second-order MAML) is one ordinary backward pass,
-    /// much cheaper than autograd's double backward. `None` where the model has no explicit
-    /// backward; callers then use autograd.
+    /// much cheaper than autograd's double backward. `create_graph` says whether the caller
+    /// will differentiate through the result (it runs without gradient tracking otherwise).
+    /// `None` where the model has no explicit backward, or none that pays for this call;
+    /// callers then use autograd.
+    #[allow(clippy::too_many_arguments)]
     fn loss_and_grads(
         &self,
         _params: &[Tensor],
@@ -47,6 +50,7 @@ pub trait Model {
         _objective: Objective,
         _scale: f64,
         _want_loss: bool,
+        _create_graph: bool,
     ) -> Option<(Option<Tensor>, Vec<Tensor>)> {
         None
     }

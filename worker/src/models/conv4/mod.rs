@@ -1,9 +1,18 @@
-//! The conv4 network evaluated for many tasks at once: shared weights as one big batch, per-task weights through grouped convolutions.
+//! The conv4 network evaluated for many tasks at once, shared or per-task weights alike, with an explicit backward for the first inner step.
+
+mod backward;
+mod block;
+mod first_block;
+mod layout;
+mod pool;
+mod weight_grad;
 
 use tch::Tensor;
 
 use super::mlp::linear;
 use super::Model;
+use crate::objective::Objective;
+use first_block::Patches;
 
 /// Batch norm's epsilon, PyTorch's default.
 const EPS: f64 = 1e-5;
@@ -16,73 +25,59 @@ const EPS: f64 = 1e-5;
 /// Batch norm always normalises with the statistics of the current batch of each task
 /// (transductive, as in MAML's reference code): a task's support set and its query set are
 /// each normalised with their own statistics, and no running statistics exist.
+///
+/// Every task is evaluated in one computation: the tasks side by side along the channel axis
+/// (see `layout`), one grouped convolution per block with a group per task, shared weights
+/// repeated per task.
 #[derive(Clone, Debug)]
 pub struct Conv4;
 
 /// Parameters per convolutional block.
 const PER_BLOCK: usize = 4;
 
-/// Per-task batch norm of `z` laid out `[tasks, points, filters, h, w]` (as a view of
-/// `[tasks * points, ...]`): statistics over each task's points and positions.
-fn norm(z: &Tensor, dims: &[i64], scale: &Tensor, shift: &Tensor) -> Tensor {
-    let mean = z.mean_dim(dims, true, None);
-    let centred = z - mean;
-    let var = centred.square().mean_dim(dims, true, None);
-    centred * (var + EPS).rsqrt() * scale + shift
+/// One block's parameters for every task, grouped (see `layout::grouped`): kernels
+/// `[tasks * f, in, 3, 3]` channels last, the rest `[tasks * f]`.
+struct Block {
+    weight: Tensor,
+    bias: Tensor,
+    scale: Tensor,
+    shift: Tensor,
 }
 
-fn pool(h: &Tensor) -> Tensor {
-    h.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)
+impl Block {
+    fn all(body: &[Tensor], tasks: i64) -> Vec<Block> {
+        let shared = body[0].dim() == 4;
+        body.chunks_exact(PER_BLOCK)
+            .map(|p| {
+                let grouped = |i: usize| layout::grouped(&p[i], tasks, shared);
+                Block {
+                    weight: grouped(0),
+                    bias: grouped(1),
+                    scale: grouped(2),
+                    shift: grouped(3),
+                }
+            })
+            .collect()
+    }
 }
 
-impl Conv4 {
-    /// Shared weights: all tasks' images as one batch `[tasks * points, c, h, w]`, which is
-    /// what convolution kernels are fastest on.
-    fn embed_shared(&self, body: &[Tensor], x: &Tensor) -> Tensor {
-        let size = x.size();
-        let (tasks, points) = (size[0], size[1]);
-        let mut h = x.flatten(0, 1);
-        for block in body.chunks_exact(PER_BLOCK) {
-            let z = h.conv2d(&block[0], Some(&block[1]), [1, 1], [1, 1], [1, 1], 1);
-            let [f, zh, zw] = [z.size()[1], z.size()[2], z.size()[3]];
-            let z = z.view([tasks, points, f, zh, zw]);
-            let channel = |p: &Tensor| p.view([1, 1, f, 1, 1]);
-            let z = norm(&z, &[1, 3, 4], &channel(&block[2]), &channel(&block[3]));
-            h = pool(&z.view([tasks * points, f, zh, zw]).relu());
-        }
-        h.view([tasks, points, -1])
-    }
-
-    /// Per-task weights (leading task axis): the tasks side by side along the channel axis,
-    /// `[points, tasks * c, h, w]`, so one grouped convolution (a group per task) applies each
-    /// task's own kernels, and batch norm's per-channel statistics are per task.
-    fn embed_per_task(&self, body: &[Tensor], x: &Tensor) -> Tensor {
-        let size = x.size();
-        let (tasks, points) = (size[0], size[1]);
-        let mut h = x
-            .transpose(0, 1)
-            .reshape([points, tasks * size[2], size[3], size[4]]);
-        for block in body.chunks_exact(PER_BLOCK) {
-            let weight = block[0].flatten(0, 1);
-            let bias = block[1].flatten(0, 1);
-            let z = h.conv2d(&weight, Some(&bias), [1, 1], [1, 1], [1, 1], tasks);
-            let channel = |p: &Tensor| p.reshape([1, -1, 1, 1]);
-            let z = norm(&z, &[0, 2, 3], &channel(&block[2]), &channel(&block[3]));
-            h = pool(&z.relu());
-        }
-        // [points, tasks * filters, s, s] to [tasks, points, filters * s * s], flattened in
-        // PyTorch's channel-major order.
-        h.view([points, tasks, -1]).transpose(0, 1)
-    }
+/// The gradients of one block's weight, batch-norm scale and batch-norm shift, per task (any
+/// shape with the task's values in order; the convolution bias's gradient is zero).
+struct BlockGrads {
+    weight: Tensor,
+    scale: Tensor,
+    shift: Tensor,
 }
 
 impl Model for Conv4 {
     fn embed(&self, body: &[Tensor], x: &Tensor) -> Tensor {
-        if body[0].dim() == 5 {
-            self.embed_per_task(body, x)
-        } else {
-            self.embed_shared(body, x)
+        let tasks = x.size()[0];
+        let blocks = Block::all(body, tasks);
+        let mut h = first_block::forward(&layout::images(x), &Patches::of(x), &blocks[0], tasks);
+        for p in &blocks[1..] {
+            h = block::forward(&h, p, tasks);
         }
+        layout::features(&h, tasks)
     }
 
     fn head(&self, head: &[Tensor], features: &Tensor) -> Tensor {
@@ -98,6 +93,24 @@ impl Model for Conv4 {
 
     fn body_len(&self) -> usize {
         PER_BLOCK * outerloop_proto::model::conv4::BLOCKS
+    }
+
+    /// Only for a differentiable result (second-order MAML's inner step): the kernel gradients
+    /// come from autograd (see `weight_grad`), which without a graph to keep is no faster than
+    /// autograd through the forward.
+    fn loss_and_grads(
+        &self,
+        params: &[Tensor],
+        x: &Tensor,
+        target: &Tensor,
+        objective: Objective,
+        scale: f64,
+        want_loss: bool,
+        create_graph: bool,
+    ) -> Option<(Option<Tensor>, Vec<Tensor>)> {
+        let has_head = params.len() > self.body_len();
+        (create_graph && has_head)
+            .then(|| backward::loss_and_grads(self, params, x, target, objective, scale, want_loss))
     }
 }
 
@@ -134,7 +147,7 @@ mod tests {
                     EPS,
                     false,
                 );
-                h = pool(&h.relu());
+                h = h.relu().max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
             }
             let logits = h.flatten(1, -1).linear(&theta[16], Some(&theta[17]));
             assert_close(&flat(&[ours.get(t)]), &flat(&[logits]), 1e-10);
