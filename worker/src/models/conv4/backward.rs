@@ -28,10 +28,9 @@ pub fn loss_and_grads(
     let tasks = x.size()[0];
     let (body, head) = params.split_at(model.body_len());
     let blocks = Block::all(body, tasks);
-    let images = layout::images(x);
     let patches = Patches::of(x);
 
-    let (mut h, first) = first_block::forward_saving(&images, &patches, &blocks[0], tasks);
+    let (mut h, first) = first_block::forward_saving(&patches, &blocks[0], tasks);
     let mut later = Vec::with_capacity(blocks.len() - 1);
     for p in &blocks[1..] {
         let (out, saved) = block::forward_saving(&h, p, tasks);
@@ -61,7 +60,7 @@ pub fn loss_and_grads(
         block_grads.push(grads);
         g = input;
     }
-    block_grads.push(first_block::backward(&g, &images, &first, &patches, tasks));
+    block_grads.push(first_block::backward(&g, &first, &patches, tasks));
     block_grads.reverse();
 
     // Every gradient with a leading task axis, in the parameters' own layout.

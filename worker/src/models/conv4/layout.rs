@@ -2,19 +2,6 @@
 
 use tch::Tensor;
 
-/// Images `[tasks, points, c, h, w]` as `[points, tasks * c, h, w]` in channels-last memory
-/// (`[points, h, w, tasks, c]`): task `t` owns channels `t * c .. (t + 1) * c`, so a grouped
-/// convolution with a group per task applies each task's own kernels, and per-channel
-/// statistics are per task. libtorch's channels-last kernels are the fast ones on CPU; its
-/// NCHW max-pool is an order of magnitude slower.
-pub fn images(x: &Tensor) -> Tensor {
-    let [tasks, points, c, h, w] = dims(x);
-    x.permute([1, 3, 4, 0, 2])
-        .contiguous()
-        .view([points, h, w, tasks * c])
-        .permute([0, 3, 1, 2])
-}
-
 /// A parameter of every task, flattened over tasks (`[tasks * f, ...]`): shared parameters
 /// (`[f, ...]`) are repeated, per-task ones (`[tasks, f, ...]`) taken as they are. Convolution
 /// kernels come out channels last, the layout the convolutions want.
@@ -37,11 +24,6 @@ pub fn grouped(p: &Tensor, tasks: i64, shared: bool) -> Tensor {
         .permute([0, 3, 1, 2])
 }
 
-/// `t` `[n, c, h, w]` in channels-last memory (no copy when it already is).
-pub fn channels_last(t: &Tensor) -> Tensor {
-    t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
-}
-
 /// The network's output `[points, tasks * f, s, s]` as each task's flattened features
 /// `[tasks, points, f * s * s]`, in PyTorch's channel-major order.
 pub fn features(h: &Tensor, tasks: i64) -> Tensor {
@@ -60,6 +42,31 @@ pub fn unflatten_features(g: &Tensor, like: &Tensor) -> Tensor {
         .permute([1, 3, 4, 0, 2])
         .contiguous()
         .view([points, s, s, channels])
+        .permute([0, 3, 1, 2])
+}
+
+/// A task-major batch `[tasks * points, f, h, w]` (channels last) in the grouped layout
+/// `[points, tasks * f, h, w]`.
+pub fn grouped_from_batch(a: &Tensor, tasks: i64) -> Tensor {
+    let [batch, f, h, w] = dims(a);
+    let points = batch / tasks;
+    a.permute([0, 2, 3, 1])
+        .reshape([tasks, points, h, w, f])
+        .permute([1, 2, 3, 0, 4])
+        .contiguous()
+        .view([points, h, w, tasks * f])
+        .permute([0, 3, 1, 2])
+}
+
+/// The inverse of [`grouped_from_batch`].
+pub fn batch_from_grouped(a: &Tensor, tasks: i64) -> Tensor {
+    let [points, channels, h, w] = dims(a);
+    let f = channels / tasks;
+    a.permute([0, 2, 3, 1])
+        .reshape([points, h, w, tasks, f])
+        .permute([3, 0, 1, 2, 4])
+        .contiguous()
+        .view([tasks * points, h, w, f])
         .permute([0, 3, 1, 2])
 }
 

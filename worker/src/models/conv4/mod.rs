@@ -73,7 +73,7 @@ impl Model for Conv4 {
     fn embed(&self, body: &[Tensor], x: &Tensor) -> Tensor {
         let tasks = x.size()[0];
         let blocks = Block::all(body, tasks);
-        let mut h = first_block::forward(&layout::images(x), &Patches::of(x), &blocks[0], tasks);
+        let mut h = first_block::forward(&Patches::of(x), &blocks[0], tasks);
         for p in &blocks[1..] {
             h = block::forward(&h, p, tasks);
         }
