@@ -3,6 +3,7 @@
 Runs, on this machine and in this one invocation, on the project's generated Omniglot-layout
 dataset (written once to bench/results/data/omniglot with `outerloop dataset synth`):
   1. a large matrix multiply on one core (torch, one thread): the GFLOP/s limit of the core;
+     then two of them at once in two processes: the machine's ceiling for two workers;
   2. bench/maml_conv4_torch.py: the same workload written the usual way (per-task Python loop,
      torch.autograd.grad(create_graph=True)), one thread, with its FLOPs per episode counted;
   3. outerloop: a coordinator and one worker process (one libtorch thread);
@@ -72,6 +73,31 @@ def matmul_gflops(size=2048, reps=5):
     return 2 * size ** 3 / best / 1e9
 
 
+MATMUL_PROCESS = """
+import sys, time, torch
+torch.set_num_threads(1)
+a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+a @ b
+times = []
+for _ in range(12):
+    start = time.perf_counter()
+    a @ b
+    times.append(time.perf_counter() - start)
+print(2 * 2048 ** 3 / sorted(times)[len(times) // 2] / 1e9)
+"""
+
+
+def concurrent_matmul_scaling(processes=2):
+    """How much `processes` one-thread matrix multiplies running at once get done, against one
+    alone: the machine's own ceiling for `processes` workers (cores sharing caches, memory
+    bandwidth or a host's hyper-threads give less than `processes`x)."""
+    def run(n):
+        procs = [subprocess.Popen([sys.executable, "-c", MATMUL_PROCESS], stdout=subprocess.PIPE,
+                                  text=True) for _ in range(n)]
+        return sum(float(p.communicate()[0]) for p in procs)
+    return run(processes) / run(1)
+
+
 def run_reference(args, data_root):
     cmd = [sys.executable, os.path.join(ROOT, "bench", "maml_conv4_torch.py"),
            "--data-root", data_root, "--steps", str(args.steps), "--threads", "1",
@@ -113,6 +139,8 @@ def main():
     data_root = ensure_data(args.binary)
     limit = matmul_gflops()
     print(f"2048x2048 float32 matrix multiply, one thread: {limit:.1f} GFLOP/s", file=sys.stderr)
+    matmul_scaling = concurrent_matmul_scaling()
+    print(f"two at once, in two processes: {matmul_scaling:.2f}x one", file=sys.stderr)
     rows, flops = [], None
     if not args.skip_reference:
         print(f"running the plain-PyTorch reference for {args.steps} steps...", file=sys.stderr)
@@ -143,12 +171,14 @@ def main():
     print(f"{'one-core matrix multiply (the limit)':<36} {'':>10} {'':>7} {limit:>8.1f}")
     if len(rows) >= 2 and not args.skip_two_workers:
         one, two = rows[-2], rows[-1]
-        print(f"\n2 workers / 1 worker: {two['episodes_per_s'] / one['episodes_per_s']:.2f}x")
+        print(f"\n2 workers / 1 worker: {two['episodes_per_s'] / one['episodes_per_s']:.2f}x "
+              f"(two one-thread matrix multiplies at once: {matmul_scaling:.2f}x one)")
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
     out = os.path.join(ROOT, "bench", "results", f"fewshot-{args.steps}.json")
     with open(out, "w") as f:
         json.dump({"steps": args.steps, "eval_episodes": args.eval_episodes,
-                   "matmul_gflops": limit, "flops_per_episode": flops, "rows": rows}, f, indent=2)
+                   "matmul_gflops": limit, "matmul_two_process_scaling": matmul_scaling,
+                   "flops_per_episode": flops, "rows": rows}, f, indent=2)
     print(f"\nwritten to {os.path.relpath(out, ROOT)}")
 
 
