@@ -68,7 +68,7 @@ bench-full: build $(VENV_READY)
 
 # conv4 few-shot MAML against the plain-PyTorch reference (generates the synthetic data once).
 bench-fewshot: build $(VENV_READY)
-	$(PYTHON) bench/compare_fewshot.py --steps 60
+	$(PYTHON) bench/compare_fewshot.py --steps 300
 
 clean-demo:
 	rm -rf outerloop-demo $(DEMO_DATA)

@@ -16,7 +16,7 @@ matrix multiply's, accuracy with its 95% CI, and where an outerloop step's time 
 the figures to bench/results/fewshot-<steps>.json.
 
 Usage (from the repository root, after `make build`):
-    python bench/compare_fewshot.py --steps 60
+    python bench/compare_fewshot.py --steps 300
 """
 import argparse
 import json
@@ -38,7 +38,7 @@ META_BATCH = 32
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--eval-episodes", type=int, default=600)
     p.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "outerloop"))
     p.add_argument("--skip-two-workers", action="store_true")
