@@ -12,6 +12,7 @@ spec reaches on the generated data after the stated number of steps.
 
 Usage (from the repository root, after `make build`):
     python bench/fewshot_accuracy.py [--omniglot-steps 500] [--mini-steps 200] [--only omniglot_5w1s_maml]
+        [--set eval.final_tasks=600]
 """
 import argparse
 import glob
@@ -32,6 +33,8 @@ def parse_args():
     p.add_argument("--mini-steps", type=int, default=200)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--only", nargs="*", default=None, help="config names (without .toml) to run")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a further override for every spec (e.g. eval.final_tasks=600)")
     p.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "outerloop"))
     return p.parse_args()
 
@@ -59,7 +62,7 @@ def main():
             name = os.path.basename(config)[:-5]
             steps = args.omniglot_steps if name.startswith("omniglot") else args.mini_steps
             exp = cluster.submit(config, [f"meta.steps={steps}", f"eval.every={steps}",
-                                          "eval.tasks=2"])
+                                          "eval.tasks=2", *args.set])
             print(f"{name}: {exp}, {steps} steps...", file=sys.stderr)
             cluster.watch(exp)
             status = cluster.status(exp)
