@@ -12,6 +12,7 @@ use outerloop_worker::algorithms::{
     adapt, query_scores, Algorithm, Context, Maml, Order, Path, StepSize,
 };
 use outerloop_worker::data::TaskBatch;
+use outerloop_worker::engine::leaf_parameters;
 use outerloop_worker::models::{Conv4, Model};
 use outerloop_worker::objective::Objective;
 use tch::{Device, Kind, Tensor};
@@ -37,17 +38,7 @@ fn main() {
         output: 5,
     }
     .layout();
-    let flat = layout.init(0);
-    let theta: Vec<Tensor> = layout
-        .slots
-        .iter()
-        .map(|s| {
-            let shape: Vec<i64> = s.shape.iter().map(|&d| d as i64).collect();
-            Tensor::from_slice(s.values(&flat))
-                .view(shape.as_slice())
-                .set_requires_grad(true)
-        })
-        .collect();
+    let theta = leaf_parameters(&layout, &layout.init(0), Device::Cpu);
     let images = || {
         (Tensor::rand([tasks, 5, 1, 28, 28], (Kind::Float, Device::Cpu)).gt(0.8))
             .to_kind(Kind::Float)

@@ -114,21 +114,7 @@ impl Engine {
                 expected,
             });
         }
-        let tensors = experiment
-            .layout
-            .slots
-            .iter()
-            .map(|slot| {
-                let shape: Vec<i64> = slot.shape.iter().map(|&d| d as i64).collect();
-                let tensor = Tensor::from_slice(slot.values(&values)).view(shape.as_slice());
-                let tensor = if self.device == Device::Cpu {
-                    tensor
-                } else {
-                    tensor.to_device(self.device)
-                };
-                tensor.set_requires_grad(true)
-            })
-            .collect();
+        let tensors = leaf_parameters(&experiment.layout, &values, self.device);
         self.params = Some((params.version, tensors));
         Ok(())
     }
@@ -229,6 +215,25 @@ impl Engine {
 
 /// Appends a tensor's values to `out` in one copy, from any device and layout: no
 /// intermediate tensors, which cost more than the copy at these sizes.
+/// The flat parameter buffer `values`, cut by `layout` into named-slot tensors of their own
+/// shapes on `device`, each a leaf that autograd differentiates with respect to.
+pub fn leaf_parameters(layout: &ParamLayout, values: &[f32], device: Device) -> Vec<Tensor> {
+    layout
+        .slots
+        .iter()
+        .map(|slot| {
+            let shape: Vec<i64> = slot.shape.iter().map(|&d| d as i64).collect();
+            let tensor = Tensor::from_slice(slot.values(values)).view(shape.as_slice());
+            let tensor = if device == Device::Cpu {
+                tensor
+            } else {
+                tensor.to_device(device)
+            };
+            tensor.set_requires_grad(true)
+        })
+        .collect()
+}
+
 fn append_values(t: &Tensor, out: &mut Vec<f32>) -> Result<(), tch::TchError> {
     let t = if t.kind() == Kind::Float {
         t.shallow_clone()

@@ -27,8 +27,9 @@ const EPS: f64 = 1e-5;
 /// each normalised with their own statistics, and no running statistics exist.
 ///
 /// Every task is evaluated in one computation: the tasks side by side along the channel axis
-/// (see `layout`), one grouped convolution per block with a group per task, shared weights
-/// repeated per task.
+/// (see `layout`), one grouped convolution per later block with a group per task, shared
+/// weights repeated per task; the first block is one patch-matrix product per task (see
+/// `first_block`).
 #[derive(Clone, Debug)]
 pub struct Conv4;
 
