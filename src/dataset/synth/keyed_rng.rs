@@ -10,8 +10,9 @@ pub enum Purpose {
     AlphabetStyle = 1,
     CharacterShape = 2,
     InstanceJitter = 3,
-    ClassPalette = 4,
-    InstanceColour = 5,
+    // 4 and 5 drew a class's palette and an instance's colour jitter, before every image
+    // drew its own palette; not reused, so no stream silently changes meaning.
+    ImagePalette = 6,
 }
 
 /// The generator for one key. Every image is a pure function of its keys, never of a shared

@@ -1,5 +1,5 @@
-//! The folders layout's colours: each class's ink and textured paper, and each instance's
-//! small shifts of colour, brightness and texture phase.
+//! The folders layout's colours: each image's own ink and textured paper, drawn afresh for
+//! every image so that colour says nothing about the class and only the glyph does.
 
 use std::f32::consts::TAU;
 
@@ -12,7 +12,7 @@ type Rgb = [f32; 3];
 /// Least luminance difference between ink and either paper colour.
 const MIN_CONTRAST: f32 = 0.3;
 
-/// The pattern of a class's paper, as a blend weight between its two paper colours.
+/// The pattern of an image's paper, as a blend weight between its two paper colours.
 #[derive(Clone, Debug)]
 enum Texture {
     Stripes { direction: Point, period: f32 },
@@ -37,16 +37,19 @@ impl Texture {
     }
 }
 
-/// What every image of a class shares: ink colour, paper colours and paper texture.
+/// One image's colours: ink, two paper colours, the paper's texture and where its pattern
+/// starts. Drawn per image: when a class kept its colours, a raw-pixel nearest neighbour
+/// matched colours and reached 93% on 5-way 1-shot, and learners never had to read glyphs.
 #[derive(Clone, Debug)]
-pub struct ClassPalette {
+pub struct Palette {
     ink: Rgb,
     paper: Rgb,
     paper_alternate: Rgb,
     texture: Texture,
+    phase: f32,
 }
 
-impl ClassPalette {
+impl Palette {
     pub fn random(rng: &mut impl Rng) -> Self {
         // Light paper with dark ink or dark paper with light ink, redrawn until the glyph
         // stands out in luminance (value alone does not ensure it: saturated blue is dark).
@@ -83,7 +86,7 @@ impl ClassPalette {
                 period,
             },
         };
-        ClassPalette {
+        Palette {
             ink: hsv(
                 rng.random_range(0.0..1.0),
                 rng.random_range(0.4..1.0),
@@ -92,15 +95,12 @@ impl ClassPalette {
             paper: hsv(paper_hue, paper_saturation, paper_value),
             paper_alternate: hsv(alternate_hue, paper_saturation, alternate_value),
             texture,
+            phase: rng.random_range(0.0..1.0),
         }
     }
 
-    /// RGB bytes of the glyph in `coverage` on this class's paper, with one instance's colour
-    /// jitter drawn from `rng`.
-    pub fn paint(&self, coverage: &Coverage, rng: &mut impl Rng) -> Vec<u8> {
-        let brightness = rng.random_range(0.9..1.1);
-        let tint: Rgb = std::array::from_fn(|_| rng.random_range(-0.04..0.04));
-        let phase = rng.random_range(0.0..1.0);
+    /// RGB bytes of the glyph in `coverage` in this palette's ink on its paper.
+    pub fn paint(&self, coverage: &Coverage) -> Vec<u8> {
         let size = coverage.size();
         let mut bytes = Vec::with_capacity(size * size * 3);
         for (i, &cover) in coverage.ink().iter().enumerate() {
@@ -108,12 +108,11 @@ impl ClassPalette {
                 ((i % size) as f32 + 0.5) / size as f32,
                 ((i / size) as f32 + 0.5) / size as f32,
             );
-            let blend = self.texture.weight(p, phase);
+            let blend = self.texture.weight(p, self.phase);
             let channels = self.paper.iter().zip(&self.paper_alternate).zip(&self.ink);
-            for (((&paper, &alternate), &ink), &tint) in channels.zip(&tint) {
+            for ((&paper, &alternate), &ink) in channels {
                 let colour = mix(mix(paper, alternate, blend), ink, cover);
-                let shifted = (colour * brightness + tint).clamp(0.0, 1.0);
-                bytes.push((shifted * 255.0).round() as u8);
+                bytes.push((colour.clamp(0.0, 1.0) * 255.0).round() as u8);
             }
         }
         bytes
@@ -154,8 +153,8 @@ mod tests {
 
     #[test]
     fn the_ink_stands_out_from_the_paper() {
-        for class in 0..100 {
-            let palette = ClassPalette::random(&mut keyed_rng(3, Purpose::ClassPalette, &[class]));
+        for image in 0..100 {
+            let palette = Palette::random(&mut keyed_rng(3, Purpose::ImagePalette, &[0, image]));
             let ink = luminance(palette.ink);
             for paper in [palette.paper, palette.paper_alternate] {
                 assert!(

@@ -6,18 +6,16 @@ use image::{ExtendedColorType, ImageEncoder};
 use super::glyph::{AlphabetStyle, Character};
 use super::keyed_rng::{keyed_rng, Purpose};
 use super::layout::{Class, Layout};
-use super::palette::ClassPalette;
+use super::palette::Palette;
 use super::raster::Coverage;
 
-/// What every image of one class shares, computed once per class: its character and, in the
-/// folders layout, its colours.
+/// What every image of one class shares, computed once per class: its character.
 pub struct ClassArt {
     seed: u64,
     index: u32,
     size: u32,
     character: Character,
-    /// None in the Omniglot layout: black ink on white paper.
-    palette: Option<ClassPalette>,
+    layout: Layout,
 }
 
 impl ClassArt {
@@ -32,20 +30,12 @@ impl ClassArt {
             &style,
             &mut keyed_rng(seed, Purpose::CharacterShape, &[index]),
         );
-        let palette = match layout {
-            Layout::Omniglot => None,
-            Layout::Folders => Some(ClassPalette::random(&mut keyed_rng(
-                seed,
-                Purpose::ClassPalette,
-                &[index],
-            ))),
-        };
         ClassArt {
             seed,
             index: class.index,
             size,
             character,
-            palette,
+            layout,
         }
     }
 
@@ -60,19 +50,20 @@ impl ClassArt {
         for stroke in &drawing.strokes {
             coverage.draw_stroke(stroke, drawing.pen_radius);
         }
-        match &self.palette {
-            None => coverage.to_grey(),
-            Some(palette) => palette.paint(
-                &coverage,
-                &mut keyed_rng(self.seed, Purpose::InstanceColour, &key),
-            ),
+        match self.layout {
+            // Black ink on white paper, as Omniglot's scans are.
+            Layout::Omniglot => coverage.to_grey(),
+            Layout::Folders => {
+                Palette::random(&mut keyed_rng(self.seed, Purpose::ImagePalette, &key))
+                    .paint(&coverage)
+            }
         }
     }
 
     pub fn png(&self, instance: u32) -> anyhow::Result<Vec<u8>> {
-        let colour = match self.palette {
-            None => ExtendedColorType::L8,
-            Some(_) => ExtendedColorType::Rgb8,
+        let colour = match self.layout {
+            Layout::Omniglot => ExtendedColorType::L8,
+            Layout::Folders => ExtendedColorType::Rgb8,
         };
         let mut png = Vec::new();
         image::codecs::png::PngEncoder::new(&mut png)
@@ -149,6 +140,63 @@ mod tests {
                  average, other characters' {between:.0}"
             );
         }
+    }
+
+    /// Mean colour of an RGB image's pixels.
+    fn mean_colour(rgb: &[u8]) -> [f64; 3] {
+        let pixels = (rgb.len() / 3) as f64;
+        std::array::from_fn(|c| {
+            rgb.iter()
+                .skip(c)
+                .step_by(3)
+                .map(|&v| f64::from(v))
+                .sum::<f64>()
+                / pixels
+        })
+    }
+
+    #[test]
+    fn a_folders_images_colours_say_nothing_about_its_class() {
+        let plan = Plan::new(Layout::Folders, 30, 8);
+        let colours: Vec<Vec<[f64; 3]>> = plan
+            .classes
+            .iter()
+            .map(|class| {
+                let art = ClassArt::new(0, Layout::Folders, 28, class);
+                (0..plan.instances)
+                    .map(|i| mean_colour(&art.pixels(i)))
+                    .collect()
+            })
+            .collect();
+        let distance = |a: &[f64; 3], b: &[f64; 3]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        };
+        let (mut within, mut within_pairs, mut between, mut between_pairs) = (0.0, 0, 0.0, 0);
+        for (i, class) in colours.iter().enumerate() {
+            for (j, a) in class.iter().enumerate() {
+                for b in &class[j + 1..] {
+                    within += distance(a, b);
+                    within_pairs += 1;
+                }
+                for other in &colours[i + 1..] {
+                    for b in other {
+                        between += distance(a, b);
+                        between_pairs += 1;
+                    }
+                }
+            }
+        }
+        let (within, between) = (within / within_pairs as f64, between / between_pairs as f64);
+        // With a palette per class, images of one class were seven times closer in colour.
+        assert!(
+            within > 0.85 * between,
+            "images of one class are {within:.1} apart in mean colour, of different classes \
+             {between:.1}"
+        );
     }
 
     #[test]
