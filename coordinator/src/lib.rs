@@ -3,6 +3,7 @@
 pub mod aggregate;
 pub mod datasets;
 pub mod dispatch;
+pub mod mtl;
 pub mod optimizer;
 pub mod registry;
 pub mod runner;

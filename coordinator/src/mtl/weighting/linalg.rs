@@ -1,0 +1,116 @@
+//! The little linear algebra the methods share, on flat `f32` gradients accumulated in `f64`.
+
+/// Dot product of two gradients, accumulated in f64.
+pub fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| f64::from(x) * f64::from(y))
+        .sum()
+}
+
+/// Euclidean norm of a gradient.
+pub fn norm(a: &[f32]) -> f64 {
+    dot(a, a).sqrt()
+}
+
+/// The Gram matrix `G Gᵀ` of the gradients (row-major, tasks × tasks).
+pub fn gram(gradients: &[Vec<f32>]) -> Vec<Vec<f64>> {
+    let n = gradients.len();
+    let mut m = vec![vec![0.0; n]; n];
+    for i in 0..n {
+        for j in i..n {
+            let d = dot(&gradients[i], &gradients[j]);
+            m[i][j] = d;
+            m[j][i] = d;
+        }
+    }
+    m
+}
+
+/// `Σ coefficients[i] · gradients[i]`, accumulated in f64 and rounded once.
+pub fn combine(coefficients: &[f64], gradients: &[Vec<f32>]) -> Vec<f32> {
+    let len = gradients.first().map_or(0, Vec::len);
+    let mut out = vec![0.0f64; len];
+    for (&c, g) in coefficients.iter().zip(gradients) {
+        for (o, &x) in out.iter_mut().zip(g) {
+            *o += c * f64::from(x);
+        }
+    }
+    out.into_iter().map(|x| x as f32).collect()
+}
+
+/// Solves `a x = b` for a small square system by Gaussian elimination with partial pivoting;
+/// `None` when a pivot's magnitude is at most `min_pivot` (singular, or too close to it for
+/// the answer to mean anything at the scale the caller knows its entries have).
+pub fn solve(a: &[Vec<f64>], b: &[f64], min_pivot: f64) -> Option<Vec<f64>> {
+    let n = b.len();
+    let mut m: Vec<Vec<f64>> = a.to_vec();
+    let mut x = b.to_vec();
+    for col in 0..n {
+        let pivot = (col..n).max_by(|&i, &j| m[i][col].abs().total_cmp(&m[j][col].abs()))?;
+        if m[pivot][col].is_nan() || m[pivot][col].abs() <= min_pivot {
+            return None;
+        }
+        m.swap(col, pivot);
+        x.swap(col, pivot);
+        let (done, rest) = m.split_at_mut(col + 1);
+        let (x_done, x_rest) = x.split_at_mut(col + 1);
+        let pivot_row = &done[col];
+        for (row, value) in rest.iter_mut().zip(x_rest.iter_mut()) {
+            let factor = row[col] / pivot_row[col];
+            for (entry, p) in row[col..].iter_mut().zip(&pivot_row[col..]) {
+                *entry -= factor * p;
+            }
+            *value -= factor * x_done[col];
+        }
+    }
+    for col in (0..n).rev() {
+        let tail: f64 = (col + 1..n).map(|k| m[col][k] * x[k]).sum();
+        x[col] = (x[col] - tail) / m[col][col];
+    }
+    Some(x)
+}
+
+/// The quadratic form `xᵀ m y` of a small symmetric matrix.
+pub fn quadratic(m: &[Vec<f64>], x: &[f64], y: &[f64]) -> f64 {
+    m.iter()
+        .zip(x)
+        .map(|(row, &xi)| xi * row.iter().zip(y).map(|(a, b)| a * b).sum::<f64>())
+        .sum()
+}
+
+/// The product `m x` of a small matrix and a vector.
+pub fn mat_vec(m: &[Vec<f64>], x: &[f64]) -> Vec<f64> {
+    m.iter()
+        .map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn solve_needs_pivoting_and_refuses_singular_systems() {
+        // [0 1; 2 1] x = [3; 4] has x = (0.5, 3): 1·3 = 3 and 2·0.5 + 3 = 4. The zero in the
+        // corner defeats elimination without a row swap.
+        let x = solve(&[vec![0.0, 1.0], vec![2.0, 1.0]], &[3.0, 4.0], 0.0).unwrap();
+        assert!(
+            (x[0] - 0.5).abs() < 1e-15 && (x[1] - 3.0).abs() < 1e-15,
+            "{x:?}"
+        );
+        assert_eq!(
+            solve(&[vec![1.0, 2.0], vec![2.0, 4.0]], &[1.0, 2.0], 0.0),
+            None
+        );
+        assert_eq!(solve(&[vec![1e-9]], &[1.0], 1e-6), None);
+    }
+
+    #[test]
+    fn quadratic_and_mat_vec_agree_with_hand_arithmetic() {
+        let m = [vec![2.0, 1.0], vec![1.0, 3.0]];
+        // m (1, 2) = (2 + 2, 1 + 6) = (4, 7); (1, -1)·(4, 7) = -3.
+        assert_eq!(mat_vec(&m, &[1.0, 2.0]), vec![4.0, 7.0]);
+        assert_eq!(quadratic(&m, &[1.0, -1.0], &[1.0, 2.0]), -3.0);
+    }
+}

@@ -1,0 +1,390 @@
+//! Weighting methods: from every task's loss and shared-layer gradient, the one direction the
+//! outer optimizer applies to the shared layers, and the scale of each task's head gradient.
+//!
+//! Every method is one file behind [`Weighting`]. They work on flat `f32` gradients as the
+//! workers send them, in `f64` for the small problems (Gram matrices, simplex programs) they
+//! solve, and draw any randomness from the step's counter-based key, so a run is a pure
+//! function of its seed whatever the number of workers.
+
+mod adam;
+mod cagrad;
+mod dwa;
+mod equal;
+mod famo;
+mod fixed;
+mod gradnorm;
+mod gradvac;
+mod imtl_g;
+pub mod linalg;
+mod mgda;
+mod min_norm;
+mod nash_mtl;
+mod pcgrad;
+mod rlw;
+mod simplex;
+mod uncertainty;
+
+use std::collections::BTreeMap;
+
+/// One step's measurements, every slice in task order.
+#[derive(Clone, Copy, Debug)]
+pub struct StepInput<'a> {
+    /// The outer step (0-based): schedules and warm-ups count from it.
+    pub step: u64,
+    /// Each task's mean training loss at this step.
+    pub losses: &'a [f64],
+    /// Each task's gradient of its mean training loss with respect to the shared parameters,
+    /// all of one length.
+    pub gradients: &'a [Vec<f32>],
+    /// The step's counter-based key: the only source of randomness a method may use
+    /// (`rand_chacha::ChaCha8Rng::seed_from_u64(rng_key)`), so runs are reproducible.
+    pub rng_key: u64,
+}
+
+impl StepInput<'_> {
+    pub fn tasks(&self) -> usize {
+        self.losses.len()
+    }
+}
+
+/// What a method decided for one step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Combination {
+    /// The direction the outer optimizer applies to the shared parameters, as a gradient
+    /// (the optimizer descends along it).
+    pub shared: Vec<f32>,
+    /// The factor on each task's head gradient: the task's loss weight for methods that
+    /// weigh losses, 1 for methods that only reshape the shared gradient (as LibMTL does).
+    pub head_scale: Vec<f64>,
+    /// What the method chose, written to `metrics.jsonl` under the method's name: at least
+    /// `weights` (each task's coefficient in `shared`, where the method has them).
+    pub record: Vec<(&'static str, Vec<f64>)>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum WeightingError {
+    /// The step's losses and gradients do not match the method's task count, or the
+    /// gradients are not all of one length.
+    #[error("{method}: {detail}")]
+    Shape {
+        method: &'static str,
+        detail: String,
+    },
+    /// A loss or gradient the method needs is NaN or infinite.
+    #[error("task {task}'s {what} is not finite")]
+    NonFinite { task: usize, what: &'static str },
+    /// The method's own computation failed (a singular system, a solver without progress).
+    #[error("{method}: {detail}")]
+    Method {
+        method: &'static str,
+        detail: String,
+    },
+}
+
+/// A weighting method with whatever state it carries from step to step.
+pub trait Weighting: Send {
+    /// The name a spec uses for it (`method = "..."`).
+    fn name(&self) -> &'static str;
+
+    /// Combines one step's measurements. Called once per step, in step order; methods that
+    /// learn (UW, GradNorm, FAMO) update their own parameters here.
+    fn combine(&mut self, input: &StepInput) -> Result<Combination, WeightingError>;
+
+    /// Everything that must survive a restart for the next step to come out the same.
+    fn state(&self) -> Vec<(&'static str, Vec<f64>)> {
+        Vec::new()
+    }
+
+    /// Restores what [`Weighting::state`] returned; refuses missing or misshapen entries.
+    fn restore(&mut self, state: &BTreeMap<String, Vec<f64>>) -> Result<(), String> {
+        let _ = state;
+        Ok(())
+    }
+}
+
+/// A weighting method and its hyper-parameters, as a spec names them: a table whose `method`
+/// is one of the names below and whose other keys are that method's settings (the defaults
+/// are the published ones; each method's file cites its source), e.g.
+/// `{ method = "cagrad", c = 0.4 }`.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(tag = "method", deny_unknown_fields)]
+pub enum Method {
+    #[serde(rename = "fixed")]
+    Fixed(fixed::Settings),
+    #[serde(rename = "ew")]
+    Equal(NoSettings),
+    #[serde(rename = "uw")]
+    Uncertainty(uncertainty::Settings),
+    #[serde(rename = "dwa")]
+    Dwa(dwa::Settings),
+    #[serde(rename = "gradnorm")]
+    GradNorm(gradnorm::Settings),
+    #[serde(rename = "rlw")]
+    Rlw(NoSettings),
+    #[serde(rename = "pcgrad")]
+    PcGrad(NoSettings),
+    #[serde(rename = "mgda")]
+    Mgda(mgda::Settings),
+    #[serde(rename = "cagrad")]
+    CaGrad(cagrad::Settings),
+    #[serde(rename = "nash_mtl")]
+    NashMtl(nash_mtl::Settings),
+    #[serde(rename = "imtl_g")]
+    ImtlG(NoSettings),
+    #[serde(rename = "gradvac")]
+    GradVac(gradvac::Settings),
+    #[serde(rename = "famo")]
+    Famo(famo::Settings),
+}
+
+/// The settings of a method without hyper-parameters: none, so that a stray key is an error
+/// (serde lets unit variants of a tagged enum ignore unknown keys).
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoSettings {}
+
+impl Method {
+    /// Checks the settings against the number of tasks; the error names the field and what it
+    /// allows.
+    pub fn check(&self, tasks: usize) -> Result<(), String> {
+        match self {
+            Method::Fixed(settings) => settings.check(tasks),
+            Method::Uncertainty(settings) => settings.check(tasks),
+            Method::Dwa(settings) => settings.check(tasks),
+            Method::GradNorm(settings) => settings.check(tasks),
+            Method::Mgda(settings) => settings.check(tasks),
+            Method::CaGrad(settings) => settings.check(tasks),
+            Method::NashMtl(settings) => settings.check(tasks),
+            Method::GradVac(settings) => settings.check(tasks),
+            Method::Famo(settings) => settings.check(tasks),
+            Method::Equal(_) | Method::Rlw(_) | Method::PcGrad(_) | Method::ImtlG(_) => Ok(()),
+        }
+    }
+
+    /// The method's state for a run with `tasks` tasks.
+    pub fn build(&self, tasks: usize) -> Box<dyn Weighting> {
+        match self {
+            Method::Fixed(settings) => Box::new(fixed::Fixed::new(settings.clone(), tasks)),
+            Method::Equal(_) => Box::new(equal::Equal),
+            Method::Uncertainty(settings) => {
+                Box::new(uncertainty::Uncertainty::new(settings.clone(), tasks))
+            }
+            Method::Dwa(settings) => Box::new(dwa::Dwa::new(settings.clone(), tasks)),
+            Method::GradNorm(settings) => {
+                Box::new(gradnorm::GradNorm::new(settings.clone(), tasks))
+            }
+            Method::Rlw(_) => Box::new(rlw::Rlw),
+            Method::PcGrad(_) => Box::new(pcgrad::PcGrad),
+            Method::Mgda(settings) => Box::new(mgda::Mgda::new(settings.clone())),
+            Method::CaGrad(settings) => Box::new(cagrad::CaGrad::new(settings.clone())),
+            Method::NashMtl(settings) => Box::new(nash_mtl::NashMtl::new(settings.clone(), tasks)),
+            Method::ImtlG(_) => Box::new(imtl_g::ImtlG),
+            Method::GradVac(settings) => Box::new(gradvac::GradVac::new(settings.clone(), tasks)),
+            Method::Famo(settings) => Box::new(famo::Famo::new(settings.clone(), tasks)),
+        }
+    }
+}
+
+/// Refuses a step that `method`, built for (or working on) `tasks` tasks, cannot use: one
+/// whose loss or gradient count is not `tasks` or whose gradients differ in length
+/// ([`WeightingError::Shape`]), or whose losses or gradients are not finite
+/// ([`WeightingError::NonFinite`], naming the first bad task). Every method calls it first.
+pub fn check_input(
+    method: &'static str,
+    input: &StepInput,
+    tasks: usize,
+) -> Result<(), WeightingError> {
+    if input.losses.len() != tasks || input.gradients.len() != tasks {
+        return Err(WeightingError::Shape {
+            method,
+            detail: format!(
+                "expected {tasks} tasks, given {} losses and {} gradients",
+                input.losses.len(),
+                input.gradients.len()
+            ),
+        });
+    }
+    if let Some(first) = input.gradients.first() {
+        if let Some((task, gradient)) = input
+            .gradients
+            .iter()
+            .enumerate()
+            .find(|(_, g)| g.len() != first.len())
+        {
+            return Err(WeightingError::Shape {
+                method,
+                detail: format!(
+                    "task {task}'s shared-layer gradient has length {}, task 0's has length {}",
+                    gradient.len(),
+                    first.len()
+                ),
+            });
+        }
+    }
+    for (task, loss) in input.losses.iter().enumerate() {
+        if !loss.is_finite() {
+            return Err(WeightingError::NonFinite { task, what: "loss" });
+        }
+    }
+    for (task, gradient) in input.gradients.iter().enumerate() {
+        if gradient.iter().any(|g| !g.is_finite()) {
+            return Err(WeightingError::NonFinite {
+                task,
+                what: "shared-layer gradient",
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(losses: &[f64], gradients: &[Vec<f32>], tasks: usize) -> Result<(), WeightingError> {
+        check_input(
+            "test",
+            &StepInput {
+                step: 0,
+                losses,
+                gradients,
+                rng_key: 0,
+            },
+            tasks,
+        )
+    }
+
+    #[test]
+    fn a_well_formed_step_passes() {
+        assert_eq!(
+            check(&[1.0, 2.0], &[vec![1.0, 0.0], vec![0.0, 1.0]], 2),
+            Ok(())
+        );
+        assert_eq!(check(&[], &[], 0), Ok(()));
+    }
+
+    #[test]
+    fn counts_other_than_the_task_count_are_refused() {
+        let g = vec![vec![1.0f32], vec![2.0], vec![3.0]];
+        let err = check(&[1.0, 1.0], &g, 3).unwrap_err();
+        assert_eq!(
+            err,
+            WeightingError::Shape {
+                method: "test",
+                detail: "expected 3 tasks, given 2 losses and 3 gradients".to_string(),
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "test: expected 3 tasks, given 2 losses and 3 gradients"
+        );
+        // Losses and gradients agreeing with each other but not with the method.
+        assert!(matches!(
+            check(&[1.0, 1.0, 1.0], &g, 2),
+            Err(WeightingError::Shape { .. })
+        ));
+        assert!(matches!(
+            check(&[1.0, 1.0, 1.0], &g[..2], 3),
+            Err(WeightingError::Shape { .. })
+        ));
+    }
+
+    #[test]
+    fn ragged_gradients_are_refused() {
+        let err = check(
+            &[1.0, 1.0, 1.0],
+            &[vec![1.0, 2.0], vec![3.0, 4.0], vec![5.0]],
+            3,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            WeightingError::Shape {
+                method: "test",
+                detail: "task 2's shared-layer gradient has length 1, task 0's has length 2"
+                    .to_string(),
+            }
+        );
+    }
+
+    #[test]
+    fn a_nan_loss_is_refused() {
+        let err = check(&[1.0, f64::NAN], &[vec![1.0], vec![1.0]], 2).unwrap_err();
+        assert_eq!(
+            err,
+            WeightingError::NonFinite {
+                task: 1,
+                what: "loss"
+            }
+        );
+        assert_eq!(err.to_string(), "task 1's loss is not finite");
+    }
+
+    #[test]
+    fn an_infinite_gradient_is_refused() {
+        let err = check(&[1.0, 1.0], &[vec![1.0, f32::INFINITY], vec![1.0, 0.0]], 2).unwrap_err();
+        assert_eq!(
+            err,
+            WeightingError::NonFinite {
+                task: 0,
+                what: "shared-layer gradient"
+            }
+        );
+    }
+
+    fn parse(text: &str) -> Result<Method, String> {
+        toml::from_str(text).map_err(|e| e.message().to_string())
+    }
+
+    #[test]
+    fn every_method_parses_by_name_with_its_published_defaults() {
+        let cases = [
+            ("ew", Method::Equal(NoSettings {})),
+            ("uw", Method::Uncertainty(Default::default())),
+            ("dwa", Method::Dwa(Default::default())),
+            ("gradnorm", Method::GradNorm(Default::default())),
+            ("rlw", Method::Rlw(NoSettings {})),
+            ("pcgrad", Method::PcGrad(NoSettings {})),
+            ("mgda", Method::Mgda(Default::default())),
+            ("cagrad", Method::CaGrad(Default::default())),
+            ("nash_mtl", Method::NashMtl(Default::default())),
+            ("imtl_g", Method::ImtlG(NoSettings {})),
+            ("gradvac", Method::GradVac(Default::default())),
+            ("famo", Method::Famo(Default::default())),
+        ];
+        for (name, expected) in cases {
+            let method = parse(&format!("method = \"{name}\"")).unwrap();
+            assert_eq!(method, expected, "{name}");
+            assert_eq!(method.check(3), Ok(()), "{name}");
+            let built = method.build(3);
+            assert_eq!(built.name(), name, "{name} builds another method");
+        }
+    }
+
+    #[test]
+    fn settings_are_read_and_checked() {
+        let method = parse("method = \"fixed\"\nweights = [1.0, 0.5]").unwrap();
+        assert_eq!(method.check(2), Ok(()));
+        assert!(method.check(3).unwrap_err().contains("weights"));
+        let cagrad = parse("method = \"cagrad\"\nc = 1.5").unwrap();
+        assert!(cagrad.check(2).unwrap_err().contains("`c`"));
+    }
+
+    #[test]
+    fn unknown_methods_and_fields_are_refused_with_what_is_allowed() {
+        let unknown = parse("method = \"pcgard\"").unwrap_err();
+        assert!(
+            unknown.contains("pcgard") && unknown.contains("pcgrad") && unknown.contains("famo"),
+            "{unknown}"
+        );
+        let field = parse("method = \"cagrad\"\nalpha = 0.4").unwrap_err();
+        assert!(field.contains("alpha") && field.contains("`c`"), "{field}");
+        let stray = parse("method = \"pcgrad\"\nc = 0.4").unwrap_err();
+        assert!(stray.contains('c'), "{stray}");
+        let missing = parse("c = 0.4").unwrap_err();
+        assert!(missing.contains("method"), "{missing}");
+    }
+}

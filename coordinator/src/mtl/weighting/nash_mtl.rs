@@ -1,0 +1,425 @@
+//! Nash-MTL (Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik & Fetaya, ICML 2022).
+//!
+//! "Multi-Task Learning as a Bargaining Game", arXiv:2202.01017.
+//!
+//! The task weights `α > 0` solve `(G Gᵀ α)ᵢ = 1/αᵢ`; the shared direction is `Σ αᵢ gᵢ`, clipped
+//! to norm `max_norm`, and each head's gradient is scaled by its `αᵢ`. As in the official code
+//! (AvivNavon/nash-mtl, `NashMTL` in `methods/weight_methods.py`, which LibMTL copies), the Gram
+//! matrix is first divided by its Frobenius norm, the weights multiply the losses (so heads get
+//! `αᵢ` too: `head_scale` is `α`, not 1), and the shared parameters' gradient is then clipped
+//! the way `torch.nn.utils.clip_grad_norm_` does it (`max_norm / (‖d‖ + 1e-6)` when below 1);
+//! the weights are recomputed on steps that are multiples of `update_weights_every` and kept
+//! in between.
+//!
+//! Where outerloop departs: the official code approximates the solution with up to
+//! `optim_niter` = 20 rounds of a linearised convex program (cvxpy/ECOS), warm-started from
+//! the previous step's `α` and stopped at a residual of 1e-3. Here the system is solved
+//! exactly: it is the stationarity condition of the strictly convex
+//! `f(α) = ½ αᵀMα − Σ log αᵢ`, which damped Newton minimises to rounding (`|αᵢ(Mα)ᵢ − 1|` below
+//! 1e-12), so there is no `optim_niter` and no dependence on the previous step. The update
+//! schedule counts `StepInput::step`, not calls, so a resumed run updates on the same steps.
+//! When no positive solution exists, because a task's gradient is zero or zero lies in the
+//! convex hull of the gradients (`f` is then unbounded below), the step fails with
+//! [`WeightingError::Method`] instead of returning the official code's last iterate.
+//!
+//! `record`: `weights` (each task's coefficient in `shared`, `α` times the clipping factor),
+//! `alpha` (the solved weights, also the head scales) and `clip` (the clipping factor, 1 when
+//! the direction was short enough).
+
+use std::collections::BTreeMap;
+
+use super::linalg::{combine, gram, mat_vec, norm, solve};
+use super::{check_input, Combination, StepInput, Weighting, WeightingError};
+
+/// Newton iterations before the solver gives up; a solvable problem needs a few dozen at most.
+const MAX_ITERATIONS: usize = 500;
+
+/// `max |αᵢ (Mα)ᵢ − 1|` at which the solution is taken: `Mα = 1/α` to rounding.
+const TOLERANCE: f64 = 1e-12;
+
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Recompute the weights every this many steps and keep them in between. Default 1, the
+    /// official code's and LibMTL's default.
+    pub update_weights_every: u64,
+    /// Clip the shared direction to this norm; 0 turns clipping off. Default 1.0, the
+    /// official code's and LibMTL's default.
+    pub max_norm: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            update_weights_every: 1,
+            max_norm: 1.0,
+        }
+    }
+}
+
+impl Settings {
+    pub fn check(&self, _tasks: usize) -> Result<(), String> {
+        if self.update_weights_every == 0 {
+            return Err("`update_weights_every` must be at least 1, got 0".to_string());
+        }
+        if !(self.max_norm.is_finite() && self.max_norm >= 0.0) {
+            return Err(format!(
+                "`max_norm` must be a finite number ≥ 0 (0 turns clipping off), got {}",
+                self.max_norm
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub struct NashMtl {
+    settings: Settings,
+    /// The latest solved weights; ones until the first solve, as in the official code.
+    alpha: Vec<f64>,
+}
+
+impl NashMtl {
+    pub fn new(settings: Settings, tasks: usize) -> Self {
+        NashMtl {
+            settings,
+            alpha: vec![1.0; tasks],
+        }
+    }
+}
+
+impl Weighting for NashMtl {
+    fn name(&self) -> &'static str {
+        "nash_mtl"
+    }
+
+    fn combine(&mut self, input: &StepInput) -> Result<Combination, WeightingError> {
+        let tasks = self.alpha.len();
+        check_input(self.name(), input, tasks)?;
+        if input
+            .step
+            .is_multiple_of(self.settings.update_weights_every.max(1))
+        {
+            let mut m = gram(input.gradients);
+            if let Some(task) = (0..tasks).find(|&i| m[i][i] <= 0.0) {
+                return Err(error(format!(
+                    "task {task}'s shared-layer gradient is zero, so its bargaining weight \
+                     would be infinite"
+                )));
+            }
+            let frobenius = m.iter().flatten().map(|v| v * v).sum::<f64>().sqrt();
+            m.iter_mut().flatten().for_each(|v| *v /= frobenius);
+            self.alpha = bargaining_weights(&m).map_err(error)?;
+        }
+        let alpha = self.alpha.clone();
+        let direction = combine(&alpha, input.gradients);
+        let clip = if self.settings.max_norm > 0.0 {
+            (self.settings.max_norm / (norm(&direction) + 1e-6)).min(1.0)
+        } else {
+            1.0
+        };
+        let (shared, weights) = if clip < 1.0 {
+            let weights: Vec<f64> = alpha.iter().map(|a| a * clip).collect();
+            (combine(&weights, input.gradients), weights)
+        } else {
+            (direction, alpha.clone())
+        };
+        Ok(Combination {
+            shared,
+            head_scale: alpha.clone(),
+            record: vec![("weights", weights), ("alpha", alpha), ("clip", vec![clip])],
+        })
+    }
+
+    fn state(&self) -> Vec<(&'static str, Vec<f64>)> {
+        vec![("nash_mtl.alpha", self.alpha.clone())]
+    }
+
+    fn restore(&mut self, state: &BTreeMap<String, Vec<f64>>) -> Result<(), String> {
+        match state.get("nash_mtl.alpha") {
+            Some(alpha)
+                if alpha.len() == self.alpha.len()
+                    && alpha.iter().all(|a| a.is_finite() && *a > 0.0) =>
+            {
+                self.alpha.copy_from_slice(alpha);
+                Ok(())
+            }
+            Some(alpha) => Err(format!(
+                "nash_mtl.alpha must hold {} positive finite values, got {alpha:?}",
+                self.alpha.len()
+            )),
+            None => Err("nash_mtl.alpha is missing".to_string()),
+        }
+    }
+}
+
+fn error(detail: String) -> WeightingError {
+    WeightingError::Method {
+        method: "nash_mtl",
+        detail,
+    }
+}
+
+/// The `α > 0` with `(M α)ᵢ = 1/αᵢ` for a Gram matrix `m` with a positive diagonal: the minimiser
+/// of `f(α) = ½ αᵀMα − Σ log αᵢ`, by Newton's method with a backtracking line search that keeps
+/// `α` positive.
+pub fn bargaining_weights(m: &[Vec<f64>]) -> Result<Vec<f64>, String> {
+    let n = m.len();
+    let objective = |alpha: &[f64]| {
+        let ma = mat_vec(m, alpha);
+        0.5 * alpha.iter().zip(&ma).map(|(a, b)| a * b).sum::<f64>()
+            - alpha.iter().map(|a| a.ln()).sum::<f64>()
+    };
+    // Exact when the gradients are orthogonal, and the right scale otherwise.
+    let mut alpha: Vec<f64> = (0..n).map(|i| 1.0 / m[i][i].sqrt()).collect();
+    for _ in 0..MAX_ITERATIONS {
+        let ma = mat_vec(m, &alpha);
+        let worst = alpha
+            .iter()
+            .zip(&ma)
+            .map(|(a, b)| (a * b - 1.0).abs())
+            .fold(0.0, f64::max);
+        if worst <= TOLERANCE {
+            return Ok(alpha);
+        }
+        // ∇f = Mα − 1/α, ∇²f = M + diag(1/α²), positive definite for α > 0.
+        let residual: Vec<f64> = ma.iter().zip(&alpha).map(|(b, a)| b - 1.0 / a).collect();
+        let mut hessian = m.to_vec();
+        for (i, row) in hessian.iter_mut().enumerate() {
+            row[i] += 1.0 / (alpha[i] * alpha[i]);
+        }
+        let negative: Vec<f64> = residual.iter().map(|r| -r).collect();
+        let step = solve(&hessian, &negative, 0.0)
+            .ok_or_else(|| "the Newton system is singular".to_string())?;
+        let decrease: f64 = residual.iter().zip(&step).map(|(r, s)| r * s).sum();
+        let current = objective(&alpha);
+        let mut t = 1.0;
+        let mut accepted = None;
+        for _ in 0..60 {
+            let next: Vec<f64> = alpha.iter().zip(&step).map(|(a, s)| a + t * s).collect();
+            if next.iter().all(|&a| a > 0.0) && objective(&next) <= current + 0.25 * t * decrease {
+                accepted = Some(next);
+                break;
+            }
+            t *= 0.5;
+        }
+        match accepted {
+            Some(next) => alpha = next,
+            // Within rounding of the minimum, f cannot decrease any further.
+            None if worst <= 1e-9 => return Ok(alpha),
+            None => {
+                return Err(format!(
+                    "Newton's line search stalled at residual {worst:e}"
+                ))
+            }
+        }
+    }
+    Err(format!(
+        "no positive solution of Mα = 1/α after {MAX_ITERATIONS} Newton steps: the origin lies \
+         in (or next to) the convex hull of the task gradients, so no direction improves every \
+         task"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mtl::weighting::linalg::{dot, quadratic};
+    use crate::mtl::weighting::testing::{assert_task_order_independent, combine as step};
+
+    fn four_tasks() -> Vec<Vec<f32>> {
+        vec![
+            vec![1.0, -0.5, 0.3, 0.0, 2.0, -1.0],
+            vec![-0.7, 1.2, 0.1, 0.9, 0.4, 0.3],
+            vec![0.2, 0.3, -1.5, 0.6, -0.2, 0.8],
+            vec![0.5, 0.5, 0.5, -1.1, 0.9, 0.1],
+        ]
+    }
+
+    fn record<'a>(c: &'a Combination, key: &str) -> &'a [f64] {
+        &c.record.iter().find(|(k, _)| *k == key).unwrap().1
+    }
+
+    #[test]
+    fn orthogonal_gradients_get_the_inverse_of_their_norms() {
+        // M = diag(‖gᵢ‖²) makes (Mα)ᵢ = ‖gᵢ‖² αᵢ = 1/αᵢ, so αᵢ = 1/‖gᵢ‖: ⅓ and ¼ for (3, 0, 0)
+        // and (0, 4, 0).
+        let g = vec![vec![3.0f32, 0.0, 0.0], vec![0.0, 4.0, 0.0]];
+        let alpha = bargaining_weights(&gram(&g)).unwrap();
+        assert!((alpha[0] - 1.0 / 3.0).abs() < 1e-15 && (alpha[1] - 0.25).abs() < 1e-15);
+        // The method divides M by ‖M‖_F = √(81 + 256) = √337, which multiplies α by 337^¼;
+        // unclipped, shared = 337^¼ (1, 1, 0).
+        let mut method = NashMtl::new(
+            Settings {
+                max_norm: 0.0,
+                ..Settings::default()
+            },
+            2,
+        );
+        let c = step(&mut method, 0, &[1.0, 1.0], &g, 0);
+        let scale = 337f64.powf(0.25);
+        assert!((record(&c, "alpha")[0] - scale / 3.0).abs() < 1e-12);
+        assert_eq!(c.head_scale, record(&c, "alpha"));
+        for (x, want) in c.shared.iter().zip([scale, scale, 0.0]) {
+            assert!((f64::from(*x) - want).abs() < 1e-5, "{:?}", c.shared);
+        }
+    }
+
+    #[test]
+    fn the_solution_satisfies_the_bargaining_equations() {
+        let m = gram(&four_tasks());
+        let alpha = bargaining_weights(&m).unwrap();
+        let ma = mat_vec(&m, &alpha);
+        for (i, (a, b)) in alpha.iter().zip(&ma).enumerate() {
+            assert!(*a > 0.0);
+            assert!(
+                (b - 1.0 / a).abs() < 1e-9,
+                "task {i}: (Mα) = {b}, 1/α = {}",
+                1.0 / a
+            );
+        }
+        // Badly scaled gradients (norms 1e-3 to 1e3) still solve to the same relative accuracy.
+        let scaled: Vec<Vec<f32>> = four_tasks()
+            .into_iter()
+            .zip([1e-3f32, 1.0, 10.0, 1e3])
+            .map(|(g, s)| g.into_iter().map(|x| x * s).collect())
+            .collect();
+        let m = gram(&scaled);
+        let alpha = bargaining_weights(&m).unwrap();
+        for (a, b) in alpha.iter().zip(mat_vec(&m, &alpha)) {
+            assert!((a * b - 1.0).abs() < 1e-9, "{a} · {b}");
+        }
+    }
+
+    #[test]
+    fn the_direction_is_clipped_to_max_norm() {
+        // ‖Σ αᵢ gᵢ‖² = αᵀMα = ‖M‖_F · T for the normalised solution, far above 1 here.
+        let g = four_tasks();
+        let c = step(
+            &mut NashMtl::new(Settings::default(), 4),
+            0,
+            &[1.0; 4],
+            &g,
+            0,
+        );
+        let alpha = record(&c, "alpha");
+        let m = gram(&g);
+        let frobenius = m.iter().flatten().map(|v| v * v).sum::<f64>().sqrt();
+        assert!((quadratic(&m, alpha, alpha) - 4.0 * frobenius).abs() < 1e-9 * frobenius);
+        assert!((dot(&c.shared, &c.shared).sqrt() - 1.0).abs() < 1e-5);
+        let clip = record(&c, "clip")[0];
+        assert!(clip < 1.0);
+        for (w, a) in record(&c, "weights").iter().zip(alpha) {
+            assert_eq!(*w, a * clip);
+        }
+    }
+
+    #[test]
+    fn does_not_depend_on_task_order() {
+        for max_norm in [0.0, 1.0] {
+            assert_task_order_independent(
+                || {
+                    Box::new(NashMtl::new(
+                        Settings {
+                            max_norm,
+                            ..Settings::default()
+                        },
+                        4,
+                    ))
+                },
+                &[(vec![1.0; 4], four_tasks())],
+                &[1, 3, 0, 2],
+                1e-6,
+            );
+        }
+    }
+
+    #[test]
+    fn weights_are_kept_between_updates_and_survive_a_restore() {
+        let settings = Settings {
+            update_weights_every: 3,
+            ..Settings::default()
+        };
+        let g = four_tasks();
+        let shifted: Vec<Vec<f32>> = g.iter().rev().cloned().collect();
+        let mut original = NashMtl::new(settings.clone(), 4);
+        let first = step(&mut original, 0, &[1.0; 4], &g, 0);
+        step(&mut original, 1, &[1.0; 4], &shifted, 0);
+        let state: BTreeMap<String, Vec<f64>> = original
+            .state()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let mut restored = NashMtl::new(settings, 4);
+        restored.restore(&state).unwrap();
+        let a = step(&mut original, 2, &[1.0; 4], &shifted, 0);
+        let b = step(&mut restored, 2, &[1.0; 4], &shifted, 0);
+        assert_eq!(a, b);
+        // Steps 1 and 2 are not multiples of 3: the weights are step 0's.
+        assert_eq!(record(&a, "alpha"), record(&first, "alpha"));
+        // Step 3 solves again, for the new gradients.
+        let c = step(&mut original, 3, &[1.0; 4], &shifted, 0);
+        assert_ne!(record(&c, "alpha"), record(&first, "alpha"));
+    }
+
+    #[test]
+    fn restore_refuses_missing_or_misshapen_state() {
+        let mut method = NashMtl::new(Settings::default(), 2);
+        assert!(method.restore(&BTreeMap::new()).is_err());
+        let short = BTreeMap::from([("nash_mtl.alpha".to_string(), vec![1.0])]);
+        assert!(method.restore(&short).is_err());
+        let negative = BTreeMap::from([("nash_mtl.alpha".to_string(), vec![1.0, -1.0])]);
+        assert!(method.restore(&negative).is_err());
+    }
+
+    #[test]
+    fn unsolvable_steps_are_errors_not_nans() {
+        // A zero gradient, and two opposite gradients (the origin is their midpoint).
+        for g in [
+            vec![vec![0.0f32, 0.0], vec![1.0, 0.0]],
+            vec![vec![1.0f32, 2.0], vec![-1.0, -2.0]],
+        ] {
+            let err = NashMtl::new(Settings::default(), 2)
+                .combine(&StepInput {
+                    step: 0,
+                    losses: &[1.0, 1.0],
+                    gradients: &g,
+                    rng_key: 0,
+                })
+                .unwrap_err();
+            assert!(matches!(err, WeightingError::Method { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn one_task_gets_the_normalised_weight_one() {
+        // M = [‖g‖²] divided by its own norm is [1], so α = 1 and the direction is g, clipped.
+        let c = step(
+            &mut NashMtl::new(Settings::default(), 1),
+            0,
+            &[1.0],
+            &[vec![0.3, 0.4]],
+            0,
+        );
+        assert!((record(&c, "alpha")[0] - 1.0).abs() < 1e-15);
+        assert_eq!(record(&c, "clip"), &[1.0]);
+    }
+
+    #[test]
+    fn settings_check_names_the_field() {
+        assert_eq!(Settings::default().check(2), Ok(()));
+        let zero = Settings {
+            update_weights_every: 0,
+            ..Settings::default()
+        };
+        assert!(zero
+            .check(2)
+            .unwrap_err()
+            .contains("`update_weights_every`"));
+        let negative = Settings {
+            max_norm: -1.0,
+            ..Settings::default()
+        };
+        assert!(negative.check(2).unwrap_err().contains("`max_norm`"));
+        assert!(toml::from_str::<Settings>("optim_niter = 20").is_err());
+    }
+}
