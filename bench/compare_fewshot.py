@@ -41,6 +41,8 @@ def parse_args():
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--eval-episodes", type=int, default=600)
     p.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "outerloop"))
+    p.add_argument("--chunk-tasks", type=int, default=8,
+                   help="outerloop's meta.chunk_tasks: tasks per work chunk (meta-batch 32)")
     p.add_argument("--skip-two-workers", action="store_true")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--device", default="cpu", help="outerloop workers' --device (cpu, cuda:0)")
@@ -149,10 +151,10 @@ def main():
         flops = ref.get("flops_per_episode")
         rows.append(ref)
     print(f"running outerloop, 1 worker, for {args.steps} steps...", file=sys.stderr)
-    rows.append(run_outerloop(args, data_root, 1, 8))
+    rows.append(run_outerloop(args, data_root, 1, args.chunk_tasks))
     if not args.skip_two_workers:
         print(f"running outerloop, 2 workers, for {args.steps} steps...", file=sys.stderr)
-        rows.append(run_outerloop(args, data_root, 2, 8))
+        rows.append(run_outerloop(args, data_root, 2, args.chunk_tasks))
 
     base = rows[0]["episodes_per_s"] if not args.skip_reference else None
     print(f"\nconv4 MAML (second order, 1 inner step), Omniglot-layout synthetic data, 5-way "
