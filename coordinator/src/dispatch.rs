@@ -321,6 +321,14 @@ impl Dispatcher {
         receive.await.unwrap_or(Err(RoundError::Abandoned))
     }
 
+    /// Forgets what workers said about an experiment that has ended, so that the refusals of a
+    /// coordinator running for weeks do not pile up.
+    pub fn experiment_ended(&self, experiment_id: &str) {
+        self.lock()
+            .refusals
+            .retain(|(experiment, _), _| experiment != experiment_id);
+    }
+
     /// Drops the current round (when its experiment is cancelled); its late results are ignored.
     pub fn abandon_round(&self) {
         if let Some(round) = self.lock().round.take() {
@@ -440,6 +448,10 @@ impl Dispatcher {
             let info = state.workers.remove(id).expect("listed above");
             tracing::warn!(worker_id = id, name = %info.name, "worker missed its heartbeats; dropped, its leases requeued");
         }
+        // A dropped worker comes back under a new id, so its refusals mean nothing any more.
+        state
+            .refusals
+            .retain(|(_, worker), _| !silent.contains(worker));
         let mut requeued = false;
         let blocked = state.blocked_reasons();
         if let Some(round) = state.round.as_mut() {
@@ -828,6 +840,50 @@ mod tests {
             d.complete(b, vec![result(c, 1.0)]);
         }
         assert_eq!(round.await.unwrap().unwrap().workers, [b, b]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_are_forgotten_when_their_experiment_ends_or_their_worker_is_dropped() {
+        let d = Arc::new(Dispatcher::new(config()));
+        let (a, b) = (
+            register_with(&d, "a", vec![omniglot("aa")]),
+            register_with(&d, "b", vec![omniglot("aa")]),
+        );
+        let refuse = |worker| {
+            let round = start_on(&d, 1, omniglot("aa"));
+            let d = d.clone();
+            async move {
+                let chunk = d.lease(&ask(worker, 1)).await.chunks[0].chunk_id;
+                let refusal = ChunkResult {
+                    chunk_id: chunk,
+                    refusal: "no copy".into(),
+                    ..Default::default()
+                };
+                d.complete(worker, vec![refusal]);
+                d.abandon_round();
+                let _ = round.await;
+            }
+        };
+        refuse(a).await;
+        refuse(b).await;
+        assert_eq!(d.lock().refusals.len(), 2);
+        d.experiment_ended("another");
+        assert_eq!(
+            d.lock().refusals.len(),
+            2,
+            "another experiment's end forgets nothing"
+        );
+        // b stays alive, a falls silent past the timeout.
+        for _ in 0..6 {
+            tokio::time::advance(Duration::from_millis(500)).await;
+            d.heartbeat(b);
+            d.expire();
+        }
+        let left: Vec<u64> = d.lock().refusals.keys().map(|(_, w)| *w).collect();
+        assert_eq!(left, [b], "the dropped worker's refusal is forgotten");
+        let experiment = d.lock().refusals.keys().next().unwrap().0.clone();
+        d.experiment_ended(&experiment);
+        assert!(d.lock().refusals.is_empty());
     }
 
     #[tokio::test(start_paused = true)]

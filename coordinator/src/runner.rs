@@ -43,6 +43,7 @@ pub async fn run(job: Job, registry: &Registry, dispatcher: &Dispatcher) {
         Ok(mut run) => run.train().await,
         Err(e) => Err(e),
     };
+    dispatcher.experiment_ended(&id);
     let (state, error) = match &outcome {
         Ok(()) => (ExperimentState::Finished, None),
         Err(RunError::Cancelled) => (ExperimentState::Cancelled, None),
