@@ -6,7 +6,7 @@
 //! solve, and draw any randomness from the step's counter-based key, so a run is a pure
 //! function of its seed whatever the number of workers.
 
-mod adam;
+pub mod adam;
 mod cagrad;
 mod dwa;
 mod equal;
