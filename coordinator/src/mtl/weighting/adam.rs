@@ -1,7 +1,9 @@
 //! The small f64 Adam that the learned loss weightings (UW, GradNorm, FAMO) step their own
-//! few parameters with, as `torch.optim.Adam` defines it, and the restore of a saved entry.
+//! few parameters with, as `torch.optim.Adam` defines it.
 
 use std::collections::BTreeMap;
+
+use super::saved_state::entry;
 
 /// `torch.optim.Adam` with the default betas (0.9, 0.999) and eps 1e-8, and its coupled
 /// (L2) weight decay: the methods it serves were all published with torch's Adam.
@@ -78,22 +80,6 @@ impl Adam {
         self.v.copy_from_slice(v);
         self.steps = steps as u64;
         Ok(())
-    }
-}
-
-/// The saved entry `name`, refused when missing or not `len` values long.
-pub fn entry<'a>(
-    state: &'a BTreeMap<String, Vec<f64>>,
-    name: &str,
-    len: usize,
-) -> Result<&'a [f64], String> {
-    match state.get(name) {
-        Some(values) if values.len() == len => Ok(values),
-        Some(values) => Err(format!(
-            "{name} has {} values, expected {len}",
-            values.len()
-        )),
-        None => Err(format!("{name} is missing")),
     }
 }
 

@@ -206,25 +206,13 @@ impl Objective for Dual<'_> {
 mod tests {
     use super::*;
     use crate::mtl::weighting::testing::{assert_task_order_independent, combine as step};
+    use crate::mtl::weighting::testing::{four_tasks, record};
 
     fn cagrad(c: f64) -> CaGrad {
         CaGrad::new(Settings {
             c,
             ..Settings::default()
         })
-    }
-
-    fn record<'a>(c: &'a Combination, key: &str) -> &'a [f64] {
-        &c.record.iter().find(|(k, _)| *k == key).unwrap().1
-    }
-
-    fn four_tasks() -> Vec<Vec<f32>> {
-        vec![
-            vec![1.0, -0.5, 0.3, 0.0, 2.0, -1.0],
-            vec![-0.7, 1.2, 0.1, 0.9, 0.4, 0.3],
-            vec![0.2, 0.3, -1.5, 0.6, -0.2, 0.8],
-            vec![0.5, 0.5, 0.5, -1.1, 0.9, 0.1],
-        ]
     }
 
     #[test]

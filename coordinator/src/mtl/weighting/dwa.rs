@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use super::adam;
+use super::saved_state::entry;
 use super::{check_input, linalg, Combination, StepInput, Weighting, WeightingError};
 
 #[derive(Clone, Debug, PartialEq, serde::Deserialize)]
@@ -129,7 +129,7 @@ impl Weighting for Dwa {
     }
 
     fn restore(&mut self, state: &BTreeMap<String, Vec<f64>>) -> Result<(), String> {
-        let steps = adam::entry(state, HISTORY_LEN, 1)?[0];
+        let steps = entry(state, HISTORY_LEN, 1)?[0];
         let most = 2 * self.settings.window;
         if !(steps >= 0.0 && steps.fract() == 0.0 && steps <= most as f64) {
             return Err(format!(
@@ -137,7 +137,7 @@ impl Weighting for Dwa {
             ));
         }
         let steps = steps as usize;
-        let flat = adam::entry(state, HISTORY, steps * self.tasks)?;
+        let flat = entry(state, HISTORY, steps * self.tasks)?;
         if flat.iter().any(|l| !l.is_finite()) {
             return Err(format!("{HISTORY} is not finite"));
         }
@@ -155,17 +155,10 @@ impl Weighting for Dwa {
 mod tests {
     use super::super::testing;
     use super::*;
+    use crate::mtl::weighting::testing::saved;
 
     fn dwa(tasks: usize) -> Dwa {
         Dwa::new(Settings::default(), tasks)
-    }
-
-    fn saved(method: &dyn Weighting) -> BTreeMap<String, Vec<f64>> {
-        method
-            .state()
-            .into_iter()
-            .map(|(n, v)| (n.to_string(), v))
-            .collect()
     }
 
     #[test]

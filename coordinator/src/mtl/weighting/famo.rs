@@ -20,7 +20,8 @@
 
 use std::collections::BTreeMap;
 
-use super::adam::{self, Adam, AdamNames};
+use super::adam::{Adam, AdamNames};
+use super::saved_state::{entry, entry_or_empty};
 use super::{check_input, linalg, Combination, StepInput, Weighting, WeightingError};
 
 #[derive(Clone, Debug, PartialEq, serde::Deserialize)]
@@ -155,12 +156,9 @@ impl Weighting for Famo {
 
     fn restore(&mut self, state: &BTreeMap<String, Vec<f64>>) -> Result<(), String> {
         let tasks = self.logits.len();
-        let logits = adam::entry(state, LOGITS, tasks)?;
+        let logits = entry(state, LOGITS, tasks)?;
         // Before the first step there are no previous losses yet.
-        let previous = match state.get(PREVIOUS_LOSSES) {
-            Some(v) if v.is_empty() => v.as_slice(),
-            _ => adam::entry(state, PREVIOUS_LOSSES, tasks)?,
-        };
+        let previous = entry_or_empty(state, PREVIOUS_LOSSES, tasks)?;
         if logits.iter().any(|x| !x.is_finite()) {
             return Err(format!("{LOGITS} is not finite"));
         }
@@ -178,17 +176,10 @@ impl Weighting for Famo {
 mod tests {
     use super::super::testing;
     use super::*;
+    use crate::mtl::weighting::testing::saved;
 
     fn famo(tasks: usize) -> Famo {
         Famo::new(Settings::default(), tasks)
-    }
-
-    fn saved(method: &dyn Weighting) -> BTreeMap<String, Vec<f64>> {
-        method
-            .state()
-            .into_iter()
-            .map(|(n, v)| (n.to_string(), v))
-            .collect()
     }
 
     fn close(a: &[f64], b: &[f64], tolerance: f64) -> bool {

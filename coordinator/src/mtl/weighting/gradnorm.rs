@@ -22,7 +22,8 @@
 
 use std::collections::BTreeMap;
 
-use super::adam::{self, Adam, AdamNames};
+use super::adam::{Adam, AdamNames};
+use super::saved_state::{entry, entry_or_empty};
 use super::{check_input, linalg, Combination, StepInput, Weighting, WeightingError};
 
 #[derive(Clone, Debug, PartialEq, serde::Deserialize)]
@@ -196,12 +197,9 @@ impl Weighting for GradNorm {
 
     fn restore(&mut self, state: &BTreeMap<String, Vec<f64>>) -> Result<(), String> {
         let tasks = self.logits.len();
-        let logits = adam::entry(state, LOGITS, tasks)?;
+        let logits = entry(state, LOGITS, tasks)?;
         // Before the first step there are no initial losses yet.
-        let initial = match state.get(INITIAL_LOSSES) {
-            Some(v) if v.is_empty() => v.as_slice(),
-            _ => adam::entry(state, INITIAL_LOSSES, tasks)?,
-        };
+        let initial = entry_or_empty(state, INITIAL_LOSSES, tasks)?;
         if logits.iter().chain(initial).any(|x| !x.is_finite()) {
             return Err(format!("{LOGITS} or {INITIAL_LOSSES} is not finite"));
         }
@@ -219,6 +217,7 @@ impl Weighting for GradNorm {
 mod tests {
     use super::super::testing;
     use super::*;
+    use crate::mtl::weighting::testing::saved;
 
     fn gradnorm(tasks: usize, lr: f64) -> GradNorm {
         GradNorm::new(Settings { alpha: 1.5, lr }, tasks)
@@ -232,14 +231,6 @@ mod tests {
             .zip(targets)
             .map(|((w, n), c)| (w * n - c).abs())
             .sum()
-    }
-
-    fn saved(method: &dyn Weighting) -> BTreeMap<String, Vec<f64>> {
-        method
-            .state()
-            .into_iter()
-            .map(|(n, v)| (n.to_string(), v))
-            .collect()
     }
 
     #[test]

@@ -145,18 +145,7 @@ impl Weighting for GradVac {
 mod tests {
     use super::*;
     use crate::mtl::weighting::testing::combine as step;
-
-    fn weights_of(c: &Combination) -> &[f64] {
-        &c.record.iter().find(|(k, _)| *k == "weights").unwrap().1
-    }
-
-    fn state_map(method: &GradVac) -> BTreeMap<String, Vec<f64>> {
-        method
-            .state()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect()
-    }
+    use crate::mtl::weighting::testing::{record, saved};
 
     #[test]
     fn two_orthogonal_tasks_are_raised_to_a_known_target() {
@@ -174,13 +163,13 @@ mod tests {
         let g = vec![vec![1.0f32, 0.0], vec![0.0, 1.0]];
         let c = step(&mut method, 0, &[1.0, 1.0], &g, 0);
         let w = 1.0 / 3f64.sqrt();
-        let weights = weights_of(&c);
+        let weights = record(&c, "weights");
         assert!((weights[0] - (1.0 + w)).abs() < 1e-15 && (weights[1] - (1.0 + w)).abs() < 1e-15);
         for x in &c.shared {
             assert!((f64::from(*x) - (1.0 + w)).abs() < 1e-6, "{:?}", c.shared);
         }
         assert_eq!(
-            state_map(&method)["gradvac.target_similarity"],
+            saved(&method)["gradvac.target_similarity"],
             vec![0.0, 0.25, 0.25, 0.0]
         );
     }
@@ -193,10 +182,10 @@ mod tests {
         let mut method = GradVac::new(Settings::default(), 2);
         let c = step(&mut method, 0, &[1.0, 1.0], &g, 5);
         assert_eq!(c.shared, vec![1.5, 1.2]);
-        assert_eq!(weights_of(&c), &[1.0, 1.0]);
+        assert_eq!(record(&c, "weights"), &[1.0, 1.0]);
         assert_eq!(c.head_scale, vec![1.0, 1.0]);
         let cosine = 0.7 / (1.04f64.sqrt() * 1.25f64.sqrt());
-        let targets = &state_map(&method)["gradvac.target_similarity"];
+        let targets = &saved(&method)["gradvac.target_similarity"];
         assert!(
             (targets[1] - 0.5 * cosine).abs() < 1e-7 && (targets[2] - 0.5 * cosine).abs() < 1e-7
         );
@@ -214,7 +203,7 @@ mod tests {
             &g,
             0,
         );
-        let weights = weights_of(&c);
+        let weights = record(&c, "weights");
         assert!((weights[0] - 2.0).abs() < 1e-15 && (weights[1] - 1.5).abs() < 1e-15);
     }
 
@@ -248,13 +237,13 @@ mod tests {
             );
         }
         let mut restored = GradVac::new(Settings::default(), 3);
-        restored.restore(&state_map(&original)).unwrap();
+        restored.restore(&saved(&original)).unwrap();
         let a = step(&mut original, 2, &[1.0; 3], &steps[2], 2);
         let b = step(&mut restored, 2, &[1.0; 3], &steps[2], 2);
         assert_eq!(a, b);
-        assert_eq!(state_map(&original), state_map(&restored));
+        assert_eq!(saved(&original), saved(&restored));
         // The targets moved off zero, so the roundtrip carried something.
-        assert!(state_map(&original)["gradvac.target_similarity"]
+        assert!(saved(&original)["gradvac.target_similarity"]
             .iter()
             .any(|t| *t != 0.0));
     }
@@ -300,10 +289,7 @@ mod tests {
             0,
         );
         assert_eq!(c.shared, vec![1.0, 2.0]);
-        assert_eq!(
-            state_map(&method)["gradvac.target_similarity"],
-            vec![0.0; 4]
-        );
+        assert_eq!(saved(&method)["gradvac.target_similarity"], vec![0.0; 4]);
         let c = step(
             &mut method,
             1,
@@ -312,7 +298,7 @@ mod tests {
             0,
         );
         assert_eq!(c.shared, vec![2.0, 4.0]);
-        let targets = &state_map(&method)["gradvac.target_similarity"];
+        let targets = &saved(&method)["gradvac.target_similarity"];
         assert!((targets[1] - 0.5).abs() < 1e-12, "{targets:?}");
     }
 

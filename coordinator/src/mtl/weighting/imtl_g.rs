@@ -93,25 +93,13 @@ fn error(detail: String) -> WeightingError {
 mod tests {
     use super::*;
     use crate::mtl::weighting::testing::{assert_task_order_independent, combine as step};
-
-    fn four_tasks() -> Vec<Vec<f32>> {
-        vec![
-            vec![1.0, -0.5, 0.3, 0.0, 2.0, -1.0],
-            vec![-0.7, 1.2, 0.1, 0.9, 0.4, 0.3],
-            vec![0.2, 0.3, -1.5, 0.6, -0.2, 0.8],
-            vec![0.5, 0.5, 0.5, -1.1, 0.9, 0.1],
-        ]
-    }
-
-    fn weights_of(c: &Combination) -> &[f64] {
-        &c.record.iter().find(|(k, _)| *k == "weights").unwrap().1
-    }
+    use crate::mtl::weighting::testing::{four_tasks, record};
 
     #[test]
     fn the_direction_projects_equally_onto_every_unit_gradient() {
         let g = four_tasks();
         let c = step(&mut ImtlG, 0, &[1.0; 4], &g, 0);
-        let alpha = weights_of(&c);
+        let alpha = record(&c, "weights");
         assert!((alpha.iter().sum::<f64>() - 1.0).abs() < 1e-12, "{alpha:?}");
         // Rebuild the direction in f64 from α, independently of the solver's Gram algebra.
         let direction: Vec<f64> = (0..6)
@@ -142,7 +130,7 @@ mod tests {
         // projects to ⅔ on both u₁ and u₂.
         let g = vec![vec![1.0f32, 0.0], vec![0.0, 2.0]];
         let c = step(&mut ImtlG, 0, &[1.0, 1.0], &g, 0);
-        let alpha = weights_of(&c);
+        let alpha = record(&c, "weights");
         assert!((alpha[0] - 2.0 / 3.0).abs() < 1e-15 && (alpha[1] - 1.0 / 3.0).abs() < 1e-15);
         assert_eq!(c.shared, vec![2.0 / 3.0, 2.0 / 3.0]);
     }
@@ -195,6 +183,6 @@ mod tests {
     fn one_task_keeps_its_gradient() {
         let c = step(&mut ImtlG, 0, &[1.0], &[vec![0.5, -2.0]], 0);
         assert_eq!(c.shared, vec![0.5, -2.0]);
-        assert_eq!(weights_of(&c), &[1.0]);
+        assert_eq!(record(&c, "weights"), &[1.0]);
     }
 }

@@ -149,24 +149,10 @@ mod tests {
     use super::*;
     use crate::mtl::weighting::linalg::dot;
     use crate::mtl::weighting::testing::{assert_task_order_independent, combine as step};
+    use crate::mtl::weighting::testing::{four_tasks, record};
 
     fn mgda(normalization: Normalization) -> Mgda {
         Mgda::new(Settings { normalization })
-    }
-
-    fn record<'a>(c: &'a Combination, key: &str) -> &'a [f64] {
-        &c.record.iter().find(|(k, _)| *k == key).unwrap().1
-    }
-
-    /// Four tasks in six dimensions, none a combination of the others; fixed so a failure
-    /// reproduces.
-    fn four_tasks() -> Vec<Vec<f32>> {
-        vec![
-            vec![1.0, -0.5, 0.3, 0.0, 2.0, -1.0],
-            vec![-0.7, 1.2, 0.1, 0.9, 0.4, 0.3],
-            vec![0.2, 0.3, -1.5, 0.6, -0.2, 0.8],
-            vec![0.5, 0.5, 0.5, -1.1, 0.9, 0.1],
-        ]
     }
 
     #[test]

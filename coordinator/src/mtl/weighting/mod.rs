@@ -21,6 +21,7 @@ mod min_norm;
 mod nash_mtl;
 mod pcgrad;
 mod rlw;
+mod saved_state;
 mod simplex;
 mod uncertainty;
 

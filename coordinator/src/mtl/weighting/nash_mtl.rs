@@ -252,19 +252,7 @@ mod tests {
     use super::*;
     use crate::mtl::weighting::linalg::{dot, quadratic};
     use crate::mtl::weighting::testing::{assert_task_order_independent, combine as step};
-
-    fn four_tasks() -> Vec<Vec<f32>> {
-        vec![
-            vec![1.0, -0.5, 0.3, 0.0, 2.0, -1.0],
-            vec![-0.7, 1.2, 0.1, 0.9, 0.4, 0.3],
-            vec![0.2, 0.3, -1.5, 0.6, -0.2, 0.8],
-            vec![0.5, 0.5, 0.5, -1.1, 0.9, 0.1],
-        ]
-    }
-
-    fn record<'a>(c: &'a Combination, key: &str) -> &'a [f64] {
-        &c.record.iter().find(|(k, _)| *k == key).unwrap().1
-    }
+    use crate::mtl::weighting::testing::{four_tasks, record};
 
     #[test]
     fn nearly_parallel_gradients_are_solved_not_refused() {

@@ -60,11 +60,8 @@ impl Weighting for PcGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mtl::weighting::testing::record;
     use crate::mtl::weighting::testing::{assert_task_order_independent, combine as step};
-
-    fn weights_of(c: &Combination) -> &[f64] {
-        &c.record.iter().find(|(k, _)| *k == "weights").unwrap().1
-    }
 
     #[test]
     fn two_conflicting_gradients_by_hand() {
@@ -75,7 +72,7 @@ mod tests {
         let g = vec![vec![1.0f32, 0.0], vec![-1.0, 1.0]];
         let c = step(&mut PcGrad, 0, &[1.0, 1.0], &g, 0);
         assert_eq!(c.shared, vec![0.5, 1.5]);
-        assert_eq!(weights_of(&c), &[2.0, 1.5]);
+        assert_eq!(record(&c, "weights"), &[2.0, 1.5]);
         assert_eq!(c.head_scale, vec![1.0, 1.0]);
     }
 
@@ -89,7 +86,7 @@ mod tests {
         ];
         let c = step(&mut PcGrad, 0, &[1.0; 3], &g, 3);
         assert_eq!(c.shared, vec![1.5, 1.0, 1.5]);
-        assert_eq!(weights_of(&c), &[1.0, 1.0, 1.0]);
+        assert_eq!(record(&c, "weights"), &[1.0, 1.0, 1.0]);
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! Checks every weighting method's tests share: task-order independence and a helper to run
-//! one step on plain vectors.
+//! What every weighting method's tests share: running one step on plain vectors, task-order
+//! independence, saved state, recorded values and a fixed set of gradients.
+
+use std::collections::BTreeMap;
 
 use super::{Combination, StepInput, Weighting};
 
@@ -64,4 +66,33 @@ pub fn assert_task_order_independent(
             );
         }
     }
+}
+
+/// A method's saved state, as `restore` takes it.
+pub fn saved(method: &dyn Weighting) -> BTreeMap<String, Vec<f64>> {
+    method
+        .state()
+        .into_iter()
+        .map(|(name, values)| (name.to_string(), values))
+        .collect()
+}
+
+/// The values a combination recorded under `key`.
+pub fn record<'a>(c: &'a Combination, key: &str) -> &'a [f64] {
+    &c.record
+        .iter()
+        .find(|(k, _)| *k == key)
+        .unwrap_or_else(|| panic!("nothing recorded under {key}"))
+        .1
+}
+
+/// Four tasks in six dimensions, none a combination of the others; fixed so a failure
+/// reproduces.
+pub fn four_tasks() -> Vec<Vec<f32>> {
+    vec![
+        vec![1.0, -0.5, 0.3, 0.0, 2.0, -1.0],
+        vec![-0.7, 1.2, 0.1, 0.9, 0.4, 0.3],
+        vec![0.2, 0.3, -1.5, 0.6, -0.2, 0.8],
+        vec![0.5, 0.5, 0.5, -1.1, 0.9, 0.1],
+    ]
 }

@@ -15,7 +15,8 @@
 
 use std::collections::BTreeMap;
 
-use super::adam::{self, Adam, AdamNames};
+use super::adam::{Adam, AdamNames};
+use super::saved_state::entry;
 use super::{check_input, linalg, Combination, StepInput, Weighting, WeightingError};
 
 #[derive(Clone, Debug, PartialEq, serde::Deserialize)]
@@ -93,7 +94,7 @@ impl Weighting for Uncertainty {
     }
 
     fn restore(&mut self, state: &BTreeMap<String, Vec<f64>>) -> Result<(), String> {
-        let log_variance = adam::entry(state, LOG_VARIANCE, self.log_variance.len())?;
+        let log_variance = entry(state, LOG_VARIANCE, self.log_variance.len())?;
         if log_variance.iter().any(|s| !s.is_finite()) {
             return Err(format!("{LOG_VARIANCE} is not finite"));
         }
@@ -107,17 +108,10 @@ impl Weighting for Uncertainty {
 mod tests {
     use super::super::testing;
     use super::*;
+    use crate::mtl::weighting::testing::saved;
 
     fn uw(tasks: usize) -> Uncertainty {
         Uncertainty::new(Settings::default(), tasks)
-    }
-
-    fn saved(method: &dyn Weighting) -> BTreeMap<String, Vec<f64>> {
-        method
-            .state()
-            .into_iter()
-            .map(|(n, v)| (n.to_string(), v))
-            .collect()
     }
 
     #[test]
