@@ -70,6 +70,13 @@ impl Adam {
         let m = entry(state, names[0], self.m.len())?;
         let v = entry(state, names[1], self.v.len())?;
         let steps = entry(state, names[2], 1)?[0];
+        if m.iter().any(|x| !x.is_finite()) {
+            return Err(format!("{} is not finite", names[0]));
+        }
+        // A negative second moment would make every later step NaN.
+        if v.iter().any(|x| !(x.is_finite() && *x >= 0.0)) {
+            return Err(format!("{} must be finite and >= 0", names[1]));
+        }
         if !(steps >= 0.0 && steps.fract() == 0.0 && steps < 2f64.powi(53)) {
             return Err(format!(
                 "{} must be a whole number of updates, got {steps}",
@@ -142,8 +149,15 @@ mod tests {
         missing.remove("t.steps");
         let err = restored.restore(NAMES, &missing).unwrap_err();
         assert!(err.contains("t.steps is missing"), "{err}");
-        let mut fractional = saved;
+        let mut fractional = saved.clone();
         fractional.insert("t.steps".into(), vec![1.5]);
         assert!(restored.restore(NAMES, &fractional).is_err());
+        let mut negative = saved.clone();
+        negative.insert("t.v".into(), vec![0.0, -1e-9]);
+        let err = restored.restore(NAMES, &negative).unwrap_err();
+        assert!(err.contains("t.v must be finite and >= 0"), "{err}");
+        let mut infinite = saved;
+        infinite.insert("t.m".into(), vec![0.0, f64::INFINITY]);
+        assert!(restored.restore(NAMES, &infinite).is_err());
     }
 }

@@ -15,7 +15,8 @@
 //! outerloop has no epochs and, like the paper's Algorithm 1, records `L_i(0)` at step 0 and
 //! applies GradNorm from that step on (where every `r_i = 1`). LibMTL steps `ξ` with the
 //! network's optimizer and leaves heads with unweighted gradients (it back-propagates each task
-//! loss alone and only rewrites the shared gradient); outerloop gives `ξ` its own Adam and
+//! loss alone and only rewrites the shared gradient; its `ξ` is never stepped, in fact);
+//! outerloop gives `ξ` its own Adam and
 //! scales the heads by `w_i`, as the paper's weighted loss does. Losses must be ≥ 0 and the
 //! first ones > 0, since the rule divides by `L_i(0)`. Recorded: `weights` and `loss_ratio`
 //! (`r_i`).
@@ -32,9 +33,10 @@ pub struct Settings {
     /// The restoring-force strength `α`. Default 1.5: LibMTL's `--alpha` default and the
     /// paper's value for NYUv2.
     pub alpha: f64,
-    /// Adam's learning rate for the logits `ξ`. Default 1e-4: LibMTL trains `ξ` with the
-    /// network's optimizer, whose default is Adam at 1e-4 (`LibMTL/config.py`); the paper
-    /// gives no separate rate.
+    /// Adam's learning rate for the logits `ξ`. Default 0.025, the rate the Nash-MTL and FAMO
+    /// benchmark code gives the learned weights of UW (UW's and FAMO's default here too): the
+    /// paper gives no separate rate, and LibMTL's `loss_scale` is a plain tensor that its
+    /// trainer never steps, so its GradNorm weights stay at 1.
     pub lr: f64,
 }
 
@@ -42,7 +44,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             alpha: 1.5,
-            lr: 1e-4,
+            lr: 0.025,
         }
     }
 }

@@ -100,7 +100,9 @@ impl Weighting for GradVac {
                 let cosine = (along / (norm_i * norm_j)).clamp(-1.0, 1.0);
                 let target = self.targets[i * tasks + j];
                 let target_sine = (1.0 - target * target).max(0.0).sqrt();
-                if cosine < target && target_sine > 0.0 {
+                // A target within rounding of ±1 would divide the correction by a sine near 0
+                // and blow the gradient up; such a pair is already as aligned as it can be.
+                if cosine < target && target_sine > 1e-6 {
                     // Adding w gⱼ turns the angle to gⱼ from arccos φ to arccos φ̂ (the paper's
                     // equation 2, from the law of sines in the plane of the two vectors).
                     let sine = (1.0 - cosine * cosine).sqrt();

@@ -366,6 +366,31 @@ mod tests {
     }
 
     #[test]
+    fn the_defaults_are_the_published_values() {
+        // Each method's file cites where its value comes from.
+        let uw = uncertainty::Settings::default();
+        assert_eq!(uw.lr, 0.025);
+        let dwa = dwa::Settings::default();
+        assert_eq!((dwa.temperature, dwa.window), (2.0, 1));
+        let gradnorm = gradnorm::Settings::default();
+        assert_eq!((gradnorm.alpha, gradnorm.lr), (1.5, 0.025));
+        assert_eq!(
+            mgda::Settings::default().normalization,
+            mgda::Normalization::None
+        );
+        let cagrad = cagrad::Settings::default();
+        assert_eq!(
+            (cagrad.c, cagrad.rescale),
+            (0.5, cagrad::Rescale::OnePlusCSquared)
+        );
+        let nash = nash_mtl::Settings::default();
+        assert_eq!((nash.update_weights_every, nash.max_norm), (1, 1.0));
+        assert_eq!(gradvac::Settings::default().beta, 0.5);
+        let famo = famo::Settings::default();
+        assert_eq!((famo.lr, famo.gamma), (0.025, 1e-3));
+    }
+
+    #[test]
     fn settings_are_read_and_checked() {
         let method = parse("method = \"fixed\"\nweights = [1.0, 0.5]").unwrap();
         assert_eq!(method.check(2), Ok(()));
