@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use super::saved_state::entry;
-use super::{check_input, linalg, Combination, StepInput, Weighting, WeightingError};
+use super::{check_input, Combination, StepInput, Weighting, WeightingError};
 
 #[derive(Clone, Debug, PartialEq, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -114,11 +114,7 @@ impl Weighting for Dwa {
             self.history.remove(0);
         }
         self.history.push(input.losses.to_vec());
-        Ok(Combination {
-            shared: linalg::combine(&weights, input.gradients),
-            head_scale: weights.clone(),
-            record: vec![("weights", weights)],
-        })
+        Ok(Combination::weighted(weights, input.gradients, Vec::new()))
     }
 
     fn state(&self) -> Vec<(&'static str, Vec<f64>)> {

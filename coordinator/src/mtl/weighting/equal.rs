@@ -4,7 +4,7 @@
 //! sums the losses with weight 1; we follow the code, so the step size means the same as
 //! there). The shared direction is `Σ g_i`; heads are not scaled.
 
-use super::{check_input, linalg, Combination, StepInput, Weighting, WeightingError};
+use super::{check_input, Combination, StepInput, Weighting, WeightingError};
 
 pub struct Equal;
 
@@ -16,11 +16,7 @@ impl Weighting for Equal {
     fn combine(&mut self, input: &StepInput) -> Result<Combination, WeightingError> {
         check_input(self.name(), input, input.tasks())?;
         let weights = vec![1.0; input.tasks()];
-        Ok(Combination {
-            shared: linalg::combine(&weights, input.gradients),
-            head_scale: weights.clone(),
-            record: vec![("weights", weights)],
-        })
+        Ok(Combination::weighted(weights, input.gradients, Vec::new()))
     }
 }
 

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 use super::adam::{Adam, AdamNames};
 use super::saved_state::{entry, entry_or_empty};
-use super::{check_input, linalg, Combination, StepInput, Weighting, WeightingError};
+use super::{check_input, Combination, StepInput, Weighting, WeightingError};
 
 #[derive(Clone, Debug, PartialEq, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -138,11 +138,11 @@ impl Weighting for Famo {
             .zip(input.losses)
             .map(|(z, &l)| z / (c * gap(l)))
             .collect();
-        Ok(Combination {
-            shared: linalg::combine(&weights, input.gradients),
-            head_scale: weights.clone(),
-            record: vec![("weights", weights), ("softmax", z)],
-        })
+        Ok(Combination::weighted(
+            weights,
+            input.gradients,
+            vec![("softmax", z)],
+        ))
     }
 
     fn state(&self) -> Vec<(&'static str, Vec<f64>)> {

@@ -5,7 +5,7 @@
 //! meaningful with weights chosen for the run's tasks, so the spec must list one per task
 //! (equal weights are the `equal` method).
 
-use super::{check_input, linalg, Combination, StepInput, Weighting, WeightingError};
+use super::{check_input, Combination, StepInput, Weighting, WeightingError};
 
 #[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -58,11 +58,11 @@ impl Weighting for Fixed {
 
     fn combine(&mut self, input: &StepInput) -> Result<Combination, WeightingError> {
         check_input(self.name(), input, self.weights.len())?;
-        Ok(Combination {
-            shared: linalg::combine(&self.weights, input.gradients),
-            head_scale: self.weights.clone(),
-            record: vec![("weights", self.weights.clone())],
-        })
+        Ok(Combination::weighted(
+            self.weights.clone(),
+            input.gradients,
+            Vec::new(),
+        ))
     }
 }
 

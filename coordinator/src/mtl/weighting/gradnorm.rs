@@ -181,11 +181,11 @@ impl Weighting for GradNorm {
         let gradient = logits_gradient(&self.logits, &norms, &targets);
         self.adam.step(&mut self.logits, &gradient);
 
-        Ok(Combination {
-            shared: linalg::combine(&weights, input.gradients),
-            head_scale: weights.clone(),
-            record: vec![("weights", weights), ("loss_ratio", ratios)],
-        })
+        Ok(Combination::weighted(
+            weights,
+            input.gradients,
+            vec![("loss_ratio", ratios)],
+        ))
     }
 
     fn state(&self) -> Vec<(&'static str, Vec<f64>)> {

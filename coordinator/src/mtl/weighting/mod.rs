@@ -62,6 +62,25 @@ pub struct Combination {
     pub record: Vec<(&'static str, Vec<f64>)>,
 }
 
+impl Combination {
+    /// What a loss-weighting method returns: `Σ wᵢ gᵢ` for the shared layers, each head scaled
+    /// by its task's weight (the head gets the gradient of the weighted loss), and the weights
+    /// recorded first, before whatever else the method recorded.
+    pub fn weighted(
+        weights: Vec<f64>,
+        gradients: &[Vec<f32>],
+        also: Vec<(&'static str, Vec<f64>)>,
+    ) -> Combination {
+        let mut record = vec![("weights", weights.clone())];
+        record.extend(also);
+        Combination {
+            shared: linalg::combine(&weights, gradients),
+            head_scale: weights,
+            record,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum WeightingError {
     /// The step's losses and gradients do not match the method's task count, or the

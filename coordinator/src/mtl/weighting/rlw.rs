@@ -11,7 +11,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{check_input, linalg, Combination, StepInput, Weighting, WeightingError};
+use super::{check_input, Combination, StepInput, Weighting, WeightingError};
 
 pub struct Rlw;
 
@@ -47,11 +47,7 @@ impl Weighting for Rlw {
     fn combine(&mut self, input: &StepInput) -> Result<Combination, WeightingError> {
         check_input(self.name(), input, input.tasks())?;
         let weights = draw_weights(input.rng_key, input.tasks());
-        Ok(Combination {
-            shared: linalg::combine(&weights, input.gradients),
-            head_scale: weights.clone(),
-            record: vec![("weights", weights)],
-        })
+        Ok(Combination::weighted(weights, input.gradients, Vec::new()))
     }
 }
 

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use super::adam::{Adam, AdamNames};
 use super::saved_state::entry;
-use super::{check_input, linalg, Combination, StepInput, Weighting, WeightingError};
+use super::{check_input, Combination, StepInput, Weighting, WeightingError};
 
 #[derive(Clone, Debug, PartialEq, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -80,11 +80,11 @@ impl Weighting for Uncertainty {
             .map(|(loss, w)| 0.5 - loss * w)
             .collect();
         self.adam.step(&mut self.log_variance, &gradient);
-        Ok(Combination {
-            shared: linalg::combine(&weights, input.gradients),
-            head_scale: weights.clone(),
-            record: vec![("weights", weights), ("log_variance", used)],
-        })
+        Ok(Combination::weighted(
+            weights,
+            input.gradients,
+            vec![("log_variance", used)],
+        ))
     }
 
     fn state(&self) -> Vec<(&'static str, Vec<f64>)> {
