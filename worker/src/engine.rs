@@ -213,8 +213,6 @@ impl Engine {
     }
 }
 
-/// Appends a tensor's values to `out` in one copy, from any device and layout: no
-/// intermediate tensors, which cost more than the copy at these sizes.
 /// The flat parameter buffer `values`, cut by `layout` into named-slot tensors of their own
 /// shapes on `device`, each a leaf that autograd differentiates with respect to.
 pub fn leaf_parameters(layout: &ParamLayout, values: &[f32], device: Device) -> Vec<Tensor> {
@@ -234,6 +232,8 @@ pub fn leaf_parameters(layout: &ParamLayout, values: &[f32], device: Device) -> 
         .collect()
 }
 
+/// Appends a tensor's values to `out` in one copy, from any device and layout: no
+/// intermediate tensors, which cost more than the copy at these sizes.
 fn append_values(t: &Tensor, out: &mut Vec<f32>) -> Result<(), tch::TchError> {
     let t = if t.kind() == Kind::Float {
         t.shallow_clone()
