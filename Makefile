@@ -24,7 +24,7 @@ else
   TEST_ENV := OUTERLOOP_PYTHON="$(PYTHON)"
 endif
 
-.PHONY: all setup build demo demo-fewshot test lint bench bench-full bench-fewshot clean-demo
+.PHONY: all setup build demo demo-fewshot test lint bench bench-full bench-fewshot bench-mtl clean-demo
 all: build
 
 # The marker is written last, so an interrupted install is redone on the next run.
@@ -69,6 +69,10 @@ bench-full: build $(VENV_READY)
 # conv4 few-shot MAML against the plain-PyTorch reference (generates the synthetic data once).
 bench-fewshot: build $(VENV_READY)
 	$(PYTHON) bench/compare_fewshot.py --steps 300
+
+# A multi-task step (10 tasks, 1M shared parameters, PCGrad and MGDA) against PyTorch.
+bench-mtl: build $(VENV_READY)
+	$(PYTHON) bench/compare_mtl.py --steps 200
 
 clean-demo:
 	rm -rf outerloop-demo $(DEMO_DATA)

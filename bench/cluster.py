@@ -81,11 +81,16 @@ class Cluster:
             return [json.loads(line) for line in f]
 
 
+def train_mean(metrics, field, skip):
+    """The mean of `field` over the train lines of metrics.jsonl, skipping the first `skip`
+    steps (warm-up) when there are enough."""
+    train = [m for m in metrics if m["kind"] == "train"]
+    train = train[skip:] or train
+    return sum(m[field] for m in train) / len(train)
+
+
 def step_split(metrics, skip):
     """Mean step time and the slowest worker's compute time in it, in seconds, skipping the
     first `skip` steps (warm-up) when there are enough."""
-    train = [m for m in metrics if m["kind"] == "train"]
-    train = train[skip:] or train
-    step = sum(m["step_seconds"] for m in train) / len(train)
-    critical = sum(m["critical_compute_seconds"] for m in train) / len(train)
-    return step, critical
+    return (train_mean(metrics, "step_seconds", skip),
+            train_mean(metrics, "critical_compute_seconds", skip))

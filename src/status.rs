@@ -32,6 +32,15 @@ pub fn to_json(e: &ExperimentStatus) -> Value {
                 eval["accuracy_before_mean"] =
                     v.accuracy_before_mean.map(finite).unwrap_or(Value::Null);
             }
+            // Multi-task only: each task's scores, and Δm% when baselines were given.
+            if !v.task_scores.is_empty() {
+                eval["task_scores"] = v
+                    .task_scores
+                    .iter()
+                    .map(|s| json!({"task": s.task, "loss": finite(s.loss), "metric": finite(s.metric)}))
+                    .collect();
+                eval["delta_m_percent"] = v.delta_m_percent.map(finite).unwrap_or(Value::Null);
+            }
             eval
         }),
         "error": (!e.error.is_empty()).then_some(&e.error),
@@ -42,6 +51,18 @@ pub fn to_json(e: &ExperimentStatus) -> Value {
 
 /// `0.123 ± 0.004 on 1000 tasks`, and for classification `accuracy 97.10% ± 0.40%`.
 pub fn eval_line(v: &EvalSummary) -> String {
+    if !v.task_scores.is_empty() {
+        let delta = v
+            .delta_m_percent
+            .map(|d| format!(", Δm {d:+.2}%"))
+            .unwrap_or_default();
+        return format!(
+            "mean task loss {:.4} over {} tasks on {} rows{delta}",
+            v.loss_mean,
+            v.task_scores.len(),
+            v.tasks
+        );
+    }
     let loss = format!(
         "{:.4} ± {:.4} on {} tasks (before adaptation {:.3})",
         v.loss_mean, v.loss_ci95, v.tasks, v.loss_before_mean

@@ -39,6 +39,8 @@ pub enum AggregateError {
         got: usize,
         expected: usize,
     },
+    #[error("chunk {index}: {problem}")]
+    Malformed { index: usize, problem: String },
 }
 
 /// Adds chunk results in chunk-index order. Floating-point addition is not associative, so the

@@ -23,16 +23,34 @@ pub struct Adam {
 }
 
 impl OuterOptimizer {
+    /// The outer optimizer a meta-learning spec names.
     pub fn new(meta: &MetaSpec, param_count: usize) -> Self {
-        match meta.optimizer {
+        Self::with(
+            meta.optimizer,
+            meta.momentum,
+            meta.betas,
+            meta.eps,
+            param_count,
+        )
+    }
+
+    /// An optimizer of `kind` with its settings (momentum for SGD, betas and eps for Adam).
+    pub fn with(
+        kind: OptimizerKind,
+        momentum: f32,
+        betas: [f32; 2],
+        eps: f32,
+        param_count: usize,
+    ) -> Self {
+        match kind {
             OptimizerKind::Sgd => OuterOptimizer::Sgd {
-                momentum: meta.momentum,
+                momentum,
                 velocity: vec![0.0; param_count],
             },
             OptimizerKind::Adam => OuterOptimizer::Adam(Adam {
-                beta1: meta.betas[0],
-                beta2: meta.betas[1],
-                eps: meta.eps,
+                beta1: betas[0],
+                beta2: betas[1],
+                eps,
                 step: 0,
                 m: vec![0.0; param_count],
                 v: vec![0.0; param_count],

@@ -10,7 +10,7 @@ use outerloop_proto::ExperimentState;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::spec::{Spec, SpecError};
+use crate::spec::{ExperimentSpec, SpecError};
 use crate::store::{ExperimentRecord, Store};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,14 +38,14 @@ pub type ManifestLookup<'a> = dyn Fn(&str, Option<&str>) -> Result<Arc<Manifest>
 #[derive(Debug)]
 pub struct Job {
     pub id: String,
-    pub spec: Spec,
+    pub spec: ExperimentSpec,
     pub cancel: CancellationToken,
 }
 
 #[derive(Debug)]
 struct Entry {
     record: ExperimentRecord,
-    spec: Spec,
+    spec: ExperimentSpec,
     cancel: CancellationToken,
 }
 
@@ -67,7 +67,7 @@ impl Registry {
     pub fn open(store: Store) -> io::Result<Registry> {
         let mut entries = BTreeMap::new();
         for (mut record, spec_text) in store.load_all()? {
-            let spec = match Spec::parse(&spec_text, "spec.toml", &[]) {
+            let spec = match ExperimentSpec::parse(&spec_text, "spec.toml", &[]) {
                 Ok(spec) => spec,
                 Err(e) => {
                     tracing::error!(id = %record.id, error = %e, "stored spec no longer parses; skipped");
@@ -120,10 +120,11 @@ impl Registry {
         overrides: &[String],
         datasets: &ManifestLookup,
     ) -> Result<String, RegistryError> {
-        let mut spec = Spec::parse(text, source_name, overrides)?;
+        let mut spec = ExperimentSpec::parse(text, source_name, overrides)?;
         let blame = |invalid| SpecError::blame(text, source_name, overrides, invalid);
-        let manifest = match spec.task.images() {
-            Some(images) => {
+        let manifest = match &mut spec {
+            ExperimentSpec::Meta(spec) if spec.task.images().is_some() => {
+                let images = spec.task.images().expect("matched");
                 let pinned = images.fingerprint.as_deref();
                 let manifest = datasets(&images.dataset, pinned).map_err(|message| {
                     let field = if pinned.is_some() {
@@ -136,16 +137,16 @@ impl Registry {
                 spec.check_dataset(&manifest).map_err(blame)?;
                 Some(manifest)
             }
-            None => None,
+            _ => None,
         };
         let mut entries = self.lock();
         let seq = self.next_seq.load(Ordering::Relaxed);
-        let record = ExperimentRecord::queued(seq, &spec.name, spec.meta.steps);
+        let record = ExperimentRecord::queued(seq, spec.name(), spec.steps());
         self.store
             .create(&record, &spec.to_toml(), manifest.as_deref())?;
         self.next_seq.store(seq + 1, Ordering::Relaxed);
         let id = record.id.clone();
-        tracing::info!(%id, name = %spec.name, "experiment queued");
+        tracing::info!(%id, name = %spec.name(), "experiment queued");
         entries.insert(
             seq,
             Entry {
@@ -424,6 +425,8 @@ mod tests {
             accuracy_mean: None,
             accuracy_ci95: None,
             accuracy_before_mean: None,
+            task_scores: None,
+            delta_m_percent: None,
         };
         registry
             .update("exp-1", true, |r| r.last_eval = Some(eval))

@@ -50,6 +50,17 @@ fn eval_summary(e: &EvalRecord) -> EvalSummary {
         accuracy_mean: e.accuracy_mean,
         accuracy_ci95: e.accuracy_ci95,
         accuracy_before_mean: e.accuracy_before_mean,
+        task_scores: e
+            .task_scores
+            .iter()
+            .flatten()
+            .map(|s| outerloop_proto::v1::TaskScore {
+                task: s.task.clone(),
+                loss: s.loss,
+                metric: s.metric,
+            })
+            .collect(),
+        delta_m_percent: e.delta_m_percent,
     }
 }
 

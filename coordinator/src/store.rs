@@ -42,6 +42,24 @@ pub struct EvalRecord {
     pub accuracy_ci95: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accuracy_before_mean: Option<f64>,
+    /// Multi-task: each task's mean loss and metric over the evaluated rows, in task order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_scores: Option<Vec<TaskScore>>,
+    /// Multi-task, when the spec gives single-task baselines: Δm% against them (negative is
+    /// better; see `mtl::delta_m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_m_percent: Option<f64>,
+}
+
+/// One task's evaluation in a multi-task experiment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskScore {
+    pub task: String,
+    #[serde(with = "non_finite_as_null")]
+    pub loss: f64,
+    /// MSE for regression tasks, accuracy for classification.
+    #[serde(with = "non_finite_as_null")]
+    pub metric: f64,
 }
 
 /// JSON has no NaN or infinity: they are written as `null` and read back as NaN, so a diverged

@@ -3,6 +3,7 @@
 pub mod convert;
 pub mod dataset;
 pub mod model;
+pub mod mtl;
 pub mod state;
 pub mod work;
 

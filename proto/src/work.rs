@@ -82,6 +82,8 @@ pub struct TaskDescriptor {
 pub enum Task {
     Sinusoid(SinusoidTask),
     Episode(Episode),
+    /// Rows of a multi-task experiment's data.
+    Rows(crate::mtl::RowBatch),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

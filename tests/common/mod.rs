@@ -293,6 +293,7 @@ pub fn without_timings(metrics: Vec<Value>) -> Vec<Value> {
         .map(|mut m| {
             for key in [
                 "step_seconds",
+                "weighting_seconds",
                 "compute_seconds",
                 "critical_compute_seconds",
                 "workers",

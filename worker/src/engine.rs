@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use outerloop_proto::model::ParamLayout;
+use outerloop_proto::mtl::MtlSetup;
 use outerloop_proto::v1::{ChunkResult, ExperimentSetup, Parameters, Phase, WorkChunk};
 use outerloop_proto::work::{Setup, TaskDescriptor};
 use outerloop_proto::{f32s_from_bytes, f32s_to_bytes, WireError};
@@ -14,12 +15,16 @@ use tch::{Device, Kind, Tensor};
 use crate::algorithms::{self, Algorithm, Context, Path};
 use crate::data::{self, DataRoot, ImageCache, TaskSource};
 use crate::models::{self, Model};
+use crate::mtl::MtlExperiment;
 
 /// Why the engine could not take an experiment's set-up or parameters.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum EngineError {
     #[error("experiment set-up is invalid: {0}")]
     Setup(#[from] WireError),
+    /// The set-up is well formed but no worker can compute it (e.g. its data and tasks differ).
+    #[error("experiment set-up is invalid: {0}")]
+    Invalid(String),
     /// The worker cannot compute this experiment at all: the work should go elsewhere.
     #[error("{0}")]
     Refused(String),
@@ -35,7 +40,30 @@ pub enum EngineError {
     NoParameters { experiment: String, version: u64 },
 }
 
-/// One experiment as the engine needs it: where its tasks come from, the model, the algorithm.
+/// The experiment the engine holds: meta-learning or multi-task learning.
+enum Loaded {
+    Meta(Experiment),
+    Mtl(MtlExperiment),
+}
+
+impl Loaded {
+    fn id(&self) -> &str {
+        match self {
+            Loaded::Meta(e) => &e.id,
+            Loaded::Mtl(e) => e.id(),
+        }
+    }
+
+    fn layout(&self) -> &ParamLayout {
+        match self {
+            Loaded::Meta(e) => &e.layout,
+            Loaded::Mtl(e) => e.layout(),
+        }
+    }
+}
+
+/// One meta-learning experiment as the engine needs it: where its tasks come from, the model,
+/// the algorithm.
 struct Experiment {
     id: String,
     layout: ParamLayout,
@@ -77,7 +105,7 @@ pub struct Engine {
     data: Arc<DataRoot>,
     /// Decoded images, kept across experiments on the same data.
     images: Rc<RefCell<ImageCache>>,
-    experiment: Option<Experiment>,
+    experiment: Option<Loaded>,
     params: Option<(u64, Vec<Tensor>)>,
 }
 
@@ -97,8 +125,14 @@ impl Engine {
     pub fn set_experiment(&mut self, setup: &ExperimentSetup) -> Result<(), EngineError> {
         self.experiment = None;
         self.params = None;
-        let setup = Setup::try_from(setup)?;
-        self.experiment = Some(Experiment::new(&setup, &self.data, &self.images)?);
+        let loaded = if setup.mtl.is_some() {
+            let mtl = MtlSetup::try_from(setup)?;
+            Loaded::Mtl(MtlExperiment::new(mtl).map_err(EngineError::Invalid)?)
+        } else {
+            let setup = Setup::try_from(setup)?;
+            Loaded::Meta(Experiment::new(&setup, &self.data, &self.images)?)
+        };
+        self.experiment = Some(loaded);
         Ok(())
     }
 
@@ -106,7 +140,7 @@ impl Engine {
     pub fn set_parameters(&mut self, params: &Parameters) -> Result<(), EngineError> {
         let experiment = self.experiment.as_ref().ok_or(EngineError::NoSetup)?;
         let values = f32s_from_bytes(&params.values).unwrap_or_default();
-        let expected = experiment.layout.param_count();
+        let expected = experiment.layout().param_count();
         if values.len() != expected {
             return Err(EngineError::ParameterCount {
                 version: params.version,
@@ -114,7 +148,7 @@ impl Engine {
                 expected,
             });
         }
-        let tensors = leaf_parameters(&experiment.layout, &values, self.device);
+        let tensors = leaf_parameters(experiment.layout(), &values, self.device);
         self.params = Some((params.version, tensors));
         Ok(())
     }
@@ -136,7 +170,7 @@ impl Engine {
         let experiment = self
             .experiment
             .as_ref()
-            .filter(|e| e.id == chunk.experiment_id)
+            .filter(|e| e.id() == chunk.experiment_id)
             .ok_or_else(|| {
                 format!(
                     "experiment {} is not set up on this worker",
@@ -153,6 +187,23 @@ impl Engine {
                 return Err(missing.to_string());
             }
         };
+        match experiment {
+            Loaded::Meta(experiment) => self.meta(experiment, theta, chunk),
+            Loaded::Mtl(experiment) => Ok(ChunkResult {
+                chunk_id: chunk.chunk_id,
+                task_totals: experiment.run(chunk, theta, self.path)?,
+                ..ChunkResult::default()
+            }),
+        }
+    }
+
+    /// A meta-learning chunk: each task adapted from `theta`, the meta-gradient summed.
+    fn meta(
+        &self,
+        experiment: &Experiment,
+        theta: &[Tensor],
+        chunk: &WorkChunk,
+    ) -> Result<ChunkResult, String> {
         let tasks = chunk
             .tasks
             .iter()
@@ -234,7 +285,7 @@ pub fn leaf_parameters(layout: &ParamLayout, values: &[f32], device: Device) -> 
 
 /// Appends a tensor's values to `out` in one copy, from any device and layout: no
 /// intermediate tensors, which cost more than the copy at these sizes.
-fn append_values(t: &Tensor, out: &mut Vec<f32>) -> Result<(), tch::TchError> {
+pub(crate) fn append_values(t: &Tensor, out: &mut Vec<f32>) -> Result<(), tch::TchError> {
     let t = if t.kind() == Kind::Float {
         t.shallow_clone()
     } else {
@@ -346,6 +397,98 @@ mod tests {
             ),
             (0, 3, 3)
         );
+    }
+
+    fn mtl_setup() -> MtlSetup {
+        use outerloop_proto::mtl::{GradNormData, MtlData, MtlTask, TaskLoss};
+        let task = |name: &str| MtlTask {
+            name: name.into(),
+            loss: TaskLoss::Mse,
+            outputs: 4,
+        };
+        MtlSetup {
+            experiment_id: "mtl-1".into(),
+            data: MtlData::GradNorm(GradNormData {
+                seed: 3,
+                inputs: 6,
+                outputs: 4,
+                sigmas: vec![1.0, 3.0],
+                tasks: Vec::new(),
+            }),
+            shared: Mlp {
+                input: 6,
+                hidden: vec![8, 8],
+                output: 5,
+            },
+            tasks: vec![task("a"), task("b")],
+        }
+    }
+
+    #[test]
+    fn a_multi_task_chunk_yields_totals_per_task() {
+        let setup = mtl_setup();
+        let mut engine = Engine::new(Device::Cpu, Path::Batched, Arc::new(DataRoot::empty()));
+        engine.set_experiment(&(&setup).into()).unwrap();
+        let values = setup.layout().init(1);
+        let short = Parameters {
+            version: 2,
+            values: f32s_to_bytes(&values[1..]),
+        };
+        assert!(matches!(
+            engine.set_parameters(&short),
+            Err(EngineError::ParameterCount { expected, .. }) if expected == values.len()
+        ));
+        engine
+            .set_parameters(&Parameters {
+                version: 2,
+                values: f32s_to_bytes(&values),
+            })
+            .unwrap();
+        let chunk = WorkChunk {
+            chunk_id: 8,
+            experiment_id: "mtl-1".into(),
+            version: 2,
+            phase: Phase::Train as i32,
+            inner_steps: 0,
+            tasks: vec![v1::TaskDescriptor {
+                index: 0,
+                data_seed: 12,
+                task: Some(task_descriptor::Task::Rows(v1::RowBatch {
+                    tasks: vec![0, 1],
+                    first: 64,
+                    count: 16,
+                })),
+            }],
+        };
+        let result = engine.run_chunk(&chunk);
+        assert_eq!((result.error.as_str(), result.chunk_id), ("", 8));
+        assert_eq!(result.task_totals.len(), 2);
+        for (t, totals) in result.task_totals.iter().enumerate() {
+            assert_eq!(totals.task, t as u32);
+            let shared = f32s_from_bytes(&totals.shared_grad).unwrap();
+            assert_eq!(shared.len(), setup.shared_len());
+            let head = f32s_from_bytes(&totals.head_grad).unwrap();
+            assert_eq!(head.len(), setup.head_range(t).len());
+            assert!(totals.loss_sum.is_finite() && totals.loss_sum > 0.0);
+        }
+        assert!(result.grad_sum.is_empty() && result.loss_after.is_empty());
+    }
+
+    #[test]
+    fn a_multi_task_setup_its_data_cannot_serve_is_invalid() {
+        let mut setup = mtl_setup();
+        setup.data = outerloop_proto::mtl::MtlData::GradNorm(outerloop_proto::mtl::GradNormData {
+            seed: 3,
+            inputs: 6,
+            outputs: 4,
+            sigmas: vec![1.0],
+            tasks: Vec::new(),
+        });
+        let mut engine = Engine::new(Device::Cpu, Path::Batched, Arc::new(DataRoot::empty()));
+        assert!(matches!(
+            engine.set_experiment(&(&setup).into()),
+            Err(EngineError::Invalid(_))
+        ));
     }
 
     #[test]

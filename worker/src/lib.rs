@@ -8,6 +8,7 @@ pub mod data;
 pub mod device;
 pub mod engine;
 pub mod models;
+pub mod mtl;
 pub mod objective;
 
 pub use algorithms::Path;

@@ -1,3 +1,5 @@
 //! Multi-task learning on the coordinator: how the tasks' losses and gradients become one update.
 
+pub mod delta_m;
+pub mod reduce;
 pub mod weighting;

@@ -34,6 +34,18 @@ pub fn init_seed(seed: u64) -> u64 {
     mix(seed ^ 0x696e_6974_5f70_6172) // "init_par"
 }
 
+/// The seed of whatever a data family draws once for the whole experiment (GradNorm's
+/// matrices), kept apart from every other stream.
+pub fn data_seed(seed: u64) -> u64 {
+    mix(seed ^ 0x6461_7461_5f73_6574) // "data_set"
+}
+
+/// The key of one split's stream of rows (multi-task learning): row `i` of the split is a
+/// pure function of this key and `i`.
+pub fn row_stream(seed: u64, split: Split) -> u64 {
+    task_key(seed ^ 0x726f_7773, split, u64::MAX, u64::MAX) // "rows"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +61,9 @@ mod tests {
             }
         }
         assert!(keys.insert(init_seed(1)));
+        assert!(keys.insert(data_seed(1)));
+        for split in [Split::Train, Split::Eval, Split::Final] {
+            assert!(keys.insert(row_stream(1, split)));
+        }
     }
 }

@@ -10,7 +10,7 @@ use outerloop_proto::work::TaskDescriptor;
 
 pub use class_splits::{class_splits, ClassRef, ClassSplits, SplitClasses};
 pub use episodes::EpisodeSampler;
-pub use key::{init_seed, task_key, Split};
+pub use key::{data_seed, init_seed, row_stream, task_key, Split};
 pub use sinusoid::SinusoidSampler;
 
 use crate::spec::{Spec, TaskSpec};

@@ -1,9 +1,12 @@
 //! Experiment specs: the TOML schema (one module per section), `--set` overrides, validation, and errors that point at the line.
 
+mod document;
 mod error;
 mod eval;
+mod experiment;
 mod meta;
 mod model;
+mod mtl;
 mod overrides;
 mod task;
 
@@ -14,11 +17,13 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{Invalid, SpecError};
 pub use eval::EvalSpec;
+pub use experiment::ExperimentSpec;
 pub use meta::{Algorithm, LrSchedule, MetaSpec, OptimizerKind};
 pub use model::ModelSpec;
+pub use mtl::{MtlDataSpec, MtlEvalSpec, MtlSpec, SharedSpec, TrainSpec};
 pub use task::{ImagesSpec, SinusoidSpec, TaskSpec};
 
-use error::{line_col, out_of_range};
+use error::out_of_range;
 
 /// Most model parameters: the parameters travel whole in one message.
 const MAX_PARAMS: u64 = 64 << 20;
@@ -52,6 +57,9 @@ pub struct Spec {
 pub enum ExperimentKind {
     /// Meta-learning: an outer loop over meta-batches of tasks, each adapted in an inner loop.
     Meta,
+    /// Multi-task learning: shared layers and one head per task, trained on every task's
+    /// loss at once through a weighting method.
+    Mtl,
 }
 
 /// The spec as written; sections with variants are resolved by their own modules.
@@ -67,36 +75,11 @@ struct RawSpec {
     eval: EvalSpec,
 }
 
-impl RawSpec {
-    fn from_table(doc: &toml::Table) -> Result<RawSpec, toml::de::Error> {
-        toml::Value::Table(doc.clone()).try_into()
-    }
-}
-
 impl Spec {
     /// Parses `text` (named `source_name` in errors), applies `overrides` (`key.path=value`) in
     /// order and validates the result.
     pub fn parse(text: &str, source_name: &str, overrides: &[String]) -> Result<Spec, SpecError> {
-        let error = |location, message| SpecError::at(text, source_name, location, message);
-        let located = |e: toml::de::Error| {
-            error(
-                e.span().map(|span| line_col(text, span.start)),
-                e.message().trim().to_string(),
-            )
-        };
-        // The file alone must be well-formed (syntax, unknown fields, types) before overrides
-        // are applied, so that an error is blamed on the file or on the `--set` that caused it.
-        toml::from_str::<RawSpec>(text).map_err(located)?;
-        let mut doc: toml::Table = toml::from_str(text).map_err(located)?;
-        for assignment in overrides {
-            overrides::apply(&mut doc, assignment)
-                .map_err(|message| error(None, format!("--set {assignment}: {message}")))?;
-            RawSpec::from_table(&doc)
-                .map_err(|e| error(None, format!("--set {assignment}: {}", e.message().trim())))?;
-        }
-        let raw = RawSpec::from_table(&doc).expect("checked above");
-        Spec::resolve(raw)
-            .map_err(|invalid| SpecError::blame(text, source_name, overrides, invalid))
+        document::parse(text, source_name, overrides, Spec::resolve)
     }
 
     fn resolve(raw: RawSpec) -> Result<Spec, Invalid> {

@@ -1,6 +1,7 @@
 //! Conversions between wire messages and domain types, in one place: the rest of the code speaks domain types.
 
 mod dataset;
+mod mtl;
 mod setup;
 mod task;
 mod tensor;

@@ -27,6 +27,7 @@ impl From<&Setup> for v1::ExperimentSetup {
             model: Some((&setup.model).into()),
             algorithm: v1::Algorithm::from(setup.algorithm) as i32,
             inner_lr: setup.inner_lr,
+            mtl: None,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Task descriptors: `v1::TaskDescriptor` to and from `work::TaskDescriptor`.
 
 use super::WireError;
+use crate::mtl::RowBatch;
 use crate::v1;
 use crate::work::{Episode, SinusoidTask, Task, TaskDescriptor};
 
@@ -20,6 +21,11 @@ impl From<&TaskDescriptor> for v1::TaskDescriptor {
                     shots: e.shots,
                     queries: e.queries,
                     instances: e.instances.clone(),
+                }),
+                Task::Rows(r) => v1::task_descriptor::Task::Rows(v1::RowBatch {
+                    tasks: r.tasks.clone(),
+                    first: r.first,
+                    count: r.count,
                 }),
             }),
         }
@@ -42,6 +48,11 @@ impl TryFrom<&v1::TaskDescriptor> for TaskDescriptor {
                 shots: e.shots,
                 queries: e.queries,
                 instances: e.instances.clone(),
+            }),
+            v1::task_descriptor::Task::Rows(r) => Task::Rows(RowBatch {
+                tasks: r.tasks.clone(),
+                first: r.first,
+                count: r.count,
             }),
         };
         Ok(TaskDescriptor {
@@ -84,6 +95,19 @@ mod tests {
         assert_eq!(
             TaskDescriptor::try_from(&v1::TaskDescriptor::from(&e)),
             Ok(e)
+        );
+        let rows = TaskDescriptor {
+            index: 2,
+            data_seed: 5,
+            task: Task::Rows(RowBatch {
+                tasks: vec![0, 2],
+                first: 640,
+                count: 64,
+            }),
+        };
+        assert_eq!(
+            TaskDescriptor::try_from(&v1::TaskDescriptor::from(&rows)),
+            Ok(rows)
         );
         let empty = v1::TaskDescriptor::default();
         assert_eq!(

@@ -49,7 +49,7 @@ impl TaskSource for SinusoidFamily {
                     phase: s.phase,
                     data_seed: d.data_seed,
                 }),
-                Task::Episode(_) => Err(format!("task {} is not a sinusoid", d.index)),
+                _ => Err(format!("task {} is not a sinusoid", d.index)),
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(self.points(&tasks, kind, device))

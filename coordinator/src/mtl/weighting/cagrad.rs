@@ -25,7 +25,7 @@ const TOLERANCE: f64 = 1e-12;
 const MAX_ITERATIONS: usize = 10_000;
 
 /// What the direction is divided by at the end (LibMTL's `rescale` 0, 1 and 2).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rescale {
     /// Nothing (LibMTL `rescale = 0`).
@@ -37,7 +37,7 @@ pub enum Rescale {
     OnePlusC,
 }
 
-#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// The radius of the ball around the average gradient, as a fraction of its norm; the

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use super::saved_state::entry;
 use super::{check_input, Combination, StepInput, Weighting, WeightingError};
 
-#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// The softmax temperature `T`. Default 2: the paper's value and LibMTL's `--T` default.

@@ -24,7 +24,7 @@ use super::adam::{Adam, AdamNames};
 use super::saved_state::{entry, entry_or_empty};
 use super::{check_input, Combination, StepInput, Weighting, WeightingError};
 
-#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Adam's learning rate for the logits (the official `w_lr`). Default 0.025: the official

@@ -7,7 +7,7 @@
 
 use super::{check_input, Combination, StepInput, Weighting, WeightingError};
 
-#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Each task's loss weight, in task order: finite, non-negative, not all zero.

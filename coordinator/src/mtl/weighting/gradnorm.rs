@@ -27,7 +27,7 @@ use super::adam::{Adam, AdamNames};
 use super::saved_state::{entry, entry_or_empty};
 use super::{check_input, linalg, Combination, StepInput, Weighting, WeightingError};
 
-#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// The restoring-force strength `α`. Default 1.5: LibMTL's `--alpha` default and the

@@ -32,7 +32,7 @@ use rand_chacha::ChaCha8Rng;
 use super::linalg::{combine, gram, quadratic};
 use super::{check_input, Combination, StepInput, Weighting, WeightingError};
 
-#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// The moving average's step: `φ̂ ← (1 − beta) φ̂ + beta φ`; 0 keeps every target at 0,

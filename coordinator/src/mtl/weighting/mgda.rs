@@ -21,7 +21,7 @@ use super::min_norm::min_norm;
 use super::{check_input, Combination, StepInput, Weighting, WeightingError};
 
 /// What each task's gradient is divided by before the min-norm point is sought.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Normalization {
     /// The raw gradients: the paper's algorithm.
@@ -36,7 +36,7 @@ pub enum Normalization {
     LossPlus,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// `none | l2 | loss | loss+`, LibMTL's `mgda_gn`; default `none`, LibMTL's argument

@@ -102,7 +102,7 @@ pub enum WeightingError {
 }
 
 /// A weighting method with whatever state it carries from step to step.
-pub trait Weighting: Send {
+pub trait Weighting: Send + Sync {
     /// The name a spec uses for it (`method = "..."`).
     fn name(&self) -> &'static str;
 
@@ -126,7 +126,7 @@ pub trait Weighting: Send {
 /// is one of the names below and whose other keys are that method's settings (the defaults
 /// are the published ones; each method's file cites its source), e.g.
 /// `{ method = "cagrad", c = 0.4 }`.
-#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(tag = "method", deny_unknown_fields)]
 pub enum Method {
     #[serde(rename = "fixed")]
@@ -159,7 +159,7 @@ pub enum Method {
 
 /// The settings of a method without hyper-parameters: none, so that a stray key is an error
 /// (serde lets unit variants of a tagged enum ignore unknown keys).
-#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NoSettings {}
 

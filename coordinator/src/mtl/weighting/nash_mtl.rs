@@ -42,7 +42,7 @@ const TOLERANCE: f64 = 1e-12;
 /// The residual a solution that stopped improving must still meet to be taken.
 const SETTLED: f64 = 1e-9;
 
-#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Recompute the weights every this many steps and keep them in between. Default 1, the

@@ -19,7 +19,7 @@ use super::adam::{Adam, AdamNames};
 use super::saved_state::entry;
 use super::{check_input, Combination, StepInput, Weighting, WeightingError};
 
-#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Adam's learning rate for the log variances. Default 0.025: the learning rate the

@@ -1,16 +1,17 @@
-//! Runs one experiment: the outer loop of rounds, the outer update, evaluations and results.
+//! Meta-learning experiments: the outer loop over meta-batches, the outer update, evaluations and results.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io;
 use std::time::Instant;
 
+use outerloop_proto::f32s_to_bytes;
 use outerloop_proto::model::ParamLayout;
 use outerloop_proto::v1::{self, ExperimentSetup, Phase};
-use outerloop_proto::{f32s_to_bytes, ExperimentState};
 use serde_json::json;
 
-use crate::aggregate::{reduce, AggregateError};
-use crate::dispatch::{DatasetVersion, Dispatcher, RoundError, RoundInput};
+use super::{chunk_sizes, critical_compute, RunError, CHECKPOINT};
+use crate::aggregate::reduce;
+use crate::dispatch::{DatasetVersion, Dispatcher, RoundInput};
 use crate::optimizer::OuterOptimizer;
 use crate::registry::{Job, Registry};
 use crate::safetensors_file::{model_tensors, NamedTensor};
@@ -19,54 +20,20 @@ use crate::spec::Spec;
 use crate::stats::MeanCi;
 use crate::store::{EvalRecord, MetricsWriter};
 
-#[derive(Debug, thiserror::Error)]
-enum RunError {
-    #[error("cancelled")]
-    Cancelled,
-    #[error(transparent)]
-    Round(#[from] RoundError),
-    #[error("a worker returned a malformed result: {0}")]
-    Aggregate(#[from] AggregateError),
-    #[error("meta-loss became {loss} at step {step}; the run diverged (try a smaller meta.meta_lr or meta.inner_lr)")]
-    Diverged { step: u64, loss: f64 },
-    #[error("could not write results: {0}")]
-    Io(#[from] io::Error),
-    #[error("cannot sample its tasks: {0}")]
-    Sampling(String),
+/// Runs a meta-learning experiment from its checkpoint (if any) to its final evaluation.
+pub(super) async fn train(
+    job: &Job,
+    spec: &Spec,
+    registry: &Registry,
+    dispatcher: &Dispatcher,
+) -> Result<(), RunError> {
+    Run::new(job, spec, registry, dispatcher)?.train().await
 }
-
-/// Runs `job` to its end and records how it ended.
-pub async fn run(job: Job, registry: &Registry, dispatcher: &Dispatcher) {
-    let id = job.id.clone();
-    tracing::info!(%id, "experiment started");
-    let outcome = match Run::new(&job, registry, dispatcher) {
-        Ok(mut run) => run.train().await,
-        Err(e) => Err(e),
-    };
-    dispatcher.experiment_ended(&id);
-    let (state, error) = match &outcome {
-        Ok(()) => (ExperimentState::Finished, None),
-        Err(RunError::Cancelled) => (ExperimentState::Cancelled, None),
-        Err(e) => (ExperimentState::Failed, Some(e.to_string())),
-    };
-    match &error {
-        Some(e) => tracing::error!(%id, error = %e, "experiment failed"),
-        None => tracing::info!(%id, %state, "experiment ended"),
-    }
-    if let Err(e) = registry.update(&id, true, |r| {
-        r.state = state;
-        r.error = error;
-    }) {
-        tracing::error!(%id, error = %e, "could not record the end of the experiment");
-    }
-}
-
-/// Written after every periodic evaluation; a restarted coordinator resumes from it.
-const CHECKPOINT: &str = "checkpoint.safetensors";
 
 /// The state of one experiment's outer loop.
 struct Run<'a> {
     job: &'a Job,
+    spec: &'a Spec,
     registry: &'a Registry,
     dispatcher: &'a Dispatcher,
     layout: ParamLayout,
@@ -94,10 +61,10 @@ struct Start {
 impl<'a> Run<'a> {
     fn new(
         job: &'a Job,
+        spec: &'a Spec,
         registry: &'a Registry,
         dispatcher: &'a Dispatcher,
     ) -> Result<Self, RunError> {
-        let spec = &job.spec;
         let layout = spec.layout();
         let fresh = || Start {
             params: layout.init(sampling::init_seed(spec.seed)),
@@ -105,7 +72,7 @@ impl<'a> Run<'a> {
             step: 0,
             train_seconds: 0.0,
         };
-        let start = match resume(job, registry, &layout) {
+        let start = match resume(job, spec, registry, &layout) {
             Ok(Some(start)) => start,
             Ok(None) => fresh(),
             Err(e) => {
@@ -126,6 +93,7 @@ impl<'a> Run<'a> {
         })?;
         Ok(Run {
             job,
+            spec,
             registry,
             dispatcher,
             setup: (&spec.setup(&job.id)).into(),
@@ -144,7 +112,7 @@ impl<'a> Run<'a> {
     }
 
     fn spec(&self) -> &Spec {
-        &self.job.spec
+        self.spec
     }
 
     async fn train(&mut self) -> Result<(), RunError> {
@@ -173,7 +141,9 @@ impl<'a> Run<'a> {
             if !meta_loss.is_finite() || grad.iter().any(|g| !g.is_finite()) {
                 return Err(RunError::Diverged {
                     step: self.step + 1,
-                    loss: meta_loss,
+                    what: "meta-loss".into(),
+                    value: meta_loss,
+                    hint: "try a smaller meta.meta_lr or meta.inner_lr",
                 });
             }
             let lr = spec.meta.lr_at(self.step);
@@ -183,12 +153,7 @@ impl<'a> Run<'a> {
             self.train_seconds += step_seconds;
             let meta_accuracy = (!totals.accuracy_after.is_empty())
                 .then(|| MeanCi::of(&totals.accuracy_after).mean);
-            // The slowest worker's share of the round: what the round could not take less than.
-            let mut per_worker: HashMap<u64, f64> = HashMap::new();
-            for (result, worker) in out.results.iter().zip(&out.workers) {
-                *per_worker.entry(*worker).or_default() += result.compute_seconds;
-            }
-            let critical = per_worker.values().copied().fold(0.0, f64::max);
+            let (workers, critical) = critical_compute(&out);
             let mut line = json!({
                 "kind": "train",
                 "step": self.step,
@@ -198,7 +163,7 @@ impl<'a> Run<'a> {
                 "step_seconds": step_seconds,
                 "compute_seconds": totals.compute_seconds,
                 "critical_compute_seconds": critical,
-                "workers": per_worker.len(),
+                "workers": workers,
             });
             if let Some(accuracy) = meta_accuracy {
                 line["accuracy"] = json!(accuracy);
@@ -289,6 +254,8 @@ impl<'a> Run<'a> {
             accuracy_mean: classified.then_some(accuracy.mean),
             accuracy_ci95: classified.then_some(accuracy.ci95),
             accuracy_before_mean: classified.then(|| MeanCi::of(&totals.accuracy_before).mean),
+            task_scores: None,
+            delta_m_percent: None,
         };
         let mut line = serde_json::to_value(&record).map_err(io::Error::other)?;
         line["kind"] = json!(if record.r#final { "final_eval" } else { "eval" });
@@ -341,18 +308,17 @@ impl<'a> Run<'a> {
             inner_steps,
             chunks,
         };
-        tokio::select! {
-            out = self.dispatcher.run_round(input) => Ok(out?),
-            _ = self.job.cancel.cancelled() => {
-                self.dispatcher.abandon_round();
-                Err(RunError::Cancelled)
-            }
-        }
+        super::round(self.job, self.dispatcher, input).await
     }
 }
 
 /// The state saved by the last checkpoint of `job`, if it has one.
-fn resume(job: &Job, registry: &Registry, layout: &ParamLayout) -> Result<Option<Start>, String> {
+fn resume(
+    job: &Job,
+    spec: &Spec,
+    registry: &Registry,
+    layout: &ParamLayout,
+) -> Result<Option<Start>, String> {
     let Some(saved) = registry
         .store()
         .read_tensors(&job.id, CHECKPOINT)
@@ -379,7 +345,7 @@ fn resume(job: &Job, registry: &Registry, layout: &ParamLayout) -> Result<Option
             }
         }
     }
-    let mut optimizer = OuterOptimizer::new(&job.spec.meta, layout.param_count());
+    let mut optimizer = OuterOptimizer::new(&spec.meta, layout.param_count());
     optimizer.restore(number("optimizer_updates")? as u64, &saved.tensors)?;
     Ok(Some(Start {
         params,
@@ -387,25 +353,4 @@ fn resume(job: &Job, registry: &Registry, layout: &ParamLayout) -> Result<Option
         step: number("step")? as u64,
         train_seconds: number("train_seconds")?,
     }))
-}
-
-/// Sizes of the chunks a batch of `tasks` is cut into: `chunk` each, the last one smaller.
-fn chunk_sizes(tasks: u64, chunk: u64) -> Vec<usize> {
-    (0..tasks)
-        .step_by(chunk as usize)
-        .map(|start| chunk.min(tasks - start) as usize)
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_are_cut_into_fixed_size_chunks() {
-        assert_eq!(chunk_sizes(25, 10), [10, 10, 5]);
-        assert_eq!(chunk_sizes(25, 25), [25]);
-        assert_eq!(chunk_sizes(3, 5), [3]);
-        assert_eq!(chunk_sizes(4, 1), [1, 1, 1, 1]);
-    }
 }

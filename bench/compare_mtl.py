@@ -1,0 +1,162 @@
+"""outerloop against the plain-PyTorch reference on one multi-task step (PCGrad and MGDA).
+
+Runs, on this machine and in this one invocation:
+  1. two one-thread matrix multiplies at once in two processes, against one alone: the
+     machine's ceiling for two workers;
+  2. for each method (pcgrad, mgda):
+     a. bench/mtl_torch.py: the workload written the usual way (one backward per task for each
+        task's gradient of the shared layers, then the method), one thread;
+     b. outerloop: a coordinator and one worker process (one libtorch thread);
+     c. outerloop with two worker processes (unless --skip-two-workers).
+The workload is configs/mtl_gradnorm.toml's with larger shared layers: GradNorm's regression
+data with 10 tasks (250 inputs, 100 outputs each), shared layers 250 -> 1000 -> 750 with ReLU
+(about 1M parameters), one Linear head per task, MSE, 100 fresh rows per step, Adam 0.001,
+for --steps steps. outerloop cuts each step's rows into chunks of 50 (one per worker with two
+workers). Prints steps/s (the first steps left out as warm-up), the ratio against the
+reference, the step's time, the slowest worker's compute time in it, and the time in the
+weighting method with its share of the step; then 2 workers against 1 beside the matrix
+multiplies' scaling. Targets: the method under 10% of the step, 1 worker at least as fast as
+the reference, 2 workers at least 1.7x one. Writes the figures to bench/results/mtl-<steps>.json.
+
+Usage (from the repository root, after `make build`):
+    python bench/compare_mtl.py --steps 200
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+from cluster import Cluster, step_split, train_mean
+from compare_fewshot import concurrent_matmul_scaling
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEC = os.path.join(ROOT, "configs", "mtl_gradnorm.toml")
+METHODS = ("pcgrad", "mgda")
+INPUTS = 250  # configs/mtl_gradnorm.toml's data.inputs
+HIDDEN = [1000, 750]
+BATCH = 100
+CHUNK_ROWS = 50
+# Steps left out of the means: the first ones allocate and fill caches.
+WARMUP = 5
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "outerloop"))
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help="comma-separated, from " + ", ".join(METHODS))
+    p.add_argument("--skip-two-workers", action="store_true")
+    p.add_argument("--skip-reference", action="store_true")
+    args = p.parse_args()
+    args.methods = [m for m in args.methods.split(",") if m]
+    if not args.methods or any(m not in METHODS for m in args.methods):
+        p.error(f"--methods takes a comma-separated list from {', '.join(METHODS)}")
+    if args.steps <= WARMUP:
+        p.error(f"--steps must be above the {WARMUP} warm-up steps")
+    return args
+
+
+def run_reference(args, method):
+    cmd = [sys.executable, os.path.join(ROOT, "bench", "mtl_torch.py"), "--method", method,
+           "--steps", str(args.steps), "--warmup", str(WARMUP), "--batch", str(BATCH),
+           "--hidden", ",".join(map(str, HIDDEN)), "--threads", "1"]
+    out = json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE,
+                                    text=True).stdout.strip().splitlines()[-1])
+    return {
+        "impl": "pytorch reference (per-task backward)",
+        "method": method,
+        "workers": None,
+        "steps_per_s": out["steps_per_s"],
+        "step_ms": out["step_ms"],
+        "worker_compute_ms": None,
+        "weighting_ms": out["method_ms"],
+        "weighting_share": out["method_ms"] / out["step_ms"],
+        "final_losses": out["final_losses"],
+    }
+
+
+def run_outerloop(args, method, workers):
+    """Coordinator + `workers` worker processes on loopback; returns the step's timings."""
+    overrides = [f'weighting.method="{method}"', f"model.hidden={HIDDEN}",
+                 f"train.steps={args.steps}", f"train.batch={BATCH}",
+                 f"train.chunk_rows={CHUNK_ROWS}", f"eval.every={args.steps}",
+                 f"eval.rows={BATCH}", f"eval.final_rows={BATCH}"]
+    with Cluster(args.binary, workers) as cluster:
+        exp = cluster.submit(SPEC, overrides)
+        cluster.watch(exp)
+        status, metrics = cluster.status(exp), cluster.metrics(exp)
+    if status["state"] != "finished":
+        raise SystemExit(f"outerloop ({method}, {workers} workers) ended {status['state']}: "
+                         f"{status.get('error')}")
+    step, critical = step_split(metrics, WARMUP)
+    weighting = train_mean(metrics, "weighting_seconds", WARMUP)
+    last = [m for m in metrics if m["kind"] == "train"][-1]
+    return {
+        "impl": f"outerloop ({workers} worker{'s' if workers > 1 else ''})",
+        "method": method,
+        "workers": workers,
+        "workers_used": train_mean(metrics, "workers", WARMUP),
+        "steps_per_s": 1 / step,
+        "step_ms": step * 1e3,
+        "worker_compute_ms": critical * 1e3,
+        "weighting_ms": weighting * 1e3,
+        "weighting_share": weighting / step,
+        "final_losses": last["task_losses"],
+    }
+
+
+def main():
+    args = parse_args()
+    matmul_scaling = concurrent_matmul_scaling()
+    print(f"two one-thread matrix multiplies at once, in two processes: {matmul_scaling:.2f}x "
+          "one", file=sys.stderr)
+    rows = []
+    for method in args.methods:
+        if not args.skip_reference:
+            print(f"{method}: running the plain-PyTorch reference for {args.steps} steps...",
+                  file=sys.stderr)
+            rows.append(run_reference(args, method))
+        for workers in (1,) if args.skip_two_workers else (1, 2):
+            print(f"{method}: running outerloop, {workers} worker(s), for {args.steps} "
+                  "steps...", file=sys.stderr)
+            rows.append(run_outerloop(args, method, workers))
+
+    widths = [INPUTS] + HIDDEN
+    shared = sum((a + 1) * b for a, b in zip(widths, HIDDEN))
+    print(f"\nMTL step: GradNorm regression, 10 tasks, shared layers "
+          f"{'-'.join(map(str, widths))} ({shared / 1e6:.2f}M parameters), batch {BATCH}, "
+          f"{args.steps} steps (first {WARMUP} left out), 1 libtorch thread per process")
+    print(f"{'method':<7} {'implementation':<38} {'steps/s':>8} {'ratio':>6} {'step ms':>8} "
+          f"{'compute':>8} {'weighting ms':>12} {'share':>6}")
+    for method in args.methods:
+        mine = [r for r in rows if r["method"] == method]
+        base = None if args.skip_reference else mine[0]["steps_per_s"]
+        for r in mine:
+            ratio = f"{r['steps_per_s'] / base:.2f}x" if base else "-"
+            compute = (f"{r['worker_compute_ms']:.1f}" if r["worker_compute_ms"] is not None
+                       else "-")
+            print(f"{method:<7} {r['impl']:<38} {r['steps_per_s']:>8.2f} {ratio:>6} "
+                  f"{r['step_ms']:>8.1f} {compute:>8} {r['weighting_ms']:>12.2f} "
+                  f"{100 * r['weighting_share']:>5.1f}%")
+    if not args.skip_two_workers:
+        print()
+        for method in args.methods:
+            one, two = (next(r for r in rows if r["method"] == method and r["workers"] == n)
+                        for n in (1, 2))
+            print(f"{method} 2 workers / 1 worker: {two['steps_per_s'] / one['steps_per_s']:.2f}x "
+                  f"(two one-thread matrix multiplies at once: {matmul_scaling:.2f}x one)")
+    print("targets: weighting under 10% of the step, 1 worker at least the reference's "
+          "steps/s, 2 workers at least 1.7x one")
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    out = os.path.join(ROOT, "bench", "results", f"mtl-{args.steps}.json")
+    with open(out, "w") as f:
+        json.dump({"steps": args.steps, "warmup": WARMUP, "batch": BATCH, "hidden": HIDDEN,
+                   "chunk_rows": CHUNK_ROWS, "matmul_two_process_scaling": matmul_scaling,
+                   "rows": rows}, f, indent=2)
+    print(f"\nwritten to {os.path.relpath(out, ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

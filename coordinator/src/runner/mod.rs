@@ -1,0 +1,116 @@
+//! Runs one experiment to its end: the loop that every kind shares (rounds of chunks, cancellation, how a run ends), with each kind's plan, reduction and update in its own module.
+
+mod meta;
+mod mtl;
+
+use std::collections::HashMap;
+use std::io;
+
+use outerloop_proto::ExperimentState;
+
+use crate::aggregate::AggregateError;
+use crate::dispatch::{Dispatcher, RoundError, RoundInput, RoundOutput};
+use crate::registry::{Job, Registry};
+use crate::spec::ExperimentSpec;
+
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error("cancelled")]
+    Cancelled,
+    #[error(transparent)]
+    Round(#[from] RoundError),
+    #[error("a worker returned a malformed result: {0}")]
+    Aggregate(#[from] AggregateError),
+    #[error("{what} became {value} at step {step}; the run diverged ({hint})")]
+    Diverged {
+        step: u64,
+        what: String,
+        value: f64,
+        hint: &'static str,
+    },
+    #[error("the weighting method refused step {step}: {source}; the run diverged or a worker sent bad values (try a smaller train.lr)")]
+    Weighting {
+        step: u64,
+        source: crate::mtl::weighting::WeightingError,
+    },
+    #[error("could not write results: {0}")]
+    Io(#[from] io::Error),
+    #[error("cannot sample its tasks: {0}")]
+    Sampling(String),
+}
+
+/// Runs `job` to its end and records how it ended.
+pub async fn run(job: Job, registry: &Registry, dispatcher: &Dispatcher) {
+    let id = job.id.clone();
+    tracing::info!(%id, "experiment started");
+    let outcome = match &job.spec {
+        ExperimentSpec::Meta(spec) => meta::train(&job, spec, registry, dispatcher).await,
+        ExperimentSpec::Mtl(spec) => mtl::train(&job, spec, registry, dispatcher).await,
+    };
+    dispatcher.experiment_ended(&id);
+    let (state, error) = match &outcome {
+        Ok(()) => (ExperimentState::Finished, None),
+        Err(RunError::Cancelled) => (ExperimentState::Cancelled, None),
+        Err(e) => (ExperimentState::Failed, Some(e.to_string())),
+    };
+    match &error {
+        Some(e) => tracing::error!(%id, error = %e, "experiment failed"),
+        None => tracing::info!(%id, %state, "experiment ended"),
+    }
+    if let Err(e) = registry.update(&id, true, |r| {
+        r.state = state;
+        r.error = error;
+    }) {
+        tracing::error!(%id, error = %e, "could not record the end of the experiment");
+    }
+}
+
+/// Written after every periodic evaluation; a restarted coordinator resumes from it.
+const CHECKPOINT: &str = "checkpoint.safetensors";
+
+/// Dispatches one round of `job`; stops early when the job is cancelled.
+async fn round(
+    job: &Job,
+    dispatcher: &Dispatcher,
+    input: RoundInput,
+) -> Result<RoundOutput, RunError> {
+    tokio::select! {
+        out = dispatcher.run_round(input) => Ok(out?),
+        _ = job.cancel.cancelled() => {
+            dispatcher.abandon_round();
+            Err(RunError::Cancelled)
+        }
+    }
+}
+
+/// The compute seconds of each worker in a round, and the largest of them: the slowest
+/// worker's share is what the round could not take less than.
+fn critical_compute(out: &RoundOutput) -> (usize, f64) {
+    let mut per_worker: HashMap<u64, f64> = HashMap::new();
+    for (result, worker) in out.results.iter().zip(&out.workers) {
+        *per_worker.entry(*worker).or_default() += result.compute_seconds;
+    }
+    let critical = per_worker.values().copied().fold(0.0, f64::max);
+    (per_worker.len(), critical)
+}
+
+/// Sizes of the chunks a batch of `items` is cut into: `chunk` each, the last one smaller.
+fn chunk_sizes(items: u64, chunk: u64) -> Vec<usize> {
+    (0..items)
+        .step_by(chunk as usize)
+        .map(|start| chunk.min(items - start) as usize)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_cut_into_fixed_size_chunks() {
+        assert_eq!(chunk_sizes(25, 10), [10, 10, 5]);
+        assert_eq!(chunk_sizes(25, 25), [25]);
+        assert_eq!(chunk_sizes(3, 5), [3]);
+        assert_eq!(chunk_sizes(4, 1), [1, 1, 1, 1]);
+    }
+}

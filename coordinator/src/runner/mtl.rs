@@ -1,0 +1,471 @@
+//! Multi-task experiments: each step's rows cut into chunks, every task's gradients reduced in chunk order, combined by the weighting method, then one update of shared layers and heads.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::time::Instant;
+
+use outerloop_proto::f32s_to_bytes;
+use outerloop_proto::model::ParamLayout;
+use outerloop_proto::mtl::{MtlSetup, RowBatch};
+use outerloop_proto::v1::{self, ExperimentSetup, Phase};
+use outerloop_proto::work::{Task, TaskDescriptor};
+use serde_json::json;
+
+use super::{chunk_sizes, critical_compute, RunError, CHECKPOINT};
+use crate::dispatch::{Dispatcher, RoundInput, RoundOutput};
+use crate::mtl::delta_m::delta_m_percent;
+use crate::mtl::reduce::{reduce_tasks, Expected, TaskSums};
+use crate::mtl::weighting::{StepInput, Weighting};
+use crate::optimizer::OuterOptimizer;
+use crate::registry::{Job, Registry};
+use crate::safetensors_file::{model_tensors, NamedTensor};
+use crate::sampling::{self, Split};
+use crate::spec::MtlSpec;
+use crate::store::{EvalRecord, MetricsWriter, TaskScore};
+
+/// Checkpoint metadata key of the weighting method's state.
+const WEIGHTING_STATE: &str = "weighting_state";
+
+/// Runs a multi-task experiment from its checkpoint (if any) to its final evaluation.
+pub(super) async fn train(
+    job: &Job,
+    spec: &MtlSpec,
+    registry: &Registry,
+    dispatcher: &Dispatcher,
+) -> Result<(), RunError> {
+    Run::new(job, spec, registry, dispatcher)?.train().await
+}
+
+/// The state of one multi-task run.
+struct Run<'a> {
+    job: &'a Job,
+    spec: &'a MtlSpec,
+    registry: &'a Registry,
+    dispatcher: &'a Dispatcher,
+    setup: MtlSetup,
+    /// The set-up in its wire form, built once: every round carries it.
+    wire_setup: ExperimentSetup,
+    layout: ParamLayout,
+    /// The values of each task's head, in task order.
+    head_lens: Vec<usize>,
+    params: Vec<f32>,
+    optimizer: OuterOptimizer,
+    weighting: Box<dyn Weighting>,
+    /// Steps done; also the parameter version workers cache by.
+    step: u64,
+    train_seconds: f64,
+    metrics: MetricsWriter,
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        job: &'a Job,
+        spec: &'a MtlSpec,
+        registry: &'a Registry,
+        dispatcher: &'a Dispatcher,
+    ) -> Result<Self, RunError> {
+        let setup = spec.setup(&job.id);
+        let layout = setup.layout();
+        let start = match resume(job, spec, registry, &layout) {
+            Ok(Some(start)) => start,
+            Ok(None) => Start::fresh(spec, &layout),
+            Err(e) => {
+                // Starting over gives the same result (everything is deterministic), only later.
+                tracing::warn!(id = %job.id, error = %e, "unusable checkpoint; starting from step 0");
+                Start::fresh(spec, &layout)
+            }
+        };
+        let (metrics, last_eval) = registry.store().metrics_writer(&job.id, start.step)?;
+        let (step, seconds, rows) = (start.step, start.train_seconds, spec.train.batch as u64);
+        registry.update(&job.id, true, |r| {
+            r.step = step;
+            r.tasks_done = step * rows;
+            r.train_seconds = seconds;
+            r.last_eval = last_eval;
+        })?;
+        Ok(Run {
+            job,
+            spec,
+            registry,
+            dispatcher,
+            wire_setup: (&setup).into(),
+            head_lens: (0..setup.tasks.len())
+                .map(|t| setup.head_range(t).len())
+                .collect(),
+            params: start.params,
+            optimizer: start.optimizer,
+            weighting: start.weighting,
+            step: start.step,
+            train_seconds: start.train_seconds,
+            metrics,
+            setup,
+            layout,
+        })
+    }
+
+    async fn train(&mut self) -> Result<(), RunError> {
+        let spec = self.spec;
+        if self.step == 0 {
+            self.evaluate(Split::Eval).await?;
+        } else {
+            tracing::info!(id = %self.job.id, step = self.step, "resuming from the checkpoint");
+        }
+        let batch = spec.train.batch as u64;
+        let sizes = chunk_sizes(batch, spec.train.chunk_rows as u64);
+        while self.step < spec.train.steps {
+            let started = Instant::now();
+            // Step s trains on rows [s * batch, (s + 1) * batch) of the training stream.
+            let chunks = self.descriptors(Split::Train, self.step * batch, &sizes);
+            let out = self.round(Phase::Train, chunks).await?;
+            let sums = reduce_tasks(&out.results, self.expected(true))?;
+            let (losses, metrics) = means(&sums, batch);
+            // The mean loss's gradients: every sum is over the batch's rows.
+            let scale = 1.0 / batch as f32;
+            let gradients: Vec<Vec<f32>> = sums
+                .iter()
+                .map(|s| s.shared_grad.iter().map(|g| g * scale).collect())
+                .collect();
+            let weighting_started = Instant::now();
+            let input = StepInput {
+                step: self.step,
+                losses: &losses,
+                gradients: &gradients,
+                rng_key: sampling::task_key(spec.seed, Split::Train, self.step, u64::MAX),
+            };
+            let combination =
+                self.weighting
+                    .combine(&input)
+                    .map_err(|source| RunError::Weighting {
+                        step: self.step + 1,
+                        source,
+                    })?;
+            let weighting_seconds = weighting_started.elapsed().as_secs_f64();
+            let grad =
+                self.full_gradient(&combination.shared, &combination.head_scale, &sums, scale);
+            // Checked before the update, so that diverged values never reach the parameters.
+            if let Some(bad) = grad.iter().find(|g| !g.is_finite()) {
+                return Err(RunError::Diverged {
+                    step: self.step + 1,
+                    what: "the combined gradient".into(),
+                    value: *bad as f64,
+                    hint: "try a smaller train.lr",
+                });
+            }
+            self.optimizer.step(&mut self.params, &grad, spec.train.lr);
+            self.step += 1;
+            let step_seconds = started.elapsed().as_secs_f64();
+            self.train_seconds += step_seconds;
+            let (workers, critical) = critical_compute(&out);
+            let mean_loss = losses.iter().sum::<f64>() / losses.len() as f64;
+            let record: serde_json::Map<String, serde_json::Value> = combination
+                .record
+                .iter()
+                .map(|(name, values)| (name.to_string(), json!(values)))
+                .collect();
+            self.metrics.append(&json!({
+                "kind": "train",
+                "step": self.step,
+                "loss": mean_loss,
+                "task_losses": losses,
+                "task_metrics": metrics,
+                "weighting": record,
+                "lr": spec.train.lr,
+                "step_seconds": step_seconds,
+                "weighting_seconds": weighting_seconds,
+                "compute_seconds": out.results.iter().map(|r| r.compute_seconds).sum::<f64>(),
+                "critical_compute_seconds": critical,
+                "workers": workers,
+            }))?;
+            let (step, train_seconds) = (self.step, self.train_seconds);
+            self.registry.update(&self.job.id, false, |r| {
+                r.step = step;
+                r.tasks_done = step * batch;
+                r.train_seconds = train_seconds;
+                r.meta_loss = Some(mean_loss);
+            })?;
+            if self.step.is_multiple_of(spec.eval.every) {
+                self.evaluate(Split::Eval).await?;
+                self.checkpoint()?;
+            }
+        }
+        let last = self.evaluate(Split::Final).await?;
+        let mut metadata = BTreeMap::from([
+            ("experiment".to_string(), self.job.id.clone()),
+            ("name".to_string(), spec.name.clone()),
+            ("step".to_string(), self.step.to_string()),
+            (
+                "final_eval_loss_mean".to_string(),
+                last.loss_mean.to_string(),
+            ),
+        ]);
+        if let Some(delta) = last.delta_m_percent {
+            metadata.insert("final_eval_delta_m_percent".into(), delta.to_string());
+        }
+        let tensors = model_tensors(&self.layout, &self.params);
+        let path = self.registry.store().write_tensors(
+            &self.job.id,
+            "final.safetensors",
+            &tensors,
+            &metadata,
+        )?;
+        tracing::info!(id = %self.job.id, path = %path.display(), "final parameters written");
+        Ok(())
+    }
+
+    /// The update's gradient in layout order: the weighting's shared direction, then each
+    /// task's head gradient (a mean over the batch) scaled as the method says.
+    fn full_gradient(
+        &self,
+        shared: &[f32],
+        head_scale: &[f64],
+        sums: &[TaskSums],
+        scale: f32,
+    ) -> Vec<f32> {
+        let mut grad = vec![0.0; self.layout.param_count()];
+        grad[..shared.len()].copy_from_slice(shared);
+        for (task, (sum, &weight)) in sums.iter().zip(head_scale).enumerate() {
+            let range = self.setup.head_range(task);
+            let factor = (weight * scale as f64) as f32;
+            for (g, &h) in grad[range].iter_mut().zip(&sum.head_grad) {
+                *g = h * factor;
+            }
+        }
+        grad
+    }
+
+    fn expected(&self, train: bool) -> Expected<'_> {
+        Expected {
+            shared_len: self.setup.shared_len(),
+            head_lens: &self.head_lens,
+            train,
+        }
+    }
+
+    /// Scores the validation rows (`Split::Eval`, the same rows every time) or the test rows
+    /// (`Split::Final`) and records each task's loss and metric.
+    async fn evaluate(&mut self, split: Split) -> Result<EvalRecord, RunError> {
+        let spec = self.spec;
+        let rows = match split {
+            Split::Final => spec.eval.final_rows,
+            _ => spec.eval.rows,
+        } as u64;
+        let sizes = chunk_sizes(rows, spec.eval.chunk_rows as u64);
+        let chunks = self.descriptors(split, 0, &sizes);
+        let out = self.round(Phase::Eval, chunks).await?;
+        let sums = reduce_tasks(&out.results, self.expected(false))?;
+        let (losses, metrics) = means(&sums, rows);
+        let names = spec.task_names();
+        let delta_m_percent = spec.eval.baselines.as_ref().map(|baselines| {
+            let base: Vec<f64> = names.iter().map(|n| baselines[n]).collect();
+            let higher: Vec<bool> = self
+                .setup
+                .tasks
+                .iter()
+                .map(|t| t.loss.higher_is_better())
+                .collect();
+            delta_m_percent(&metrics, &base, &higher)
+        });
+        let mean_loss = losses.iter().sum::<f64>() / losses.len() as f64;
+        let record = EvalRecord {
+            step: self.step,
+            loss_mean: mean_loss,
+            loss_ci95: f64::NAN,
+            tasks: rows,
+            loss_before_mean: f64::NAN,
+            r#final: split == Split::Final,
+            accuracy_mean: None,
+            accuracy_ci95: None,
+            accuracy_before_mean: None,
+            task_scores: Some(
+                names
+                    .into_iter()
+                    .zip(losses.iter().zip(&metrics))
+                    .map(|(task, (&loss, &metric))| TaskScore { task, loss, metric })
+                    .collect(),
+            ),
+            delta_m_percent,
+        };
+        let mut line = serde_json::to_value(&record).map_err(io::Error::other)?;
+        line["kind"] = json!(if record.r#final { "final_eval" } else { "eval" });
+        line.as_object_mut().map(|l| l.remove("final"));
+        self.metrics.append(&line)?;
+        self.metrics.flush()?;
+        tracing::info!(id = %self.job.id, step = self.step, loss = mean_loss, delta_m = ?delta_m_percent, rows, final_eval = record.r#final, "evaluated");
+        let stored = record.clone();
+        self.registry.update(&self.job.id, true, |r| {
+            if stored.r#final {
+                r.final_eval = Some(stored.clone());
+            }
+            r.last_eval = Some(stored);
+        })?;
+        Ok(record)
+    }
+
+    /// Chunks of `sizes` rows from row `first` of `split`'s stream, each scored for every task.
+    fn descriptors(
+        &self,
+        split: Split,
+        first: u64,
+        sizes: &[usize],
+    ) -> Vec<Vec<v1::TaskDescriptor>> {
+        let stream = sampling::row_stream(self.spec.seed, split);
+        let tasks: Vec<u32> = (0..self.setup.tasks.len() as u32).collect();
+        let mut next = first;
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(index, &count)| {
+                let descriptor = TaskDescriptor {
+                    index: index as u64,
+                    data_seed: stream,
+                    task: Task::Rows(RowBatch {
+                        tasks: tasks.clone(),
+                        first: next,
+                        count: count as u32,
+                    }),
+                };
+                next += count as u64;
+                vec![(&descriptor).into()]
+            })
+            .collect()
+    }
+
+    async fn round(
+        &self,
+        phase: Phase,
+        chunks: Vec<Vec<v1::TaskDescriptor>>,
+    ) -> Result<RoundOutput, RunError> {
+        let input = RoundInput {
+            setup: self.wire_setup.clone(),
+            dataset: None,
+            version: self.step,
+            params: f32s_to_bytes(&self.params),
+            phase,
+            inner_steps: 0,
+            chunks,
+        };
+        super::round(self.job, self.dispatcher, input).await
+    }
+
+    /// Saves what resuming needs: parameters, optimizer and weighting state, step and time.
+    fn checkpoint(&mut self) -> Result<(), RunError> {
+        // Metrics up to this step must be on disk before the checkpoint claims them.
+        self.metrics.flush()?;
+        let (updates, buffers) = self.optimizer.state();
+        let mut tensors = model_tensors(&self.layout, &self.params);
+        tensors.extend(buffers.into_iter().map(|(name, values)| NamedTensor {
+            name: name.to_string(),
+            shape: vec![values.len()],
+            values,
+        }));
+        // The weighting state is f64 and must resume bit-exactly: its values travel as bits.
+        let weighting: BTreeMap<&str, Vec<u64>> = self
+            .weighting
+            .state()
+            .into_iter()
+            .map(|(name, values)| (name, values.iter().map(|v| v.to_bits()).collect()))
+            .collect();
+        let metadata = BTreeMap::from([
+            ("step".to_string(), self.step.to_string()),
+            ("optimizer_updates".to_string(), updates.to_string()),
+            ("train_seconds".to_string(), self.train_seconds.to_string()),
+            (
+                WEIGHTING_STATE.to_string(),
+                serde_json::to_string(&weighting).map_err(io::Error::other)?,
+            ),
+        ]);
+        self.registry
+            .store()
+            .write_tensors(&self.job.id, CHECKPOINT, &tensors, &metadata)?;
+        Ok(())
+    }
+}
+
+/// Where a run starts: from scratch, or from the last checkpoint of an interrupted run.
+struct Start {
+    params: Vec<f32>,
+    optimizer: OuterOptimizer,
+    weighting: Box<dyn Weighting>,
+    step: u64,
+    train_seconds: f64,
+}
+
+impl Start {
+    fn fresh(spec: &MtlSpec, layout: &ParamLayout) -> Start {
+        let train = &spec.train;
+        Start {
+            params: layout.init(sampling::init_seed(spec.seed)),
+            optimizer: OuterOptimizer::with(
+                train.optimizer,
+                train.momentum,
+                train.betas,
+                train.eps,
+                layout.param_count(),
+            ),
+            weighting: spec.weighting.build(spec.task_names().len()),
+            step: 0,
+            train_seconds: 0.0,
+        }
+    }
+}
+
+/// The state saved by the last checkpoint of `job`, if it has one.
+fn resume(
+    job: &Job,
+    spec: &MtlSpec,
+    registry: &Registry,
+    layout: &ParamLayout,
+) -> Result<Option<Start>, String> {
+    let Some(saved) = registry
+        .store()
+        .read_tensors(&job.id, CHECKPOINT)
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    let metadata = |key: &str| {
+        saved
+            .metadata
+            .get(key)
+            .ok_or_else(|| format!("checkpoint metadata lacks {key}"))
+    };
+    let number = |key: &str| -> Result<f64, String> {
+        metadata(key)?
+            .parse()
+            .map_err(|_| format!("checkpoint metadata {key} is not a number"))
+    };
+    let mut start = Start::fresh(spec, layout);
+    start.params.clear();
+    for slot in &layout.slots {
+        match saved.tensors.get(&slot.name) {
+            Some(values) if values.len() == slot.len() => start.params.extend_from_slice(values),
+            _ => {
+                return Err(format!(
+                    "checkpoint tensor {} is missing or of the wrong size",
+                    slot.name
+                ))
+            }
+        }
+    }
+    start
+        .optimizer
+        .restore(number("optimizer_updates")? as u64, &saved.tensors)?;
+    let bits: BTreeMap<String, Vec<u64>> = serde_json::from_str(metadata(WEIGHTING_STATE)?)
+        .map_err(|e| format!("checkpoint weighting state: {e}"))?;
+    let state = bits
+        .into_iter()
+        .map(|(name, values)| (name, values.into_iter().map(f64::from_bits).collect()))
+        .collect();
+    start.weighting.restore(&state)?;
+    start.step = number("step")? as u64;
+    start.train_seconds = number("train_seconds")?;
+    Ok(Some(start))
+}
+
+/// Each task's mean loss and metric over `rows` rows.
+fn means(sums: &[TaskSums], rows: u64) -> (Vec<f64>, Vec<f64>) {
+    let rows = rows as f64;
+    sums.iter()
+        .map(|s| (s.loss_sum / rows, s.metric_sum / rows))
+        .unzip()
+}

@@ -1,0 +1,517 @@
+//! Multi-task specs (`kind = "mtl"`): the data and its tasks, the shared layers, training, the weighting method, and evaluation.
+
+use std::collections::BTreeMap;
+
+use outerloop_proto::model::{Mlp, ParamLayout};
+use outerloop_proto::mtl::{GradNormData, MtlData, MtlSetup, MtlTask, TaskLoss};
+use serde::{Deserialize, Serialize};
+
+use super::error::{out_of_range, Invalid, SpecError};
+use super::meta::OptimizerKind;
+use super::{ExperimentKind, MAX_CHUNK_VALUES, MAX_PARAMS};
+use crate::mtl::weighting::Method;
+
+/// Most tasks in one multi-task experiment.
+pub const MAX_MTL_TASKS: usize = 256;
+/// Most rows in one step's batch or one evaluation.
+const MAX_ROWS: u32 = 10_000_000;
+
+/// A fully resolved multi-task spec.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MtlSpec {
+    pub name: String,
+    pub seed: u64,
+    /// Always `mtl`; written so that the stored spec reads back as what it is.
+    pub kind: ExperimentKind,
+    pub data: MtlDataSpec,
+    pub model: SharedSpec,
+    pub train: TrainSpec,
+    pub weighting: Method,
+    pub eval: MtlEvalSpec,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMtlSpec {
+    name: String,
+    seed: u64,
+    #[allow(dead_code)]
+    kind: ExperimentKind,
+    data: MtlDataSpec,
+    model: SharedSpec,
+    train: TrainSpec,
+    weighting: Method,
+    eval: MtlEvalSpec,
+}
+
+/// `[data]`: where the rows come from, which fixes the tasks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "family", rename_all = "lowercase", deny_unknown_fields)]
+pub enum MtlDataSpec {
+    /// GradNorm's regression family (Chen et al. 2018, section 4): one task per entry of
+    /// `sigmas`, task `i`'s target `sigmas[i] * tanh((B + eps_i) x)`, named `t0`, `t1`, ...
+    #[serde(rename = "gradnorm")]
+    GradNorm {
+        sigmas: Vec<f32>,
+        /// The family's tasks this experiment trains, by index into `sigmas` (a single-task
+        /// baseline names one); all of them when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tasks: Option<Vec<u32>>,
+        #[serde(default = "default_inputs")]
+        inputs: u32,
+        #[serde(default = "default_outputs")]
+        outputs: u32,
+    },
+}
+
+fn default_inputs() -> u32 {
+    250
+}
+fn default_outputs() -> u32 {
+    100
+}
+
+/// `[model]`: the shared layers; every task's head is a Linear layer on their output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SharedSpec {
+    /// Linear layers of the given widths, ReLU after each; the last width is the
+    /// representation the heads read (hard parameter sharing).
+    Mlp { hidden: Vec<u32> },
+}
+
+/// `[train]`: the batch, how it is cut, and the optimizer of shared layers and heads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    pub steps: u64,
+    /// Rows per step; every task is scored on the same rows.
+    pub batch: u32,
+    /// Rows per work chunk. Fixed by the spec, never by the number of workers, so that the
+    /// order in which chunks are added (and so the result) does not depend on them.
+    #[serde(default = "default_chunk_rows")]
+    pub chunk_rows: u32,
+    pub optimizer: OptimizerKind,
+    pub lr: f32,
+    /// SGD momentum (ignored by Adam).
+    #[serde(default)]
+    pub momentum: f32,
+    #[serde(default = "default_betas")]
+    pub betas: [f32; 2],
+    #[serde(default = "default_eps")]
+    pub eps: f32,
+}
+
+fn default_chunk_rows() -> u32 {
+    64
+}
+fn default_betas() -> [f32; 2] {
+    [0.9, 0.999]
+}
+fn default_eps() -> f32 {
+    1e-8
+}
+
+/// `[eval]`: held-out rows scored every `every` steps and at the end.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtlEvalSpec {
+    pub every: u64,
+    /// Validation rows of each periodic evaluation (the same rows each time).
+    pub rows: u32,
+    /// Test rows of the final evaluation.
+    pub final_rows: u32,
+    #[serde(default = "default_eval_chunk_rows")]
+    pub chunk_rows: u32,
+    /// Each task's test metric in a single-task baseline run, by task name: when given, the
+    /// final evaluation reports Δm%, the mean relative change against them (as LibMTL does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baselines: Option<BTreeMap<String, f64>>,
+}
+
+fn default_eval_chunk_rows() -> u32 {
+    1024
+}
+
+impl MtlSpec {
+    pub fn parse(text: &str, source_name: &str, overrides: &[String]) -> Result<Self, SpecError> {
+        super::document::parse(text, source_name, overrides, MtlSpec::resolve)
+    }
+
+    fn resolve(raw: RawMtlSpec) -> Result<MtlSpec, Invalid> {
+        if raw.name.trim().is_empty() {
+            return Err(out_of_range("name", &raw.name, "must not be empty"));
+        }
+        let spec = MtlSpec {
+            name: raw.name,
+            seed: raw.seed,
+            kind: ExperimentKind::Mtl,
+            data: raw.data,
+            model: raw.model,
+            train: raw.train,
+            weighting: raw.weighting,
+            eval: raw.eval,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        let MtlDataSpec::GradNorm {
+            sigmas,
+            tasks,
+            inputs,
+            outputs,
+        } = &self.data;
+        if let Some(tasks) = tasks {
+            let family = sigmas.len() as u32;
+            let mut seen = std::collections::BTreeSet::new();
+            if tasks.is_empty() {
+                return Err(out_of_range(
+                    "data.tasks",
+                    tasks,
+                    "name at least one task, or leave it out for all",
+                ));
+            }
+            if let Some(bad) = tasks.iter().find(|&&t| t >= family || !seen.insert(t)) {
+                return Err(out_of_range(
+                    "data.tasks",
+                    bad,
+                    &format!("each must be a distinct index into data.sigmas, below {family}"),
+                ));
+            }
+        }
+        if sigmas.is_empty() || sigmas.len() > MAX_MTL_TASKS {
+            return Err(out_of_range(
+                "data.sigmas",
+                sigmas.len(),
+                &format!("list one output scale per task, 1 to {MAX_MTL_TASKS} of them"),
+            ));
+        }
+        if let Some(bad) = sigmas.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(out_of_range(
+                "data.sigmas",
+                bad,
+                "every scale must be finite and positive",
+            ));
+        }
+        for (path, n) in [("data.inputs", *inputs), ("data.outputs", *outputs)] {
+            if !(1..=65_536).contains(&n) {
+                return Err(out_of_range(path, n, "must be between 1 and 65536"));
+            }
+        }
+        let SharedSpec::Mlp { hidden } = &self.model;
+        if hidden.is_empty() || hidden.iter().any(|&w| !(1..=65_536).contains(&w)) {
+            return Err(out_of_range(
+                "model.hidden",
+                hidden,
+                "list the shared layers' widths (the last is the representation), each between 1 and 65536",
+            ));
+        }
+        let train = &self.train;
+        if train.steps == 0 {
+            return Err(out_of_range(
+                "train.steps",
+                train.steps,
+                "must be at least 1",
+            ));
+        }
+        for (path, n) in [
+            ("train.batch", train.batch),
+            ("train.chunk_rows", train.chunk_rows),
+            ("eval.rows", self.eval.rows),
+            ("eval.final_rows", self.eval.final_rows),
+            ("eval.chunk_rows", self.eval.chunk_rows),
+        ] {
+            if !(1..=MAX_ROWS).contains(&n) {
+                return Err(out_of_range(
+                    path,
+                    n,
+                    &format!("must be between 1 and {MAX_ROWS}"),
+                ));
+            }
+            let values = n as u64 * (*inputs as u64 + *outputs as u64 * sigmas.len() as u64);
+            if path.ends_with("chunk_rows") && values > MAX_CHUNK_VALUES {
+                return Err(out_of_range(
+                    path,
+                    n,
+                    &format!("a chunk of {n} rows would hold {values} values of inputs and targets, over the limit of {MAX_CHUNK_VALUES} (1 GiB); use smaller chunks"),
+                ));
+            }
+        }
+        if !(train.lr.is_finite() && train.lr > 0.0) {
+            return Err(out_of_range(
+                "train.lr",
+                train.lr,
+                "must be finite and positive",
+            ));
+        }
+        if !(0.0..1.0).contains(&train.momentum) {
+            return Err(out_of_range(
+                "train.momentum",
+                train.momentum,
+                "must be in [0, 1)",
+            ));
+        }
+        if train.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            return Err(out_of_range(
+                "train.betas",
+                train.betas,
+                "each must be in [0, 1)",
+            ));
+        }
+        if !(train.eps.is_finite() && train.eps > 0.0) {
+            return Err(out_of_range(
+                "train.eps",
+                train.eps,
+                "must be finite and positive",
+            ));
+        }
+        if self.eval.every == 0 {
+            return Err(out_of_range(
+                "eval.every",
+                self.eval.every,
+                "must be at least 1",
+            ));
+        }
+        let tasks = self.task_names();
+        self.weighting.check(tasks.len()).map_err(|message| {
+            // Methods name the setting they refuse in backticks: blame that key.
+            let field = message.split('`').nth(1).unwrap_or("method");
+            (format!("weighting.{field}"), message.clone())
+        })?;
+        if let Some(baselines) = &self.eval.baselines {
+            for name in baselines.keys() {
+                if !tasks.contains(name) {
+                    return Err((
+                        format!("eval.baselines.{name}"),
+                        format!(
+                            "is not a task of this experiment; its tasks are {}",
+                            tasks.join(", ")
+                        ),
+                    ));
+                }
+            }
+            if let Some(missing) = tasks.iter().find(|t| !baselines.contains_key(*t)) {
+                return Err((
+                    "eval.baselines".into(),
+                    format!("lacks task {missing}: give every task's baseline metric, or none"),
+                ));
+            }
+            if let Some((name, value)) = baselines
+                .iter()
+                .find(|(_, v)| !(v.is_finite() && **v != 0.0))
+            {
+                return Err(out_of_range(
+                    &format!("eval.baselines.{name}"),
+                    value,
+                    "must be finite and non-zero (Δm% divides by it)",
+                ));
+            }
+        }
+        let params = self.layout().param_count() as u64;
+        if params > MAX_PARAMS {
+            return Err((
+                "model.hidden".into(),
+                format!("is too large: the network would have {params} parameters; at most {MAX_PARAMS} (256 MiB of f32) are supported"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The tasks' names, in task order.
+    pub fn task_names(&self) -> Vec<String> {
+        self.family_tasks()
+            .iter()
+            .map(|i| format!("t{i}"))
+            .collect()
+    }
+
+    /// The indices of the family's tasks this experiment trains, in task order.
+    pub fn family_tasks(&self) -> Vec<u32> {
+        let MtlDataSpec::GradNorm { sigmas, tasks, .. } = &self.data;
+        tasks
+            .clone()
+            .unwrap_or_else(|| (0..sigmas.len() as u32).collect())
+    }
+
+    /// What workers need to know to compute this experiment's chunks.
+    pub fn setup(&self, experiment_id: &str) -> MtlSetup {
+        let MtlDataSpec::GradNorm {
+            sigmas,
+            inputs,
+            outputs,
+            ..
+        } = &self.data;
+        let SharedSpec::Mlp { hidden } = &self.model;
+        let widths: Vec<usize> = hidden.iter().map(|&w| w as usize).collect();
+        let (output, hidden) = widths.split_last().expect("validated: at least one width");
+        MtlSetup {
+            experiment_id: experiment_id.to_string(),
+            data: MtlData::GradNorm(GradNormData {
+                seed: crate::sampling::data_seed(self.seed),
+                inputs: *inputs,
+                outputs: *outputs,
+                sigmas: sigmas.clone(),
+                // Every task of the family, in order, is written as none.
+                tasks: match &self.data {
+                    MtlDataSpec::GradNorm { tasks: Some(t), .. } => t.clone(),
+                    _ => Vec::new(),
+                },
+            }),
+            shared: Mlp {
+                input: *inputs as usize,
+                hidden: hidden.to_vec(),
+                output: *output,
+            },
+            tasks: self
+                .task_names()
+                .into_iter()
+                .map(|name| MtlTask {
+                    name,
+                    loss: TaskLoss::Mse,
+                    outputs: *outputs,
+                })
+                .collect(),
+        }
+    }
+
+    /// Shared layers, then each task's head.
+    pub fn layout(&self) -> ParamLayout {
+        self.setup("").layout()
+    }
+
+    /// The spec as resolved (defaults filled in), as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a spec always serializes")
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) const MTL_SPEC: &str = r#"name = "gradnorm-ew"
+seed = 3
+kind = "mtl"
+
+[data]
+family = "gradnorm"
+sigmas = [1.0, 10.0, 100.0]
+inputs = 20
+outputs = 5
+
+[model]
+kind = "mlp"
+hidden = [16, 16]
+
+[train]
+steps = 20
+batch = 32
+chunk_rows = 8
+optimizer = "adam"
+lr = 0.001
+
+[weighting]
+method = "ew"
+
+[eval]
+every = 10
+rows = 64
+final_rows = 128
+"#;
+
+    fn parse(text: &str, overrides: &[&str]) -> Result<MtlSpec, SpecError> {
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        MtlSpec::parse(text, "mtl.toml", &overrides)
+    }
+
+    #[test]
+    fn a_valid_spec_resolves_its_tasks_layout_and_defaults() {
+        let spec = parse(MTL_SPEC, &[]).unwrap();
+        assert_eq!(spec.task_names(), ["t0", "t1", "t2"]);
+        assert_eq!(spec.eval.chunk_rows, 1024);
+        assert_eq!(spec.train.betas, [0.9, 0.999]);
+        // Shared (20+1)*16 + (16+1)*16 = 608, heads 3 * (16+1)*5 = 255.
+        assert_eq!(spec.layout().param_count(), 863);
+        let setup = spec.setup("e");
+        assert_eq!(setup.shared.output, 16);
+        assert_eq!(setup.shared.hidden, vec![16]);
+        assert_eq!(setup.tasks.len(), 3);
+    }
+
+    #[test]
+    fn a_single_task_baseline_names_its_task_of_the_family() {
+        let spec = parse(MTL_SPEC, &["data.tasks=[2]"]).unwrap();
+        assert_eq!(spec.task_names(), ["t2"]);
+        assert_eq!(spec.family_tasks(), [2]);
+        assert_eq!(spec.setup("e").tasks.len(), 1);
+    }
+
+    #[test]
+    fn the_resolved_spec_round_trips() {
+        let spec = parse(
+            MTL_SPEC,
+            &["weighting.method=\"cagrad\"", "weighting.c=0.2"],
+        )
+        .unwrap();
+        let again = parse(&spec.to_toml(), &[]).unwrap();
+        assert_eq!(again, spec);
+        assert!(spec.to_toml().contains("kind = \"mtl\""));
+    }
+
+    #[test]
+    fn bad_values_name_the_field_and_what_is_allowed() {
+        let cases: [(&[&str], &str); 9] = [
+            (
+                &["data.tasks=[3]"],
+                "distinct index into data.sigmas, below 3",
+            ),
+            (&["data.tasks=[1, 1]"], "data.tasks"),
+            (&["data.sigmas=[]"], "data.sigmas"),
+            (
+                &["data.sigmas=[1.0, -2.0]"],
+                "every scale must be finite and positive",
+            ),
+            (&["model.hidden=[]"], "model.hidden"),
+            (&["train.batch=0"], "train.batch"),
+            (&["train.lr=0.0"], "train.lr"),
+            (
+                &["weighting.method=\"fixed\"", "weighting.weights=[1.0]"],
+                "one weight per task (3)",
+            ),
+            (
+                &["weighting.method=\"cagrad\"", "weighting.c=1.5"],
+                "weighting.c",
+            ),
+        ];
+        for (overrides, expected) in cases {
+            let error = parse(MTL_SPEC, overrides).unwrap_err().to_string();
+            assert!(error.contains(expected), "{overrides:?}: {error}");
+        }
+        let unknown = parse(MTL_SPEC, &["weighting.method=\"sum\""])
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("pcgrad"), "{unknown}");
+        let stray = MTL_SPEC.replace("lr = 0.001", "lr = 0.001\nmeta_lr = 0.1");
+        let error = parse(&stray, &[]).unwrap_err();
+        assert_eq!(error.location.map(|l| l.0), Some(21), "{error}");
+    }
+
+    #[test]
+    fn baselines_must_name_every_task_and_only_them() {
+        let with = |b: &str| {
+            MTL_SPEC.replace(
+                "final_rows = 128",
+                &format!("final_rows = 128\nbaselines = {b}"),
+            )
+        };
+        assert!(parse(&with("{ t0 = 0.1, t1 = 2.0, t2 = 30.0 }"), &[]).is_ok());
+        let extra = parse(&with("{ t0 = 0.1, t1 = 2.0, t2 = 3.0, t9 = 1.0 }"), &[]).unwrap_err();
+        assert!(extra.to_string().contains("eval.baselines.t9"), "{extra}");
+        let missing = parse(&with("{ t0 = 0.1, t1 = 2.0 }"), &[]).unwrap_err();
+        assert!(missing.to_string().contains("lacks task t2"), "{missing}");
+        let zero = parse(&with("{ t0 = 0.0, t1 = 2.0, t2 = 3.0 }"), &[]).unwrap_err();
+        assert!(zero.to_string().contains("non-zero"), "{zero}");
+    }
+}

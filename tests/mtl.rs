@@ -1,0 +1,213 @@
+//! Multi-task experiments end to end: a real coordinator and workers on loopback, the shipped GradNorm spec cut small.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{config, final_parameters, without_timings, Cluster};
+use serde_json::Value;
+
+/// The shipped spec at a size a test can afford: three tasks of very different scales.
+const SMALL: &[&str] = &[
+    "data.sigmas=[1.0, 10.0, 100.0]",
+    "data.inputs=20",
+    "data.outputs=5",
+    "model.hidden=[32, 32]",
+    "train.batch=32",
+    "train.chunk_rows=8",
+    "train.lr=0.003",
+    "eval.rows=256",
+    "eval.final_rows=512",
+    "eval.chunk_rows=128",
+];
+
+fn spec() -> String {
+    config("mtl_gradnorm.toml")
+}
+
+/// Submits the small spec with `extra` overrides after the common ones.
+fn submit(cluster: &Cluster, extra: &[&str]) -> String {
+    let overrides: Vec<&str> = SMALL.iter().chain(extra).copied().collect();
+    cluster.submit(&spec(), &overrides).unwrap()
+}
+
+fn lines<'a>(metrics: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    metrics.iter().filter(|m| m["kind"] == kind).collect()
+}
+
+#[test]
+fn every_step_records_each_tasks_loss_and_the_methods_weights_and_training_lowers_every_loss() {
+    let mut cluster = Cluster::start(&[]);
+    cluster.add_worker();
+    let id = submit(
+        &cluster,
+        &[
+            "weighting.method=\"dwa\"",
+            "train.steps=120",
+            "eval.every=60",
+            "eval.baselines={ t0 = 1.0, t1 = 100.0, t2 = 10000.0 }",
+        ],
+    );
+    let status = cluster.wait_finished(&id, Duration::from_secs(300));
+    let metrics = cluster.metrics(&id);
+    let train = lines(&metrics, "train");
+    assert_eq!(train.len(), 120);
+    for line in &train {
+        assert_eq!(line["task_losses"].as_array().unwrap().len(), 3, "{line}");
+        let weights = line["weighting"]["weights"]
+            .as_array()
+            .expect("DWA records its weights");
+        let sum: f64 = weights.iter().map(|w| w.as_f64().unwrap()).sum();
+        // DWA's weights sum to the number of tasks.
+        assert!((sum - 3.0).abs() < 1e-9, "{line}");
+    }
+    let evals = lines(&metrics, "eval");
+    assert_eq!(
+        evals
+            .iter()
+            .map(|e| e["step"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [0, 60, 120]
+    );
+    let finals = lines(&metrics, "final_eval");
+    assert_eq!(finals.len(), 1);
+    let scores = |line: &Value| -> Vec<f64> {
+        line["task_scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["loss"].as_f64().unwrap())
+            .collect()
+    };
+    let (first, last) = (scores(evals[0]), scores(finals[0]));
+    for task in 0..3 {
+        assert!(
+            last[task] < 0.9 * first[task],
+            "task {task}: loss {} at the start, {} at the end",
+            first[task],
+            last[task]
+        );
+    }
+    // Regression tasks report their MSE as the metric.
+    let task = &finals[0]["task_scores"][2];
+    assert_eq!(task["task"], "t2");
+    assert_eq!(task["loss"], task["metric"]);
+    let delta = finals[0]["delta_m_percent"]
+        .as_f64()
+        .expect("baselines were given");
+    assert!(delta.is_finite());
+    let last = &status["last_eval"];
+    assert_eq!(last["final"], true);
+    assert_eq!(last["delta_m_percent"].as_f64(), Some(delta));
+    assert_eq!(last["task_scores"][2], finals[0]["task_scores"][2]);
+    let bytes = final_parameters(&cluster, &id);
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let names: Vec<String> = file.names().into_iter().map(String::from).collect();
+    for name in [
+        "shared.0.weight",
+        "shared.2.bias",
+        "heads.t0.weight",
+        "heads.t2.bias",
+    ] {
+        assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+    }
+}
+
+/// Final parameters and metrics (timings removed) of a PCGrad run on `workers` workers; with
+/// `restart_at`, the coordinator is SIGKILLed once the run has passed that step and restarted
+/// on the same address and state.
+fn pcgrad_run(workers: usize, restart_at: Option<u64>) -> (Vec<u8>, Vec<Value>, u64) {
+    let mut cluster = Cluster::start_on(&common::free_loopback_addr(), &[]);
+    for _ in 0..workers {
+        cluster.add_worker();
+    }
+    cluster.wait_workers(workers);
+    // PCGrad draws its projection order from the step's counter-based key, and DWA-free runs
+    // are long enough that a restart past the checkpoint at step 100 cannot miss the run.
+    let id = submit(
+        &cluster,
+        &[
+            "weighting.method=\"pcgrad\"",
+            "train.steps=600",
+            "eval.every=100",
+        ],
+    );
+    if let Some(step) = restart_at {
+        cluster.wait_for(&id, Duration::from_secs(600), |s| {
+            s["step"].as_u64() >= Some(step)
+        });
+        cluster.restart_coordinator();
+    }
+    cluster.wait_finished(&id, Duration::from_secs(600));
+    if restart_at.is_some() {
+        let log = std::fs::read_to_string(cluster.dir.path().join("coordinator.log")).unwrap();
+        assert!(log.contains("resuming from the checkpoint"), "{log}");
+    }
+    let metrics = cluster.metrics(&id);
+    let most_sharing = metrics
+        .iter()
+        .filter_map(|m| m["workers"].as_u64())
+        .max()
+        .unwrap_or(0);
+    (
+        final_parameters(&cluster, &id),
+        without_timings(metrics),
+        most_sharing,
+    )
+}
+
+#[test]
+fn a_multi_task_run_is_bit_identical_on_one_and_two_workers_and_after_a_restart() {
+    let (one, one_metrics, _) = pcgrad_run(1, None);
+    let (two, two_metrics, sharing) = pcgrad_run(2, None);
+    assert!(sharing >= 2, "with 2 workers, steps were shared");
+    assert_eq!(one_metrics.len(), two_metrics.len());
+    for (a, b) in one_metrics.iter().zip(&two_metrics) {
+        assert_eq!(a, b, "every task's loss and every weight is identical");
+    }
+    assert!(
+        one == two,
+        "final.safetensors differs between 1 and 2 workers"
+    );
+    let (resumed, resumed_metrics, _) = pcgrad_run(1, Some(150));
+    assert_eq!(
+        one_metrics, resumed_metrics,
+        "the steps after the checkpoint were done again, once"
+    );
+    assert!(
+        one == resumed,
+        "final.safetensors differs after a coordinator restart"
+    );
+}
+
+#[test]
+fn bad_multi_task_specs_are_refused_with_the_field_and_what_is_allowed() {
+    let cluster = Cluster::start(&[]);
+    let cases: [(&[&str], &[&str]); 4] = [
+        (
+            &["weighting.method=\"cagrad\"", "weighting.c=1.5"],
+            &["weighting.c=1.5", "[0, 1)"],
+        ),
+        (
+            &["weighting.method=\"sum\""],
+            &["unknown variant `sum`", "pcgrad"],
+        ),
+        (
+            &["data.sigmas=[1.0, 0.0]"],
+            &["data.sigmas", "finite and positive"],
+        ),
+        (
+            &["weighting.method=\"fixed\"", "weighting.weights=[1.0, 2.0]"],
+            &["one weight per task (10)"],
+        ),
+    ];
+    for (overrides, expected) in cases {
+        let error = cluster.submit(&spec(), overrides).unwrap_err();
+        for part in expected {
+            assert!(error.contains(part), "{overrides:?}: {error}");
+        }
+    }
+    let all = cluster.cli(&["status", "--json"]);
+    assert!(all.status.success());
+    assert_eq!(all.stdout, b"", "refused specs store nothing");
+}
