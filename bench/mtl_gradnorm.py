@@ -47,7 +47,7 @@ def run(cluster, overrides):
 
 
 def final_scores(status):
-    return [s["metric"] for s in status["final_eval"]["task_scores"]]
+    return [s["metric"] for s in status["last_eval"]["task_scores"]]
 
 
 def main():
@@ -68,7 +68,7 @@ def main():
             scores = final_scores(status)
             rows.append({
                 "method": method,
-                "delta_m_percent": status["final_eval"]["delta_m_percent"],
+                "delta_m_percent": status["last_eval"]["delta_m_percent"],
                 "test_mse": scores,
                 "relative": [s / b for s, b in zip(scores, baselines)],
                 "train_seconds": status["train_seconds"],

@@ -191,6 +191,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             runtime_threads: _,
         } => {
             init_tracing("info");
+            // Multi-task rounds bring each task's gradients, megabytes each, every step: kept
+            // in the process, their buffers are not faulted in afresh each time.
+            outerloop_worker::allocator::keep_freed_memory();
             if worker_timeout_ms < 2 * heartbeat_ms {
                 anyhow::bail!(
                     "--worker-timeout-ms ({worker_timeout_ms}) must be at least twice --heartbeat-ms ({heartbeat_ms}), \

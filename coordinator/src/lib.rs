@@ -30,8 +30,7 @@ use crate::registry::Registry;
 use crate::service::{ExperimentsService, WorkersService};
 use crate::store::Store;
 
-/// The largest message accepted, in either direction: parameters of large models travel whole.
-pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+pub use outerloop_proto::transport::{MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, WINDOW_BYTES};
 
 /// How a coordinator is set up.
 #[derive(Clone, Debug)]
@@ -117,6 +116,10 @@ pub async fn run(
     // algorithm and delayed ACKs add tens of milliseconds to each.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let served = tonic::transport::Server::builder()
+        // Sized for results that carry gradients of megabytes (see `transport`).
+        .initial_stream_window_size(Some(WINDOW_BYTES))
+        .initial_connection_window_size(Some(2 * WINDOW_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
         .add_service(experiments)
         .add_service(workers)
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -5,6 +5,7 @@ pub mod dataset;
 pub mod model;
 pub mod mtl;
 pub mod state;
+pub mod transport;
 pub mod work;
 
 /// Generated messages, clients and servers of `outerloop.v1`.

@@ -4,14 +4,13 @@ use std::future::Future;
 use std::time::Duration;
 
 use outerloop_proto::dataset::Manifest;
+use outerloop_proto::transport::{MAX_MESSAGE_BYTES, WINDOW_BYTES};
 use outerloop_proto::v1::workers_client::WorkersClient;
 use outerloop_proto::v1::{CompleteRequest, HeartbeatRequest, LeaseRequest, RegisterRequest};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::compute::ComputeThread;
 
-/// Largest message accepted from the coordinator (parameters of large models travel whole).
-const MAX_MESSAGE_BYTES: usize = 1 << 30;
 /// How long a lease request waits at the coordinator before coming back empty.
 const LEASE_WAIT: Duration = Duration::from_secs(2);
 /// The longest any one call may take: a lease wait plus moving a large model's parameters.
@@ -92,6 +91,9 @@ async fn work_session(
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true)
         .tcp_nodelay(true)
+        // Sized for gradients of megabytes, as the coordinator's side.
+        .initial_stream_window_size(Some(WINDOW_BYTES))
+        .initial_connection_window_size(Some(2 * WINDOW_BYTES))
         .connect()
         .await?;
     let mut client = WorkersClient::new(channel)

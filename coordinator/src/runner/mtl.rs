@@ -15,7 +15,7 @@ use super::{chunk_sizes, critical_compute, RunError, CHECKPOINT};
 use crate::dispatch::{Dispatcher, RoundInput, RoundOutput};
 use crate::mtl::delta_m::delta_m_percent;
 use crate::mtl::reduce::{reduce_tasks, Expected, TaskSums};
-use crate::mtl::weighting::{StepInput, Weighting};
+use crate::mtl::weighting::{all_finite, StepInput, Weighting};
 use crate::optimizer::OuterOptimizer;
 use crate::registry::{Job, Registry};
 use crate::safetensors_file::{model_tensors, NamedTensor};
@@ -117,13 +117,18 @@ impl<'a> Run<'a> {
             // Step s trains on rows [s * batch, (s + 1) * batch) of the training stream.
             let chunks = self.descriptors(Split::Train, self.step * batch, &sizes);
             let out = self.round(Phase::Train, chunks).await?;
-            let sums = reduce_tasks(&out.results, self.expected(true))?;
+            let mut sums = reduce_tasks(&out.results, self.expected(true))?;
             let (losses, metrics) = means(&sums, batch);
-            // The mean loss's gradients: every sum is over the batch's rows.
+            // The mean loss's gradients: every sum is over the batch's rows. Scaled where they
+            // lie, since they are megabytes each.
             let scale = 1.0 / batch as f32;
             let gradients: Vec<Vec<f32>> = sums
-                .iter()
-                .map(|s| s.shared_grad.iter().map(|g| g * scale).collect())
+                .iter_mut()
+                .map(|s| {
+                    let mut g = std::mem::take(&mut s.shared_grad);
+                    g.iter_mut().for_each(|v| *v *= scale);
+                    g
+                })
                 .collect();
             let weighting_started = Instant::now();
             let input = StepInput {
@@ -143,11 +148,12 @@ impl<'a> Run<'a> {
             let grad =
                 self.full_gradient(&combination.shared, &combination.head_scale, &sums, scale);
             // Checked before the update, so that diverged values never reach the parameters.
-            if let Some(bad) = grad.iter().find(|g| !g.is_finite()) {
+            if !all_finite(&grad) {
+                let bad = grad.iter().find(|g| !g.is_finite()).copied();
                 return Err(RunError::Diverged {
                     step: self.step + 1,
                     what: "the combined gradient".into(),
-                    value: *bad as f64,
+                    value: bad.unwrap_or(f32::NAN) as f64,
                     hint: "try a smaller train.lr",
                 });
             }

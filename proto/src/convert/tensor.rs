@@ -2,8 +2,13 @@
 
 use prost::bytes::Bytes;
 
-/// Encodes `values` as little-endian f32, the wire form of every tensor.
+/// Encodes `values` as little-endian f32, the wire form of every tensor. On little-endian
+/// machines that is their memory, copied at once: a multi-task chunk's gradients are tens of
+/// megabytes, and the value-by-value encoding was a seventh of a worker's time.
 pub fn f32s_to_bytes(values: &[f32]) -> Bytes {
+    if cfg!(target_endian = "little") {
+        return Bytes::copy_from_slice(bytemuck::cast_slice(values));
+    }
     let mut out = Vec::with_capacity(values.len() * 4);
     for v in values {
         out.extend_from_slice(&v.to_le_bytes());

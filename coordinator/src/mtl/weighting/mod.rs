@@ -247,7 +247,7 @@ pub fn check_input(
         }
     }
     for (task, gradient) in input.gradients.iter().enumerate() {
-        if gradient.iter().any(|g| !g.is_finite()) {
+        if !all_finite(gradient) {
             return Err(WeightingError::NonFinite {
                 task,
                 what: "shared-layer gradient",
@@ -255,6 +255,16 @@ pub fn check_input(
         }
     }
     Ok(())
+}
+
+/// Whether every value is finite. `g * 0` is ±0 for a finite `g` and NaN for an infinity or a
+/// NaN, so a block's sum of them is NaN exactly when the block holds one: a branch-free loop
+/// the compiler vectorises, where an early-exit search is scalar (a tenth of a multi-task
+/// step's coordinator time at 10 tasks of 1M values).
+pub fn all_finite(values: &[f32]) -> bool {
+    values
+        .chunks(4096)
+        .all(|block| block.iter().fold(0.0f32, |acc, g| acc + g * 0.0) == 0.0)
 }
 
 #[cfg(test)]
@@ -328,6 +338,20 @@ mod tests {
                     .to_string(),
             }
         );
+    }
+
+    #[test]
+    fn finiteness_is_found_anywhere_in_a_long_vector() {
+        let mut values = vec![1.5f32; 10_000];
+        assert!(all_finite(&values));
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for at in [0, 4095, 4096, 9_999] {
+                values[at] = bad;
+                assert!(!all_finite(&values), "{bad} at {at}");
+                values[at] = -3.0e38;
+            }
+        }
+        assert!(all_finite(&values), "the largest finite values are finite");
     }
 
     #[test]
