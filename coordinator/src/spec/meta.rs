@@ -92,6 +92,47 @@ fn default_chunk_tasks() -> u32 {
     25
 }
 
+/// Checks an optimizer's settings in `section`: the learning rate (named `lr.0`) finite and
+/// positive, momentum and both betas in [0, 1), eps finite and positive.
+pub(super) fn check_optimizer(
+    section: &str,
+    (lr_name, lr): (&str, f32),
+    momentum: f32,
+    betas: [f32; 2],
+    eps: f32,
+) -> Result<(), Invalid> {
+    let path = |field: &str| format!("{section}.{field}");
+    if !(lr.is_finite() && lr > 0.0) {
+        return Err(out_of_range(
+            &path(lr_name),
+            lr,
+            "must be a finite number > 0",
+        ));
+    }
+    if !(0.0..1.0).contains(&momentum) {
+        return Err(out_of_range(
+            &path("momentum"),
+            momentum,
+            "must be in [0, 1)",
+        ));
+    }
+    if !betas.iter().all(|b| (0.0..1.0).contains(b)) {
+        return Err(out_of_range(
+            &path("betas"),
+            betas,
+            "both must be in [0, 1)",
+        ));
+    }
+    if !(eps.is_finite() && eps > 0.0) {
+        return Err(out_of_range(
+            &path("eps"),
+            eps,
+            "must be a finite number > 0",
+        ));
+    }
+    Ok(())
+}
+
 impl MetaSpec {
     /// Inner steps at training (0 for algorithms without an inner loop).
     pub fn inner_steps(&self) -> u32 {
@@ -209,34 +250,13 @@ impl MetaSpec {
             }
             _ => {}
         }
-        if !(self.meta_lr.is_finite() && self.meta_lr > 0.0) {
-            return Err(out_of_range(
-                "meta.meta_lr",
-                self.meta_lr,
-                "must be a finite number > 0",
-            ));
-        }
-        if !(0.0..1.0).contains(&self.momentum) {
-            return Err(out_of_range(
-                "meta.momentum",
-                self.momentum,
-                "must be in [0, 1)",
-            ));
-        }
-        if !self.betas.iter().all(|b| (0.0..1.0).contains(b)) {
-            return Err(out_of_range(
-                "meta.betas",
-                self.betas,
-                "both must be in [0, 1)",
-            ));
-        }
-        if !(self.eps.is_finite() && self.eps > 0.0) {
-            return Err(out_of_range(
-                "meta.eps",
-                self.eps,
-                "must be a finite number > 0",
-            ));
-        }
+        check_optimizer(
+            "meta",
+            ("meta_lr", self.meta_lr),
+            self.momentum,
+            self.betas,
+            self.eps,
+        )?;
         if self.chunk_tasks == 0 {
             return Err(out_of_range(
                 "meta.chunk_tasks",

@@ -7,7 +7,7 @@ use outerloop_proto::mtl::{GradNormData, MtlData, MtlSetup, MtlTask, TaskLoss};
 use serde::{Deserialize, Serialize};
 
 use super::error::{out_of_range, Invalid, SpecError};
-use super::meta::OptimizerKind;
+use super::meta::{check_optimizer, OptimizerKind};
 use super::{ExperimentKind, MAX_CHUNK_VALUES, MAX_PARAMS};
 use crate::mtl::weighting::Method;
 
@@ -239,34 +239,13 @@ impl MtlSpec {
                 ));
             }
         }
-        if !(train.lr.is_finite() && train.lr > 0.0) {
-            return Err(out_of_range(
-                "train.lr",
-                train.lr,
-                "must be finite and positive",
-            ));
-        }
-        if !(0.0..1.0).contains(&train.momentum) {
-            return Err(out_of_range(
-                "train.momentum",
-                train.momentum,
-                "must be in [0, 1)",
-            ));
-        }
-        if train.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
-            return Err(out_of_range(
-                "train.betas",
-                train.betas,
-                "each must be in [0, 1)",
-            ));
-        }
-        if !(train.eps.is_finite() && train.eps > 0.0) {
-            return Err(out_of_range(
-                "train.eps",
-                train.eps,
-                "must be finite and positive",
-            ));
-        }
+        check_optimizer(
+            "train",
+            ("lr", train.lr),
+            train.momentum,
+            train.betas,
+            train.eps,
+        )?;
         if self.eval.every == 0 {
             return Err(out_of_range(
                 "eval.every",
