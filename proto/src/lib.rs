@@ -4,6 +4,7 @@ pub mod convert;
 pub mod dataset;
 pub mod model;
 pub mod mtl;
+pub mod splitmix;
 pub mod state;
 pub mod transport;
 pub mod work;

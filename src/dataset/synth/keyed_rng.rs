@@ -1,5 +1,6 @@
 //! Counter-based random streams: one independent ChaCha8 generator per (seed, purpose, indices).
 
+use outerloop_proto::splitmix::splitmix64;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -29,14 +30,6 @@ pub fn keyed_rng(seed: u64, purpose: Purpose, indices: &[u64]) -> ChaCha8Rng {
         chunk.copy_from_slice(&state.to_le_bytes());
     }
     ChaCha8Rng::from_seed(key)
-}
-
-/// SplitMix64's finaliser: a bijective mix in which every input bit affects every output bit.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //!   Inputs are the same bits on every worker; targets may differ across devices in the last
 //!   bits, as every gradient does.
 
+use outerloop_proto::splitmix::splitmix64;
 use std::cell::RefCell;
 
 use outerloop_proto::mtl::GradNormData;
@@ -184,15 +185,6 @@ fn normals(rng: &mut ChaCha8Rng, count: usize, std: f64) -> Vec<f64> {
             std * radius * (std::f64::consts::TAU * u2).cos()
         })
         .collect()
-}
-
-/// SplitMix64's output function: a bijective mix in which every input bit affects every
-/// output bit, so neighbouring rows and streams get unrelated generators.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]
