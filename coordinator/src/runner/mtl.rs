@@ -113,82 +113,7 @@ impl<'a> Run<'a> {
         let batch = spec.train.batch as u64;
         let sizes = chunk_sizes(batch, spec.train.chunk_rows as u64);
         while self.step < spec.train.steps {
-            let started = Instant::now();
-            // Step s trains on rows [s * batch, (s + 1) * batch) of the training stream.
-            let chunks = self.descriptors(Split::Train, self.step * batch, &sizes);
-            let out = self.round(Phase::Train, chunks).await?;
-            let mut sums = reduce_tasks(&out.results, self.expected(true))?;
-            let (losses, metrics) = means(&sums, batch);
-            // The mean loss's gradients: every sum is over the batch's rows. Scaled where they
-            // lie, since they are megabytes each.
-            let scale = 1.0 / batch as f32;
-            let gradients: Vec<Vec<f32>> = sums
-                .iter_mut()
-                .map(|s| {
-                    let mut g = std::mem::take(&mut s.shared_grad);
-                    g.iter_mut().for_each(|v| *v *= scale);
-                    g
-                })
-                .collect();
-            let weighting_started = Instant::now();
-            let input = StepInput {
-                step: self.step,
-                losses: &losses,
-                gradients: &gradients,
-                rng_key: sampling::task_key(spec.seed, Split::Train, self.step, u64::MAX),
-            };
-            let combination =
-                self.weighting
-                    .combine(&input)
-                    .map_err(|source| RunError::Weighting {
-                        step: self.step + 1,
-                        source,
-                    })?;
-            let weighting_seconds = weighting_started.elapsed().as_secs_f64();
-            let grad =
-                self.full_gradient(&combination.shared, &combination.head_scale, &sums, scale);
-            // Checked before the update, so that diverged values never reach the parameters.
-            if !all_finite(&grad) {
-                let bad = grad.iter().find(|g| !g.is_finite()).copied();
-                return Err(RunError::Diverged {
-                    step: self.step + 1,
-                    what: "the combined gradient".into(),
-                    value: bad.unwrap_or(f32::NAN) as f64,
-                    hint: "try a smaller train.lr",
-                });
-            }
-            self.optimizer.step(&mut self.params, &grad, spec.train.lr);
-            self.step += 1;
-            let step_seconds = started.elapsed().as_secs_f64();
-            self.train_seconds += step_seconds;
-            let (workers, critical) = critical_compute(&out);
-            let mean_loss = losses.iter().sum::<f64>() / losses.len() as f64;
-            let record: serde_json::Map<String, serde_json::Value> = combination
-                .record
-                .iter()
-                .map(|(name, values)| (name.to_string(), json!(values)))
-                .collect();
-            self.metrics.append(&json!({
-                "kind": "train",
-                "step": self.step,
-                "loss": mean_loss,
-                "task_losses": losses,
-                "task_metrics": metrics,
-                "weighting": record,
-                "lr": spec.train.lr,
-                "step_seconds": step_seconds,
-                "weighting_seconds": weighting_seconds,
-                "compute_seconds": out.results.iter().map(|r| r.compute_seconds).sum::<f64>(),
-                "critical_compute_seconds": critical,
-                "workers": workers,
-            }))?;
-            let (step, train_seconds) = (self.step, self.train_seconds);
-            self.registry.update(&self.job.id, false, |r| {
-                r.step = step;
-                r.tasks_done = step * batch;
-                r.train_seconds = train_seconds;
-                r.meta_loss = Some(mean_loss);
-            })?;
+            self.train_step(&sizes).await?;
             if self.step.is_multiple_of(spec.eval.every) {
                 self.evaluate(Split::Eval).await?;
                 self.checkpoint()?;
@@ -215,6 +140,89 @@ impl<'a> Run<'a> {
             &metadata,
         )?;
         tracing::info!(id = %self.job.id, path = %path.display(), "final parameters written");
+        Ok(())
+    }
+
+    /// One step: the batch's chunks computed, each task's sums reduced, the tasks combined by
+    /// the weighting method, the update applied and recorded.
+    async fn train_step(&mut self, sizes: &[usize]) -> Result<(), RunError> {
+        let spec = self.spec;
+        let batch = spec.train.batch as u64;
+        let started = Instant::now();
+        // Step s trains on rows [s * batch, (s + 1) * batch) of the training stream.
+        let chunks = self.descriptors(Split::Train, self.step * batch, sizes);
+        let out = self.round(Phase::Train, chunks).await?;
+        let mut sums = reduce_tasks(&out.results, self.expected(true))?;
+        let (losses, metrics) = means(&sums, batch);
+        // The mean loss's gradients: every sum is over the batch's rows. Scaled where they
+        // lie, since they are megabytes each.
+        let scale = 1.0 / batch as f32;
+        let gradients: Vec<Vec<f32>> = sums
+            .iter_mut()
+            .map(|s| {
+                let mut g = std::mem::take(&mut s.shared_grad);
+                g.iter_mut().for_each(|v| *v *= scale);
+                g
+            })
+            .collect();
+        let weighting_started = Instant::now();
+        let input = StepInput {
+            step: self.step,
+            losses: &losses,
+            gradients: &gradients,
+            rng_key: sampling::task_key(spec.seed, Split::Train, self.step, u64::MAX),
+        };
+        let combination = self
+            .weighting
+            .combine(&input)
+            .map_err(|source| RunError::Weighting {
+                step: self.step + 1,
+                source,
+            })?;
+        let weighting_seconds = weighting_started.elapsed().as_secs_f64();
+        let grad = self.full_gradient(&combination.shared, &combination.head_scale, &sums, scale);
+        // Checked before the update, so that diverged values never reach the parameters.
+        if !all_finite(&grad) {
+            let bad = grad.iter().find(|g| !g.is_finite()).copied();
+            return Err(RunError::Diverged {
+                step: self.step + 1,
+                what: "the combined gradient".into(),
+                value: bad.unwrap_or(f32::NAN) as f64,
+                hint: "try a smaller train.lr",
+            });
+        }
+        self.optimizer.step(&mut self.params, &grad, spec.train.lr);
+        self.step += 1;
+        let step_seconds = started.elapsed().as_secs_f64();
+        self.train_seconds += step_seconds;
+        let (workers, critical) = critical_compute(&out);
+        let mean_loss = losses.iter().sum::<f64>() / losses.len() as f64;
+        let record: serde_json::Map<String, serde_json::Value> = combination
+            .record
+            .iter()
+            .map(|(name, values)| (name.to_string(), json!(values)))
+            .collect();
+        self.metrics.append(&json!({
+            "kind": "train",
+            "step": self.step,
+            "loss": mean_loss,
+            "task_losses": losses,
+            "task_metrics": metrics,
+            "weighting": record,
+            "lr": spec.train.lr,
+            "step_seconds": step_seconds,
+            "weighting_seconds": weighting_seconds,
+            "compute_seconds": out.results.iter().map(|r| r.compute_seconds).sum::<f64>(),
+            "critical_compute_seconds": critical,
+            "workers": workers,
+        }))?;
+        let (step, train_seconds) = (self.step, self.train_seconds);
+        self.registry.update(&self.job.id, false, |r| {
+            r.step = step;
+            r.tasks_done = step * batch;
+            r.train_seconds = train_seconds;
+            r.meta_loss = Some(mean_loss);
+        })?;
         Ok(())
     }
 
