@@ -3,12 +3,31 @@
 use outerloop_proto::v1::{DatasetLayout, EvalSummary, ExperimentStatus, WorkerSummary};
 use serde_json::{json, Value};
 
+/// `meta` or `mtl` (a coordinator from before multi-task learning says nothing: meta).
+pub fn kind(e: &ExperimentStatus) -> &str {
+    if e.kind.is_empty() {
+        "meta"
+    } else {
+        &e.kind
+    }
+}
+
+/// What an experiment's throughput counts: tasks (meta-learning) or rows (multi-task).
+pub fn items(e: &ExperimentStatus) -> &'static str {
+    if kind(e) == "mtl" {
+        "rows"
+    } else {
+        "tasks"
+    }
+}
+
 /// One experiment as the JSON object `outerloop status --json` prints.
 pub fn to_json(e: &ExperimentStatus) -> Value {
     let finite = |x: f64| if x.is_finite() { json!(x) } else { Value::Null };
     json!({
         "id": e.id,
         "name": e.name,
+        "kind": kind(e),
         "state": e.state,
         "step": e.step,
         "steps": e.steps,
@@ -133,8 +152,8 @@ pub fn print(experiments: &[ExperimentStatus], json: bool) {
         return;
     }
     println!(
-        "{:<8} {:<20} {:<10} {:>15} {:>10} {:>10}  last evaluation (post-adaptation loss)",
-        "ID", "NAME", "STATE", "STEP", "TASKS/S", "META-LOSS"
+        "{:<8} {:<20} {:<10} {:>15} {:>14} {:>10}  last evaluation",
+        "ID", "NAME", "STATE", "STEP", "THROUGHPUT", "LOSS"
     );
     for e in experiments {
         let eval = e
@@ -149,12 +168,12 @@ pub fn print(experiments: &[ExperimentStatus], json: bool) {
             "-".into()
         };
         println!(
-            "{:<8} {:<20} {:<10} {:>15} {:>10.0} {:>10}  {eval}",
+            "{:<8} {:<20} {:<10} {:>15} {:>14} {:>10}  {eval}",
             e.id,
             e.name,
             e.state,
             format!("{}/{}", e.step, e.steps),
-            e.tasks_per_s,
+            format!("{:.0} {}/s", e.tasks_per_s, items(e)),
             meta_loss
         );
         if !e.error.is_empty() {

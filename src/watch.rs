@@ -63,19 +63,24 @@ pub async fn watch(url: &str, id: &str) -> anyhow::Result<ExitCode> {
                     "evaluation"
                 };
                 clear_line(live);
-                println!(
-                    "{what} at step {}: post-adaptation loss {}",
-                    eval.step,
-                    eval_line(eval)
-                );
+                let loss = if crate::status::kind(&status) == "mtl" {
+                    ""
+                } else {
+                    "post-adaptation loss "
+                };
+                println!("{what} at step {}: {loss}{}", eval.step, eval_line(eval));
             }
         }
         match status.state.as_str() {
             "finished" => {
                 clear_line(live);
                 println!(
-                    "{}: finished {} steps in {:.1}s of meta-training ({:.0} tasks/s)",
-                    status.id, status.step, status.train_seconds, status.tasks_per_s
+                    "{}: finished {} steps in {:.1}s of training ({:.0} {}/s)",
+                    status.id,
+                    status.step,
+                    status.train_seconds,
+                    status.tasks_per_s,
+                    crate::status::items(&status)
                 );
                 println!("results: {}", status.results_dir);
                 return Ok(ExitCode::SUCCESS);
@@ -112,7 +117,8 @@ fn clear_line(live: bool) {
     }
 }
 
-/// `step 1200/3000 (40%)  meta-loss 0.4120  21345 tasks/s  ETA 0:45  workers 2`
+/// `step 1200/3000 (40%)  meta-loss 0.4120  21345 tasks/s  ETA 0:45  workers 2` (multi-task:
+/// `loss` and `rows/s`)
 fn progress(s: &ExperimentStatus) -> String {
     if s.state == "queued" {
         return format!("{}: queued (workers connected: {})", s.id, s.workers);
@@ -129,8 +135,12 @@ fn progress(s: &ExperimentStatus) -> String {
         .meta_accuracy
         .map(|a| format!("  accuracy {:.1}%", 100.0 * a))
         .unwrap_or_default();
+    let (loss, items) = match crate::status::kind(s) {
+        "mtl" => ("loss", "rows"),
+        _ => ("meta-loss", "tasks"),
+    };
     format!(
-        "step {}/{} ({:.0}%)  meta-loss {:.4}{accuracy}  {:.0} tasks/s  ETA {eta}  workers {}",
+        "step {}/{} ({:.0}%)  {loss} {:.4}{accuracy}  {:.0} {items}/s  ETA {eta}  workers {}",
         s.step,
         s.steps,
         100.0 * s.step as f64 / s.steps.max(1) as f64,

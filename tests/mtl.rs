@@ -96,6 +96,7 @@ fn every_step_records_each_tasks_loss_and_the_methods_weights_and_training_lower
         .as_f64()
         .expect("baselines were given");
     assert!(delta.is_finite());
+    assert_eq!(status["kind"], "mtl");
     let last = &status["last_eval"];
     assert_eq!(last["final"], true);
     assert_eq!(last["delta_m_percent"].as_f64(), Some(delta));

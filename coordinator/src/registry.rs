@@ -80,7 +80,8 @@ impl Registry {
                 store.save(&record)?;
             } else if record.state == ExperimentState::Running {
                 tracing::info!(id = %record.id, "was running when the coordinator stopped; queued to resume");
-                record = ExperimentRecord::queued(record.seq, &record.name, record.steps);
+                record =
+                    ExperimentRecord::queued(record.seq, &record.name, record.kind, record.steps);
                 store.save(&record)?;
             }
             entries.insert(
@@ -141,7 +142,7 @@ impl Registry {
         };
         let mut entries = self.lock();
         let seq = self.next_seq.load(Ordering::Relaxed);
-        let record = ExperimentRecord::queued(seq, spec.name(), spec.steps());
+        let record = ExperimentRecord::queued(seq, spec.name(), spec.kind(), spec.steps());
         self.store
             .create(&record, &spec.to_toml(), manifest.as_deref())?;
         self.next_seq.store(seq + 1, Ordering::Relaxed);

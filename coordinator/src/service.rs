@@ -70,6 +70,7 @@ impl ExperimentsService {
         ExperimentStatus {
             id: r.id.clone(),
             name: r.name.clone(),
+            kind: r.kind.as_str().to_string(),
             state: r.state.to_string(),
             step: r.step,
             steps: r.steps,

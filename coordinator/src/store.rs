@@ -15,6 +15,7 @@ use outerloop_proto::ExperimentState;
 use serde::{Deserialize, Serialize};
 
 use crate::safetensors_file::{self, Decoded, NamedTensor};
+use crate::spec::ExperimentKind;
 
 /// The dataset manifest of an experiment, in its directory.
 const MANIFEST: &str = "manifest.json";
@@ -86,9 +87,13 @@ pub struct ExperimentRecord {
     /// Submission order; ids are `exp-{seq}`.
     pub seq: u64,
     pub name: String,
+    /// Meta-learning or multi-task (records written before multi-task existed are meta).
+    #[serde(default)]
+    pub kind: ExperimentKind,
     pub state: ExperimentState,
     pub step: u64,
     pub steps: u64,
+    /// Tasks (meta-learning) or rows (multi-task) trained on so far.
     pub tasks_done: u64,
     pub train_seconds: f64,
     pub meta_loss: Option<f64>,
@@ -105,11 +110,12 @@ pub struct ExperimentRecord {
 
 impl ExperimentRecord {
     /// A submitted experiment that has not started; its id is `exp-{seq}`.
-    pub fn queued(seq: u64, name: &str, steps: u64) -> Self {
+    pub fn queued(seq: u64, name: &str, kind: ExperimentKind, steps: u64) -> Self {
         ExperimentRecord {
             id: format!("exp-{seq}"),
             seq,
             name: name.to_string(),
+            kind,
             state: ExperimentState::Queued,
             step: 0,
             steps,
@@ -319,7 +325,7 @@ mod tests {
     use super::*;
 
     fn record(seq: u64) -> ExperimentRecord {
-        ExperimentRecord::queued(seq, "sin", 10)
+        ExperimentRecord::queued(seq, "sin", ExperimentKind::Meta, 10)
     }
 
     #[test]

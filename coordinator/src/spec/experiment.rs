@@ -29,6 +29,13 @@ impl ExperimentSpec {
         }
     }
 
+    pub fn kind(&self) -> ExperimentKind {
+        match self {
+            Self::Meta(_) => ExperimentKind::Meta,
+            Self::Mtl(_) => ExperimentKind::Mtl,
+        }
+    }
+
     /// Outer steps the experiment runs.
     pub fn steps(&self) -> u64 {
         match self {

@@ -52,10 +52,11 @@ pub struct Spec {
 }
 
 /// What an experiment trains.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExperimentKind {
     /// Meta-learning: an outer loop over meta-batches of tasks, each adapted in an inner loop.
+    #[default]
     Meta,
     /// Multi-task learning: shared layers and one head per task, trained on every task's
     /// loss at once through a weighting method.
@@ -73,6 +74,16 @@ struct RawSpec {
     model: model::RawModel,
     meta: MetaSpec,
     eval: EvalSpec,
+}
+
+impl ExperimentKind {
+    /// The name a spec gives the kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExperimentKind::Meta => "meta",
+            ExperimentKind::Mtl => "mtl",
+        }
+    }
 }
 
 impl Spec {
