@@ -35,6 +35,16 @@ fn lines<'a>(metrics: &'a [Value], kind: &str) -> Vec<&'a Value> {
     metrics.iter().filter(|m| m["kind"] == kind).collect()
 }
 
+/// Each task's held-out loss in an evaluation line, in task order.
+fn task_losses(line: &Value) -> Vec<f64> {
+    line["task_scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["loss"].as_f64().unwrap())
+        .collect()
+}
+
 #[test]
 fn every_step_records_each_tasks_loss_and_the_methods_weights_and_training_lowers_every_loss() {
     let mut cluster = Cluster::start(&[]);
@@ -71,15 +81,7 @@ fn every_step_records_each_tasks_loss_and_the_methods_weights_and_training_lower
     );
     let finals = lines(&metrics, "final_eval");
     assert_eq!(finals.len(), 1);
-    let scores = |line: &Value| -> Vec<f64> {
-        line["task_scores"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["loss"].as_f64().unwrap())
-            .collect()
-    };
-    let (first, last) = (scores(evals[0]), scores(finals[0]));
+    let (first, last) = (task_losses(evals[0]), task_losses(finals[0]));
     for task in 0..3 {
         assert!(
             last[task] < 0.9 * first[task],
@@ -234,16 +236,8 @@ fn every_weighting_method_trains_every_task_on_two_workers() {
         let id = submit(&cluster, &extra);
         cluster.wait_finished(&id, Duration::from_secs(300));
         let metrics = cluster.metrics(&id);
-        let losses = |line: &Value| -> Vec<f64> {
-            line["task_scores"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| s["loss"].as_f64().unwrap())
-                .collect()
-        };
-        let first = losses(lines(&metrics, "eval")[0]);
-        let last = losses(lines(&metrics, "final_eval")[0]);
+        let first = task_losses(lines(&metrics, "eval")[0]);
+        let last = task_losses(lines(&metrics, "final_eval")[0]);
         // Every task's loss falls (MGDA, led by the smallest gradient, moves the largest-scale
         // task least: 2% in this short run), and the tasks together clearly improve.
         eprintln!("{method}: {first:?} -> {last:?}");

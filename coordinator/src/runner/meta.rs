@@ -9,12 +9,13 @@ use outerloop_proto::model::ParamLayout;
 use outerloop_proto::v1::{self, ExperimentSetup, Phase};
 use serde_json::json;
 
-use super::{chunk_sizes, critical_compute, RunError, CHECKPOINT};
+use super::checkpoint::{self, Checkpoint, RunState};
+use super::{chunk_sizes, critical_compute, RunError};
 use crate::aggregate::reduce;
 use crate::dispatch::{DatasetVersion, Dispatcher, RoundInput};
 use crate::optimizer::OuterOptimizer;
 use crate::registry::{Job, Registry};
-use crate::safetensors_file::{model_tensors, NamedTensor};
+use crate::safetensors_file::model_tensors;
 use crate::sampling::{self, Sampler, Split};
 use crate::spec::Spec;
 use crate::stats::MeanCi;
@@ -212,21 +213,14 @@ impl<'a> Run<'a> {
     fn checkpoint(&mut self) -> Result<(), RunError> {
         // Metrics up to this step must be on disk before the checkpoint claims them.
         self.metrics.flush()?;
-        let (updates, buffers) = self.optimizer.state();
-        let mut tensors = model_tensors(&self.layout, &self.params);
-        tensors.extend(buffers.into_iter().map(|(name, values)| NamedTensor {
-            name: name.to_string(),
-            shape: vec![values.len()],
-            values,
-        }));
-        let metadata = BTreeMap::from([
-            ("step".to_string(), self.step.to_string()),
-            ("optimizer_updates".to_string(), updates.to_string()),
-            ("train_seconds".to_string(), self.train_seconds.to_string()),
-        ]);
-        self.registry
-            .store()
-            .write_tensors(&self.job.id, CHECKPOINT, &tensors, &metadata)?;
+        let state = RunState {
+            layout: &self.layout,
+            params: &self.params,
+            optimizer: &self.optimizer,
+            step: self.step,
+            train_seconds: self.train_seconds,
+        };
+        checkpoint::write(self.registry.store(), &self.job.id, state, [])?;
         Ok(())
     }
 
@@ -319,38 +313,15 @@ fn resume(
     registry: &Registry,
     layout: &ParamLayout,
 ) -> Result<Option<Start>, String> {
-    let Some(saved) = registry
-        .store()
-        .read_tensors(&job.id, CHECKPOINT)
-        .map_err(|e| e.to_string())?
-    else {
+    let Some(saved) = Checkpoint::read(registry.store(), &job.id, layout)? else {
         return Ok(None);
     };
-    let number = |key: &str| -> Result<f64, String> {
-        saved
-            .metadata
-            .get(key)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("checkpoint metadata lacks {key}"))
-    };
-    let mut params = Vec::with_capacity(layout.param_count());
-    for slot in &layout.slots {
-        match saved.tensors.get(&slot.name) {
-            Some(values) if values.len() == slot.len() => params.extend_from_slice(values),
-            _ => {
-                return Err(format!(
-                    "checkpoint tensor {} is missing or of the wrong size",
-                    slot.name
-                ))
-            }
-        }
-    }
     let mut optimizer = OuterOptimizer::new(&spec.meta, layout.param_count());
-    optimizer.restore(number("optimizer_updates")? as u64, &saved.tensors)?;
+    saved.restore_optimizer(&mut optimizer)?;
     Ok(Some(Start {
-        params,
+        params: saved.params,
         optimizer,
-        step: number("step")? as u64,
-        train_seconds: number("train_seconds")?,
+        step: saved.step,
+        train_seconds: saved.train_seconds,
     }))
 }

@@ -1,5 +1,6 @@
 //! Runs one experiment to its end: the loop that every kind shares (rounds of chunks, cancellation, how a run ends), with each kind's plan, reduction and update in its own module.
 
+mod checkpoint;
 mod meta;
 mod mtl;
 
@@ -64,9 +65,6 @@ pub async fn run(job: Job, registry: &Registry, dispatcher: &Dispatcher) {
         tracing::error!(%id, error = %e, "could not record the end of the experiment");
     }
 }
-
-/// Written after every periodic evaluation; a restarted coordinator resumes from it.
-const CHECKPOINT: &str = "checkpoint.safetensors";
 
 /// Dispatches one round of `job`; stops early when the job is cancelled.
 async fn round(

@@ -11,14 +11,15 @@ use outerloop_proto::v1::{self, ExperimentSetup, Phase};
 use outerloop_proto::work::{Task, TaskDescriptor};
 use serde_json::json;
 
-use super::{chunk_sizes, critical_compute, RunError, CHECKPOINT};
+use super::checkpoint::{self, Checkpoint, RunState};
+use super::{chunk_sizes, critical_compute, RunError};
 use crate::dispatch::{Dispatcher, RoundInput, RoundOutput};
 use crate::mtl::delta_m::delta_m_percent;
 use crate::mtl::reduce::{reduce_tasks, Expected, TaskSums};
 use crate::mtl::weighting::{all_finite, StepInput, Weighting};
 use crate::optimizer::OuterOptimizer;
 use crate::registry::{Job, Registry};
-use crate::safetensors_file::{model_tensors, NamedTensor};
+use crate::safetensors_file::model_tensors;
 use crate::sampling::{self, Split};
 use crate::spec::MtlSpec;
 use crate::store::{EvalRecord, MetricsWriter, TaskScore};
@@ -365,13 +366,6 @@ impl<'a> Run<'a> {
     fn checkpoint(&mut self) -> Result<(), RunError> {
         // Metrics up to this step must be on disk before the checkpoint claims them.
         self.metrics.flush()?;
-        let (updates, buffers) = self.optimizer.state();
-        let mut tensors = model_tensors(&self.layout, &self.params);
-        tensors.extend(buffers.into_iter().map(|(name, values)| NamedTensor {
-            name: name.to_string(),
-            shape: vec![values.len()],
-            values,
-        }));
         // The weighting state is f64 and must resume bit-exactly: its values travel as bits.
         let weighting: BTreeMap<&str, Vec<u64>> = self
             .weighting
@@ -379,18 +373,20 @@ impl<'a> Run<'a> {
             .into_iter()
             .map(|(name, values)| (name, values.iter().map(|v| v.to_bits()).collect()))
             .collect();
-        let metadata = BTreeMap::from([
-            ("step".to_string(), self.step.to_string()),
-            ("optimizer_updates".to_string(), updates.to_string()),
-            ("train_seconds".to_string(), self.train_seconds.to_string()),
-            (
-                WEIGHTING_STATE.to_string(),
-                serde_json::to_string(&weighting).map_err(io::Error::other)?,
-            ),
-        ]);
-        self.registry
-            .store()
-            .write_tensors(&self.job.id, CHECKPOINT, &tensors, &metadata)?;
+        let weighting = serde_json::to_string(&weighting).map_err(io::Error::other)?;
+        let state = RunState {
+            layout: &self.layout,
+            params: &self.params,
+            optimizer: &self.optimizer,
+            step: self.step,
+            train_seconds: self.train_seconds,
+        };
+        checkpoint::write(
+            self.registry.store(),
+            &self.job.id,
+            state,
+            [(WEIGHTING_STATE.to_string(), weighting)],
+        )?;
         Ok(())
     }
 }
@@ -430,49 +426,22 @@ fn resume(
     registry: &Registry,
     layout: &ParamLayout,
 ) -> Result<Option<Start>, String> {
-    let Some(saved) = registry
-        .store()
-        .read_tensors(&job.id, CHECKPOINT)
-        .map_err(|e| e.to_string())?
-    else {
+    let Some(saved) = Checkpoint::read(registry.store(), &job.id, layout)? else {
         return Ok(None);
     };
-    let metadata = |key: &str| {
-        saved
-            .metadata
-            .get(key)
-            .ok_or_else(|| format!("checkpoint metadata lacks {key}"))
-    };
-    let number = |key: &str| -> Result<f64, String> {
-        metadata(key)?
-            .parse()
-            .map_err(|_| format!("checkpoint metadata {key} is not a number"))
-    };
     let mut start = Start::fresh(spec, layout);
-    start.params.clear();
-    for slot in &layout.slots {
-        match saved.tensors.get(&slot.name) {
-            Some(values) if values.len() == slot.len() => start.params.extend_from_slice(values),
-            _ => {
-                return Err(format!(
-                    "checkpoint tensor {} is missing or of the wrong size",
-                    slot.name
-                ))
-            }
-        }
-    }
-    start
-        .optimizer
-        .restore(number("optimizer_updates")? as u64, &saved.tensors)?;
-    let bits: BTreeMap<String, Vec<u64>> = serde_json::from_str(metadata(WEIGHTING_STATE)?)
-        .map_err(|e| format!("checkpoint weighting state: {e}"))?;
+    saved.restore_optimizer(&mut start.optimizer)?;
+    let bits: BTreeMap<String, Vec<u64>> =
+        serde_json::from_str(saved.metadata(WEIGHTING_STATE)?)
+            .map_err(|e| format!("checkpoint weighting state: {e}"))?;
     let state = bits
         .into_iter()
         .map(|(name, values)| (name, values.into_iter().map(f64::from_bits).collect()))
         .collect();
     start.weighting.restore(&state)?;
-    start.step = number("step")? as u64;
-    start.train_seconds = number("train_seconds")?;
+    start.params = saved.params;
+    start.step = saved.step;
+    start.train_seconds = saved.train_seconds;
     Ok(Some(start))
 }
 

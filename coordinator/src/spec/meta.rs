@@ -82,10 +82,11 @@ pub enum OptimizerKind {
     Adam,
 }
 
-fn default_betas() -> [f32; 2] {
+/// Adam's betas and eps by default, torch.optim's (shared by `[meta]` and `[train]`).
+pub(super) fn default_betas() -> [f32; 2] {
     [0.9, 0.999]
 }
-fn default_eps() -> f32 {
+pub(super) fn default_eps() -> f32 {
     1e-8
 }
 fn default_chunk_tasks() -> u32 {

@@ -7,7 +7,7 @@ use outerloop_proto::mtl::{GradNormData, MtlData, MtlSetup, MtlTask, TaskLoss};
 use serde::{Deserialize, Serialize};
 
 use super::error::{out_of_range, Invalid, SpecError};
-use super::meta::{check_optimizer, OptimizerKind};
+use super::meta::{check_optimizer, default_betas, default_eps, OptimizerKind};
 use super::{ExperimentKind, MAX_CHUNK_VALUES, MAX_PARAMS};
 use crate::mtl::weighting::Method;
 
@@ -104,12 +104,6 @@ pub struct TrainSpec {
 
 fn default_chunk_rows() -> u32 {
     64
-}
-fn default_betas() -> [f32; 2] {
-    [0.9, 0.999]
-}
-fn default_eps() -> f32 {
-    1e-8
 }
 
 /// `[eval]`: held-out rows scored every `every` steps and at the end.
