@@ -77,7 +77,8 @@ enum Command {
         #[arg(long)]
         per_task: bool,
         /// Where this worker's datasets are: a spec's dataset NAME is read from DIR/NAME/
-        /// (Omniglot's published layout, or train/, val/ and test/ class folders).
+        /// (Omniglot's published layout, train/, val/ and test/ class folders, or a table of
+        /// *.csv or *.parquet files).
         #[arg(long, value_name = "DIR")]
         data_root: Option<PathBuf>,
     },
@@ -339,7 +340,7 @@ fn scan_data_root(root: &std::path::Path) -> anyhow::Result<DataRoot> {
         tracing::warn!(dir = %dir.display(), error = %why, "not a usable dataset; skipped");
     }
     if data.datasets.is_empty() {
-        tracing::warn!(root = %root.display(), "no datasets under --data-root (expected NAME/images_background/... or NAME/train/...)");
+        tracing::warn!(root = %root.display(), "no datasets under --data-root (expected NAME/images_background/..., NAME/train/... or NAME/*.csv|*.parquet)");
     }
     Ok(data)
 }

@@ -101,6 +101,7 @@ pub fn print_workers(workers: &[WorkerSummary], json: bool) {
     let layout = |l: i32| match DatasetLayout::try_from(l) {
         Ok(DatasetLayout::Omniglot) => "omniglot",
         Ok(DatasetLayout::Folders) => "folders",
+        Ok(DatasetLayout::Table) => "table",
         _ => "?",
     };
     if json {
@@ -110,7 +111,7 @@ pub fn print_workers(workers: &[WorkerSummary], json: bool) {
                 .iter()
                 .map(|d| {
                     json!({"name": d.name, "layout": layout(d.layout), "fingerprint": d.fingerprint,
-                           "classes": d.classes, "images": d.images})
+                           "classes": d.classes, "images": d.images, "rows": d.rows, "columns": d.columns})
                 })
                 .collect();
             println!(
@@ -128,12 +129,15 @@ pub fn print_workers(workers: &[WorkerSummary], json: bool) {
     for w in workers {
         println!("{} ({}, {} threads)", w.name, w.device, w.threads);
         for d in &w.datasets {
+            let size = if d.layout == DatasetLayout::Table as i32 {
+                format!("{} rows, {} columns", d.rows, d.columns)
+            } else {
+                format!("{} classes, {} images", d.classes, d.images)
+            };
             println!(
-                "  {} ({} layout, {} classes, {} images, fingerprint {})",
+                "  {} ({} layout, {size}, fingerprint {})",
                 d.name,
                 layout(d.layout),
-                d.classes,
-                d.images,
                 d.fingerprint
             );
         }

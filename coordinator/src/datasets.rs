@@ -138,7 +138,7 @@ impl Catalog {
             .ok_or_else(|| {
                 let names: std::collections::BTreeSet<&str> = known.keys().map(|(n, _)| n.as_str()).collect();
                 format!(
-                    "no worker has reported a dataset named `{name}`; {}. Start a worker whose --data-root holds {name}/ (Omniglot's published layout, or train/, val/ and test/ class folders) and submit again",
+                    "no worker has reported a dataset named `{name}`; {}. Start a worker whose --data-root holds {name}/ (Omniglot's published layout, train/, val/ and test/ class folders, or CSV or Parquet files) and submit again",
                     if names.is_empty() {
                         "no worker has reported any dataset yet".to_string()
                     } else {
@@ -164,6 +164,7 @@ mod tests {
                 partition: Partition::Train,
                 instances: 3,
             }],
+            table: None,
         }
     }
 

@@ -123,22 +123,21 @@ impl Registry {
     ) -> Result<String, RegistryError> {
         let mut spec = ExperimentSpec::parse(text, source_name, overrides)?;
         let blame = |invalid| SpecError::blame(text, source_name, overrides, invalid);
-        let manifest = match &mut spec {
-            ExperimentSpec::Meta(spec) if spec.task.images().is_some() => {
-                let images = spec.task.images().expect("matched");
-                let pinned = images.fingerprint.as_deref();
-                let manifest = datasets(&images.dataset, pinned).map_err(|message| {
+        let manifest = match spec.dataset() {
+            Some(dataset) => {
+                let pinned = dataset.pinned.as_deref();
+                let manifest = datasets(&dataset.name, pinned).map_err(|message| {
                     let field = if pinned.is_some() {
-                        "task.fingerprint"
+                        dataset.pin_field
                     } else {
-                        "task.dataset"
+                        dataset.name_field
                     };
                     blame((field.to_string(), message))
                 })?;
                 spec.check_dataset(&manifest).map_err(blame)?;
                 Some(manifest)
             }
-            _ => None,
+            None => None,
         };
         let mut entries = self.lock();
         let seq = self.next_seq.load(Ordering::Relaxed);

@@ -140,19 +140,22 @@ impl Experiments for ExperimentsService {
                             Some(&d.fingerprint),
                             &Default::default(),
                         );
-                        let (layout, classes, images) = known.map_or((0, 0, 0), |m| {
+                        let (layout, classes, images) = known.as_ref().map_or((0, 0, 0), |m| {
                             (
                                 v1::DatasetLayout::from(m.layout) as i32,
                                 m.classes.len() as u32,
                                 m.images(),
                             )
                         });
+                        let table = known.ok().and_then(|m| m.table.clone());
                         v1::DatasetSummary {
                             name: d.name.clone(),
                             layout,
                             fingerprint: d.fingerprint.clone(),
                             classes,
                             images,
+                            rows: table.as_ref().map_or(0, |t| t.rows),
+                            columns: table.as_ref().map_or(0, |t| t.columns.len() as u32),
                         }
                     })
                     .collect(),

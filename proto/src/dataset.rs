@@ -1,4 +1,4 @@
-//! Datasets on the workers' disks as the coordinator knows them: classes, instance counts and a fingerprint, never the images.
+//! Datasets on the workers' disks as the coordinator knows them: classes and instance counts (images) or rows and columns (tables), and a fingerprint, never the data.
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +12,9 @@ pub enum Layout {
     /// One folder per class under `train/`, `val/` and `test/` (mini-ImageNet as users
     /// unpack it, or any image collection).
     Folders,
+    /// A table: one or more `*.csv` or `*.parquet` files directly in the dataset's directory,
+    /// with the same columns, read as one table in file-name order.
+    Table,
 }
 
 impl Layout {
@@ -19,6 +22,7 @@ impl Layout {
         match self {
             Layout::Omniglot => "omniglot",
             Layout::Folders => "folders",
+            Layout::Table => "table",
         }
     }
 }
@@ -54,7 +58,50 @@ pub struct Manifest {
     pub name: String,
     pub layout: Layout,
     pub fingerprint: String,
+    /// Image layouts only.
     pub classes: Vec<ClassEntry>,
+    /// The table layout only: its rows and columns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<TableManifest>,
+}
+
+/// Most distinct values a manifest lists for one column: enough for any categorical target
+/// or split column, small enough that a column of floats does not list every row.
+pub const MAX_LEVELS: usize = 1024;
+
+/// A table as the coordinator plans from it: how many rows, and what each column holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableManifest {
+    pub rows: u64,
+    pub columns: Vec<ColumnEntry>,
+}
+
+/// One column of a table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnEntry {
+    pub name: String,
+    /// Every present value is a number (CSV cells that parse as one; Parquet integers,
+    /// floats and booleans); otherwise the column is text.
+    pub numeric: bool,
+    /// Empty cells (CSV) or nulls (Parquet).
+    pub missing: u64,
+    /// The distinct present values with their counts, in canonical order (numbers by value,
+    /// written as Rust's shortest round-trip form; text by bytes), when there are at most
+    /// [`MAX_LEVELS`]; `None` when there are more.
+    pub levels: Option<Vec<Level>>,
+}
+
+/// One distinct value of a column and how many rows hold it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Level {
+    pub value: String,
+    pub count: u64,
+}
+
+impl TableManifest {
+    pub fn column(&self, name: &str) -> Option<&ColumnEntry> {
+        self.columns.iter().find(|c| c.name == name)
+    }
 }
 
 impl Manifest {
@@ -65,6 +112,15 @@ impl Manifest {
 
     /// A one-line description for logs and errors.
     pub fn summary(&self) -> String {
+        if let Some(table) = &self.table {
+            return format!(
+                "{} (table layout, {} rows, {} columns, fingerprint {})",
+                self.name,
+                table.rows,
+                table.columns.len(),
+                self.fingerprint
+            );
+        }
         format!(
             "{} ({} layout, {} classes, {} images, fingerprint {})",
             self.name,

@@ -6,6 +6,7 @@ pub mod model;
 pub mod mtl;
 pub mod splitmix;
 pub mod state;
+pub mod table;
 pub mod transport;
 pub mod work;
 

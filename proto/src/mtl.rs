@@ -19,6 +19,41 @@ pub struct MtlSetup {
 #[derive(Clone, Debug, PartialEq)]
 pub enum MtlData {
     GradNorm(GradNormData),
+    Table(TableData),
+}
+
+/// Rows of a table under each worker's `--data-root`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableData {
+    pub dataset: String,
+    /// The manifest the experiment was planned from; another copy is refused.
+    pub fingerprint: String,
+    /// Feature columns in input order: numeric ones standardised when `standardize` is set
+    /// (the training rows' mean and standard deviation), text ones one-hot over their levels.
+    pub features: Vec<String>,
+    /// Each task's target columns, in task order.
+    pub targets: Vec<Vec<String>>,
+    pub split: TableSplit,
+    pub standardize: bool,
+    /// Draws the fractions split and each epoch's order of the training rows.
+    pub seed: u64,
+}
+
+/// How a table's rows are divided into training, validation and test rows.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TableSplit {
+    /// A column whose values are `train`, `val` and `test`.
+    Column(String),
+    /// Rows drawn by the seed in these proportions (train, val, test), summing to 1.
+    Fractions([f64; 3]),
+}
+
+/// Which split a batch of rows comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowSplit {
+    Train,
+    Val,
+    Test,
 }
 
 /// The regression family of GradNorm (Chen et al. 2018, section 4): task `i`'s target is
@@ -62,12 +97,15 @@ pub enum TaskLoss {
     Mse,
     /// Softmax cross-entropy over `outputs` classes; the metric is accuracy (higher is better).
     CrossEntropy,
+    /// Binary cross-entropy on each of `outputs` 0/1 labels (multi-label classification); the
+    /// metric is the accuracy over the labels (higher is better).
+    BinaryCrossEntropy,
 }
 
 impl TaskLoss {
     /// Whether a larger metric is better (accuracy) rather than worse (an error).
     pub fn higher_is_better(self) -> bool {
-        self == TaskLoss::CrossEntropy
+        self != TaskLoss::Mse
     }
 }
 
@@ -77,6 +115,7 @@ pub struct RowBatch {
     pub tasks: Vec<u32>,
     pub first: u64,
     pub count: u32,
+    pub split: RowSplit,
 }
 
 impl MtlSetup {

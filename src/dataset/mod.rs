@@ -2,6 +2,7 @@
 
 mod baseline;
 mod synth;
+mod table;
 
 use std::process::ExitCode;
 
@@ -17,6 +18,9 @@ enum DatasetCommand {
     /// Generate a synthetic few-shot image dataset (procedurally drawn glyphs) as PNG files in
     /// Omniglot's layout or the class-per-folder layout of mini-ImageNet.
     Synth(synth::SynthArgs),
+    /// Generate a synthetic multi-task table (regression, 3-class and multi-label tasks on a
+    /// shared latent) as CSV, for table experiments (`kind = "mtl"`, `family = "table"`).
+    Table(table::TableArgs),
     /// Measure the raw-pixel nearest-neighbour accuracy of a dataset's few-shot episodes, the
     /// floor a meta-learner must clearly beat.
     Baseline(baseline::BaselineArgs),
@@ -26,5 +30,6 @@ pub fn run(args: DatasetArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         DatasetCommand::Synth(args) => synth::run(args),
         DatasetCommand::Baseline(args) => baseline::run(args),
+        DatasetCommand::Table(args) => table::run(args),
     }
 }

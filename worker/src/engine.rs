@@ -127,7 +127,7 @@ impl Engine {
         self.params = None;
         let loaded = if setup.mtl.is_some() {
             let mtl = MtlSetup::try_from(setup)?;
-            Loaded::Mtl(MtlExperiment::new(mtl).map_err(EngineError::Invalid)?)
+            Loaded::Mtl(MtlExperiment::new(mtl, &self.data)?)
         } else {
             let setup = Setup::try_from(setup)?;
             Loaded::Meta(Experiment::new(&setup, &self.data, &self.images)?)
@@ -457,6 +457,7 @@ mod tests {
                     tasks: vec![0, 1],
                     first: 64,
                     count: 16,
+                    split: v1::RowSplit::Train as i32,
                 })),
             }],
         };

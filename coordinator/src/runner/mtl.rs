@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use outerloop_proto::f32s_to_bytes;
 use outerloop_proto::model::ParamLayout;
-use outerloop_proto::mtl::{MtlSetup, RowBatch};
+use outerloop_proto::mtl::{MtlSetup, RowBatch, RowSplit};
 use outerloop_proto::v1::{self, ExperimentSetup, Phase};
 use outerloop_proto::work::{Task, TaskDescriptor};
 use serde_json::json;
@@ -49,6 +49,8 @@ struct Run<'a> {
     layout: ParamLayout,
     /// The values of each task's head, in task order.
     head_lens: Vec<usize>,
+    /// Rows of the validation and test splits when the data has an end (a table's).
+    held_out_rows: Option<[u64; 2]>,
     params: Vec<f32>,
     optimizer: OuterOptimizer,
     weighting: Box<dyn Weighting>,
@@ -65,7 +67,11 @@ impl<'a> Run<'a> {
         registry: &'a Registry,
         dispatcher: &'a Dispatcher,
     ) -> Result<Self, RunError> {
-        let setup = spec.setup(&job.id);
+        let manifest = registry.store().manifest(&job.id)?;
+        let setup = spec
+            .setup(&job.id, manifest.as_ref())
+            .map_err(RunError::Sampling)?;
+        let held_out_rows = spec.held_out_rows(manifest.as_ref());
         let layout = setup.layout();
         let start = match resume(job, spec, registry, &layout) {
             Ok(Some(start)) => start,
@@ -93,6 +99,7 @@ impl<'a> Run<'a> {
             head_lens: (0..setup.tasks.len())
                 .map(|t| setup.head_range(t).len())
                 .collect(),
+            held_out_rows,
             params: start.params,
             optimizer: start.optimizer,
             weighting: start.weighting,
@@ -260,10 +267,17 @@ impl<'a> Run<'a> {
     /// (`Split::Final`) and records each task's loss and metric.
     async fn evaluate(&mut self, split: Split) -> Result<EvalRecord, RunError> {
         let spec = self.spec;
-        let rows = match split {
-            Split::Final => spec.eval.final_rows,
-            _ => spec.eval.rows,
-        } as u64;
+        let (asked, available) = match split {
+            Split::Final => (spec.eval.final_rows, self.held_out_rows.map(|r| r[1])),
+            _ => (spec.eval.rows, self.held_out_rows.map(|r| r[0])),
+        };
+        // A table's split has an end: all of it unless the spec asks for fewer rows.
+        let rows = match (asked, available) {
+            (Some(asked), Some(available)) => (asked as u64).min(available),
+            (None, Some(available)) => available,
+            (Some(asked), None) => asked as u64,
+            (None, None) => unreachable!("validated: generated data names its rows"),
+        };
         let sizes = chunk_sizes(rows, spec.eval.chunk_rows as u64);
         let chunks = self.descriptors(split, 0, &sizes);
         let out = self.round(Phase::Eval, chunks).await?;
@@ -324,6 +338,11 @@ impl<'a> Run<'a> {
         sizes: &[usize],
     ) -> Vec<Vec<v1::TaskDescriptor>> {
         let stream = sampling::row_stream(self.spec.seed, split);
+        let row_split = match split {
+            Split::Train => RowSplit::Train,
+            Split::Eval => RowSplit::Val,
+            Split::Final => RowSplit::Test,
+        };
         let tasks: Vec<u32> = (0..self.setup.tasks.len() as u32).collect();
         let mut next = first;
         sizes
@@ -337,6 +356,7 @@ impl<'a> Run<'a> {
                         tasks: tasks.clone(),
                         first: next,
                         count: count as u32,
+                        split: row_split,
                     }),
                 };
                 next += count as u64;

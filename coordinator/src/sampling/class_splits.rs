@@ -60,18 +60,21 @@ pub fn class_splits(manifest: &Manifest, rotations: bool) -> ClassSplits {
             let (validation, test) = rest.split_at(validation.min(rest.len()));
             [order, validation.to_vec(), test.to_vec()]
         }
-        Layout::Folders => [Partition::Train, Partition::Val, Partition::Test].map(|partition| {
-            all.iter()
-                .copied()
-                .filter(|&c| manifest.classes[c as usize].partition == partition)
-                .collect()
-        }),
+        // A table has no classes (its specs are refused before sampling): empty splits.
+        Layout::Folders | Layout::Table => {
+            [Partition::Train, Partition::Val, Partition::Test].map(|partition| {
+                all.iter()
+                    .copied()
+                    .filter(|&c| manifest.classes[c as usize].partition == partition)
+                    .collect()
+            })
+        }
     };
     let turns: &[u8] = if rotations { &[0, 1, 2, 3] } else { &[0] };
     let split = |name: &'static str, classes: Vec<u32>| {
         let unit = match manifest.layout {
             Layout::Omniglot => "characters",
-            Layout::Folders => "classes",
+            Layout::Folders | Layout::Table => "classes",
         };
         SplitClasses {
             name,
@@ -117,11 +120,12 @@ pub(crate) mod tests {
                         (Layout::Omniglot, _) => Partition::Background,
                         (Layout::Folders, 0) => Partition::Val,
                         (Layout::Folders, 1) => Partition::Test,
-                        (Layout::Folders, _) => Partition::Train,
+                        (Layout::Folders | Layout::Table, _) => Partition::Train,
                     },
                     instances,
                 })
                 .collect(),
+            table: None,
         }
     }
 

@@ -95,8 +95,20 @@ pub fn locate_key(text: &str, path: &str) -> Option<(usize, usize)> {
         None => ("", path),
     };
     let mut current = String::new();
+    // Array-of-tables headers seen so far: `[[data.tasks]]` opens `data.tasks[0]`, then `[1]`.
+    let mut arrays: std::collections::HashMap<String, usize> = Default::default();
     for (i, line) in text.lines().enumerate() {
         let trimmed = line.trim();
+        if let Some(header) = trimmed
+            .strip_prefix("[[")
+            .and_then(|h| h.strip_suffix("]]"))
+        {
+            let header = header.trim().to_string();
+            let index = arrays.entry(header.clone()).or_insert(0);
+            current = format!("{header}[{index}]");
+            *index += 1;
+            continue;
+        }
         if let Some(header) = trimmed.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
             current = header.trim().to_string();
             continue;
@@ -120,6 +132,9 @@ mod tests {
     fn keys_are_found_in_their_table() {
         let text = "name = \"a\"\n[task]\nshots = 1\n[meta]\n  shots = 2\n";
         assert_eq!(locate_key(text, "task.shots"), Some((3, 1)));
+        let arrays = "[data]\n[[data.tasks]]\nloss = 1\n[[data.tasks]]\nloss = 2\n";
+        assert_eq!(locate_key(arrays, "data.tasks[1].loss"), Some((5, 1)));
+        assert_eq!(locate_key(arrays, "data.tasks[0].loss"), Some((3, 1)));
         assert_eq!(locate_key(text, "meta.shots"), Some((5, 3)));
         assert_eq!(locate_key(text, "name"), Some((1, 1)));
         assert_eq!(locate_key(text, "eval.shots"), None);

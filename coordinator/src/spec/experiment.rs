@@ -1,9 +1,19 @@
 //! Any experiment spec: its `kind` picks the schema the document is read with.
 
+use outerloop_proto::dataset::Manifest;
 use serde::Serialize;
 
 use super::mtl::MtlSpec;
-use super::{overrides, ExperimentKind, Spec, SpecError};
+use super::{overrides, ExperimentKind, Invalid, Spec, SpecError};
+
+/// The dataset on the workers' disks a spec reads: its name, the version it pins (if any),
+/// and the spec fields to blame when either cannot be found.
+pub struct DatasetRef {
+    pub name: String,
+    pub pinned: Option<String>,
+    pub name_field: &'static str,
+    pub pin_field: &'static str,
+}
 
 /// A resolved spec of either experiment kind.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,6 +59,32 @@ impl ExperimentSpec {
         match self {
             Self::Meta(spec) => spec.meta.meta_batch as u64,
             Self::Mtl(spec) => spec.train.batch as u64,
+        }
+    }
+
+    /// The dataset on the workers' disks this spec reads, if any.
+    pub fn dataset(&self) -> Option<DatasetRef> {
+        match self {
+            Self::Meta(spec) => spec.task.images().map(|images| DatasetRef {
+                name: images.dataset.clone(),
+                pinned: images.fingerprint.clone(),
+                name_field: "task.dataset",
+                pin_field: "task.fingerprint",
+            }),
+            Self::Mtl(spec) => spec.table().map(|table| DatasetRef {
+                name: table.dataset.clone(),
+                pinned: table.fingerprint.clone(),
+                name_field: "data.dataset",
+                pin_field: "data.fingerprint",
+            }),
+        }
+    }
+
+    /// Checks the spec against its dataset's manifest and pins it to that version.
+    pub fn check_dataset(&mut self, manifest: &Manifest) -> Result<(), Invalid> {
+        match self {
+            Self::Meta(spec) => spec.check_dataset(manifest),
+            Self::Mtl(spec) => spec.check_dataset(manifest),
         }
     }
 

@@ -1,7 +1,9 @@
 //! `--set key.path=value` overrides, applied to the parsed TOML document before validation.
 
 /// Applies one `key.path=value` assignment. The value is read as a TOML value
-/// (`3`, `0.5`, `"adam"`, `[40, 40]`); a bare word that is not one is taken as a string.
+/// (`3`, `0.5`, `"adam"`, `[40, 40]`); a bare word that is not one is taken as a string. A
+/// key `name[i]` is the `i`-th table of an array of tables (`data.tasks[1].outputs`), which
+/// must exist.
 pub fn apply(doc: &mut toml::Table, assignment: &str) -> Result<(), String> {
     let (path, raw) = assignment
         .split_once('=')
@@ -15,12 +17,20 @@ pub fn apply(doc: &mut toml::Table, assignment: &str) -> Result<(), String> {
     let (last, parents) = keys.split_last().expect("split yields at least one key");
     let mut table = doc;
     for (depth, key) in parents.iter().enumerate() {
-        let entry = table
-            .entry(key.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let shown = || keys[..=depth].join(".");
+        let entry = match indexed(key) {
+            Some((name, index)) => table
+                .get_mut(name)
+                .and_then(toml::Value::as_array_mut)
+                .and_then(|array| array.get_mut(index))
+                .ok_or_else(|| format!("`{}` does not exist: the document has no {name} table number {index} (counting from 0)", shown()))?,
+            None => table
+                .entry(key.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new())),
+        };
         table = entry
             .as_table_mut()
-            .ok_or_else(|| format!("`{}` is a value, not a table", keys[..=depth].join(".")))?;
+            .ok_or_else(|| format!("`{}` is a value, not a table", shown()))?;
     }
     table.insert(last.to_string(), value);
     Ok(())
@@ -29,6 +39,13 @@ pub fn apply(doc: &mut toml::Table, assignment: &str) -> Result<(), String> {
 /// The field path an assignment sets (`meta.steps` of `meta.steps=3`).
 pub fn path_of(assignment: &str) -> Option<&str> {
     assignment.split_once('=').map(|(k, _)| k.trim())
+}
+
+/// `name[i]` as (`name`, `i`).
+fn indexed(key: &str) -> Option<(&str, usize)> {
+    let (name, rest) = key.split_once('[')?;
+    let index = rest.strip_suffix(']')?.parse().ok()?;
+    Some((name, index))
 }
 
 fn parse_value(raw: &str) -> toml::Value {
@@ -52,5 +69,10 @@ mod tests {
         assert_eq!(doc["model"]["hidden"].as_array().map(|a| a.len()), Some(2));
         assert_eq!(doc["meta"]["algorithm"].as_str(), Some("fomaml"));
         assert_eq!(path_of("meta.steps = 3"), Some("meta.steps"));
+        let mut doc: toml::Table = toml::from_str("[[data.tasks]]\nloss = 1\n").unwrap();
+        apply(&mut doc, "data.tasks[0].outputs=2").unwrap();
+        assert_eq!(doc["data"]["tasks"][0]["outputs"].as_integer(), Some(2));
+        let e = apply(&mut doc, "data.tasks[1].outputs=2").unwrap_err();
+        assert!(e.contains("no tasks table number 1"), "{e}");
     }
 }

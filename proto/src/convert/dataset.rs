@@ -1,7 +1,7 @@
 //! Dataset manifests: `v1::DatasetManifest` to and from `dataset::Manifest`.
 
 use super::WireError;
-use crate::dataset::{ClassEntry, Layout, Manifest, Partition};
+use crate::dataset::{ClassEntry, ColumnEntry, Layout, Level, Manifest, Partition, TableManifest};
 use crate::v1;
 
 impl From<Layout> for v1::DatasetLayout {
@@ -9,6 +9,7 @@ impl From<Layout> for v1::DatasetLayout {
         match layout {
             Layout::Omniglot => v1::DatasetLayout::Omniglot,
             Layout::Folders => v1::DatasetLayout::Folders,
+            Layout::Table => v1::DatasetLayout::Table,
         }
     }
 }
@@ -17,6 +18,7 @@ pub(super) fn layout(value: i32) -> Result<Layout, WireError> {
     match v1::DatasetLayout::try_from(value) {
         Ok(v1::DatasetLayout::Omniglot) => Ok(Layout::Omniglot),
         Ok(v1::DatasetLayout::Folders) => Ok(Layout::Folders),
+        Ok(v1::DatasetLayout::Table) => Ok(Layout::Table),
         _ => Err(WireError::UnknownValue {
             field: "dataset layout",
             value,
@@ -65,6 +67,28 @@ impl From<&Manifest> for v1::DatasetManifest {
                     instances: c.instances,
                 })
                 .collect(),
+            table: m.table.as_ref().map(|t| v1::TableManifest {
+                rows: t.rows,
+                columns: t
+                    .columns
+                    .iter()
+                    .map(|c| v1::TableColumn {
+                        name: c.name.clone(),
+                        numeric: c.numeric,
+                        missing: c.missing,
+                        many_levels: c.levels.is_none(),
+                        levels: c
+                            .levels
+                            .iter()
+                            .flatten()
+                            .map(|l| v1::TableLevel {
+                                value: l.value.clone(),
+                                count: l.count,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            }),
         }
     }
 }
@@ -88,6 +112,27 @@ impl TryFrom<&v1::DatasetManifest> for Manifest {
                     })
                 })
                 .collect::<Result<_, WireError>>()?,
+            table: wire.table.as_ref().map(|t| TableManifest {
+                rows: t.rows,
+                columns: t
+                    .columns
+                    .iter()
+                    .map(|c| ColumnEntry {
+                        name: c.name.clone(),
+                        numeric: c.numeric,
+                        missing: c.missing,
+                        levels: (!c.many_levels).then(|| {
+                            c.levels
+                                .iter()
+                                .map(|l| Level {
+                                    value: l.value.clone(),
+                                    count: l.count,
+                                })
+                                .collect()
+                        }),
+                    })
+                    .collect(),
+            }),
         })
     }
 }
@@ -114,9 +159,40 @@ mod tests {
                     instances: 19,
                 },
             ],
+            table: None,
         };
         let wire = v1::DatasetManifest::from(&manifest);
         assert_eq!(Manifest::try_from(&wire), Ok(manifest));
+        let table = Manifest {
+            name: "census".into(),
+            layout: Layout::Table,
+            fingerprint: "ff".into(),
+            classes: Vec::new(),
+            table: Some(TableManifest {
+                rows: 3,
+                columns: vec![
+                    ColumnEntry {
+                        name: "income".into(),
+                        numeric: false,
+                        missing: 1,
+                        levels: Some(vec![Level {
+                            value: "high".into(),
+                            count: 2,
+                        }]),
+                    },
+                    ColumnEntry {
+                        name: "age".into(),
+                        numeric: true,
+                        missing: 0,
+                        levels: None,
+                    },
+                ],
+            }),
+        };
+        assert_eq!(
+            Manifest::try_from(&v1::DatasetManifest::from(&table)),
+            Ok(table)
+        );
         let bad = v1::DatasetManifest { layout: 42, ..wire };
         assert!(Manifest::try_from(&bad).is_err());
     }

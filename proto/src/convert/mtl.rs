@@ -2,7 +2,7 @@
 
 use super::WireError;
 use crate::model::Mlp;
-use crate::mtl::{GradNormData, MtlData, MtlSetup, MtlTask, TaskLoss};
+use crate::mtl::{GradNormData, MtlData, MtlSetup, MtlTask, TableData, TableSplit, TaskLoss};
 use crate::v1;
 
 impl From<&MtlSetup> for v1::ExperimentSetup {
@@ -14,6 +14,30 @@ impl From<&MtlSetup> for v1::ExperimentSetup {
                 outputs: g.outputs,
                 sigmas: g.sigmas.clone(),
                 tasks: g.tasks.clone(),
+            }),
+            MtlData::Table(t) => v1::mtl_setup::Data::Table(v1::TableData {
+                dataset: t.dataset.clone(),
+                fingerprint: t.fingerprint.clone(),
+                features: t.features.clone(),
+                targets: t
+                    .targets
+                    .iter()
+                    .map(|columns| v1::TableTargets {
+                        columns: columns.clone(),
+                    })
+                    .collect(),
+                split: Some(match &t.split {
+                    TableSplit::Column(c) => v1::table_data::Split::SplitColumn(c.clone()),
+                    TableSplit::Fractions([train, val, test]) => {
+                        v1::table_data::Split::Fractions(v1::SplitFractions {
+                            train: *train,
+                            val: *val,
+                            test: *test,
+                        })
+                    }
+                }),
+                standardize: t.standardize,
+                seed: t.seed,
             }),
         };
         let shared = &setup.shared;
@@ -34,6 +58,7 @@ impl From<&MtlSetup> for v1::ExperimentSetup {
                         loss: match t.loss {
                             TaskLoss::Mse => v1::TaskLoss::Mse,
                             TaskLoss::CrossEntropy => v1::TaskLoss::CrossEntropy,
+                            TaskLoss::BinaryCrossEntropy => v1::TaskLoss::BinaryCrossEntropy,
                         } as i32,
                         outputs: t.outputs,
                     })
@@ -57,6 +82,24 @@ impl TryFrom<&v1::ExperimentSetup> for MtlSetup {
                 sigmas: g.sigmas.clone(),
                 tasks: g.tasks.clone(),
             }),
+            v1::mtl_setup::Data::Table(t) => MtlData::Table(TableData {
+                dataset: t.dataset.clone(),
+                fingerprint: t.fingerprint.clone(),
+                features: t.features.clone(),
+                targets: t.targets.iter().map(|c| c.columns.clone()).collect(),
+                split: match t
+                    .split
+                    .as_ref()
+                    .ok_or(WireError::Missing("mtl.table.split"))?
+                {
+                    v1::table_data::Split::SplitColumn(c) => TableSplit::Column(c.clone()),
+                    v1::table_data::Split::Fractions(f) => {
+                        TableSplit::Fractions([f.train, f.val, f.test])
+                    }
+                },
+                standardize: t.standardize,
+                seed: t.seed,
+            }),
         };
         let shared = mtl
             .shared
@@ -69,6 +112,7 @@ impl TryFrom<&v1::ExperimentSetup> for MtlSetup {
                 let loss = match v1::TaskLoss::try_from(t.loss) {
                     Ok(v1::TaskLoss::Mse) => TaskLoss::Mse,
                     Ok(v1::TaskLoss::CrossEntropy) => TaskLoss::CrossEntropy,
+                    Ok(v1::TaskLoss::BinaryCrossEntropy) => TaskLoss::BinaryCrossEntropy,
                     Ok(v1::TaskLoss::Unspecified) | Err(_) => {
                         return Err(WireError::UnknownValue {
                             field: "mtl.tasks.loss",
@@ -130,7 +174,7 @@ mod tests {
             ],
         };
         let wire = v1::ExperimentSetup::from(&setup);
-        assert_eq!(MtlSetup::try_from(&wire), Ok(setup));
+        assert_eq!(MtlSetup::try_from(&wire), Ok(setup.clone()));
         let mut bad = wire.clone();
         bad.mtl.as_mut().unwrap().tasks[1].loss = 42;
         assert_eq!(
@@ -140,6 +184,44 @@ mod tests {
                 value: 42
             })
         );
+        let table = MtlSetup {
+            data: MtlData::Table(TableData {
+                dataset: "census".into(),
+                fingerprint: "ab12".into(),
+                features: vec!["age".into(), "job".into()],
+                targets: vec![vec!["income".into()], vec!["a".into(), "b".into()]],
+                split: TableSplit::Fractions([0.8, 0.1, 0.1]),
+                standardize: true,
+                seed: 3,
+            }),
+            tasks: vec![
+                MtlTask {
+                    name: "income".into(),
+                    loss: TaskLoss::CrossEntropy,
+                    outputs: 2,
+                },
+                MtlTask {
+                    name: "tags".into(),
+                    loss: TaskLoss::BinaryCrossEntropy,
+                    outputs: 2,
+                },
+            ],
+            ..setup
+        };
+        let wire = v1::ExperimentSetup::from(&table);
+        assert_eq!(MtlSetup::try_from(&wire), Ok(table.clone()));
+        let by_column = MtlSetup {
+            data: MtlData::Table(TableData {
+                split: TableSplit::Column("fold".into()),
+                ..match table.data {
+                    MtlData::Table(t) => t,
+                    _ => unreachable!(),
+                }
+            }),
+            ..table
+        };
+        let wire = v1::ExperimentSetup::from(&by_column);
+        assert_eq!(MtlSetup::try_from(&wire), Ok(by_column));
         let meta = v1::ExperimentSetup::default();
         assert_eq!(MtlSetup::try_from(&meta), Err(WireError::Missing("mtl")));
     }

@@ -1,7 +1,7 @@
 //! Task descriptors: `v1::TaskDescriptor` to and from `work::TaskDescriptor`.
 
 use super::WireError;
-use crate::mtl::RowBatch;
+use crate::mtl::{RowBatch, RowSplit};
 use crate::v1;
 use crate::work::{Episode, SinusoidTask, Task, TaskDescriptor};
 
@@ -26,6 +26,11 @@ impl From<&TaskDescriptor> for v1::TaskDescriptor {
                     tasks: r.tasks.clone(),
                     first: r.first,
                     count: r.count,
+                    split: match r.split {
+                        RowSplit::Train => v1::RowSplit::Train,
+                        RowSplit::Val => v1::RowSplit::Val,
+                        RowSplit::Test => v1::RowSplit::Test,
+                    } as i32,
                 }),
             }),
         }
@@ -53,6 +58,17 @@ impl TryFrom<&v1::TaskDescriptor> for TaskDescriptor {
                 tasks: r.tasks.clone(),
                 first: r.first,
                 count: r.count,
+                split: match v1::RowSplit::try_from(r.split) {
+                    Ok(v1::RowSplit::Train) => RowSplit::Train,
+                    Ok(v1::RowSplit::Val) => RowSplit::Val,
+                    Ok(v1::RowSplit::Test) => RowSplit::Test,
+                    Ok(v1::RowSplit::Unspecified) | Err(_) => {
+                        return Err(WireError::UnknownValue {
+                            field: "rows.split",
+                            value: r.split,
+                        })
+                    }
+                },
             }),
         };
         Ok(TaskDescriptor {
@@ -103,6 +119,7 @@ mod tests {
                 tasks: vec![0, 2],
                 first: 640,
                 count: 64,
+                split: RowSplit::Val,
             }),
         };
         assert_eq!(

@@ -3,6 +3,7 @@
 mod batch;
 pub mod images;
 mod sinusoid;
+pub mod table;
 
 use std::cell::RefCell;
 use std::rc::Rc;

@@ -19,7 +19,7 @@
 use outerloop_proto::splitmix::splitmix64;
 use std::cell::RefCell;
 
-use outerloop_proto::mtl::GradNormData;
+use outerloop_proto::mtl::{GradNormData, RowBatch};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
@@ -144,14 +144,15 @@ impl RowSource for GradNorm {
     fn rows(
         &self,
         stream: u64,
-        first: u64,
-        count: usize,
+        batch: &RowBatch,
         tasks: &[usize],
         kind: Kind,
         device: Device,
-    ) -> Rows {
+    ) -> Result<Rows, String> {
+        // Generated rows have no end: every split is a stream of its own (`stream`).
+        let count = batch.count as usize;
         let x = tensor(
-            &self.inputs(stream, first, count),
+            &self.inputs(stream, batch.first, count),
             &[count, self.inputs],
             kind,
             device,
@@ -168,10 +169,10 @@ impl RowSource for GradNorm {
         let pre = x.matmul(&weights.view([-1, self.inputs as i64]).tr());
         let (rows, width) = (count as i64, self.outputs as i64);
         let y = pre.view([rows, tasks.len() as i64, width]).tanh() * sigmas;
-        Rows {
+        Ok(Rows {
             targets: (0..tasks.len() as i64).map(|i| y.select(1, i)).collect(),
             x,
-        }
+        })
     }
 }
 
@@ -250,6 +251,15 @@ mod tests {
         assert_eq!(both, [g.input(11, 40), g.input(11, 41)].concat());
     }
 
+    fn batch(first: u64, count: u32) -> RowBatch {
+        RowBatch {
+            tasks: Vec::new(),
+            first,
+            count,
+            split: outerloop_proto::mtl::RowSplit::Train,
+        }
+    }
+
     #[test]
     fn an_experiment_of_some_of_the_familys_tasks_gets_their_targets() {
         let all = GradNorm::new(&data(5));
@@ -257,9 +267,13 @@ mod tests {
             tasks: vec![2, 0],
             ..data(5)
         });
-        let full = all.rows(9, 3, 4, &[0, 1, 2], Kind::Float, Device::Cpu);
+        let full = all
+            .rows(9, &batch(3, 4), &[0, 1, 2], Kind::Float, Device::Cpu)
+            .unwrap();
         // The experiment's task 0 is the family's task 2, its task 1 the family's task 0.
-        let picked = some.rows(9, 3, 4, &[0, 1], Kind::Float, Device::Cpu);
+        let picked = some
+            .rows(9, &batch(3, 4), &[0, 1], Kind::Float, Device::Cpu)
+            .unwrap();
         assert_eq!(picked.x, full.x);
         assert_eq!(picked.targets[0], full.targets[2]);
         assert_eq!(picked.targets[1], full.targets[0]);
@@ -272,7 +286,7 @@ mod tests {
         for (kind, tolerance) in [(Kind::Double, 1e-12), (Kind::Float, 1e-5)] {
             // A subset out of order, then every task in order (the product's two ways).
             for tasks in [vec![2, 0], vec![0, 1, 2]] {
-                let rows = g.rows(3, 5, 6, &tasks, kind, Device::Cpu);
+                let rows = g.rows(3, &batch(5, 6), &tasks, kind, Device::Cpu).unwrap();
                 assert_eq!(rows.x.size(), [6, 50]);
                 let got = Vec::<f32>::try_from(rows.x.to_kind(Kind::Float).flatten(0, -1));
                 assert_eq!(got.unwrap(), x);

@@ -5,6 +5,7 @@ mod gradnorm;
 mod loss;
 mod per_task;
 mod rows;
+mod table;
 mod trunk;
 
 use outerloop_proto::f32s_to_bytes;
@@ -18,7 +19,8 @@ pub use gradnorm::GradNorm;
 pub use rows::{RowSource, Rows};
 
 use crate::algorithms::Path;
-use crate::engine::append_values;
+use crate::data::DataRoot;
+use crate::engine::{append_values, EngineError};
 
 /// Input values one descriptor may ask for (1 GiB of `f32`): a larger batch of rows is a
 /// coordinator bug, reported rather than allocated.
@@ -69,12 +71,15 @@ impl Totals {
 }
 
 impl MtlExperiment {
-    /// The experiment, or why this set-up cannot be computed (by any worker).
-    pub fn new(setup: MtlSetup) -> Result<Self, String> {
+    /// The experiment, or why this set-up cannot be computed: by any worker (invalid), or by
+    /// this one, whose copy of the data is missing or differs (refused).
+    pub fn new(setup: MtlSetup, data: &DataRoot) -> Result<Self, EngineError> {
         if setup.tasks.is_empty() {
-            return Err("a multi-task experiment needs at least one task".into());
+            return Err(EngineError::Invalid(
+                "a multi-task experiment needs at least one task".into(),
+            ));
         }
-        let source = rows::source(&setup)?;
+        let source = rows::source(&setup, data)?;
         Ok(MtlExperiment {
             layout: setup.layout(),
             source,
@@ -158,11 +163,8 @@ impl MtlExperiment {
         path: Path,
         train: bool,
     ) -> Result<Vec<v1::TaskTotals>, String> {
-        let count = batch.count as usize;
         let (kind, device) = (params[0].kind(), params[0].device());
-        let rows = self
-            .source
-            .rows(stream, batch.first, count, tasks, kind, device);
+        let rows = self.source.rows(stream, batch, tasks, kind, device)?;
         let shared = &params[..2 * (self.setup.shared.hidden.len() + 1)];
         let heads = &params[shared.len()..];
         let scored: Vec<Scored> = tasks
@@ -268,7 +270,7 @@ mod tests {
     }
 
     fn experiment_and_params() -> (MtlExperiment, Vec<Tensor>) {
-        let experiment = MtlExperiment::new(setup()).unwrap();
+        let experiment = MtlExperiment::new(setup(), &DataRoot::empty()).unwrap();
         let values = experiment.layout().init(5);
         let params = leaf_parameters(experiment.layout(), &values, Device::Cpu);
         (experiment, params)
@@ -282,6 +284,7 @@ mod tests {
                 tasks,
                 first,
                 count,
+                split: v1::RowSplit::Train as i32,
             })),
         }
     }
@@ -506,18 +509,17 @@ mod tests {
     fn setups_the_data_cannot_serve_are_refused() {
         let mut classifier = setup();
         classifier.tasks[1].loss = TaskLoss::CrossEntropy;
-        assert!(MtlExperiment::new(classifier)
-            .err()
-            .unwrap()
-            .contains("\"b\""));
+        let invalid = |setup| match MtlExperiment::new(setup, &DataRoot::empty()) {
+            Err(EngineError::Invalid(message)) => message,
+            Err(other) => panic!("not invalid: {other}"),
+            Ok(_) => panic!("accepted"),
+        };
+        assert!(invalid(classifier).contains("\"b\""));
         let mut wide = setup();
         wide.shared.input = 7;
-        assert!(MtlExperiment::new(wide).is_err());
+        assert!(invalid(wide).contains("7 inputs"));
         let mut no_sigma = setup();
         no_sigma.tasks.push(no_sigma.tasks[0].clone());
-        assert!(MtlExperiment::new(no_sigma)
-            .err()
-            .unwrap()
-            .contains("names 3 of its tasks for 4 tasks"));
+        assert!(invalid(no_sigma).contains("names 3 of its tasks for 4 tasks"));
     }
 }

@@ -1,9 +1,12 @@
 //! Rows of a multi-task dataset: what a data family hands the worker for a batch of rows, and which family an experiment reads.
 
-use outerloop_proto::mtl::{MtlData, MtlSetup, TaskLoss};
+use outerloop_proto::mtl::{GradNormData, MtlData, MtlSetup, RowBatch, TaskLoss};
 use tch::{Device, Kind, Tensor};
 
 use super::gradnorm::GradNorm;
+use super::table::TableRows;
+use crate::data::DataRoot;
+use crate::engine::EngineError;
 
 /// A batch of rows on the device: inputs `[rows, inputs]` and, for each task asked for, its
 /// targets (`[rows, outputs]` values, or `[rows]` int64 class labels).
@@ -13,20 +16,20 @@ pub struct Rows {
     pub targets: Vec<Tensor>,
 }
 
-/// A multi-task dataset. Rows are a pure function of (stream, row index), so any worker
-/// makes the same rows for the same descriptor.
+/// A multi-task dataset. Rows are a pure function of (stream, split, row index), so any
+/// worker makes the same rows for the same descriptor.
 pub trait RowSource {
-    /// Rows `first .. first + count` of `stream`, with the targets of `tasks` (indices the
-    /// source was checked against when it was built), floating-point values in `kind`.
+    /// The rows `batch` names in `stream`, with the targets of `tasks` (indices the source
+    /// was checked against when it was built), floating-point values in `kind`; or why the
+    /// data has no such rows.
     fn rows(
         &self,
         stream: u64,
-        first: u64,
-        count: usize,
+        batch: &RowBatch,
         tasks: &[usize],
         kind: Kind,
         device: Device,
-    ) -> Rows;
+    ) -> Result<Rows, String>;
 }
 
 /// Row-major `values` as a tensor of `shape`, in `kind` on `device`.
@@ -46,42 +49,63 @@ pub fn tensor(values: &[f32], shape: &[usize], kind: Kind, device: Device) -> Te
     }
 }
 
-/// The data family of `setup`, or why its tasks and shared layers do not fit it.
-pub fn source(setup: &MtlSetup) -> Result<Box<dyn RowSource>, String> {
+/// The data of `setup`: refused when this worker lacks the table or holds another version
+/// of it, invalid when the tasks and shared layers do not fit the data.
+pub fn source(setup: &MtlSetup, data: &DataRoot) -> Result<Box<dyn RowSource>, EngineError> {
     match &setup.data {
-        MtlData::GradNorm(data) => {
-            if data.inputs == 0 || data.outputs == 0 {
-                return Err("GradNorm data needs at least one input and one output".into());
+        MtlData::Table(table) => {
+            if let Some(refusal) = data.refusal(&table.dataset, &table.fingerprint) {
+                return Err(EngineError::Refused(refusal));
             }
-            if setup.shared.input != data.inputs as usize {
-                return Err(format!(
-                    "the shared layers read {} inputs, the GradNorm data has {}",
-                    setup.shared.input, data.inputs
-                ));
-            }
-            let family = data.family_tasks();
-            if family.len() != setup.tasks.len() {
-                return Err(format!(
-                    "GradNorm data names {} of its tasks for {} tasks",
-                    family.len(),
-                    setup.tasks.len()
-                ));
-            }
-            if let Some(bad) = family.iter().find(|&&t| t >= data.sigmas.len()) {
-                return Err(format!(
-                    "GradNorm data names task {bad} of a family of {}",
-                    data.sigmas.len()
-                ));
-            }
-            for task in &setup.tasks {
-                if task.loss != TaskLoss::Mse || task.outputs != data.outputs {
-                    return Err(format!(
-                        "task {:?}: GradNorm data only has mean-squared-error tasks of {} outputs",
-                        task.name, data.outputs
-                    ));
-                }
-            }
-            Ok(Box::new(GradNorm::new(data)))
+            let local = data
+                .datasets
+                .get(&table.dataset)
+                .and_then(|d| d.table.clone())
+                .ok_or_else(|| {
+                    EngineError::Refused(format!(
+                        "dataset `{}` on this worker is not a table",
+                        table.dataset
+                    ))
+                })?;
+            Ok(Box::new(
+                TableRows::new(&local, table, setup).map_err(EngineError::Invalid)?,
+            ))
+        }
+        MtlData::GradNorm(data) => gradnorm(setup, data).map_err(EngineError::Invalid),
+    }
+}
+
+fn gradnorm(setup: &MtlSetup, data: &GradNormData) -> Result<Box<dyn RowSource>, String> {
+    if data.inputs == 0 || data.outputs == 0 {
+        return Err("GradNorm data needs at least one input and one output".into());
+    }
+    if setup.shared.input != data.inputs as usize {
+        return Err(format!(
+            "the shared layers read {} inputs, the GradNorm data has {}",
+            setup.shared.input, data.inputs
+        ));
+    }
+    let family = data.family_tasks();
+    if family.len() != setup.tasks.len() {
+        return Err(format!(
+            "GradNorm data names {} of its tasks for {} tasks",
+            family.len(),
+            setup.tasks.len()
+        ));
+    }
+    if let Some(bad) = family.iter().find(|&&t| t >= data.sigmas.len()) {
+        return Err(format!(
+            "GradNorm data names task {bad} of a family of {}",
+            data.sigmas.len()
+        ));
+    }
+    for task in &setup.tasks {
+        if task.loss != TaskLoss::Mse || task.outputs != data.outputs {
+            return Err(format!(
+                "task {:?}: GradNorm data only has mean-squared-error tasks of {} outputs",
+                task.name, data.outputs
+            ));
         }
     }
+    Ok(Box::new(GradNorm::new(data)))
 }

@@ -33,7 +33,7 @@ pub struct ImagesSpec {
 }
 
 /// Whether `name` can only name a directory directly under `--data-root`.
-fn is_plain_name(name: &str) -> bool {
+pub(crate) fn is_plain_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && name.len() <= 128

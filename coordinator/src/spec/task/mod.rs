@@ -6,6 +6,7 @@ mod sinusoid;
 use outerloop_proto::dataset::Layout;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use images::is_plain_name;
 pub use images::ImagesSpec;
 pub use sinusoid::SinusoidSpec;
 

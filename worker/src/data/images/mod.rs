@@ -39,6 +39,12 @@ impl EpisodeSource {
             return Err(refusal);
         }
         let dataset = Arc::new(data.datasets[&family.dataset].clone());
+        if dataset.manifest.layout == Layout::Table {
+            return Err(format!(
+                "dataset `{}` is a table, not an image dataset",
+                family.dataset
+            ));
+        }
         Ok(EpisodeSource {
             invert: dataset.manifest.layout == Layout::Omniglot,
             dataset,

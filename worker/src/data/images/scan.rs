@@ -1,20 +1,26 @@
-//! Finds the datasets under a worker's `--data-root` and lists their files in canonical order, with a fingerprint of paths and sizes.
+//! Finds the datasets under a worker's `--data-root`: image datasets' files in canonical order with a fingerprint of paths and sizes, and tables read into memory.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use outerloop_proto::dataset::{ClassEntry, Layout, Manifest, Partition};
 use sha2::{Digest, Sha256};
 
-/// One dataset as found on disk: its manifest and the files of every class, in the
-/// manifest's order (class index, then instance index).
+use crate::data::table::{self, Table};
+
+/// One dataset as found on disk: its manifest and, for images, the files of every class in
+/// the manifest's order (class index, then instance index), or, for a table, its data.
 #[derive(Clone, Debug)]
 pub struct LocalDataset {
     pub dir: PathBuf,
     pub manifest: Manifest,
+    /// Empty for a table.
     pub files: Vec<Vec<PathBuf>>,
+    /// None for images.
+    pub table: Option<Arc<Table>>,
 }
 
 /// The datasets of a data root, by name (the directory's name).
@@ -37,7 +43,8 @@ impl DataRoot {
 
     /// Scans every directory directly under `root`: one holding `images_background/` or
     /// `images_evaluation/` is an Omniglot-layout dataset, one holding `train/`, `val/` or
-    /// `test/` a class-folder dataset; anything else is ignored.
+    /// `test/` a class-folder dataset, and one holding neither but `*.csv` or `*.parquet` files
+    /// a table; anything else is ignored.
     pub fn scan(root: &Path) -> io::Result<DataRoot> {
         let mut found = DataRoot {
             root: Some(root.to_path_buf()),
@@ -92,6 +99,8 @@ fn detect_layout(dir: &Path) -> Option<Layout> {
         Some(Layout::Omniglot)
     } else if has("train") || has("val") || has("test") {
         Some(Layout::Folders)
+    } else if table::holds_table_files(dir) {
+        Some(Layout::Table)
     } else {
         None
     }
@@ -162,11 +171,26 @@ fn class_dirs(dir: &Path, layout: Layout) -> io::Result<Vec<(PathBuf, Partition)
                 }
             }
         }
+        Layout::Table => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a table dataset has no class folders",
+            ))
+        }
     }
     Ok(classes)
 }
 
 fn scan_dataset(dir: &Path, name: &str, layout: Layout) -> io::Result<LocalDataset> {
+    if layout == Layout::Table {
+        let (manifest, table) = table::read_table(dir, name)?;
+        return Ok(LocalDataset {
+            dir: dir.to_path_buf(),
+            manifest,
+            files: Vec::new(),
+            table: Some(Arc::new(table)),
+        });
+    }
     let mut hasher = Sha256::new();
     hasher.update(layout.as_str().as_bytes());
     let (mut classes, mut files) = (Vec::new(), Vec::new());
@@ -211,8 +235,10 @@ fn scan_dataset(dir: &Path, name: &str, layout: Layout) -> io::Result<LocalDatas
             layout,
             fingerprint,
             classes,
+            table: None,
         },
         files,
+        table: None,
     })
 }
 
@@ -321,5 +347,41 @@ mod tests {
             .refusal("mini", "x")
             .unwrap()
             .contains("without --data-root"));
+    }
+
+    #[test]
+    fn a_directory_of_table_files_is_a_table_dataset() {
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir_all(root.path().join("iris")).unwrap();
+        fs::write(root.path().join("iris/a.csv"), "x,species\n1.5,setosa\n").unwrap();
+        fs::write(root.path().join("iris/b.csv"), "x,species\n2,virginica\n").unwrap();
+        fs::create_dir_all(root.path().join("broken")).unwrap();
+        fs::write(root.path().join("broken/a.csv"), "x\n").unwrap();
+        // An image layout wins over stray table files beside it.
+        touch(&root.path().join("mini/train/n01/a.jpg"), 5);
+        fs::write(root.path().join("mini/labels.csv"), "x\n1\n").unwrap();
+
+        let found = DataRoot::scan(root.path()).unwrap();
+        assert_eq!(found.datasets.keys().collect::<Vec<_>>(), ["iris", "mini"]);
+        assert_eq!(found.datasets["mini"].manifest.layout, Layout::Folders);
+        assert!(found.datasets["mini"].table.is_none());
+        let iris = &found.datasets["iris"];
+        assert_eq!(iris.manifest.layout, Layout::Table);
+        assert!(iris.files.is_empty() && iris.manifest.classes.is_empty());
+        assert_eq!(iris.manifest.table.as_ref().unwrap().rows, 2);
+        assert_eq!(iris.table.as_ref().unwrap().rows, 2);
+        let (skipped, why) = &found.skipped[0];
+        assert!(
+            skipped.ends_with("broken") && why.contains("no rows"),
+            "{why}"
+        );
+
+        assert_eq!(found.refusal("iris", &iris.manifest.fingerprint), None);
+        let refusal = found.refusal("iris", "0123456789abcdef").unwrap();
+        assert!(
+            refusal.contains("differs from the experiment's")
+                && refusal.contains("table layout, 2 rows"),
+            "{refusal}"
+        );
     }
 }

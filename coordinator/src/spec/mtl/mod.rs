@@ -1,10 +1,15 @@
 //! Multi-task specs (`kind = "mtl"`): the data and its tasks, the shared layers, training, the weighting method, and evaluation.
 
+mod table;
+
 use std::collections::BTreeMap;
 
+use outerloop_proto::dataset::Manifest;
 use outerloop_proto::model::{Mlp, ParamLayout};
 use outerloop_proto::mtl::{GradNormData, MtlData, MtlSetup, MtlTask, TaskLoss};
 use serde::{Deserialize, Serialize};
+
+pub use table::TableSpec;
 
 use super::error::{out_of_range, Invalid, SpecError};
 use super::meta::{check_optimizer, default_betas, default_eps, OptimizerKind};
@@ -62,6 +67,8 @@ pub enum MtlDataSpec {
         #[serde(default = "default_outputs")]
         outputs: u32,
     },
+    /// CSV or Parquet files under every worker's `--data-root`, with the tasks' columns.
+    Table(TableSpec),
 }
 
 fn default_inputs() -> u32 {
@@ -111,10 +118,13 @@ fn default_chunk_rows() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct MtlEvalSpec {
     pub every: u64,
-    /// Validation rows of each periodic evaluation (the same rows each time).
-    pub rows: u32,
-    /// Test rows of the final evaluation.
-    pub final_rows: u32,
+    /// Validation rows of each periodic evaluation (the same rows each time). Required for
+    /// generated data; a table's whole validation split when absent (and at most that).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u32>,
+    /// Test rows of the final evaluation, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_rows: Option<u32>,
     #[serde(default = "default_eval_chunk_rows")]
     pub chunk_rows: u32,
     /// Each task's test metric in a single-task baseline run, by task name: when given, the
@@ -136,7 +146,7 @@ impl MtlSpec {
         if raw.name.trim().is_empty() {
             return Err(out_of_range("name", &raw.name, "must not be empty"));
         }
-        let spec = MtlSpec {
+        let mut spec = MtlSpec {
             name: raw.name,
             seed: raw.seed,
             kind: ExperimentKind::Mtl,
@@ -146,17 +156,88 @@ impl MtlSpec {
             weighting: raw.weighting,
             eval: raw.eval,
         };
+        if let MtlDataSpec::Table(table) = &mut spec.data {
+            table.check()?;
+        }
         spec.validate()?;
         Ok(spec)
     }
 
+    /// The table this spec reads, if it reads one.
+    pub fn table(&self) -> Option<&TableSpec> {
+        match &self.data {
+            MtlDataSpec::Table(table) => Some(table),
+            MtlDataSpec::GradNorm { .. } => None,
+        }
+    }
+
+    /// Checks a table spec against its dataset's manifest and pins it to that version,
+    /// filling in what the table decides (features, head widths).
+    pub fn check_dataset(&mut self, manifest: &Manifest) -> Result<(), Invalid> {
+        let MtlDataSpec::Table(table) = &mut self.data else {
+            return Ok(());
+        };
+        table.check_manifest(manifest)?;
+        let params = self
+            .setup("", Some(manifest))
+            .map(|s| s.layout().param_count() as u64)
+            .unwrap_or(0);
+        if params > MAX_PARAMS {
+            return Err((
+                "model.hidden".into(),
+                format!("is too large: the network would have {params} parameters; at most {MAX_PARAMS} (256 MiB of f32) are supported"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Values of inputs and targets in one row, as far as is known without the table's
+    /// manifest (a table's features are bounded later, by its chunks' rows).
+    fn row_values(&self) -> u64 {
+        match &self.data {
+            MtlDataSpec::GradNorm {
+                sigmas,
+                inputs,
+                outputs,
+                ..
+            } => *inputs as u64 + *outputs as u64 * sigmas.len() as u64,
+            MtlDataSpec::Table(table) => {
+                table.tasks.len() as u64 + table.features.as_ref().map_or(1, |f| f.len() as u64)
+            }
+        }
+    }
+
     fn validate(&self) -> Result<(), Invalid> {
-        let MtlDataSpec::GradNorm {
-            sigmas,
-            tasks,
-            inputs,
-            outputs,
-        } = &self.data;
+        match &self.data {
+            MtlDataSpec::GradNorm {
+                sigmas,
+                tasks,
+                inputs,
+                outputs,
+            } => Self::validate_gradnorm(sigmas, tasks, *inputs, *outputs)?,
+            MtlDataSpec::Table(_) => {}
+        }
+        let generated = self.table().is_none();
+        for (field, rows) in [
+            ("eval.rows", self.eval.rows),
+            ("eval.final_rows", self.eval.final_rows),
+        ] {
+            if generated && rows.is_none() {
+                return Err((
+                    field.into(),
+                    "is required: generated data has no end, so say how many rows to score".into(),
+                ));
+            }
+        }
+        self.validate_model_and_training()
+    }
+
+    fn validate_gradnorm(
+        sigmas: &[f32],
+        tasks: &Option<Vec<u32>>,
+        inputs: u32,
+        outputs: u32,
+    ) -> Result<(), Invalid> {
         if let Some(tasks) = tasks {
             let family = sigmas.len() as u32;
             let mut seen = std::collections::BTreeSet::new();
@@ -189,11 +270,15 @@ impl MtlSpec {
                 "every scale must be finite and positive",
             ));
         }
-        for (path, n) in [("data.inputs", *inputs), ("data.outputs", *outputs)] {
+        for (path, n) in [("data.inputs", inputs), ("data.outputs", outputs)] {
             if !(1..=65_536).contains(&n) {
                 return Err(out_of_range(path, n, "must be between 1 and 65536"));
             }
         }
+        Ok(())
+    }
+
+    fn validate_model_and_training(&self) -> Result<(), Invalid> {
         let SharedSpec::Mlp { hidden } = &self.model;
         if hidden.is_empty() || hidden.iter().any(|&w| !(1..=65_536).contains(&w)) {
             return Err(out_of_range(
@@ -211,12 +296,13 @@ impl MtlSpec {
             ));
         }
         for (path, n) in [
-            ("train.batch", train.batch),
-            ("train.chunk_rows", train.chunk_rows),
+            ("train.batch", Some(train.batch)),
+            ("train.chunk_rows", Some(train.chunk_rows)),
             ("eval.rows", self.eval.rows),
             ("eval.final_rows", self.eval.final_rows),
-            ("eval.chunk_rows", self.eval.chunk_rows),
+            ("eval.chunk_rows", Some(self.eval.chunk_rows)),
         ] {
+            let Some(n) = n else { continue };
             if !(1..=MAX_ROWS).contains(&n) {
                 return Err(out_of_range(
                     path,
@@ -224,7 +310,7 @@ impl MtlSpec {
                     &format!("must be between 1 and {MAX_ROWS}"),
                 ));
             }
-            let values = n as u64 * (*inputs as u64 + *outputs as u64 * sigmas.len() as u64);
+            let values = n as u64 * self.row_values();
             if path.ends_with("chunk_rows") && values > MAX_CHUNK_VALUES {
                 return Err(out_of_range(
                     path,
@@ -282,7 +368,11 @@ impl MtlSpec {
                 ));
             }
         }
-        let params = self.layout().param_count() as u64;
+        let params = match self.table() {
+            // A table's width is known from its manifest: checked at submission.
+            Some(_) => 0,
+            None => self.layout().param_count() as u64,
+        };
         if params > MAX_PARAMS {
             return Err((
                 "model.hidden".into(),
@@ -294,64 +384,106 @@ impl MtlSpec {
 
     /// The tasks' names, in task order.
     pub fn task_names(&self) -> Vec<String> {
-        self.family_tasks()
-            .iter()
-            .map(|i| format!("t{i}"))
-            .collect()
-    }
-
-    /// The indices of the family's tasks this experiment trains, in task order.
-    pub fn family_tasks(&self) -> Vec<u32> {
-        let MtlDataSpec::GradNorm { sigmas, tasks, .. } = &self.data;
-        tasks
-            .clone()
-            .unwrap_or_else(|| (0..sigmas.len() as u32).collect())
-    }
-
-    /// What workers need to know to compute this experiment's chunks.
-    pub fn setup(&self, experiment_id: &str) -> MtlSetup {
-        let MtlDataSpec::GradNorm {
-            sigmas,
-            inputs,
-            outputs,
-            ..
-        } = &self.data;
-        let SharedSpec::Mlp { hidden } = &self.model;
-        let widths: Vec<usize> = hidden.iter().map(|&w| w as usize).collect();
-        let (output, hidden) = widths.split_last().expect("validated: at least one width");
-        MtlSetup {
-            experiment_id: experiment_id.to_string(),
-            data: MtlData::GradNorm(GradNormData {
-                seed: crate::sampling::data_seed(self.seed),
-                inputs: *inputs,
-                outputs: *outputs,
-                sigmas: sigmas.clone(),
-                // Every task of the family, in order, is written as none.
-                tasks: match &self.data {
-                    MtlDataSpec::GradNorm { tasks: Some(t), .. } => t.clone(),
-                    _ => Vec::new(),
-                },
-            }),
-            shared: Mlp {
-                input: *inputs as usize,
-                hidden: hidden.to_vec(),
-                output: *output,
-            },
-            tasks: self
-                .task_names()
-                .into_iter()
-                .map(|name| MtlTask {
-                    name,
-                    loss: TaskLoss::Mse,
-                    outputs: *outputs,
-                })
+        match &self.data {
+            MtlDataSpec::GradNorm { .. } => self
+                .family_tasks()
+                .iter()
+                .map(|i| format!("t{i}"))
                 .collect(),
+            MtlDataSpec::Table(table) => table.tasks.iter().map(|t| t.name().to_string()).collect(),
         }
     }
 
-    /// Shared layers, then each task's head.
+    /// The indices of the family's tasks this experiment trains, in task order (generated
+    /// data; a table's tasks are its own).
+    pub fn family_tasks(&self) -> Vec<u32> {
+        match &self.data {
+            MtlDataSpec::GradNorm { sigmas, tasks, .. } => tasks
+                .clone()
+                .unwrap_or_else(|| (0..sigmas.len() as u32).collect()),
+            MtlDataSpec::Table(table) => (0..table.tasks.len() as u32).collect(),
+        }
+    }
+
+    /// Rows of the validation and test splits when the data has an end (a table's), from
+    /// its manifest.
+    pub fn held_out_rows(&self, manifest: Option<&Manifest>) -> Option<[u64; 2]> {
+        let table = self.table()?;
+        let counts = table.split_counts(manifest?.table.as_ref()?).ok()?;
+        Some([counts[1], counts[2]])
+    }
+
+    /// What workers need to know to compute this experiment's chunks. A table's spec needs
+    /// the manifest it was checked against; the error says so when it is missing.
+    pub fn setup(
+        &self,
+        experiment_id: &str,
+        manifest: Option<&Manifest>,
+    ) -> Result<MtlSetup, String> {
+        let SharedSpec::Mlp { hidden } = &self.model;
+        let widths: Vec<usize> = hidden.iter().map(|&w| w as usize).collect();
+        let (output, hidden) = widths.split_last().expect("validated: at least one width");
+        let (data, input, tasks) = match &self.data {
+            MtlDataSpec::GradNorm {
+                sigmas,
+                inputs,
+                outputs,
+                tasks,
+            } => {
+                let data = MtlData::GradNorm(GradNormData {
+                    seed: crate::sampling::data_seed(self.seed),
+                    inputs: *inputs,
+                    outputs: *outputs,
+                    sigmas: sigmas.clone(),
+                    // Every task of the family, in order, is written as none.
+                    tasks: tasks.clone().unwrap_or_default(),
+                });
+                let tasks = self
+                    .task_names()
+                    .into_iter()
+                    .map(|name| MtlTask {
+                        name,
+                        loss: TaskLoss::Mse,
+                        outputs: *outputs,
+                    })
+                    .collect();
+                (data, *inputs as usize, tasks)
+            }
+            MtlDataSpec::Table(table) => {
+                let manifest = manifest.and_then(|m| m.table.as_ref()).ok_or_else(|| {
+                    format!("the manifest of table `{}` is missing", table.dataset)
+                })?;
+                let tasks = table
+                    .tasks
+                    .iter()
+                    .map(|t| MtlTask {
+                        name: t.name().to_string(),
+                        loss: t.loss.task_loss(),
+                        outputs: t.outputs.unwrap_or_default(),
+                    })
+                    .collect();
+                let data = MtlData::Table(table.data(crate::sampling::data_seed(self.seed)));
+                (data, table.input_width(manifest), tasks)
+            }
+        };
+        Ok(MtlSetup {
+            experiment_id: experiment_id.to_string(),
+            data,
+            shared: Mlp {
+                input,
+                hidden: hidden.to_vec(),
+                output: *output,
+            },
+            tasks,
+        })
+    }
+
+    /// Shared layers, then each task's head, of generated data (a table's layout depends on
+    /// its manifest: use [`MtlSpec::setup`]).
     pub fn layout(&self) -> ParamLayout {
-        self.setup("").layout()
+        self.setup("", None)
+            .expect("generated data needs no manifest")
+            .layout()
     }
 
     /// The spec as resolved (defaults filled in), as TOML.
@@ -407,7 +539,7 @@ final_rows = 128
         assert_eq!(spec.train.betas, [0.9, 0.999]);
         // Shared (20+1)*16 + (16+1)*16 = 608, heads 3 * (16+1)*5 = 255.
         assert_eq!(spec.layout().param_count(), 863);
-        let setup = spec.setup("e");
+        let setup = spec.setup("e", None).unwrap();
         assert_eq!(setup.shared.output, 16);
         assert_eq!(setup.shared.hidden, vec![16]);
         assert_eq!(setup.tasks.len(), 3);
@@ -418,7 +550,7 @@ final_rows = 128
         let spec = parse(MTL_SPEC, &["data.tasks=[2]"]).unwrap();
         assert_eq!(spec.task_names(), ["t2"]);
         assert_eq!(spec.family_tasks(), [2]);
-        assert_eq!(spec.setup("e").tasks.len(), 1);
+        assert_eq!(spec.setup("e", None).unwrap().tasks.len(), 1);
     }
 
     #[test]

@@ -1,0 +1,201 @@
+//! Multi-task learning on a table end to end: a generated CSV under the workers' --data-root, a real coordinator and workers on loopback, the shipped table spec cut small.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{config, Cluster, BIN};
+use serde_json::Value;
+
+/// Writes the generated table `shop` under a fresh data root; returns the root.
+fn data_root(dir: &Path, rows: u32) -> PathBuf {
+    let root = dir.join("data");
+    common::succeed(Command::new(BIN).args([
+        "dataset",
+        "table",
+        "--out",
+        root.join("shop").to_str().unwrap(),
+        "--rows",
+        &rows.to_string(),
+        "--seed",
+        "3",
+    ]));
+    root
+}
+
+const SHORT: &[&str] = &[
+    "model.hidden=[32, 32]",
+    "train.steps=160",
+    "train.batch=128",
+    "train.chunk_rows=32",
+    "eval.every=80",
+];
+
+fn scores(line: &Value) -> Vec<(String, f64, f64)> {
+    line["task_scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["task"].as_str().unwrap().to_string(),
+                s["loss"].as_f64().unwrap(),
+                s["metric"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn regression_classification_and_multi_label_tasks_train_together_on_two_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = data_root(dir.path(), 4000);
+    let mut cluster = Cluster::start(&[]);
+    for _ in 0..2 {
+        cluster.add_worker_with(&["--data-root", root.to_str().unwrap()]);
+    }
+    let workers = cluster.wait_workers(2);
+    let table = &workers[0]["datasets"][0];
+    assert_eq!(
+        (
+            &table["name"],
+            &table["layout"],
+            &table["rows"],
+            &table["columns"]
+        ),
+        (&"shop".into(), &"table".into(), &4000.into(), &15.into()),
+        "{table}"
+    );
+
+    let id = cluster.submit(&config("mtl_table.toml"), SHORT).unwrap();
+    let status = cluster.wait_finished(&id, Duration::from_secs(600));
+    let metrics = cluster.metrics(&id);
+    let evals: Vec<&Value> = metrics.iter().filter(|m| m["kind"] == "eval").collect();
+    let finals: Vec<&Value> = metrics
+        .iter()
+        .filter(|m| m["kind"] == "final_eval")
+        .collect();
+    assert_eq!(evals.len(), 3, "steps 0, 80 and 160");
+    let (first, last) = (scores(evals[0]), scores(finals[0]));
+    let names: Vec<&str> = last.iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(names, ["price", "segment", "tags"]);
+    for (before, after) in first.iter().zip(&last) {
+        assert!(
+            after.1 < 0.7 * before.1,
+            "{}: held-out loss {} at the start, {} at the end",
+            after.0,
+            before.1,
+            after.1
+        );
+    }
+    // Chance is a third for the segment (3 classes) and about a half per tag; the latent the
+    // targets share is learnable, so both must be clearly above it.
+    assert!(last[1].2 > 0.6, "segment accuracy {}", last[1].2);
+    assert!(last[2].2 > 0.7, "tag accuracy {}", last[2].2);
+    // The whole validation and test splits are scored (the spec leaves eval.rows out).
+    let rows = |line: &Value| line["tasks"].as_u64().unwrap();
+    assert!((300..500).contains(&rows(evals[0])), "{}", evals[0]);
+    assert!((300..500).contains(&rows(finals[0])), "{}", finals[0]);
+    assert_ne!(rows(evals[0]), rows(finals[0]));
+    assert_eq!(status["last_eval"]["task_scores"][1]["task"], "segment");
+    // The stored spec pins the table's version and lists what the table decided.
+    let stored = std::fs::read_to_string(cluster.experiment_dir(&id).join("spec.toml")).unwrap();
+    let fingerprint = table["fingerprint"].as_str().unwrap();
+    assert!(
+        stored.contains(&format!("fingerprint = \"{fingerprint}\"")),
+        "{stored}"
+    );
+    assert!(stored.contains("\"region\""), "{stored}");
+}
+
+#[test]
+fn specs_that_do_not_fit_the_table_are_refused_naming_the_field_and_nothing_else_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = data_root(dir.path(), 200);
+    let mut cluster = Cluster::start(&[]);
+    cluster.add_worker_with(&["--data-root", root.to_str().unwrap()]);
+    cluster.wait_workers(1);
+    let spec = config("mtl_table.toml");
+    let cases: [(&[&str], &[&str]); 7] = [
+        (
+            &["data.tasks[0].target=\"prize\""],
+            &["data.tasks[0].target", "no column `prize`", "x0, x1"],
+        ),
+        (
+            &["data.tasks[1].outputs=2"],
+            &["data.tasks[1].outputs", "needs a head of 3 outputs, not 2"],
+        ),
+        (
+            &["data.tasks[2].targets=[]"],
+            &["data.tasks[2].targets", "a task with no target has no data"],
+        ),
+        (
+            &["data.tasks[0].target=\"region\""],
+            &["column `region` holds text; mean squared error needs numbers"],
+        ),
+        (
+            &["data.dataset=\"warehouse\""],
+            &[
+                "data.dataset",
+                "no worker has reported a dataset named `warehouse`",
+            ],
+        ),
+        (
+            &["data.dataset=\"../shop\""],
+            &["a spec never names a path"],
+        ),
+        (&["weighting.method=\"sum\""], &["weighting", "pcgrad"]),
+    ];
+    for (overrides, expected) in cases {
+        let error = cluster.submit(&spec, overrides).unwrap_err();
+        for e in expected {
+            assert!(error.contains(e), "{overrides:?}: {error}");
+        }
+    }
+    assert!(cluster.coordinator_alive());
+    let listed = cluster.cli(&["status", "--json"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).trim().is_empty(),
+        "a refused spec leaves no experiment behind"
+    );
+
+    // A worker whose copy differs refuses the work; the one holding the pinned version does it.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(other.join("shop")).unwrap();
+    let csv = std::fs::read_to_string(root.join("shop/data.csv")).unwrap();
+    std::fs::write(
+        other.join("shop/data.csv"),
+        csv.replacen("north", "south", 1),
+    )
+    .unwrap();
+    cluster.add_worker_with(&["--data-root", other.to_str().unwrap()]);
+    let workers = cluster.wait_workers(2);
+    let held_by = |name: &str| {
+        let worker = workers.iter().find(|w| w["name"] == name).unwrap();
+        worker["datasets"][0]["fingerprint"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let fingerprint = held_by("worker-0");
+    assert_ne!(held_by("worker-1"), fingerprint);
+    let pin = format!("data.fingerprint=\"{fingerprint}\"");
+    let tiny = [
+        "model.hidden=[8]",
+        "train.steps=4",
+        "train.batch=64",
+        "eval.every=4",
+        pin.as_str(),
+    ];
+    let id = cluster.submit(&spec, &tiny).unwrap();
+    cluster.wait_finished(&id, Duration::from_secs(300));
+    assert!(
+        cluster
+            .metrics(&id)
+            .iter()
+            .all(|m| m["kind"] != "train" || m["workers"] == 1),
+        "only the worker holding the experiment's version computed"
+    );
+}
