@@ -1,4 +1,4 @@
-//! Multi-task experiments as both sides see them: the tasks, the data family, and the layout of shared layers and heads.
+//! Multi-task experiments as both sides see them: the tasks, the data family, how the tasks share layers, and the parameter layout.
 
 use std::ops::Range;
 
@@ -9,10 +9,57 @@ use crate::model::{Init, Mlp, ParamLayout, Role};
 pub struct MtlSetup {
     pub experiment_id: String,
     pub data: MtlData,
-    /// The shared layers, with ReLU after every layer (the last one too): `shared.output` is
-    /// the width of the representation every head reads.
-    pub shared: Mlp,
+    /// How the tasks share layers, which decides the representation each head reads.
+    pub shared: Shared,
     pub tasks: Vec<MtlTask>,
+}
+
+/// The multi-task architecture: what the tasks share and how each task's representation is
+/// made from it. Every MLP here has ReLU after every layer, the last one too.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Shared {
+    /// Hard parameter sharing: one MLP whose output every task's head reads.
+    Hard(Mlp),
+    /// Multi-gate mixture of experts (Ma et al., KDD 2018): `experts` MLPs shaped as `mlp`, and
+    /// per task a gate (Linear `input -> experts`, softmax) whose weights mix the experts'
+    /// outputs, row by row, into the representation the task's head reads. The gates belong
+    /// to their tasks; only the experts are shared.
+    Mmoe { experts: usize, mlp: Mlp },
+}
+
+impl Shared {
+    /// The MLP of the shared layers, or of each expert.
+    pub fn mlp(&self) -> &Mlp {
+        match self {
+            Shared::Hard(mlp) | Shared::Mmoe { mlp, .. } => mlp,
+        }
+    }
+
+    /// The input width.
+    pub fn input(&self) -> usize {
+        self.mlp().input
+    }
+
+    /// The width of the representation each head reads.
+    pub fn width(&self) -> usize {
+        self.mlp().output
+    }
+
+    /// Values of the shared parameters: the MLP's, or every expert's.
+    pub fn param_count(&self) -> u64 {
+        match self {
+            Shared::Hard(mlp) => mlp.param_count(),
+            Shared::Mmoe { experts, mlp } => *experts as u64 * mlp.param_count(),
+        }
+    }
+
+    /// Values of one task's gate (weight `[experts, input]` and bias); none without gates.
+    fn gate_len(&self) -> usize {
+        match self {
+            Shared::Hard(_) => 0,
+            Shared::Mmoe { experts, mlp } => experts * (mlp.input + 1),
+        }
+    }
 }
 
 /// Where a multi-task experiment's rows come from.
@@ -119,45 +166,66 @@ pub struct RowBatch {
 }
 
 impl MtlSetup {
-    /// The shared layers (`shared.0.weight`, `shared.0.bias`, `shared.2.weight`, ...) then each
-    /// task's head (`heads.NAME.weight`, `heads.NAME.bias`), PyTorch's default Linear
-    /// initialisation throughout.
+    /// The shared values first, then each task's own, contiguous, PyTorch's default Linear
+    /// initialisation throughout. Hard sharing: `shared.0.weight`, `shared.0.bias`,
+    /// `shared.2.weight`, ..., then per task `heads.NAME.weight`, `heads.NAME.bias`. MMoE: each
+    /// expert named the same way under `experts.E.`, expert after expert, then per task
+    /// `gates.NAME.weight` `[experts, input]`, `gates.NAME.bias`, `heads.NAME.weight`,
+    /// `heads.NAME.bias`. These are the names a PyTorch module of `nn.Sequential` layers in an
+    /// `nn.ModuleList` (experts) and `nn.ModuleDict`s (gates, heads) gives them, so an export
+    /// loads into such a module.
     pub fn layout(&self) -> ParamLayout {
-        let mut layout = ParamLayout::default();
-        for slot in self.shared.layout().slots {
-            let name = format!("shared.{}", slot.name);
-            layout.push(name, slot.shape, Role::Body, slot.init);
-        }
-        let width = self.shared.output;
-        let init = Init::Uniform {
-            bound: 1.0 / (width as f32).sqrt(),
+        let (prefixes, gates) = match self.shared {
+            Shared::Hard(_) => (vec!["shared".to_string()], None),
+            Shared::Mmoe { experts, .. } => (
+                (0..experts).map(|e| format!("experts.{e}")).collect(),
+                Some(experts),
+            ),
         };
+        let mut layout = ParamLayout::default();
+        let mlp = self.shared.mlp().layout();
+        for prefix in prefixes {
+            for slot in &mlp.slots {
+                let name = format!("{prefix}.{}", slot.name);
+                layout.push(name, slot.shape.clone(), Role::Body, slot.init);
+            }
+        }
         for task in &self.tasks {
-            let outputs = task.outputs as usize;
-            let prefix = format!("heads.{}", task.name);
-            layout.push(
-                format!("{prefix}.weight"),
-                vec![outputs, width],
-                Role::Head,
-                init,
-            );
-            layout.push(format!("{prefix}.bias"), vec![outputs], Role::Head, init);
+            if let Some(experts) = gates {
+                let gate = format!("gates.{}", task.name);
+                push_linear(&mut layout, gate, self.shared.input(), experts);
+            }
+            let head = format!("heads.{}", task.name);
+            push_linear(&mut layout, head, self.shared.width(), task.outputs as usize);
         }
         layout
     }
 
-    /// Values of the shared layers, which come first in the layout.
+    /// Values of the shared layers (MMoE: the experts), which come first in the layout.
     pub fn shared_len(&self) -> usize {
         self.shared.param_count() as usize
     }
 
-    /// Where task `task`'s head sits in the flat parameter buffer.
+    /// Where task `task`'s own parameters sit in the flat parameter buffer: its head, and
+    /// before it its gate when it has one. The weighting methods see only the shared values;
+    /// this block is the task's `head_grad` on the wire.
     pub fn head_range(&self, task: usize) -> Range<usize> {
-        let width = self.shared.output;
-        let head_len = |t: &MtlTask| (width + 1) * t.outputs as usize;
-        let start = self.shared_len() + self.tasks[..task].iter().map(head_len).sum::<usize>();
-        start..start + head_len(&self.tasks[task])
+        let width = self.shared.width();
+        let own_len = |t: &MtlTask| self.shared.gate_len() + (width + 1) * t.outputs as usize;
+        let start = self.shared_len() + self.tasks[..task].iter().map(own_len).sum::<usize>();
+        start..start + own_len(&self.tasks[task])
     }
+}
+
+/// A task's Linear layer `fan_in -> fan_out` (`PREFIX.weight`, `PREFIX.bias`), with PyTorch's
+/// default initialisation.
+fn push_linear(layout: &mut ParamLayout, prefix: String, fan_in: usize, fan_out: usize) {
+    let init = Init::Uniform {
+        bound: 1.0 / (fan_in as f32).sqrt(),
+    };
+    let weight = format!("{prefix}.weight");
+    layout.push(weight, vec![fan_out, fan_in], Role::Head, init);
+    layout.push(format!("{prefix}.bias"), vec![fan_out], Role::Head, init);
 }
 
 #[cfg(test)]
@@ -179,11 +247,11 @@ mod tests {
                 sigmas: vec![1.0, 10.0],
                 tasks: Vec::new(),
             }),
-            shared: Mlp {
+            shared: Shared::Hard(Mlp {
                 input: 3,
                 hidden: vec![5],
                 output: 4,
-            },
+            }),
             tasks: vec![task("a", 2), task("b", 7)],
         }
     }
@@ -214,5 +282,54 @@ mod tests {
         assert!(layout.slots[..4].iter().all(|s| s.role == Role::Body));
         assert!(layout.slots[4..].iter().all(|s| s.role == Role::Head));
         assert_eq!(layout.slots[6].shape, vec![7, 4]);
+    }
+
+    #[test]
+    fn mmoe_lays_out_the_experts_then_each_tasks_gate_and_head() {
+        let mut setup = setup();
+        setup.shared = Shared::Mmoe {
+            experts: 2,
+            mlp: Mlp {
+                input: 3,
+                hidden: vec![5],
+                output: 4,
+            },
+        };
+        let layout = setup.layout();
+        let names: Vec<&str> = layout.slots.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "experts.0.0.weight",
+                "experts.0.0.bias",
+                "experts.0.2.weight",
+                "experts.0.2.bias",
+                "experts.1.0.weight",
+                "experts.1.0.bias",
+                "experts.1.2.weight",
+                "experts.1.2.bias",
+                "gates.a.weight",
+                "gates.a.bias",
+                "heads.a.weight",
+                "heads.a.bias",
+                "gates.b.weight",
+                "gates.b.bias",
+                "heads.b.weight",
+                "heads.b.bias"
+            ]
+        );
+        // Two experts of 44 values; gates of (3+1)*2 = 8; heads of (4+1)*2 and (4+1)*7.
+        assert_eq!(setup.shared_len(), 88);
+        assert_eq!(setup.head_range(0), 88..106);
+        assert_eq!(setup.head_range(1), 106..149);
+        assert_eq!(layout.param_count(), 149);
+        assert_eq!(layout.slots[8].shape, vec![2, 3]);
+        assert_eq!(layout.slots[12].offset, 106, "b's gate starts its range");
+        assert!(layout.slots[..8].iter().all(|s| s.role == Role::Body));
+        assert!(layout.slots[8..].iter().all(|s| s.role == Role::Head));
+        // PyTorch's Linear default: the gate's bound is 1/sqrt(input), the head's 1/sqrt(width).
+        let values = layout.init(7);
+        assert!(layout.slots[8].values(&values).iter().all(|v| v.abs() <= 1.0 / 3f32.sqrt()));
+        assert!(layout.slots[10].values(&values).iter().all(|v| v.abs() <= 0.5));
     }
 }

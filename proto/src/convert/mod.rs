@@ -15,4 +15,10 @@ pub enum WireError {
     Missing(&'static str),
     #[error("{field} has the unknown value {value}")]
     UnknownValue { field: &'static str, value: i32 },
+    #[error("{field} is {value}: {allowed}")]
+    OutOfRange {
+        field: &'static str,
+        value: u64,
+        allowed: &'static str,
+    },
 }

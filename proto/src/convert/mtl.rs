@@ -2,7 +2,9 @@
 
 use super::WireError;
 use crate::model::Mlp;
-use crate::mtl::{GradNormData, MtlData, MtlSetup, MtlTask, TableData, TableSplit, TaskLoss};
+use crate::mtl::{
+    GradNormData, MtlData, MtlSetup, MtlTask, Shared, TableData, TableSplit, TaskLoss,
+};
 use crate::v1;
 
 impl From<&MtlSetup> for v1::ExperimentSetup {
@@ -40,16 +42,23 @@ impl From<&MtlSetup> for v1::ExperimentSetup {
                 seed: t.seed,
             }),
         };
-        let shared = &setup.shared;
+        let mlp = setup.shared.mlp();
+        let mmoe = match setup.shared {
+            Shared::Hard(_) => None,
+            Shared::Mmoe { experts, .. } => Some(v1::Mmoe {
+                experts: experts as u32,
+            }),
+        };
         v1::ExperimentSetup {
             experiment_id: setup.experiment_id.clone(),
             mtl: Some(v1::MtlSetup {
                 data: Some(data),
                 shared: Some(v1::Mlp {
-                    input: shared.input as u32,
-                    hidden: shared.hidden.iter().map(|&w| w as u32).collect(),
-                    output: shared.output as u32,
+                    input: mlp.input as u32,
+                    hidden: mlp.hidden.iter().map(|&w| w as u32).collect(),
+                    output: mlp.output as u32,
                 }),
+                mmoe,
                 tasks: setup
                     .tasks
                     .iter()
@@ -101,10 +110,29 @@ impl TryFrom<&v1::ExperimentSetup> for MtlSetup {
                 seed: t.seed,
             }),
         };
-        let shared = mtl
+        let mlp = mtl
             .shared
             .as_ref()
             .ok_or(WireError::Missing("mtl.shared"))?;
+        let mlp = Mlp {
+            input: mlp.input as usize,
+            hidden: mlp.hidden.iter().map(|&w| w as usize).collect(),
+            output: mlp.output as usize,
+        };
+        let shared = match &mtl.mmoe {
+            None => Shared::Hard(mlp),
+            Some(v1::Mmoe { experts: 0 }) => {
+                return Err(WireError::OutOfRange {
+                    field: "mtl.mmoe.experts",
+                    value: 0,
+                    allowed: "a mixture needs at least one expert",
+                })
+            }
+            Some(m) => Shared::Mmoe {
+                experts: m.experts as usize,
+                mlp,
+            },
+        };
         let tasks = mtl
             .tasks
             .iter()
@@ -130,11 +158,7 @@ impl TryFrom<&v1::ExperimentSetup> for MtlSetup {
         Ok(MtlSetup {
             experiment_id: wire.experiment_id.clone(),
             data,
-            shared: Mlp {
-                input: shared.input as usize,
-                hidden: shared.hidden.iter().map(|&w| w as usize).collect(),
-                output: shared.output as usize,
-            },
+            shared,
             tasks,
         })
     }
@@ -155,11 +179,11 @@ mod tests {
                 sigmas: vec![1.0, 5.0, 100.0],
                 tasks: vec![2, 0],
             }),
-            shared: Mlp {
+            shared: Shared::Hard(Mlp {
                 input: 250,
                 hidden: vec![100, 100, 100],
                 output: 100,
-            },
+            }),
             tasks: vec![
                 MtlTask {
                     name: "t0".into(),
@@ -224,5 +248,49 @@ mod tests {
         assert_eq!(MtlSetup::try_from(&wire), Ok(by_column));
         let meta = v1::ExperimentSetup::default();
         assert_eq!(MtlSetup::try_from(&meta), Err(WireError::Missing("mtl")));
+    }
+
+    #[test]
+    fn an_mmoe_setup_survives_the_wire_and_hard_sharing_sends_no_mixture() {
+        let mlp = Mlp {
+            input: 6,
+            hidden: vec![8],
+            output: 4,
+        };
+        let hard = MtlSetup {
+            experiment_id: "exp-3".into(),
+            data: MtlData::GradNorm(GradNormData {
+                seed: 1,
+                inputs: 6,
+                outputs: 2,
+                sigmas: vec![1.0, 2.0],
+                tasks: Vec::new(),
+            }),
+            shared: Shared::Hard(mlp.clone()),
+            tasks: vec![MtlTask {
+                name: "t0".into(),
+                loss: TaskLoss::Mse,
+                outputs: 2,
+            }],
+        };
+        let wire = v1::ExperimentSetup::from(&hard);
+        assert_eq!(wire.mtl.as_ref().unwrap().mmoe, None);
+        assert_eq!(MtlSetup::try_from(&wire), Ok(hard.clone()));
+        let mmoe = MtlSetup {
+            shared: Shared::Mmoe { experts: 3, mlp },
+            ..hard
+        };
+        let wire = v1::ExperimentSetup::from(&mmoe);
+        assert_eq!(wire.mtl.as_ref().unwrap().mmoe, Some(v1::Mmoe { experts: 3 }));
+        assert_eq!(MtlSetup::try_from(&wire), Ok(mmoe));
+        let mut none = wire;
+        none.mtl.as_mut().unwrap().mmoe = Some(v1::Mmoe { experts: 0 });
+        assert!(matches!(
+            MtlSetup::try_from(&none),
+            Err(WireError::OutOfRange {
+                field: "mtl.mmoe.experts",
+                ..
+            })
+        ));
     }
 }

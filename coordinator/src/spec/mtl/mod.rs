@@ -1,4 +1,4 @@
-//! Multi-task specs (`kind = "mtl"`): the data and its tasks, the shared layers, training, the weighting method, and evaluation.
+//! Multi-task specs (`kind = "mtl"`): the data and its tasks, the architecture, training, the weighting method, and evaluation.
 
 mod table;
 
@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use outerloop_proto::dataset::Manifest;
 use outerloop_proto::model::{Mlp, ParamLayout};
-use outerloop_proto::mtl::{GradNormData, MtlData, MtlSetup, MtlTask, TaskLoss};
+use outerloop_proto::mtl::{GradNormData, MtlData, MtlSetup, MtlTask, Shared, TaskLoss};
 use serde::{Deserialize, Serialize};
 
 pub use table::TableSpec;
@@ -20,6 +20,8 @@ use crate::mtl::weighting::Method;
 pub const MAX_MTL_TASKS: usize = 256;
 /// Most rows in one step's batch or one evaluation.
 const MAX_ROWS: u32 = 10_000_000;
+/// Most experts of a mixture: far beyond the few to tens that MMoE is used with.
+const MAX_EXPERTS: u32 = 64;
 
 /// A fully resolved multi-task spec.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -43,7 +45,7 @@ struct RawMtlSpec {
     #[allow(dead_code)]
     kind: ExperimentKind,
     data: MtlDataSpec,
-    model: SharedSpec,
+    model: RawShared,
     train: TrainSpec,
     weighting: Method,
     eval: MtlEvalSpec,
@@ -78,13 +80,68 @@ fn default_outputs() -> u32 {
     100
 }
 
-/// `[model]`: the shared layers; every task's head is a Linear layer on their output.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+/// `[model]`: how the tasks share layers; every task's head is a Linear layer on its
+/// representation.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum SharedSpec {
     /// Linear layers of the given widths, ReLU after each; the last width is the
     /// representation the heads read (hard parameter sharing).
     Mlp { hidden: Vec<u32> },
+    /// Multi-gate mixture of experts (Ma et al., KDD 2018): `experts` MLPs of the given
+    /// widths, ReLU after each layer, and per task a softmax gate over them on the input that
+    /// mixes their outputs into the task's representation.
+    Mmoe { experts: u32, hidden: Vec<u32> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SharedKind {
+    Mlp,
+    Mmoe,
+}
+
+/// `[model]` as written: every kind's fields, checked against the kind once the overrides are
+/// applied, so that `--set` can switch the kind and add its fields in either order.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShared {
+    kind: SharedKind,
+    hidden: Vec<u32>,
+    experts: Option<u32>,
+}
+
+impl SharedSpec {
+    fn resolve(raw: RawShared) -> Result<SharedSpec, Invalid> {
+        let hidden = raw.hidden;
+        match (raw.kind, raw.experts) {
+            (SharedKind::Mlp, None) => Ok(SharedSpec::Mlp { hidden }),
+            (SharedKind::Mlp, Some(_)) => Err((
+                "model.experts".into(),
+                "not a field of kind \"mlp\"; its fields are kind, hidden (kind \"mmoe\" has experts)"
+                    .into(),
+            )),
+            (SharedKind::Mmoe, None) => Err((
+                "model.experts".into(),
+                format!("required by kind \"mmoe\": the number of experts, 1 to {MAX_EXPERTS}"),
+            )),
+            (SharedKind::Mmoe, Some(experts)) if !(1..=MAX_EXPERTS).contains(&experts) => {
+                Err(out_of_range(
+                    "model.experts",
+                    experts,
+                    &format!("must be between 1 and {MAX_EXPERTS}"),
+                ))
+            }
+            (SharedKind::Mmoe, Some(experts)) => Ok(SharedSpec::Mmoe { experts, hidden }),
+        }
+    }
+
+    /// The widths of the shared MLP, or of each expert.
+    pub fn hidden(&self) -> &[u32] {
+        match self {
+            SharedSpec::Mlp { hidden } | SharedSpec::Mmoe { hidden, .. } => hidden,
+        }
+    }
 }
 
 /// `[train]`: the batch, how it is cut, and the optimizer of shared layers and heads.
@@ -151,7 +208,7 @@ impl MtlSpec {
             seed: raw.seed,
             kind: ExperimentKind::Mtl,
             data: raw.data,
-            model: raw.model,
+            model: SharedSpec::resolve(raw.model)?,
             train: raw.train,
             weighting: raw.weighting,
             eval: raw.eval,
@@ -279,12 +336,12 @@ impl MtlSpec {
     }
 
     fn validate_model_and_training(&self) -> Result<(), Invalid> {
-        let SharedSpec::Mlp { hidden } = &self.model;
+        let hidden = self.model.hidden();
         if hidden.is_empty() || hidden.iter().any(|&w| !(1..=65_536).contains(&w)) {
             return Err(out_of_range(
                 "model.hidden",
                 hidden,
-                "list the shared layers' widths (the last is the representation), each between 1 and 65536",
+                "list the widths of the shared layers or of each expert (the last is the representation), each between 1 and 65536",
             ));
         }
         let train = &self.train;
@@ -420,9 +477,6 @@ impl MtlSpec {
         experiment_id: &str,
         manifest: Option<&Manifest>,
     ) -> Result<MtlSetup, String> {
-        let SharedSpec::Mlp { hidden } = &self.model;
-        let widths: Vec<usize> = hidden.iter().map(|&w| w as usize).collect();
-        let (output, hidden) = widths.split_last().expect("validated: at least one width");
         let (data, input, tasks) = match &self.data {
             MtlDataSpec::GradNorm {
                 sigmas,
@@ -466,19 +520,29 @@ impl MtlSpec {
                 (data, table.input_width(manifest), tasks)
             }
         };
+        let widths: Vec<usize> = self.model.hidden().iter().map(|&w| w as usize).collect();
+        let (output, hidden) = widths.split_last().expect("validated: at least one width");
+        let mlp = Mlp {
+            input,
+            hidden: hidden.to_vec(),
+            output: *output,
+        };
+        let shared = match self.model {
+            SharedSpec::Mlp { .. } => Shared::Hard(mlp),
+            SharedSpec::Mmoe { experts, .. } => Shared::Mmoe {
+                experts: experts as usize,
+                mlp,
+            },
+        };
         Ok(MtlSetup {
             experiment_id: experiment_id.to_string(),
             data,
-            shared: Mlp {
-                input,
-                hidden: hidden.to_vec(),
-                output: *output,
-            },
+            shared,
             tasks,
         })
     }
 
-    /// Shared layers, then each task's head, of generated data (a table's layout depends on
+    /// Shared layers, then each task's own (gate and head), of generated data (a table's layout depends on
     /// its manifest: use [`MtlSpec::setup`]).
     pub fn layout(&self) -> ParamLayout {
         self.setup("", None)
@@ -540,9 +604,65 @@ final_rows = 128
         // Shared (20+1)*16 + (16+1)*16 = 608, heads 3 * (16+1)*5 = 255.
         assert_eq!(spec.layout().param_count(), 863);
         let setup = spec.setup("e", None).unwrap();
-        assert_eq!(setup.shared.output, 16);
-        assert_eq!(setup.shared.hidden, vec![16]);
+        assert_eq!(
+            setup.shared,
+            Shared::Hard(Mlp {
+                input: 20,
+                hidden: vec![16],
+                output: 16
+            })
+        );
         assert_eq!(setup.tasks.len(), 3);
+    }
+
+    const MMOE: [&str; 3] = ["model.kind=\"mmoe\"", "model.experts=3", "model.hidden=[8]"];
+
+    #[test]
+    fn an_mmoe_spec_lays_out_its_experts_then_each_tasks_gate_and_head() {
+        let spec = parse(MTL_SPEC, &MMOE).unwrap();
+        assert_eq!(
+            spec.model,
+            SharedSpec::Mmoe {
+                experts: 3,
+                hidden: vec![8]
+            }
+        );
+        // Experts 3 * (20+1)*8 = 504; per task a gate (20+1)*3 = 63 and a head (8+1)*5 = 45.
+        let setup = spec.setup("e", None).unwrap();
+        assert_eq!(setup.shared_len(), 504);
+        assert_eq!(setup.head_range(0), 504..612);
+        assert_eq!(setup.head_range(2), 720..828);
+        assert_eq!(spec.layout().param_count(), 504 + 3 * (63 + 45));
+        let Shared::Mmoe { experts: 3, mlp } = &setup.shared else {
+            panic!("{:?}", setup.shared)
+        };
+        assert_eq!((mlp.input, mlp.output), (20, 8));
+        // The kind and its field may be set in either order; the spec round-trips.
+        let swapped = parse(MTL_SPEC, &[MMOE[1], MMOE[0], MMOE[2]]).unwrap();
+        assert_eq!(swapped, spec);
+        assert_eq!(parse(&spec.to_toml(), &[]).unwrap(), spec);
+    }
+
+    #[test]
+    fn bad_mixtures_name_the_field_and_what_is_allowed() {
+        for (overrides, expected) in [
+            (&[MMOE[0]][..], "model.experts: required by kind \"mmoe\""),
+            (&[MMOE[0], "model.experts=0"], "between 1 and 64"),
+            (&[MMOE[0], "model.experts=65"], "between 1 and 64"),
+            (&["model.experts=2"], "not a field of kind \"mlp\""),
+            (&[MMOE[0], MMOE[1], "model.hidden=[]"], "model.hidden"),
+        ] {
+            let error = parse(MTL_SPEC, overrides).unwrap_err().to_string();
+            assert!(error.contains(expected), "{overrides:?}: {error}");
+        }
+        let written = MTL_SPEC.replace("kind = \"mlp\"", "kind = \"mmoe\"\nexperts = 0");
+        let error = parse(&written, &[]).unwrap_err();
+        assert!(error.message.contains("model.experts"), "{error}");
+        assert_eq!(error.location.map(|l| l.0), Some(13), "{error}");
+        let huge = parse(MTL_SPEC, &[MMOE[0], "model.experts=64", "model.hidden=[4096, 4096]"])
+            .unwrap_err()
+            .to_string();
+        assert!(huge.contains("too large"), "{huge}");
     }
 
     #[test]

@@ -536,7 +536,7 @@ every = 5
         assert_eq!(spec.task_names(), ["income", "job", "tags"]);
         let setup = spec.setup("e", Some(&manifest())).unwrap();
         // age (1) + city one-hot (3); the targets and the split column are not features.
-        assert_eq!(setup.shared.input, 4);
+        assert_eq!(setup.shared.input(), 4);
         let heads: Vec<(TaskLoss, u32)> = setup.tasks.iter().map(|t| (t.loss, t.outputs)).collect();
         assert_eq!(
             heads,
@@ -570,7 +570,7 @@ every = 5
         spec.check_dataset(&manifest()).unwrap();
         assert_eq!(spec.held_out_rows(Some(&manifest())), Some([2, 2]));
         // `fold` is text of three levels: one-hot, 3 wide.
-        assert_eq!(spec.setup("e", Some(&manifest())).unwrap().shared.input, 4);
+        assert_eq!(spec.setup("e", Some(&manifest())).unwrap().shared.input(), 4);
     }
 
     #[test]
