@@ -5,6 +5,7 @@ pub mod datasets;
 pub mod dispatch;
 pub mod mtl;
 pub mod optimizer;
+pub mod parallel;
 pub mod registry;
 pub mod runner;
 pub mod safetensors_file;

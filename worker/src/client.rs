@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use outerloop_proto::dataset::Manifest;
 use outerloop_proto::transport::{MAX_MESSAGE_BYTES, WINDOW_BYTES};
+use outerloop_proto::v1;
 use outerloop_proto::v1::workers_client::WorkersClient;
 use outerloop_proto::v1::{CompleteRequest, HeartbeatRequest, LeaseRequest, RegisterRequest};
 use tonic::transport::{Channel, Endpoint};
@@ -155,9 +156,7 @@ async fn work_session(
             if let Some(params) = &lease.parameters {
                 cached_version = params.version;
             }
-            let results = compute
-                .run(lease.setup, lease.parameters, lease.chunks)
-                .await;
+            let (results, sent) = run_streaming(compute, &client, worker_id, lease).await;
             if results
                 .iter()
                 .any(|r| !r.error.is_empty() || !r.refusal.is_empty())
@@ -166,7 +165,11 @@ async fn work_session(
                 // lease send it again.
                 cached_experiment.clear();
             }
-            // Hand the results back and ask for more in one call.
+            for send in sent {
+                send.await
+                    .map_err(|e| SessionEnd::Rpc(tonic::Status::internal(e.to_string())))??;
+            }
+            // Hand the last results back and ask for more in one call.
             let next = Some(lease_request(&cached_experiment, cached_version));
             let reply = client
                 .complete(CompleteRequest {
@@ -183,4 +186,56 @@ async fn work_session(
         end = heartbeats => Err(end),
         end = work => end,
     }
+}
+
+/// A send of some results already under way.
+type Sending = tokio::task::JoinHandle<Result<tonic::Response<v1::CompleteReply>, tonic::Status>>;
+
+/// Computes a lease's chunks one after another and hands each result but the last back as
+/// soon as it is ready, in a call of its own that runs while the next chunk computes: moving
+/// a chunk's gradients (megabytes, in multi-task learning) then overlaps the next chunk's
+/// compute instead of following the whole lease. Returns the last chunk's results, for the
+/// call that also asks for more work, and the sends under way. When the first chunk fails
+/// (a refused set-up, say), the rest run as one job with the set-up again, as they would
+/// have without streaming.
+async fn run_streaming(
+    compute: &ComputeThread,
+    client: &WorkersClient<Channel>,
+    worker_id: u64,
+    lease: v1::LeaseReply,
+) -> (Vec<v1::ChunkResult>, Vec<Sending>) {
+    let mut chunks = lease.chunks;
+    if chunks.len() <= 1 {
+        let results = compute.run(lease.setup, lease.parameters, chunks).await;
+        return (results, Vec::new());
+    }
+    let rest = chunks.split_off(1);
+    let first = compute
+        .run(lease.setup.clone(), lease.parameters.clone(), chunks)
+        .await;
+    if first
+        .iter()
+        .any(|r| !r.error.is_empty() || !r.refusal.is_empty())
+    {
+        let mut results = first;
+        results.extend(compute.run(lease.setup, lease.parameters, rest).await);
+        return (results, Vec::new());
+    }
+    let mut sent = Vec::new();
+    let mut ready = first;
+    for chunk in rest {
+        let mut sender = client.clone();
+        let results = std::mem::take(&mut ready);
+        sent.push(tokio::spawn(async move {
+            sender
+                .complete(CompleteRequest {
+                    worker_id,
+                    results,
+                    next: None,
+                })
+                .await
+        }));
+        ready = compute.run(None, None, vec![chunk]).await;
+    }
+    (ready, sent)
 }

@@ -160,18 +160,14 @@ impl<'a> Run<'a> {
         // Step s trains on rows [s * batch, (s + 1) * batch) of the training stream.
         let chunks = self.descriptors(Split::Train, self.step * batch, sizes);
         let out = self.round(Phase::Train, chunks).await?;
-        let mut sums = reduce_tasks(&out.results, self.expected(true))?;
-        let (losses, metrics) = means(&sums, batch);
-        // The mean loss's gradients: every sum is over the batch's rows. Scaled where they
-        // lie, since they are megabytes each.
+        // The mean loss's gradients: every sum is over the batch's rows, and the reduction
+        // divides the shared ones in its last pass over them.
         let scale = 1.0 / batch as f32;
+        let mut sums = reduce_tasks(&out.results, self.expected(true, scale))?;
+        let (losses, metrics) = means(&sums, batch);
         let gradients: Vec<Vec<f32>> = sums
             .iter_mut()
-            .map(|s| {
-                let mut g = std::mem::take(&mut s.shared_grad);
-                g.iter_mut().for_each(|v| *v *= scale);
-                g
-            })
+            .map(|s| std::mem::take(&mut s.shared_grad))
             .collect();
         let weighting_started = Instant::now();
         let input = StepInput {
@@ -188,7 +184,7 @@ impl<'a> Run<'a> {
                 source,
             })?;
         let weighting_seconds = weighting_started.elapsed().as_secs_f64();
-        let grad = self.full_gradient(&combination.shared, &combination.head_scale, &sums, scale);
+        let grad = self.full_gradient(combination.shared, &combination.head_scale, &sums, scale);
         // Checked before the update, so that diverged values never reach the parameters.
         if !all_finite(&grad) {
             let bad = grad.iter().find(|g| !g.is_finite()).copied();
@@ -238,13 +234,14 @@ impl<'a> Run<'a> {
     /// task's head gradient (a mean over the batch) scaled as the method says.
     fn full_gradient(
         &self,
-        shared: &[f32],
+        shared: Vec<f32>,
         head_scale: &[f64],
         sums: &[TaskSums],
         scale: f32,
     ) -> Vec<f32> {
-        let mut grad = vec![0.0; self.layout.param_count()];
-        grad[..shared.len()].copy_from_slice(shared);
+        // The shared layers come first in the layout: the heads extend their gradient.
+        let mut grad = shared;
+        grad.resize(self.layout.param_count(), 0.0);
         for (task, (sum, &weight)) in sums.iter().zip(head_scale).enumerate() {
             let range = self.setup.head_range(task);
             let factor = (weight * scale as f64) as f32;
@@ -255,11 +252,12 @@ impl<'a> Run<'a> {
         grad
     }
 
-    fn expected(&self, train: bool) -> Expected<'_> {
+    fn expected(&self, train: bool, shared_scale: f32) -> Expected<'_> {
         Expected {
             shared_len: self.setup.shared_len(),
             head_lens: &self.head_lens,
             train,
+            shared_scale,
         }
     }
 
@@ -281,7 +279,7 @@ impl<'a> Run<'a> {
         let sizes = chunk_sizes(rows, spec.eval.chunk_rows as u64);
         let chunks = self.descriptors(split, 0, &sizes);
         let out = self.round(Phase::Eval, chunks).await?;
-        let sums = reduce_tasks(&out.results, self.expected(false))?;
+        let sums = reduce_tasks(&out.results, self.expected(false, 1.0))?;
         let (losses, metrics) = means(&sums, rows);
         let names = spec.task_names();
         let delta_m_percent = spec.eval.baselines.as_ref().map(|baselines| {

@@ -6,12 +6,29 @@
 //! while every task's slice of a block is used. Every sum still runs in one fixed order, so
 //! results are the same on every run and machine.
 
+use crate::parallel::{self, MIN_PARALLEL_VALUES};
+
 /// Independent f64 accumulators per dot product: a sum per lane vectorises, one running sum
 /// cannot (its additions must happen in order).
 const LANES: usize = 8;
 /// Entries per block in [`gram`] and [`combine`]: every task's slice of a block (32 KiB of
 /// f32 each) stays in cache while the block is used.
 const BLOCK: usize = 8192;
+/// Entries per segment: [`gram`] sums each segment on its own (on whichever core) and then the
+/// segments in order, so the result depends on the gradients' length, never on the cores.
+const SEGMENT: usize = 16 * BLOCK;
+
+/// The segments of a vector of `len` entries.
+fn segments(len: usize) -> Vec<std::ops::Range<usize>> {
+    (0..len.max(1))
+        .step_by(SEGMENT)
+        .map(|start| start..(start + SEGMENT).min(len))
+        .collect()
+}
+
+fn is_large(gradients: &[Vec<f32>]) -> bool {
+    gradients.iter().map(Vec::len).sum::<usize>() >= MIN_PARALLEL_VALUES
+}
 
 /// Adds the products of `a` and `b` lane by lane into `acc`, the tail into lane 0.
 fn dot_lanes(a: &[f32], b: &[f32], acc: &mut [f64; LANES]) {
@@ -45,20 +62,25 @@ pub fn norm(a: &[f32]) -> f64 {
 pub fn gram(gradients: &[Vec<f32>]) -> Vec<Vec<f64>> {
     let n = gradients.len();
     let len = gradients.first().map_or(0, Vec::len);
-    let mut acc = vec![[0.0; LANES]; n * n];
-    for start in (0..len).step_by(BLOCK) {
-        let end = (start + BLOCK).min(len);
-        for i in 0..n {
-            for j in i..n {
-                let (a, b) = (&gradients[i][start..end], &gradients[j][start..end]);
-                dot_lanes(a, b, &mut acc[i * n + j]);
+    let per_segment = parallel::map(&segments(len), is_large(gradients), |range| {
+        let mut acc = vec![[0.0; LANES]; n * n];
+        for start in range.clone().step_by(BLOCK) {
+            let end = (start + BLOCK).min(range.end);
+            for i in 0..n {
+                for j in i..n {
+                    let (a, b) = (&gradients[i][start..end], &gradients[j][start..end]);
+                    dot_lanes(a, b, &mut acc[i * n + j]);
+                }
             }
         }
-    }
+        acc.iter()
+            .map(|lanes| lanes.iter().sum::<f64>())
+            .collect::<Vec<f64>>()
+    });
     let mut m = vec![vec![0.0; n]; n];
     for i in 0..n {
         for j in i..n {
-            let d: f64 = acc[i * n + j].iter().sum();
+            let d: f64 = per_segment.iter().map(|s| s[i * n + j]).sum();
             m[i][j] = d;
             m[j][i] = d;
         }
@@ -69,19 +91,30 @@ pub fn gram(gradients: &[Vec<f32>]) -> Vec<Vec<f64>> {
 /// `Σ coefficients[i] · gradients[i]`, accumulated in f64 and rounded once, block by block.
 pub fn combine(coefficients: &[f64], gradients: &[Vec<f32>]) -> Vec<f32> {
     let len = gradients.first().map_or(0, Vec::len);
-    let mut out = Vec::with_capacity(len);
-    let mut block = vec![0.0f64; BLOCK.min(len)];
-    for start in (0..len).step_by(BLOCK) {
-        let end = (start + BLOCK).min(len);
-        let block = &mut block[..end - start];
-        block.fill(0.0);
-        for (&c, g) in coefficients.iter().zip(gradients) {
-            for (o, &x) in block.iter_mut().zip(&g[start..end]) {
-                *o += c * f64::from(x);
+    // Each entry is its own sum over the tasks, so any split of the entries gives the same bits.
+    let mut out = vec![0.0f32; len];
+    let mut pieces: Vec<(usize, &mut [f32])> = out
+        .chunks_mut(SEGMENT)
+        .enumerate()
+        .map(|(i, piece)| (i * SEGMENT, piece))
+        .collect();
+    parallel::for_each_mut(&mut pieces, is_large(gradients), |_, (offset, piece)| {
+        let mut block = vec![0.0f64; BLOCK.min(piece.len())];
+        for start in (0..piece.len()).step_by(BLOCK) {
+            let end = (start + BLOCK).min(piece.len());
+            let block = &mut block[..end - start];
+            block.fill(0.0);
+            let at = *offset + start..*offset + end;
+            for (&c, g) in coefficients.iter().zip(gradients) {
+                for (o, &x) in block.iter_mut().zip(&g[at.clone()]) {
+                    *o += c * f64::from(x);
+                }
+            }
+            for (o, &x) in piece[start..end].iter_mut().zip(block.iter()) {
+                *o = x as f32;
             }
         }
-        out.extend(block.iter().map(|&x| x as f32));
-    }
+    });
     out
 }
 

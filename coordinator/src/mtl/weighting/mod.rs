@@ -246,13 +246,14 @@ pub fn check_input(
             return Err(WeightingError::NonFinite { task, what: "loss" });
         }
     }
-    for (task, gradient) in input.gradients.iter().enumerate() {
-        if !all_finite(gradient) {
-            return Err(WeightingError::NonFinite {
-                task,
-                what: "shared-layer gradient",
-            });
-        }
+    let large =
+        input.gradients.iter().map(Vec::len).sum::<usize>() >= crate::parallel::MIN_PARALLEL_VALUES;
+    let finite = crate::parallel::map(input.gradients, large, |g| all_finite(g));
+    if let Some(task) = finite.iter().position(|f| !f) {
+        return Err(WeightingError::NonFinite {
+            task,
+            what: "shared-layer gradient",
+        });
     }
     Ok(())
 }

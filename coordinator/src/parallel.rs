@@ -1,0 +1,84 @@
+//! Vector work of a multi-task step spread over the coordinator's cores, cut by the data and never by the number of threads, so results are the same on every machine.
+//!
+//! While the coordinator reduces and combines a step's gradients every worker waits for the
+//! next parameters, so the cores are free; the pieces each thread takes are whole items
+//! (tasks, fixed segments of a vector) whose results are combined in item order.
+
+use std::thread;
+
+/// Most threads one call uses: past a few, memory bandwidth is the limit.
+const MAX_THREADS: usize = 8;
+
+/// Below this many values in all, threads cost more than they save.
+pub const MIN_PARALLEL_VALUES: usize = 1 << 16;
+
+fn threads() -> usize {
+    thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_THREADS)
+}
+
+/// `f` of every item, in item order; the items are spread over the cores when `parallel`.
+pub fn map<T: Sync, R: Send>(items: &[T], parallel: bool, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = threads().min(items.len());
+    if !parallel || threads <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let per_thread = items.len().div_ceil(threads);
+    thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(per_thread)
+            .map(|group| {
+                let f = &f;
+                scope.spawn(move || group.iter().map(f).collect::<Vec<R>>())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a parallel map's thread panicked"))
+            .collect()
+    })
+}
+
+/// Runs `f` on every item with its index, the items spread over the cores when `parallel`.
+pub fn for_each_mut<T: Send>(items: &mut [T], parallel: bool, f: impl Fn(usize, &mut T) + Sync) {
+    let threads = threads().min(items.len());
+    if !parallel || threads <= 1 {
+        items
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, item)| f(i, item));
+        return;
+    }
+    let per_thread = items.len().div_ceil(threads);
+    thread::scope(|scope| {
+        for (group_index, group) in items.chunks_mut(per_thread).enumerate() {
+            let f = &f;
+            scope.spawn(move || {
+                for (i, item) in group.iter_mut().enumerate() {
+                    f(group_index * per_thread + i, item);
+                }
+            });
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_come_back_in_item_order_whichever_thread_ran_them() {
+        let items: Vec<u64> = (0..37).collect();
+        for parallel in [false, true] {
+            assert_eq!(
+                map(&items, parallel, |x| x * x),
+                items.iter().map(|x| x * x).collect::<Vec<_>>()
+            );
+            let mut seen = vec![0usize; 37];
+            for_each_mut(&mut seen, parallel, |i, s| *s = i + 1);
+            assert_eq!(seen, (1..=37).collect::<Vec<_>>());
+        }
+        assert!(map(&[] as &[u8], true, |x| *x).is_empty());
+    }
+}
