@@ -120,21 +120,26 @@ fn every_step_records_each_tasks_loss_and_the_methods_weights_and_training_lower
 /// `restart_at`, the coordinator is SIGKILLed once the run has passed that step and restarted
 /// on the same address and state.
 fn pcgrad_run(workers: usize, restart_at: Option<u64>) -> (Vec<u8>, Vec<Value>, u64) {
+    // PCGrad draws its projection order from the step's counter-based key, and DWA-free runs
+    // are long enough that a restart past the checkpoint at step 100 cannot miss the run.
+    let extra = [
+        "weighting.method=\"pcgrad\"",
+        "train.steps=600",
+        "eval.every=100",
+    ];
+    run_on(workers, &extra, restart_at)
+}
+
+/// Final parameters, metrics (timings removed) and the most workers that shared a step, of the
+/// small spec with `extra` overrides on `workers` workers, restarting the coordinator past
+/// `restart_at` as [`pcgrad_run`] says.
+fn run_on(workers: usize, extra: &[&str], restart_at: Option<u64>) -> (Vec<u8>, Vec<Value>, u64) {
     let mut cluster = Cluster::start_on(&common::free_loopback_addr(), &[]);
     for _ in 0..workers {
         cluster.add_worker();
     }
     cluster.wait_workers(workers);
-    // PCGrad draws its projection order from the step's counter-based key, and DWA-free runs
-    // are long enough that a restart past the checkpoint at step 100 cannot miss the run.
-    let id = submit(
-        &cluster,
-        &[
-            "weighting.method=\"pcgrad\"",
-            "train.steps=600",
-            "eval.every=100",
-        ],
-    );
+    let id = submit(&cluster, extra);
     if let Some(step) = restart_at {
         cluster.wait_for(&id, Duration::from_secs(600), |s| {
             s["step"].as_u64() >= Some(step)
@@ -181,6 +186,54 @@ fn a_multi_task_run_is_bit_identical_on_one_and_two_workers_and_after_a_restart(
         one == resumed,
         "final.safetensors differs after a coordinator restart"
     );
+}
+
+#[test]
+fn an_mmoe_run_trains_every_task_and_is_bit_identical_on_one_and_two_workers() {
+    let extra = [
+        "model.kind=\"mmoe\"",
+        "model.experts=3",
+        "model.hidden=[16, 16]",
+        "weighting.method=\"pcgrad\"",
+        "train.steps=80",
+        "eval.every=80",
+        "train.lr=0.01",
+    ];
+    let (one, one_metrics, _) = run_on(1, &extra, None);
+    let (two, two_metrics, sharing) = run_on(2, &extra, None);
+    assert!(sharing >= 2, "with 2 workers, steps were shared");
+    assert_eq!(
+        one_metrics, two_metrics,
+        "every loss and weight is identical"
+    );
+    assert!(
+        one == two,
+        "final.safetensors differs between 1 and 2 workers"
+    );
+    let first = task_losses(lines(&two_metrics, "eval")[0]);
+    let last = task_losses(lines(&two_metrics, "final_eval")[0]);
+    eprintln!("mmoe: {first:?} -> {last:?}");
+    for task in 0..3 {
+        assert!(
+            last[task] < 0.9 * first[task],
+            "task {task}: held-out loss {} at the start, {} at the end",
+            first[task],
+            last[task]
+        );
+    }
+    let file = safetensors::SafeTensors::deserialize(&two).unwrap();
+    let names: Vec<String> = file.names().into_iter().map(String::from).collect();
+    for name in [
+        "experts.0.0.weight",
+        "experts.2.2.bias",
+        "gates.t0.weight",
+        "gates.t2.bias",
+        "heads.t1.weight",
+    ] {
+        assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+    }
+    assert_eq!(file.tensor("gates.t1.weight").unwrap().shape(), [3, 20]);
+    assert!(!names.iter().any(|n| n.starts_with("shared.")), "{names:?}");
 }
 
 #[test]

@@ -196,7 +196,12 @@ impl MtlSetup {
                 push_linear(&mut layout, gate, self.shared.input(), experts);
             }
             let head = format!("heads.{}", task.name);
-            push_linear(&mut layout, head, self.shared.width(), task.outputs as usize);
+            push_linear(
+                &mut layout,
+                head,
+                self.shared.width(),
+                task.outputs as usize,
+            );
         }
         layout
     }
@@ -329,7 +334,13 @@ mod tests {
         assert!(layout.slots[8..].iter().all(|s| s.role == Role::Head));
         // PyTorch's Linear default: the gate's bound is 1/sqrt(input), the head's 1/sqrt(width).
         let values = layout.init(7);
-        assert!(layout.slots[8].values(&values).iter().all(|v| v.abs() <= 1.0 / 3f32.sqrt()));
-        assert!(layout.slots[10].values(&values).iter().all(|v| v.abs() <= 0.5));
+        assert!(layout.slots[8]
+            .values(&values)
+            .iter()
+            .all(|v| v.abs() <= 1.0 / 3f32.sqrt()));
+        assert!(layout.slots[10]
+            .values(&values)
+            .iter()
+            .all(|v| v.abs() <= 0.5));
     }
 }

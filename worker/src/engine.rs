@@ -400,7 +400,7 @@ mod tests {
     }
 
     fn mtl_setup() -> MtlSetup {
-        use outerloop_proto::mtl::{GradNormData, MtlData, MtlTask, TaskLoss};
+        use outerloop_proto::mtl::{GradNormData, MtlData, MtlTask, Shared, TaskLoss};
         let task = |name: &str| MtlTask {
             name: name.into(),
             loss: TaskLoss::Mse,
@@ -415,11 +415,11 @@ mod tests {
                 sigmas: vec![1.0, 3.0],
                 tasks: Vec::new(),
             }),
-            shared: Mlp {
+            shared: Shared::Hard(Mlp {
                 input: 6,
                 hidden: vec![8, 8],
                 output: 5,
-            },
+            }),
             tasks: vec![task("a"), task("b")],
         }
     }

@@ -281,7 +281,10 @@ mod tests {
             ..hard
         };
         let wire = v1::ExperimentSetup::from(&mmoe);
-        assert_eq!(wire.mtl.as_ref().unwrap().mmoe, Some(v1::Mmoe { experts: 3 }));
+        assert_eq!(
+            wire.mtl.as_ref().unwrap().mmoe,
+            Some(v1::Mmoe { experts: 3 })
+        );
         assert_eq!(MtlSetup::try_from(&wire), Ok(mmoe));
         let mut none = wire;
         none.mtl.as_mut().unwrap().mmoe = Some(v1::Mmoe { experts: 0 });

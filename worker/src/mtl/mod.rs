@@ -1,8 +1,9 @@
-//! Multi-task learning on the worker: one experiment's shared layers, heads and data, turning a chunk of rows into each task's loss and metric sums and gradients.
+//! Multi-task learning on the worker: one experiment's shared layers (or experts), gates, heads and data, turning a chunk of rows into each task's loss and metric sums and gradients.
 
 mod batched;
 mod gradnorm;
 mod loss;
+mod mmoe;
 mod per_task;
 mod rows;
 mod table;
@@ -10,7 +11,7 @@ mod trunk;
 
 use outerloop_proto::f32s_to_bytes;
 use outerloop_proto::model::ParamLayout;
-use outerloop_proto::mtl::{MtlSetup, RowBatch, TaskLoss};
+use outerloop_proto::mtl::{MtlSetup, RowBatch, Shared, TaskLoss};
 use outerloop_proto::v1::{self, Phase, WorkChunk};
 use outerloop_proto::work::{Task, TaskDescriptor};
 use tch::Tensor;
@@ -33,11 +34,62 @@ pub struct MtlExperiment {
     source: Box<dyn RowSource>,
 }
 
-/// One task as one descriptor scores it: its loss, its head (weight, bias), its targets.
+/// The shared parameters as both paths read them.
+pub(crate) enum Body<'a> {
+    /// Hard sharing: one MLP's tensors (weight, bias, layer after layer), read by every head.
+    Hard(&'a [Tensor]),
+    /// MMoE: each expert's tensors, like `Hard`'s, expert after expert; every task has a gate.
+    Mmoe(Vec<&'a [Tensor]>),
+}
+
+impl Body<'_> {
+    /// Every shared tensor, in layout order.
+    fn params(&self) -> Vec<&Tensor> {
+        match self {
+            Body::Hard(shared) => shared.iter().collect(),
+            Body::Mmoe(experts) => experts.iter().flat_map(|e| e.iter()).collect(),
+        }
+    }
+
+    /// Each task's representation of the rows `x`, `[rows, width]`, in `tasks` order.
+    fn representations(&self, x: &Tensor, tasks: &[Scored]) -> Vec<Tensor> {
+        match self {
+            Body::Hard(shared) => {
+                let features = trunk::forward(shared, x);
+                tasks.iter().map(|_| features.shallow_clone()).collect()
+            }
+            Body::Mmoe(experts) => {
+                let outputs = mmoe::forward(experts, x);
+                tasks
+                    .iter()
+                    .map(|task| mmoe::mix(&mmoe::gate(x, task.gate()), &outputs))
+                    .collect()
+            }
+        }
+    }
+}
+
+/// One task as one descriptor scores it: its loss, its own parameters (gate, head), its
+/// targets.
 pub(crate) struct Scored<'a> {
     loss: TaskLoss,
+    /// MMoE: the gate (weight `[experts, input]`, bias) that mixes the experts for this task.
+    gate: Option<[&'a Tensor; 2]>,
     head: [&'a Tensor; 2],
     target: Tensor,
+}
+
+impl<'a> Scored<'a> {
+    /// The task's gate, which every task of an MMoE has (`MtlExperiment::split` gives it).
+    fn gate(&self) -> [&'a Tensor; 2] {
+        self.gate
+            .expect("a task of a mixture of experts has a gate")
+    }
+
+    /// The task's own tensors in layout order: its gate if it has one, then its head.
+    fn own(&self) -> impl Iterator<Item = &'a Tensor> {
+        self.gate.into_iter().flatten().chain(self.head)
+    }
 }
 
 /// What either path yields for the tasks of one descriptor.
@@ -45,18 +97,19 @@ pub(crate) struct Totals {
     /// `f64` `[tasks]`: the sums over the rows of each task's loss and metric.
     loss_sums: Tensor,
     metric_sums: Tensor,
-    /// Training only: each task's gradient with respect to the shared layers,
-    /// `[tasks, shared values]`, and its head's (weight then bias), flat and concatenated in
-    /// task order.
+    /// Training only: each task's gradient with respect to the shared layers (MMoE: the
+    /// experts), `[tasks, shared values]`, and with respect to its own parameters (its gate if
+    /// it has one, then its head; weight then bias), flat and concatenated in task order.
     grads: Option<(Tensor, Tensor)>,
 }
 
 impl Totals {
-    /// The loss and metric sums of `tasks` on the representation `features`, no gradients.
-    fn scores_only(features: &Tensor, tasks: &[Scored]) -> Totals {
+    /// The loss and metric sums of `tasks`, each on its representation, no gradients.
+    fn scores_only(representations: &[Tensor], tasks: &[Scored]) -> Totals {
         let (loss_sums, metric_sums): (Vec<Tensor>, Vec<Tensor>) = tasks
             .iter()
-            .map(|task| {
+            .zip(representations)
+            .map(|(task, features)| {
                 let output = features.linear(task.head[0], Some(task.head[1]));
                 let losses = loss::row_losses(task.loss, &output, &task.target);
                 loss::sums(task.loss, &output, &task.target, &losses)
@@ -143,7 +196,7 @@ impl MtlExperiment {
             ));
         }
         if batch.first.checked_add(batch.count as u64).is_none()
-            || batch.count as u64 * self.setup.shared.input as u64 > MAX_INPUT_VALUES
+            || batch.count as u64 * self.setup.shared.input() as u64 > MAX_INPUT_VALUES
         {
             return Err(format!(
                 "task {index}: {} rows from row {} are more than a worker computes at once",
@@ -165,26 +218,52 @@ impl MtlExperiment {
     ) -> Result<Vec<v1::TaskTotals>, String> {
         let (kind, device) = (params[0].kind(), params[0].device());
         let rows = self.source.rows(stream, batch, tasks, kind, device)?;
-        let shared = &params[..2 * (self.setup.shared.hidden.len() + 1)];
-        let heads = &params[shared.len()..];
-        let scored: Vec<Scored> = tasks
-            .iter()
-            .zip(rows.targets)
-            .map(|(&t, target)| Scored {
-                loss: self.setup.tasks[t].loss,
-                head: [&heads[2 * t], &heads[2 * t + 1]],
-                target,
-            })
-            .collect();
+        let (body, scored) = self.split(params, tasks, rows.targets);
         let totals = match path {
-            Path::Batched => batched::run(shared, &rows.x, &scored, train),
-            Path::PerTask => per_task::run(shared, &rows.x, &scored, train),
+            Path::Batched => batched::run(&body, &rows.x, &scored, train),
+            Path::PerTask => per_task::run(&body, &rows.x, &scored, train),
         };
         let head_lens: Vec<usize> = tasks
             .iter()
             .map(|&t| self.setup.head_range(t).len())
             .collect();
         wire(totals, tasks, self.setup.shared_len(), &head_lens)
+    }
+
+    /// The layout's tensors `params` as the shared body and, for each of `tasks` with its
+    /// targets, its own tensors.
+    fn split<'a>(
+        &self,
+        params: &'a [Tensor],
+        tasks: &[usize],
+        targets: Vec<Tensor>,
+    ) -> (Body<'a>, Vec<Scored<'a>>) {
+        let per_mlp = 2 * (self.setup.shared.mlp().hidden.len() + 1);
+        let (body, own, per_task) = match self.setup.shared {
+            Shared::Hard(_) => {
+                let (shared, own) = params.split_at(per_mlp);
+                (Body::Hard(shared), own, 2)
+            }
+            Shared::Mmoe { experts, .. } => {
+                let (shared, own) = params.split_at(experts * per_mlp);
+                (Body::Mmoe(shared.chunks_exact(per_mlp).collect()), own, 4)
+            }
+        };
+        let scored = tasks
+            .iter()
+            .zip(targets)
+            .map(|(&t, target)| {
+                let own = &own[per_task * t..per_task * (t + 1)];
+                let (gate, head) = own.split_at(per_task - 2);
+                Scored {
+                    loss: self.setup.tasks[t].loss,
+                    gate: (!gate.is_empty()).then(|| [&gate[0], &gate[1]]),
+                    head: [&head[0], &head[1]],
+                    target,
+                }
+            })
+            .collect();
+        (body, scored)
     }
 }
 
@@ -260,17 +339,33 @@ mod tests {
                 sigmas: vec![1.0, 2.0, 0.5],
                 tasks: Vec::new(),
             }),
-            shared: Mlp {
+            shared: Shared::Hard(Mlp {
                 input: 4,
                 hidden: vec![6],
                 output: 5,
-            },
+            }),
             tasks: vec![task("a"), task("b"), task("c")],
         }
     }
 
+    /// The same tasks on a mixture of two experts shaped as `setup`'s shared layers.
+    fn mmoe_setup() -> MtlSetup {
+        let setup = setup();
+        MtlSetup {
+            shared: Shared::Mmoe {
+                experts: 2,
+                mlp: setup.shared.mlp().clone(),
+            },
+            ..setup
+        }
+    }
+
     fn experiment_and_params() -> (MtlExperiment, Vec<Tensor>) {
-        let experiment = MtlExperiment::new(setup(), &DataRoot::empty()).unwrap();
+        experiment_and_params_of(setup())
+    }
+
+    fn experiment_and_params_of(setup: MtlSetup) -> (MtlExperiment, Vec<Tensor>) {
+        let experiment = MtlExperiment::new(setup, &DataRoot::empty()).unwrap();
         let values = experiment.layout().init(5);
         let params = leaf_parameters(experiment.layout(), &values, Device::Cpu);
         (experiment, params)
@@ -300,35 +395,87 @@ mod tests {
         }
     }
 
-    /// Shared layers 3 -> 4 -> 3 and two heads: 2 regression outputs and 3 classes.
-    fn tiny(kind: Kind) -> (Vec<Tensor>, Tensor, [TaskLoss; 2], [Tensor; 2]) {
-        let params = params(
-            &[&[4, 3], &[4], &[3, 4], &[3], &[2, 3], &[2], &[3, 3], &[3]],
-            11,
-            kind,
-        );
-        let x = Tensor::randn([7, 3], (kind, Device::Cpu));
-        let values = Tensor::randn([7, 2], (kind, Device::Cpu));
-        let labels = Tensor::from_slice(&[0i64, 2, 1, 1, 0, 2, 2]);
-        (
-            params,
-            x,
-            [TaskLoss::Mse, TaskLoss::CrossEntropy],
-            [values, labels],
-        )
+    /// A tiny network on 7 rows of 3 inputs: shared layers 3 -> 4 -> 3 (with `experts`, that
+    /// many experts of that shape), then per task its gate over the experts (if any) and its
+    /// head. Two tasks: 2 regression outputs and 3 classes.
+    struct Tiny {
+        params: Vec<Tensor>,
+        experts: Option<usize>,
+        x: Tensor,
+        losses: [TaskLoss; 2],
+        targets: [Tensor; 2],
     }
 
-    fn scored<'a>(heads: &'a [Tensor], losses: &[TaskLoss], targets: &[Tensor]) -> Vec<Scored<'a>> {
-        losses
-            .iter()
-            .zip(targets)
-            .enumerate()
-            .map(|(t, (&loss, target))| Scored {
-                loss,
-                head: [&heads[2 * t], &heads[2 * t + 1]],
-                target: target.shallow_clone(),
-            })
-            .collect()
+    impl Tiny {
+        fn new(kind: Kind, experts: Option<usize>) -> Tiny {
+            let mut shapes: Vec<Vec<i64>> = Vec::new();
+            for _ in 0..experts.unwrap_or(1) {
+                shapes.extend([vec![4, 3], vec![4], vec![3, 4], vec![3]]);
+            }
+            for outputs in [2, 3] {
+                if let Some(e) = experts {
+                    shapes.extend([vec![e as i64, 3], vec![e as i64]]);
+                }
+                shapes.extend([vec![outputs, 3], vec![outputs]]);
+            }
+            let shapes: Vec<&[i64]> = shapes.iter().map(Vec::as_slice).collect();
+            Tiny {
+                params: params(&shapes, 11, kind),
+                experts,
+                x: Tensor::randn([7, 3], (kind, Device::Cpu)),
+                losses: [TaskLoss::Mse, TaskLoss::CrossEntropy],
+                targets: [
+                    Tensor::randn([7, 2], (kind, Device::Cpu)),
+                    Tensor::from_slice(&[0i64, 2, 1, 1, 0, 2, 2]),
+                ],
+            }
+        }
+
+        /// Tensors of the shared part, which come first.
+        fn shared_count(&self) -> usize {
+            4 * self.experts.unwrap_or(1)
+        }
+
+        /// Tensors of each task's own part.
+        fn own_count(&self) -> usize {
+            if self.experts.is_some() {
+                4
+            } else {
+                2
+            }
+        }
+
+        fn body<'a>(&self, shared: &'a [Tensor]) -> Body<'a> {
+            match self.experts {
+                None => Body::Hard(shared),
+                Some(_) => Body::Mmoe(shared.chunks_exact(4).collect()),
+            }
+        }
+
+        /// `tasks` of the two, each scored with its own tensors, the next of `own`.
+        fn scored<'a>(&self, own: &'a [Tensor], tasks: &[usize]) -> Vec<Scored<'a>> {
+            let n = self.own_count();
+            tasks
+                .iter()
+                .zip(own.chunks_exact(n))
+                .map(|(&t, own)| Scored {
+                    loss: self.losses[t],
+                    gate: self.experts.map(|_| [&own[0], &own[1]]),
+                    head: [&own[n - 2], &own[n - 1]],
+                    target: self.targets[t].shallow_clone(),
+                })
+                .collect()
+        }
+
+        /// Both paths' totals of both tasks.
+        fn totals(&self, path: Path) -> Totals {
+            let (shared, own) = self.params.split_at(self.shared_count());
+            let (body, tasks) = (self.body(shared), self.scored(own, &[0, 1]));
+            match path {
+                Path::Batched => batched::run(&body, &self.x, &tasks, true),
+                Path::PerTask => per_task::run(&body, &self.x, &tasks, true),
+            }
+        }
     }
 
     fn all(totals: &Totals) -> [Vec<f64>; 4] {
@@ -343,51 +490,64 @@ mod tests {
 
     #[test]
     fn the_batched_path_equals_per_task_autograd() {
-        let (params, x, losses, targets) = tiny(Kind::Float);
-        let tasks = scored(&params[4..], &losses, &targets);
-        let batched = batched::run(&params[..4], &x, &tasks, true);
-        let per_task = per_task::run(&params[..4], &x, &tasks, true);
-        for (got, want) in all(&batched).iter().zip(&all(&per_task)) {
-            assert_close(got, want, 1e-5);
+        // Shared values of one MLP: (3+1)*4 + (4+1)*3 = 31; heads (3+1)*2 and (3+1)*3; a gate
+        // over three experts (3+1)*3.
+        for (experts, shared, own) in [(None, 31, 8 + 12), (Some(3), 3 * 31, 2 * 12 + 8 + 12)] {
+            let tiny = Tiny::new(Kind::Float, experts);
+            let batched = tiny.totals(Path::Batched);
+            let per_task = tiny.totals(Path::PerTask);
+            for (got, want) in all(&batched).iter().zip(&all(&per_task)) {
+                assert_close(got, want, 1e-5);
+            }
+            let (shared_grads, own_grads) = batched.grads.as_ref().unwrap();
+            assert_eq!(shared_grads.size(), [2, shared], "{experts:?}");
+            assert_eq!(own_grads.size(), [own], "{experts:?}");
         }
-        let (shared, heads) = batched.grads.as_ref().unwrap();
-        assert_eq!(shared.size(), [2, 16 + 15]);
-        assert_eq!(heads.size(), [(6 + 2) + (9 + 3)]);
     }
 
     #[test]
     fn per_task_gradients_match_finite_differences() {
-        let (params, x, losses, targets) = tiny(Kind::Double);
-        let tasks = scored(&params[4..], &losses, &targets);
-        let totals = per_task::run(&params[..4], &x, &tasks, true);
-        let (shared, heads) = totals.grads.as_ref().unwrap();
-        let head_grads = [heads.narrow(0, 0, 8), heads.narrow(0, 8, 12)];
-        for t in 0..2 {
-            // The task's loss sum as a function of the shared layers and its own head.
-            let theta: Vec<Tensor> = params[..4]
-                .iter()
-                .chain(&params[4 + 2 * t..6 + 2 * t])
-                .map(Tensor::shallow_clone)
-                .collect();
-            let loss_sum = |theta: &[Tensor]| {
-                let task = Scored {
-                    loss: losses[t],
-                    head: [&theta[4], &theta[5]],
-                    target: targets[t].shallow_clone(),
+        for experts in [None, Some(2), Some(3)] {
+            let tiny = Tiny::new(Kind::Double, experts);
+            let totals = tiny.totals(Path::PerTask);
+            let (shared_grads, own_grads) = totals.grads.as_ref().unwrap();
+            let (shared_count, n) = (tiny.shared_count(), tiny.own_count());
+            let mut start = 0;
+            for t in 0..2 {
+                // The task's loss sum as a function of the shared tensors and its own.
+                let own = &tiny.params[shared_count + n * t..shared_count + n * (t + 1)];
+                let theta: Vec<Tensor> = tiny.params[..shared_count]
+                    .iter()
+                    .chain(own)
+                    .map(Tensor::shallow_clone)
+                    .collect();
+                let loss_sum = |theta: &[Tensor]| {
+                    let (shared, own) = theta.split_at(shared_count);
+                    let tasks = tiny.scored(own, &[t]);
+                    let totals = per_task::run(&tiny.body(shared), &tiny.x, &tasks, false);
+                    totals.loss_sums.double_value(&[0])
                 };
-                let totals = per_task::run(&theta[..4], &x, &[task], false);
-                totals.loss_sums.double_value(&[0])
-            };
-            let want = finite_differences(&theta, loss_sum);
-            let got = flat(&[shared.get(t as i64), head_grads[t].shallow_clone()]);
-            assert_close(&got, &want, 1e-6);
+                let want = finite_differences(&theta, loss_sum);
+                let own_len: i64 = own.iter().map(Tensor::numel).sum::<usize>() as i64;
+                let got = flat(&[
+                    shared_grads.get(t as i64),
+                    own_grads.narrow(0, start, own_len),
+                ]);
+                start += own_len;
+                assert_close(&got, &want, 1e-6);
+            }
         }
     }
 
     #[test]
     fn two_chunks_of_rows_sum_to_one_chunk() {
-        let (experiment, params) = experiment_and_params();
-        for path in [Path::Batched, Path::PerTask] {
+        for (setup, path) in [
+            (setup(), Path::Batched),
+            (setup(), Path::PerTask),
+            (mmoe_setup(), Path::Batched),
+            (mmoe_setup(), Path::PerTask),
+        ] {
+            let (experiment, params) = experiment_and_params_of(setup);
             let whole = experiment
                 .run(
                     &chunk(Phase::Train, vec![rows(vec![2, 0], 10, 9)]),
@@ -440,38 +600,45 @@ mod tests {
 
     #[test]
     fn totals_have_the_layouts_lengths_and_eval_has_no_gradients() {
-        let (experiment, params) = experiment_and_params();
-        let setup = setup();
-        let train = experiment
-            .run(
-                &chunk(Phase::Train, vec![rows(vec![1, 2], 0, 6)]),
-                &params,
-                Path::Batched,
-            )
-            .unwrap();
-        assert_eq!(train.iter().map(|t| t.task).collect::<Vec<_>>(), [1, 2]);
-        for t in &train {
-            assert_eq!(
-                f32s_from_bytes(&t.shared_grad).unwrap().len(),
-                setup.shared_len()
-            );
-            assert_eq!(
-                f32s_from_bytes(&t.head_grad).unwrap().len(),
-                setup.head_range(t.task as usize).len()
-            );
-            assert!(t.loss_sum > 0.0 && t.loss_sum == t.metric_sum);
+        for setup in [setup(), mmoe_setup()] {
+            let (experiment, params) = experiment_and_params_of(setup.clone());
+            // What the wire carries must be what the coordinator cuts the parameters into.
+            assert_eq!(params.len(), setup.layout().slots.len());
+            let train = experiment
+                .run(
+                    &chunk(Phase::Train, vec![rows(vec![1, 2], 0, 6)]),
+                    &params,
+                    Path::Batched,
+                )
+                .unwrap();
+            assert_eq!(train.iter().map(|t| t.task).collect::<Vec<_>>(), [1, 2]);
+            for t in &train {
+                assert_eq!(
+                    f32s_from_bytes(&t.shared_grad).unwrap().len(),
+                    setup.shared_len()
+                );
+                assert_eq!(
+                    f32s_from_bytes(&t.head_grad).unwrap().len(),
+                    setup.head_range(t.task as usize).len()
+                );
+                assert!(t.loss_sum > 0.0 && t.loss_sum == t.metric_sum);
+            }
+            let eval = experiment
+                .run(
+                    &chunk(Phase::Eval, vec![rows(vec![1, 2], 0, 6)]),
+                    &params,
+                    Path::Batched,
+                )
+                .unwrap();
+            for (e, t) in eval.iter().zip(&train) {
+                assert!(e.shared_grad.is_empty() && e.head_grad.is_empty());
+                assert!((e.loss_sum - t.loss_sum).abs() < 1e-6 * t.loss_sum);
+            }
         }
-        let eval = experiment
-            .run(
-                &chunk(Phase::Eval, vec![rows(vec![1, 2], 0, 6)]),
-                &params,
-                Path::Batched,
-            )
-            .unwrap();
-        for (e, t) in eval.iter().zip(&train) {
-            assert!(e.shared_grad.is_empty() && e.head_grad.is_empty());
-            assert!((e.loss_sum - t.loss_sum).abs() < 1e-6 * t.loss_sum);
-        }
+        // Two experts of (4+1)*6 + (6+1)*5 = 65 values; each task's gate (4+1)*2, head (5+1)*3.
+        let mmoe = mmoe_setup();
+        assert_eq!(mmoe.shared_len(), 130);
+        assert_eq!(mmoe.head_range(1), 130 + 28..130 + 56);
     }
 
     #[test]
@@ -516,7 +683,10 @@ mod tests {
         };
         assert!(invalid(classifier).contains("\"b\""));
         let mut wide = setup();
-        wide.shared.input = 7;
+        wide.shared = Shared::Hard(Mlp {
+            input: 7,
+            ..wide.shared.mlp().clone()
+        });
         assert!(invalid(wide).contains("7 inputs"));
         let mut no_sigma = setup();
         no_sigma.tasks.push(no_sigma.tasks[0].clone());

@@ -1,26 +1,27 @@
-//! The reference path: the shared layers forward once, then one autograd backward per task, the way a PyTorch multi-task loop collects per-task gradients.
+//! The reference path: the shared layers (or every expert and each task's gate) forward once, then one autograd backward per task, the way a PyTorch multi-task loop collects per-task gradients.
 
 use tch::Tensor;
 
-use super::{loss, trunk, Scored, Totals};
+use super::{loss, Body, Scored, Totals};
 use crate::algorithms::without_grad;
 
-/// The totals of `tasks` on the rows `x`; gradients when `train`. `shared` and the heads must
-/// be leaves that require grad.
-pub fn run(shared: &[Tensor], x: &Tensor, tasks: &[Scored], train: bool) -> Totals {
+/// The totals of `tasks` on the rows `x`; gradients when `train`. The shared tensors and the
+/// tasks' own must be leaves that require grad.
+pub fn run(body: &Body, x: &Tensor, tasks: &[Scored], train: bool) -> Totals {
     if !train {
-        return without_grad(|| Totals::scores_only(&trunk::forward(shared, x), tasks));
+        return without_grad(|| Totals::scores_only(&body.representations(x, tasks), tasks));
     }
-    let features = trunk::forward(shared, x);
+    let representations = body.representations(x, tasks);
+    let shared = body.params();
     let (mut loss_sums, mut metric_sums) = (Vec::new(), Vec::new());
-    let (mut shared_grads, mut heads) = (Vec::new(), Vec::new());
-    for task in tasks {
+    let (mut shared_grads, mut own_grads) = (Vec::new(), Vec::new());
+    for (task, features) in tasks.iter().zip(&representations) {
         let output = features.linear(task.head[0], Some(task.head[1]));
         let losses = loss::row_losses(task.loss, &output, &task.target);
         let (loss_sum, metric_sum) = loss::sums(task.loss, &output, &task.target, &losses);
         loss_sums.push(loss_sum);
         metric_sums.push(metric_sum);
-        let wrt: Vec<&Tensor> = shared.iter().chain(task.head).collect();
+        let wrt: Vec<&Tensor> = shared.iter().copied().chain(task.own()).collect();
         // keep_graph: the next task backpropagates through the same shared forward pass.
         let grads = Tensor::run_backward(&[losses.sum(losses.kind())], &wrt, true, false);
         let flat: Vec<Tensor> = grads
@@ -35,16 +36,16 @@ pub fn run(shared: &[Tensor], x: &Tensor, tasks: &[Scored], train: bool) -> Tota
                 }
             })
             .collect();
-        let (body, head) = flat.split_at(shared.len());
+        let (body, own) = flat.split_at(shared.len());
         shared_grads.push(Tensor::cat(body, 0));
-        heads.extend(head.iter().map(Tensor::shallow_clone));
+        own_grads.extend(own.iter().map(Tensor::shallow_clone));
     }
     Totals {
         loss_sums: Tensor::stack(&loss_sums, 0),
         metric_sums: Tensor::stack(&metric_sums, 0),
         grads: Some((
             Tensor::stack(&shared_grads, 0).detach(),
-            Tensor::cat(&heads, 0).detach(),
+            Tensor::cat(&own_grads, 0).detach(),
         )),
     }
 }

@@ -79,10 +79,11 @@ fn gradnorm(setup: &MtlSetup, data: &GradNormData) -> Result<Box<dyn RowSource>,
     if data.inputs == 0 || data.outputs == 0 {
         return Err("GradNorm data needs at least one input and one output".into());
     }
-    if setup.shared.input != data.inputs as usize {
+    if setup.shared.input() != data.inputs as usize {
         return Err(format!(
             "the shared layers read {} inputs, the GradNorm data has {}",
-            setup.shared.input, data.inputs
+            setup.shared.input(),
+            data.inputs
         ));
     }
     let family = data.family_tasks();

@@ -83,10 +83,11 @@ impl TableRows {
             width += e.width();
             encoded.push(e);
         }
-        if width != setup.shared.input {
+        if width != setup.shared.input() {
             return Err(format!(
                 "the features of table `{}` encode to {width} inputs, the shared layers read {}",
-                data.dataset, setup.shared.input
+                data.dataset,
+                setup.shared.input()
             ));
         }
         let mut x = vec![0f32; table.rows * width];
@@ -324,7 +325,7 @@ impl RowSource for TableRows {
 #[cfg(test)]
 mod tests {
     use outerloop_proto::model::Mlp;
-    use outerloop_proto::mtl::{MtlData, MtlTask};
+    use outerloop_proto::mtl::{MtlData, MtlTask, Shared};
 
     use super::*;
     use crate::data::table::Column;
@@ -379,11 +380,11 @@ mod tests {
         MtlSetup {
             experiment_id: "e".into(),
             data: MtlData::Table(data.clone()),
-            shared: Mlp {
+            shared: Shared::Hard(Mlp {
                 input: 3,
                 hidden: vec![],
                 output: 4,
-            },
+            }),
             tasks: vec![
                 task("price", TaskLoss::Mse, 1),
                 task("kind", TaskLoss::CrossEntropy, 3),
@@ -486,7 +487,10 @@ mod tests {
     fn set_ups_that_do_not_fit_the_table_are_errors() {
         let data = data(TableSplit::Column("fold".into()));
         let mut wide = setup(&data);
-        wide.shared.input = 4;
+        wide.shared = Shared::Hard(Mlp {
+            input: 4,
+            ..wide.shared.mlp().clone()
+        });
         let e = TableRows::new(&table(), &data, &wide).err().unwrap();
         assert!(e.contains("encode to 3 inputs"), "{e}");
         let mut classes = setup(&data);

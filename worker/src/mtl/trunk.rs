@@ -1,4 +1,4 @@
-//! The shared layers of a multi-task model (an MLP with ReLU after every layer): the forward pass, and one explicit backward pass for all tasks at once.
+//! An MLP with ReLU after every layer, the shared layers of a multi-task model or one expert of a mixture: the forward pass, and one explicit backward pass for all tasks at once.
 
 use tch::Tensor;
 

@@ -659,9 +659,12 @@ final_rows = 128
         let error = parse(&written, &[]).unwrap_err();
         assert!(error.message.contains("model.experts"), "{error}");
         assert_eq!(error.location.map(|l| l.0), Some(13), "{error}");
-        let huge = parse(MTL_SPEC, &[MMOE[0], "model.experts=64", "model.hidden=[4096, 4096]"])
-            .unwrap_err()
-            .to_string();
+        let huge = parse(
+            MTL_SPEC,
+            &[MMOE[0], "model.experts=64", "model.hidden=[4096, 4096]"],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(huge.contains("too large"), "{huge}");
     }
 

@@ -570,7 +570,10 @@ every = 5
         spec.check_dataset(&manifest()).unwrap();
         assert_eq!(spec.held_out_rows(Some(&manifest())), Some([2, 2]));
         // `fold` is text of three levels: one-hot, 3 wide.
-        assert_eq!(spec.setup("e", Some(&manifest())).unwrap().shared.input(), 4);
+        assert_eq!(
+            spec.setup("e", Some(&manifest())).unwrap().shared.input(),
+            4
+        );
     }
 
     #[test]
