@@ -87,7 +87,11 @@ impl Head {
     }
 
     /// The totals, from the shared gradients and every task's own, flat, in layout order.
-    fn totals<'a>(heads: &[Head], shared: Tensor, own: impl Iterator<Item = &'a Tensor>) -> Totals {
+    fn totals<'a>(
+        heads: &[Head],
+        shared: Vec<Tensor>,
+        own: impl Iterator<Item = &'a Tensor>,
+    ) -> Totals {
         let (loss_sums, metric_sums): (Vec<&Tensor>, Vec<&Tensor>) =
             heads.iter().map(|h| (&h.loss_sum, &h.metric_sum)).unzip();
         let own: Vec<&Tensor> = own.collect();

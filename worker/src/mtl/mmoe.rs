@@ -45,23 +45,24 @@ pub fn forward_saving(experts: &[&[Tensor]], x: &Tensor) -> Saved {
 
 /// Each task's gradients from `gates` `[tasks, rows, experts]` (its mixing weights) and
 /// `delta` `[tasks, rows, width]` (its gradient of its loss at its representation), on the
-/// rows `x`. Returns the experts' `[tasks, shared values]` (expert after expert, each in
-/// layout order) and the gates' `[tasks, experts * (input + 1)]` (weight `[experts, input]`
-/// then bias).
+/// rows `x`. Returns the experts' gradients as pieces `[tasks, values]` that side by side
+/// are `[tasks, shared values]` (expert after expert, each in layout order; see
+/// `trunk::backward`), and the gates' `[tasks, experts * (input + 1)]` (weight
+/// `[experts, input]` then bias).
 pub fn backward(
     saved: &Saved,
     experts: &[&[Tensor]],
     x: &Tensor,
     gates: &Tensor,
     delta: &Tensor,
-) -> (Tensor, Tensor) {
+) -> (Vec<Tensor>, Tensor) {
     // Expert e's output reaches task t's representation scaled row by row by g_{t,e}, so its
     // gradient there is g_{t,e} delta_t: every task's at once through the expert's layers.
     let expert_grads: Vec<Tensor> = experts
         .iter()
         .zip(&saved.experts)
         .enumerate()
-        .map(|(e, (params, forward))| {
+        .flat_map(|(e, (params, forward))| {
             let upstream = gates.narrow(2, e as i64, 1) * delta;
             trunk::backward(forward, params, upstream)
         })
@@ -79,10 +80,7 @@ pub fn backward(
     // [tasks, experts, rows] x [rows, input]: the gates all read the same input.
     let weight = dlogits.transpose(1, 2).matmul(x).reshape([tasks, -1]);
     let bias = dlogits.sum_dim_intlist(1, false, None);
-    (
-        Tensor::cat(&expert_grads, 1),
-        Tensor::cat(&[weight, bias], 1),
-    )
+    (expert_grads, Tensor::cat(&[weight, bias], 1))
 }
 
 #[cfg(test)]
@@ -129,7 +127,10 @@ mod tests {
             let objective = (&representation * delta.get(t as i64)).sum(kind);
             let wrt: Vec<&Tensor> = all[..8].iter().chain(*task_gate).collect();
             let autograd = Tensor::run_backward(&[objective], &wrt, true, false);
-            let explicit = [expert_grads.get(t as i64), gate_grads.get(t as i64)];
+            let explicit = [
+                Tensor::cat(&expert_grads, 1).get(t as i64),
+                gate_grads.get(t as i64),
+            ];
             assert_close(&flat(&explicit), &flat(&autograd), 1e-12);
         }
     }

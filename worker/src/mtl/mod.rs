@@ -98,9 +98,10 @@ pub(crate) struct Totals {
     loss_sums: Tensor,
     metric_sums: Tensor,
     /// Training only: each task's gradient with respect to the shared layers (MMoE: the
-    /// experts), `[tasks, shared values]`, and with respect to its own parameters (its gate if
-    /// it has one, then its head; weight then bias), flat and concatenated in task order.
-    grads: Option<(Tensor, Tensor)>,
+    /// experts), as pieces `[tasks, values]` that side by side are `[tasks, shared values]`,
+    /// and with respect to its own parameters (its gate if it has one, then its head; weight
+    /// then bias), flat and concatenated in task order.
+    grads: Option<(Vec<Tensor>, Tensor)>,
 }
 
 impl Totals {
@@ -278,20 +279,21 @@ fn wire(
     let f64s = |t: &Tensor| Vec::<f64>::try_from(t).map_err(|e| e.to_string());
     let (losses, metrics) = (f64s(&totals.loss_sums)?, f64s(&totals.metric_sums)?);
     let (mut shared, mut heads) = (Vec::new(), Vec::new());
-    if let Some((s, h)) = &totals.grads {
-        append_values(s, &mut shared).map_err(|e| e.to_string())?;
+    if let Some((pieces, h)) = &totals.grads {
+        shared = shared_bytes(pieces, tasks.len()).map_err(|e| e.to_string())?;
         append_values(h, &mut heads).map_err(|e| e.to_string())?;
-        if shared.len() != tasks.len() * shared_len
+        if shared.iter().any(|s| s.len() != 4 * shared_len)
             || heads.len() != head_lens.iter().sum::<usize>()
         {
             return Err(format!(
                 "gradients of {} and {} values for {} tasks: the parameters do not fit the layout",
-                shared.len(),
+                shared.first().map_or(0, |s| s.len() / 4),
                 heads.len(),
                 tasks.len()
             ));
         }
     }
+    let mut shared = shared.into_iter();
     let mut head_start = 0;
     let mut out = Vec::with_capacity(tasks.len());
     for (i, &task) in tasks.iter().enumerate() {
@@ -303,13 +305,40 @@ fn wire(
         };
         if totals.grads.is_some() {
             let head_end = head_start + head_lens[i];
-            entry.shared_grad = f32s_to_bytes(&shared[i * shared_len..(i + 1) * shared_len]);
+            entry.shared_grad = shared.next().unwrap_or_default().into();
             entry.head_grad = f32s_to_bytes(&heads[head_start..head_end]);
             head_start = head_end;
         }
         out.push(entry);
     }
     Ok(out)
+}
+
+/// Each task's shared-layer gradient as little-endian `f32` bytes, from `pieces` `[tasks,
+/// values]` laid side by side: one copy from the tensors into the bytes that go on the wire.
+fn shared_bytes(pieces: &[Tensor], tasks: usize) -> Result<Vec<Vec<u8>>, tch::TchError> {
+    let pieces: Vec<Tensor> = pieces
+        .iter()
+        .map(|p| p.to_device(tch::Device::Cpu).to_kind(tch::Kind::Float).contiguous())
+        .collect();
+    let len: usize = pieces.iter().map(|p| p.size()[1] as usize).sum();
+    (0..tasks as i64)
+        .map(|t| {
+            let mut bytes = vec![0u8; 4 * len];
+            let mut at = 0;
+            for piece in &pieces {
+                let values = piece.size()[1] as usize;
+                // A row of a contiguous `[tasks, values]` tensor is contiguous itself.
+                piece
+                    .get(t)
+                    .f_copy_data_u8(&mut bytes[at..at + 4 * values], values)?;
+                at += 4 * values;
+            }
+            // The wire is little-endian; so are the machines outerloop runs on.
+            debug_assert!(cfg!(target_endian = "little"));
+            Ok(bytes)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -478,12 +507,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn each_tasks_wire_bytes_are_its_rows_of_the_pieces_in_order() {
+        let a = Tensor::from_slice(&[1.0f64, 2.0, 3.0, 4.0, 5.0, 6.0]).view([2, 3]);
+        let b = Tensor::from_slice(&[7.0f32, 8.0, 9.0, 10.0]).view([2, 2]);
+        let bytes = shared_bytes(&[a, b], 2).unwrap();
+        let values: Vec<Vec<f32>> = bytes.iter().map(|b| f32s_from_bytes(b).unwrap()).collect();
+        assert_eq!(values, [[1.0, 2.0, 3.0, 7.0, 8.0], [4.0, 5.0, 6.0, 9.0, 10.0]]);
+    }
+
+    /// The shared-layer pieces side by side: `[tasks, shared values]`.
+    fn joined(pieces: &[Tensor]) -> Tensor {
+        Tensor::cat(pieces, 1)
+    }
+
     fn all(totals: &Totals) -> [Vec<f64>; 4] {
         let (shared, heads) = totals.grads.as_ref().unwrap();
         [
             flat(&[totals.loss_sums.shallow_clone()]),
             flat(&[totals.metric_sums.shallow_clone()]),
-            flat(&[shared.shallow_clone()]),
+            flat(&[joined(shared)]),
             flat(&[heads.shallow_clone()]),
         ]
     }
@@ -500,7 +543,7 @@ mod tests {
                 assert_close(got, want, 1e-5);
             }
             let (shared_grads, own_grads) = batched.grads.as_ref().unwrap();
-            assert_eq!(shared_grads.size(), [2, shared], "{experts:?}");
+            assert_eq!(joined(shared_grads).size(), [2, shared], "{experts:?}");
             assert_eq!(own_grads.size(), [own], "{experts:?}");
         }
     }
@@ -530,7 +573,7 @@ mod tests {
                 let want = finite_differences(&theta, loss_sum);
                 let own_len: i64 = own.iter().map(Tensor::numel).sum::<usize>() as i64;
                 let got = flat(&[
-                    shared_grads.get(t as i64),
+                    joined(shared_grads).get(t as i64),
                     own_grads.narrow(0, start, own_len),
                 ]);
                 start += own_len;

@@ -44,7 +44,7 @@ pub fn run(body: &Body, x: &Tensor, tasks: &[Scored], train: bool) -> Totals {
         loss_sums: Tensor::stack(&loss_sums, 0),
         metric_sums: Tensor::stack(&metric_sums, 0),
         grads: Some((
-            Tensor::stack(&shared_grads, 0).detach(),
+            vec![Tensor::stack(&shared_grads, 0).detach()],
             Tensor::cat(&own_grads, 0).detach(),
         )),
     }

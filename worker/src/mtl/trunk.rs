@@ -34,13 +34,16 @@ pub fn forward_saving(shared: &[Tensor], x: &Tensor) -> Saved {
 }
 
 /// Each task's gradient with respect to the shared layers, from `delta` `[tasks, rows, width]`:
-/// every task's gradient of its loss at the representation. Returns `[tasks, shared values]`,
-/// each row in layout order (weight `[out, in]` then bias, layer after layer).
+/// every task's gradient of its loss at the representation. Returns one piece per parameter
+/// tensor in layout order (weight `[out, in]` then bias, layer after layer), each
+/// `[tasks, values]`: side by side they are `[tasks, shared values]`, and they are left apart
+/// because joining them would copy every task's gradient once more (megabytes per chunk)
+/// before the copy onto the wire.
 ///
 /// The tasks share the forward pass, hence the ReLU masks and layer inputs: propagating all
 /// of them together is one matrix product per layer over `tasks * rows` rows, and one batched
 /// product for the weight gradients, instead of one autograd backward per task.
-pub fn backward(saved: &Saved, shared: &[Tensor], delta: Tensor) -> Tensor {
+pub fn backward(saved: &Saved, shared: &[Tensor], delta: Tensor) -> Vec<Tensor> {
     let tasks = delta.size()[0];
     let layers = saved.inputs.len();
     let mut grads = Vec::with_capacity(2 * layers);
@@ -61,7 +64,7 @@ pub fn backward(saved: &Saved, shared: &[Tensor], delta: Tensor) -> Tensor {
         grads.push(weight.reshape([tasks, -1]));
     }
     grads.reverse();
-    Tensor::cat(&grads, 1)
+    grads
 }
 
 #[cfg(test)]
@@ -78,7 +81,7 @@ mod tests {
         let delta = Tensor::randn([3, 6, 4], (kind, Device::Cpu));
         let explicit = tch::no_grad(|| {
             let saved = forward_saving(&shared, &x);
-            backward(&saved, &shared, delta.shallow_clone())
+            Tensor::cat(&backward(&saved, &shared, delta.shallow_clone()), 1)
         });
         let representation = forward(&shared, &x);
         for t in 0..3 {
