@@ -20,11 +20,8 @@ use std::fmt::Write as _;
 
 use outerloop_coordinator::mtl::weighting::adam::Adam;
 use outerloop_coordinator::mtl::weighting::{Method, StepInput};
+use outerloop_worker::mtl::pareto_toy::{losses, LOSS_SHIFT};
 
-/// `toy.py`'s floor under the logarithms' arguments.
-const LOWER: f64 = 5e-6;
-/// Added to both losses before a method sees them: the losses are above -20 everywhere.
-const LOSS_SHIFT: f64 = 20.0;
 /// The paper's starting points.
 const STARTS: [[f64; 2]; 3] = [[-8.5, 7.5], [-8.5, -5.0], [9.0, 9.0]];
 /// Height of the Pareto set, from `toy.py`'s plot.
@@ -36,48 +33,6 @@ const METHODS: [&str; 12] = [
     "gradvac", "famo",
 ];
 
-/// The two losses at `x` and their gradients (`grads[task][coordinate]`).
-fn toy(x: [f64; 2]) -> ([f64; 2], [[f64; 2]; 2]) {
-    let [x1, x2] = x;
-    let (t, dt) = (x2.tanh(), 1.0 - x2.tanh().powi(2));
-    // The two logarithmic valleys, each with its derivative; clamped below LOWER they are
-    // flat, as torch's clamp makes them.
-    let log_part = |a: f64, da: [f64; 2]| -> (f64, [f64; 2]) {
-        if a.abs() > LOWER {
-            (a.abs().ln() + 6.0, [da[0] / a, da[1] / a])
-        } else {
-            (LOWER.ln() + 6.0, [0.0, 0.0])
-        }
-    };
-    // 0.5(-x1 - 7) - tanh(-x2) and 0.5(-x1 + 3) + tanh(-x2) + 2.
-    let (l1, dl1) = log_part(-0.5 * x1 - 3.5 + t, [-0.5, dt]);
-    let (l2, dl2) = log_part(-0.5 * x1 + 3.5 - t, [-0.5, -dt]);
-    let h = (0.5 * x2).tanh();
-    let dh = 0.5 * (1.0 - h * h);
-    // c1 = max(tanh(x2/2), 0) weighs the valleys above the x1 axis, c2 = max(-tanh(x2/2), 0)
-    // the bowls below it.
-    let (c1, dc1) = if h > 0.0 { (h, dh) } else { (0.0, 0.0) };
-    let (c2, dc2) = if h < 0.0 { (-h, -dh) } else { (0.0, 0.0) };
-    let bowl = |centre: f64| {
-        let value = ((x1 - centre).powi(2) + 0.1 * (x2 + 8.0).powi(2)) / 10.0 - 20.0;
-        (value, [0.2 * (x1 - centre), 0.02 * (x2 + 8.0)])
-    };
-    let (s1, ds1) = bowl(7.0);
-    let (s2, ds2) = bowl(-7.0);
-    let combine = |l: f64, dl: [f64; 2], s: f64, ds: [f64; 2]| {
-        (
-            l * c1 + s * c2,
-            [
-                dl[0] * c1 + ds[0] * c2,
-                dl[1] * c1 + l * dc1 + ds[1] * c2 + s * dc2,
-            ],
-        )
-    };
-    let (f1, g1) = combine(l1, dl1, s1, ds1);
-    let (f2, g2) = combine(l2, dl2, s2, ds2);
-    ([f1, f2], [g1, g2])
-}
-
 /// Euclidean distance from `x` to the Pareto set.
 fn distance_to_front(x: [f64; 2]) -> f64 {
     let dx = (x[0].abs() - 7.0).max(0.0);
@@ -88,7 +43,7 @@ fn distance_to_front(x: [f64; 2]) -> f64 {
 /// between the two gradients (zero where no direction improves both losses), relative to the
 /// longer gradient.
 fn stationarity(x: [f64; 2]) -> f64 {
-    let (_, [g1, g2]) = toy(x);
+    let (_, [g1, g2]) = losses(x);
     let d = [g1[0] - g2[0], g1[1] - g2[1]];
     let dd = d[0] * d[0] + d[1] * d[1];
     // The point g2 + t (g1 - g2) nearest the origin, t clamped to [0, 1].
@@ -115,7 +70,7 @@ fn run(method: &Method, start: [f64; 2], steps: usize, seed: u64) -> Run {
     let mut path = Vec::with_capacity(steps + 1);
     path.push(x);
     for step in 0..steps {
-        let (f, g) = toy(x);
+        let (f, g) = losses(x);
         let losses = [f[0] + LOSS_SHIFT, f[1] + LOSS_SHIFT];
         // The shared parameters travel as f32, as an MTL experiment's would.
         let gradients: Vec<Vec<f32>> = g.iter().map(|g| vec![g[0] as f32, g[1] as f32]).collect();
@@ -148,7 +103,6 @@ fn main() {
     let steps: usize = std::env::args()
         .nth(1)
         .map_or(100_000, |a| a.parse().expect("STEPS: a whole number"));
-    check_gradients();
     println!(
         "CAGrad's toy problem, Adam 0.001, {steps} steps; distance of the end point to the \
          Pareto set (x1 in [-7, 7], x2 = {PARETO_X2})"
@@ -163,7 +117,7 @@ fn main() {
         for (i, &start) in STARTS.iter().enumerate() {
             let result = run(&method, start, steps, i as u64);
             let end = *result.path.last().expect("the start at least");
-            let (f, _) = toy(end);
+            let (f, _) = losses(end);
             println!(
                 "{name:<10} {:>16} {:>10.4} {:>13.1e} {:>18}   ({:.3}, {:.3}){}",
                 format!("({}, {})", start[0], start[1]),
@@ -186,38 +140,6 @@ fn main() {
     let file = out.join("pareto_toy.svg");
     std::fs::write(&file, svg).expect("cannot write the picture");
     println!("\nwritten to {}", file.display());
-}
-
-/// The analytic gradients against central differences, at points in each region of the
-/// plane; the benchmark refuses to run on wrong gradients.
-fn check_gradients() {
-    let h = 1e-6;
-    for x in [
-        [-8.5, 7.5],
-        [-8.5, -5.0],
-        [9.0, 9.0],
-        [0.3, -8.0],
-        [2.0, 0.7],
-        [-6.0, -0.2],
-    ] {
-        let (_, g) = toy(x);
-        for coordinate in 0..2 {
-            let (mut up, mut down) = (x, x);
-            up[coordinate] += h;
-            down[coordinate] -= h;
-            let (fu, fd) = (toy(up).0, toy(down).0);
-            for task in 0..2 {
-                let numeric = (fu[task] - fd[task]) / (2.0 * h);
-                assert!(
-                    (numeric - g[task][coordinate]).abs() <= 1e-6 * numeric.abs().max(1.0),
-                    "loss {task}'s gradient at {x:?} along x{}: analytic {} but central \
-                     differences {numeric}",
-                    coordinate + 1,
-                    g[task][coordinate]
-                );
-            }
-        }
-    }
 }
 
 /// One panel per method: the Pareto set, the starting points and the three paths.

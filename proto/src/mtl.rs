@@ -16,7 +16,7 @@ pub struct MtlSetup {
 
 /// The multi-task architecture: what the tasks share and how each task's representation is
 /// made from it. Every MLP here has ReLU after every layer, the last one too.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Shared {
     /// Hard parameter sharing: one MLP whose output every task's head reads.
     Hard(Mlp),
@@ -25,13 +25,24 @@ pub enum Shared {
     /// outputs, row by row, into the representation the task's head reads. The gates belong
     /// to their tasks; only the experts are shared.
     Mmoe { experts: usize, mlp: Mlp },
+    /// No layers: the shared parameters are a point of the plane, starting at `start`, and
+    /// the tasks' losses are functions of it (the two-objective toy problem); no heads.
+    Point { start: [f32; 2] },
 }
+
+/// The MLP of an architecture without one.
+static NO_LAYERS: Mlp = Mlp {
+    input: 0,
+    hidden: Vec::new(),
+    output: 0,
+};
 
 impl Shared {
     /// The MLP of the shared layers, or of each expert.
     pub fn mlp(&self) -> &Mlp {
         match self {
             Shared::Hard(mlp) | Shared::Mmoe { mlp, .. } => mlp,
+            Shared::Point { .. } => &NO_LAYERS,
         }
     }
 
@@ -50,13 +61,14 @@ impl Shared {
         match self {
             Shared::Hard(mlp) => mlp.param_count(),
             Shared::Mmoe { experts, mlp } => *experts as u64 * mlp.param_count(),
+            Shared::Point { .. } => 2,
         }
     }
 
     /// Values of one task's gate (weight `[experts, input]` and bias); none without gates.
     fn gate_len(&self) -> usize {
         match self {
-            Shared::Hard(_) => 0,
+            Shared::Hard(_) | Shared::Point { .. } => 0,
             Shared::Mmoe { experts, mlp } => experts * (mlp.input + 1),
         }
     }
@@ -67,6 +79,9 @@ impl Shared {
 pub enum MtlData {
     GradNorm(GradNormData),
     Table(TableData),
+    /// The two-objective toy problem of CAGrad (Liu et al. 2021): no data, two losses of the
+    /// point `Shared::Point` holds.
+    ParetoToy,
 }
 
 /// Rows of a table under each worker's `--data-root`.
@@ -175,7 +190,16 @@ impl MtlSetup {
     /// `nn.ModuleList` (experts) and `nn.ModuleDict`s (gates, heads) gives them, so an export
     /// loads into such a module.
     pub fn layout(&self) -> ParamLayout {
+        if let Shared::Point { start } = self.shared {
+            // `point.x1`, `point.x2`: one slot per coordinate, each starting where it should.
+            let mut layout = ParamLayout::default();
+            for (name, value) in ["point.x1", "point.x2"].into_iter().zip(start) {
+                layout.push(name.to_string(), vec![1], Role::Body, Init::Constant(value));
+            }
+            return layout;
+        }
         let (prefixes, gates) = match self.shared {
+            Shared::Point { .. } => unreachable!("returned above"),
             Shared::Hard(_) => (vec!["shared".to_string()], None),
             Shared::Mmoe { experts, .. } => (
                 (0..experts).map(|e| format!("experts.{e}")).collect(),

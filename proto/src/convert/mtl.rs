@@ -17,6 +17,7 @@ impl From<&MtlSetup> for v1::ExperimentSetup {
                 sigmas: g.sigmas.clone(),
                 tasks: g.tasks.clone(),
             }),
+            MtlData::ParetoToy => v1::mtl_setup::Data::ParetoToy(v1::ParetoToyData {}),
             MtlData::Table(t) => v1::mtl_setup::Data::Table(v1::TableData {
                 dataset: t.dataset.clone(),
                 fingerprint: t.fingerprint.clone(),
@@ -44,7 +45,7 @@ impl From<&MtlSetup> for v1::ExperimentSetup {
         };
         let mlp = setup.shared.mlp();
         let mmoe = match setup.shared {
-            Shared::Hard(_) => None,
+            Shared::Hard(_) | Shared::Point { .. } => None,
             Shared::Mmoe { experts, .. } => Some(v1::Mmoe {
                 experts: experts as u32,
             }),
@@ -59,6 +60,10 @@ impl From<&MtlSetup> for v1::ExperimentSetup {
                     output: mlp.output as u32,
                 }),
                 mmoe,
+                point: match setup.shared {
+                    Shared::Point { start: [x1, x2] } => Some(v1::Point { x1, x2 }),
+                    _ => None,
+                },
                 tasks: setup
                     .tasks
                     .iter()
@@ -91,6 +96,7 @@ impl TryFrom<&v1::ExperimentSetup> for MtlSetup {
                 sigmas: g.sigmas.clone(),
                 tasks: g.tasks.clone(),
             }),
+            v1::mtl_setup::Data::ParetoToy(_) => MtlData::ParetoToy,
             v1::mtl_setup::Data::Table(t) => MtlData::Table(TableData {
                 dataset: t.dataset.clone(),
                 fingerprint: t.fingerprint.clone(),
@@ -119,16 +125,19 @@ impl TryFrom<&v1::ExperimentSetup> for MtlSetup {
             hidden: mlp.hidden.iter().map(|&w| w as usize).collect(),
             output: mlp.output as usize,
         };
-        let shared = match &mtl.mmoe {
-            None => Shared::Hard(mlp),
-            Some(v1::Mmoe { experts: 0 }) => {
+        let shared = match (&mtl.mmoe, &mtl.point) {
+            (_, Some(p)) => Shared::Point {
+                start: [p.x1, p.x2],
+            },
+            (None, None) => Shared::Hard(mlp),
+            (Some(v1::Mmoe { experts: 0 }), None) => {
                 return Err(WireError::OutOfRange {
                     field: "mtl.mmoe.experts",
                     value: 0,
                     allowed: "a mixture needs at least one expert",
                 })
             }
-            Some(m) => Shared::Mmoe {
+            (Some(m), None) => Shared::Mmoe {
                 experts: m.experts as usize,
                 mlp,
             },
@@ -285,7 +294,16 @@ mod tests {
             wire.mtl.as_ref().unwrap().mmoe,
             Some(v1::Mmoe { experts: 3 })
         );
-        assert_eq!(MtlSetup::try_from(&wire), Ok(mmoe));
+        assert_eq!(MtlSetup::try_from(&wire), Ok(mmoe.clone()));
+        let toy = MtlSetup {
+            data: MtlData::ParetoToy,
+            shared: Shared::Point { start: [9.0, -8.5] },
+            ..mmoe
+        };
+        assert_eq!(
+            MtlSetup::try_from(&v1::ExperimentSetup::from(&toy)),
+            Ok(toy)
+        );
         let mut none = wire;
         none.mtl.as_mut().unwrap().mmoe = Some(v1::Mmoe { experts: 0 });
         assert!(matches!(

@@ -4,6 +4,7 @@ mod batched;
 mod gradnorm;
 mod loss;
 mod mmoe;
+pub mod pareto_toy;
 mod per_task;
 mod rows;
 mod table;
@@ -217,6 +218,9 @@ impl MtlExperiment {
         path: Path,
         train: bool,
     ) -> Result<Vec<v1::TaskTotals>, String> {
+        if let Shared::Point { .. } = self.setup.shared {
+            return point_totals(params, batch.count, tasks, train);
+        }
         let (kind, device) = (params[0].kind(), params[0].device());
         let rows = self.source.rows(stream, batch, tasks, kind, device)?;
         let (body, scored) = self.split(params, tasks, rows.targets);
@@ -249,6 +253,7 @@ impl MtlExperiment {
                 let (shared, own) = params.split_at(experts * per_mlp);
                 (Body::Mmoe(shared.chunks_exact(per_mlp).collect()), own, 4)
             }
+            Shared::Point { .. } => unreachable!("a point is scored by `point_totals`"),
         };
         let scored = tasks
             .iter()
@@ -314,12 +319,50 @@ fn wire(
     Ok(out)
 }
 
+/// The toy problem's totals at the point `params` (`point.x1`, `point.x2`): every one of the
+/// `rows` scores the same losses, so the sums are `rows` times each task's loss (shifted by
+/// [`pareto_toy::LOSS_SHIFT`]; the metric is the unshifted loss) and, when training, its
+/// gradient. Exact, in `f64`.
+fn point_totals(
+    params: &[Tensor],
+    rows: u32,
+    tasks: &[usize],
+    train: bool,
+) -> Result<Vec<v1::TaskTotals>, String> {
+    let coordinate = |p: &Tensor| p.f_double_value(&[0]).map_err(|e| e.to_string());
+    let x = [coordinate(&params[0])?, coordinate(&params[1])?];
+    let (f, g) = pareto_toy::losses(x);
+    let n = rows as f64;
+    tasks
+        .iter()
+        .map(|&t| {
+            let task = f
+                .get(t)
+                .ok_or_else(|| format!("the toy problem has two tasks; task {t} was asked for"))?;
+            let mut entry = v1::TaskTotals {
+                task: t as u32,
+                loss_sum: n * (task + pareto_toy::LOSS_SHIFT),
+                metric_sum: n * task,
+                ..Default::default()
+            };
+            if train {
+                entry.shared_grad = f32s_to_bytes(&g[t].map(|d| (n * d) as f32));
+            }
+            Ok(entry)
+        })
+        .collect()
+}
+
 /// Each task's shared-layer gradient as little-endian `f32` bytes, from `pieces` `[tasks,
 /// values]` laid side by side: one copy from the tensors into the bytes that go on the wire.
 fn shared_bytes(pieces: &[Tensor], tasks: usize) -> Result<Vec<Vec<u8>>, tch::TchError> {
     let pieces: Vec<Tensor> = pieces
         .iter()
-        .map(|p| p.to_device(tch::Device::Cpu).to_kind(tch::Kind::Float).contiguous())
+        .map(|p| {
+            p.to_device(tch::Device::Cpu)
+                .to_kind(tch::Kind::Float)
+                .contiguous()
+        })
         .collect();
     let len: usize = pieces.iter().map(|p| p.size()[1] as usize).sum();
     (0..tasks as i64)
@@ -335,7 +378,7 @@ fn shared_bytes(pieces: &[Tensor], tasks: usize) -> Result<Vec<Vec<u8>>, tch::Tc
                 at += 4 * values;
             }
             // The wire is little-endian; so are the machines outerloop runs on.
-            debug_assert!(cfg!(target_endian = "little"));
+            const { assert!(cfg!(target_endian = "little")) };
             Ok(bytes)
         })
         .collect()
@@ -508,12 +551,50 @@ mod tests {
     }
 
     #[test]
+    fn the_toy_problems_rows_each_score_the_points_exact_losses() {
+        let task = |name: &str| MtlTask {
+            name: name.into(),
+            loss: TaskLoss::Mse,
+            outputs: 0,
+        };
+        let setup = MtlSetup {
+            experiment_id: "mtl-1".into(),
+            data: MtlData::ParetoToy,
+            shared: Shared::Point { start: [2.0, 0.7] },
+            tasks: vec![task("f1"), task("f2")],
+        };
+        let experiment = MtlExperiment::new(setup, &DataRoot::empty()).unwrap();
+        let values = experiment.layout().init(0);
+        assert_eq!(values, [2.0, 0.7]);
+        let params = leaf_parameters(experiment.layout(), &values, Device::Cpu);
+        let totals = experiment
+            .run(
+                &chunk(Phase::Train, vec![rows(vec![1, 0], 0, 3)]),
+                &params,
+                Path::Batched,
+            )
+            .unwrap();
+        let (f, g) = pareto_toy::losses([2.0f32 as f64, 0.7f32 as f64]);
+        for (entry, t) in totals.iter().zip([1, 0]) {
+            assert_eq!(entry.task, t as u32);
+            assert!((entry.metric_sum - 3.0 * f[t]).abs() < 1e-9);
+            assert!((entry.loss_sum - 3.0 * (f[t] + pareto_toy::LOSS_SHIFT)).abs() < 1e-9);
+            let grad = f32s_from_bytes(&entry.shared_grad).unwrap();
+            assert_eq!(grad, g[t].map(|d| (3.0 * d) as f32));
+            assert!(entry.head_grad.is_empty());
+        }
+    }
+
+    #[test]
     fn each_tasks_wire_bytes_are_its_rows_of_the_pieces_in_order() {
         let a = Tensor::from_slice(&[1.0f64, 2.0, 3.0, 4.0, 5.0, 6.0]).view([2, 3]);
         let b = Tensor::from_slice(&[7.0f32, 8.0, 9.0, 10.0]).view([2, 2]);
         let bytes = shared_bytes(&[a, b], 2).unwrap();
         let values: Vec<Vec<f32>> = bytes.iter().map(|b| f32s_from_bytes(b).unwrap()).collect();
-        assert_eq!(values, [[1.0, 2.0, 3.0, 7.0, 8.0], [4.0, 5.0, 6.0, 9.0, 10.0]]);
+        assert_eq!(
+            values,
+            [[1.0, 2.0, 3.0, 7.0, 8.0], [4.0, 5.0, 6.0, 9.0, 10.0]]
+        );
     }
 
     /// The shared-layer pieces side by side: `[tasks, shared values]`.

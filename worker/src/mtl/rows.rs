@@ -1,6 +1,6 @@
 //! Rows of a multi-task dataset: what a data family hands the worker for a batch of rows, and which family an experiment reads.
 
-use outerloop_proto::mtl::{GradNormData, MtlData, MtlSetup, RowBatch, TaskLoss};
+use outerloop_proto::mtl::{GradNormData, MtlData, MtlSetup, RowBatch, Shared, TaskLoss};
 use tch::{Device, Kind, Tensor};
 
 use super::gradnorm::GradNorm;
@@ -72,6 +72,23 @@ pub fn source(setup: &MtlSetup, data: &DataRoot) -> Result<Box<dyn RowSource>, E
             ))
         }
         MtlData::GradNorm(data) => gradnorm(setup, data).map_err(EngineError::Invalid),
+        MtlData::ParetoToy => {
+            if !matches!(setup.shared, Shared::Point { .. }) || setup.tasks.len() != 2 {
+                return Err(EngineError::Invalid(
+                    "the toy problem has two tasks of a point, not layers".into(),
+                ));
+            }
+            Ok(Box::new(NoRows))
+        }
+    }
+}
+
+/// The toy problem's data: none; its losses are functions of the point alone.
+struct NoRows;
+
+impl RowSource for NoRows {
+    fn rows(&self, _: u64, _: &RowBatch, _: &[usize], _: Kind, _: Device) -> Result<Rows, String> {
+        Err("the toy problem has no rows: its tasks are scored at the point".into())
     }
 }
 

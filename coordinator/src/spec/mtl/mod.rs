@@ -71,6 +71,19 @@ pub enum MtlDataSpec {
     },
     /// CSV or Parquet files under every worker's `--data-root`, with the tasks' columns.
     Table(TableSpec),
+    /// The two-objective toy problem of CAGrad (Liu et al. 2021, Figure 1): tasks `f1` and
+    /// `f2` are two losses of a point of the plane (`[model] kind = "point"`) that starts at
+    /// `start`; no rows.
+    #[serde(rename = "pareto_toy")]
+    ParetoToy {
+        #[serde(default = "default_start")]
+        start: [f32; 2],
+    },
+}
+
+/// The first of the CAGrad paper's three starting points.
+fn default_start() -> [f32; 2] {
+    [-8.5, 7.5]
 }
 
 fn default_inputs() -> u32 {
@@ -92,6 +105,8 @@ pub enum SharedSpec {
     /// widths, ReLU after each layer, and per task a softmax gate over them on the input that
     /// mixes their outputs into the task's representation.
     Mmoe { experts: u32, hidden: Vec<u32> },
+    /// No layers: the shared parameters are the toy problem's point, and there are no heads.
+    Point,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -99,6 +114,7 @@ pub enum SharedSpec {
 enum SharedKind {
     Mlp,
     Mmoe,
+    Point,
 }
 
 /// `[model]` as written: every kind's fields, checked against the kind once the overrides are
@@ -107,13 +123,33 @@ enum SharedKind {
 #[serde(deny_unknown_fields)]
 struct RawShared {
     kind: SharedKind,
-    hidden: Vec<u32>,
+    hidden: Option<Vec<u32>>,
     experts: Option<u32>,
 }
 
 impl SharedSpec {
     fn resolve(raw: RawShared) -> Result<SharedSpec, Invalid> {
-        let hidden = raw.hidden;
+        if raw.kind == SharedKind::Point {
+            return match (&raw.hidden, raw.experts) {
+                (None, None) => Ok(SharedSpec::Point),
+                _ => Err((
+                    if raw.hidden.is_some() {
+                        "model.hidden"
+                    } else {
+                        "model.experts"
+                    }
+                    .into(),
+                    "not a field of kind \"point\", which has no layers (its only field is kind)"
+                        .into(),
+                )),
+            };
+        }
+        let Some(hidden) = raw.hidden else {
+            return Err((
+                "model.hidden".into(),
+                "is required: the widths of the shared layers or of each expert".into(),
+            ));
+        };
         match (raw.kind, raw.experts) {
             (SharedKind::Mlp, None) => Ok(SharedSpec::Mlp { hidden }),
             (SharedKind::Mlp, Some(_)) => Err((
@@ -133,13 +169,15 @@ impl SharedSpec {
                 ))
             }
             (SharedKind::Mmoe, Some(experts)) => Ok(SharedSpec::Mmoe { experts, hidden }),
+            (SharedKind::Point, _) => unreachable!("resolved above"),
         }
     }
 
-    /// The widths of the shared MLP, or of each expert.
+    /// The widths of the shared MLP, or of each expert; none for a point.
     pub fn hidden(&self) -> &[u32] {
         match self {
             SharedSpec::Mlp { hidden } | SharedSpec::Mmoe { hidden, .. } => hidden,
+            SharedSpec::Point => &[],
         }
     }
 }
@@ -224,7 +262,7 @@ impl MtlSpec {
     pub fn table(&self) -> Option<&TableSpec> {
         match &self.data {
             MtlDataSpec::Table(table) => Some(table),
-            MtlDataSpec::GradNorm { .. } => None,
+            MtlDataSpec::GradNorm { .. } | MtlDataSpec::ParetoToy { .. } => None,
         }
     }
 
@@ -261,6 +299,7 @@ impl MtlSpec {
             MtlDataSpec::Table(table) => {
                 table.tasks.len() as u64 + table.features.as_ref().map_or(1, |f| f.len() as u64)
             }
+            MtlDataSpec::ParetoToy { .. } => 0,
         }
     }
 
@@ -273,8 +312,29 @@ impl MtlSpec {
                 outputs,
             } => Self::validate_gradnorm(sigmas, tasks, *inputs, *outputs)?,
             MtlDataSpec::Table(_) => {}
+            MtlDataSpec::ParetoToy { start } => {
+                if start.iter().any(|c| !c.is_finite()) {
+                    return Err(out_of_range(
+                        "data.start",
+                        format!("{start:?}"),
+                        "must be two finite coordinates",
+                    ));
+                }
+            }
         }
-        let generated = self.table().is_none();
+        // The toy problem and the point go together, and only together.
+        let toy = matches!(self.data, MtlDataSpec::ParetoToy { .. });
+        if toy != (self.model == SharedSpec::Point) {
+            return Err((
+                "model.kind".into(),
+                if toy {
+                    "must be \"point\" for the toy problem: its tasks are losses of a point, not of rows".into()
+                } else {
+                    "\"point\" is the toy problem's model (data.family = \"pareto_toy\"); data of rows needs \"mlp\" or \"mmoe\"".into()
+                },
+            ));
+        }
+        let generated = matches!(self.data, MtlDataSpec::GradNorm { .. });
         for (field, rows) in [
             ("eval.rows", self.eval.rows),
             ("eval.final_rows", self.eval.final_rows),
@@ -337,7 +397,8 @@ impl MtlSpec {
 
     fn validate_model_and_training(&self) -> Result<(), Invalid> {
         let hidden = self.model.hidden();
-        if hidden.is_empty() || hidden.iter().any(|&w| !(1..=65_536).contains(&w)) {
+        let layers = self.model != SharedSpec::Point;
+        if layers && (hidden.is_empty() || hidden.iter().any(|&w| !(1..=65_536).contains(&w))) {
             return Err(out_of_range(
                 "model.hidden",
                 hidden,
@@ -448,6 +509,7 @@ impl MtlSpec {
                 .map(|i| format!("t{i}"))
                 .collect(),
             MtlDataSpec::Table(table) => table.tasks.iter().map(|t| t.name().to_string()).collect(),
+            MtlDataSpec::ParetoToy { .. } => vec!["f1".into(), "f2".into()],
         }
     }
 
@@ -459,12 +521,17 @@ impl MtlSpec {
                 .clone()
                 .unwrap_or_else(|| (0..sigmas.len() as u32).collect()),
             MtlDataSpec::Table(table) => (0..table.tasks.len() as u32).collect(),
+            MtlDataSpec::ParetoToy { .. } => vec![0, 1],
         }
     }
 
     /// Rows of the validation and test splits when the data has an end (a table's), from
     /// its manifest.
     pub fn held_out_rows(&self, manifest: Option<&Manifest>) -> Option<[u64; 2]> {
+        if let MtlDataSpec::ParetoToy { .. } = self.data {
+            // Every row scores the same losses of the point: one is all there is to score.
+            return Some([1, 1]);
+        }
         let table = self.table()?;
         let counts = table.split_counts(manifest?.table.as_ref()?).ok()?;
         Some([counts[1], counts[2]])
@@ -519,6 +586,23 @@ impl MtlSpec {
                 let data = MtlData::Table(table.data(crate::sampling::data_seed(self.seed)));
                 (data, table.input_width(manifest), tasks)
             }
+            MtlDataSpec::ParetoToy { start } => {
+                let tasks = self
+                    .task_names()
+                    .into_iter()
+                    .map(|name| MtlTask {
+                        name,
+                        loss: TaskLoss::Mse,
+                        outputs: 0,
+                    })
+                    .collect();
+                return Ok(MtlSetup {
+                    experiment_id: experiment_id.to_string(),
+                    data: MtlData::ParetoToy,
+                    shared: Shared::Point { start: *start },
+                    tasks,
+                });
+            }
         };
         let widths: Vec<usize> = self.model.hidden().iter().map(|&w| w as usize).collect();
         let (output, hidden) = widths.split_last().expect("validated: at least one width");
@@ -533,6 +617,7 @@ impl MtlSpec {
                 experts: experts as usize,
                 mlp,
             },
+            SharedSpec::Point => unreachable!("validated: a point goes with the toy problem"),
         };
         Ok(MtlSetup {
             experiment_id: experiment_id.to_string(),
@@ -741,5 +826,85 @@ final_rows = 128
         assert!(missing.to_string().contains("lacks task t2"), "{missing}");
         let zero = parse(&with("{ t0 = 0.0, t1 = 2.0, t2 = 3.0 }"), &[]).unwrap_err();
         assert!(zero.to_string().contains("non-zero"), "{zero}");
+    }
+}
+
+#[cfg(test)]
+mod toy_tests {
+    use super::*;
+
+    const TOY: &str = r#"name = "toy"
+seed = 0
+kind = "mtl"
+
+[data]
+family = "pareto_toy"
+
+[model]
+kind = "point"
+
+[train]
+steps = 10
+batch = 1
+optimizer = "adam"
+lr = 0.001
+
+[weighting]
+method = "mgda"
+
+[eval]
+every = 5
+"#;
+
+    fn parse(overrides: &[&str]) -> Result<MtlSpec, String> {
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        MtlSpec::parse(TOY, "toy.toml", &overrides).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_toy_problem_is_two_tasks_of_a_point_that_starts_where_asked() {
+        let spec = parse(&["data.start=[9.0, 9.0]"]).unwrap();
+        assert_eq!(spec.task_names(), ["f1", "f2"]);
+        let setup = spec.setup("e", None).unwrap();
+        assert_eq!(setup.shared, Shared::Point { start: [9.0, 9.0] });
+        let layout = setup.layout();
+        assert_eq!(layout.param_count(), 2);
+        assert_eq!(layout.init(0), [9.0, 9.0]);
+        assert_eq!((setup.shared_len(), setup.head_range(1)), (2, 2..2));
+        assert_eq!(spec.held_out_rows(None), Some([1, 1]));
+        let again = MtlSpec::parse(&spec.to_toml(), "stored.toml", &[]).unwrap();
+        assert_eq!(again, spec);
+    }
+
+    #[test]
+    fn the_point_and_the_toy_problem_go_together_only() {
+        let cases: [(&[&str], &str); 3] = [
+            (
+                &["model.kind=\"mlp\"", "model.hidden=[4]"],
+                "must be \"point\" for the toy problem",
+            ),
+            (
+                &["model.hidden=[4]"],
+                "model.hidden=[4]: not a field of kind \"point\"",
+            ),
+            (&["data.start=[1.0, nan]"], "data.start"),
+        ];
+        for (overrides, expected) in cases {
+            let error = parse(overrides).unwrap_err();
+            assert!(error.contains(expected), "{overrides:?}: {error}");
+        }
+        let rows = TOY
+            .replace(
+                "family = \"pareto_toy\"",
+                "family = \"gradnorm\"\nsigmas = [1.0]",
+            )
+            .replace("every = 5", "every = 5\nrows = 4\nfinal_rows = 4");
+        let error = MtlSpec::parse(&rows, "rows.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("\"point\" is the toy problem's model"),
+            "{error}"
+        );
     }
 }
