@@ -273,17 +273,7 @@ fn conv4_run(workers: usize, restart_at: Option<u64>) -> (Vec<u8>, Vec<Value>) {
     let id = cluster
         .submit(&config("omniglot_5w1s_maml.toml"), &overrides)
         .unwrap();
-    if let Some(step) = restart_at {
-        cluster.wait_for(&id, Duration::from_secs(600), |s| {
-            s["step"].as_u64() >= Some(step)
-        });
-        cluster.restart_coordinator();
-    }
-    cluster.wait_finished(&id, Duration::from_secs(600));
-    if restart_at.is_some() {
-        let log = std::fs::read_to_string(cluster.dir.path().join("coordinator.log")).unwrap();
-        assert!(log.contains("resuming from the checkpoint"), "{log}");
-    }
+    cluster.finish_with_restart(&id, restart_at);
     let metrics = common::without_timings(cluster.metrics(&id));
     (common::final_parameters(&cluster, &id), metrics)
 }

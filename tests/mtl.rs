@@ -140,17 +140,7 @@ fn run_on(workers: usize, extra: &[&str], restart_at: Option<u64>) -> (Vec<u8>, 
     }
     cluster.wait_workers(workers);
     let id = submit(&cluster, extra);
-    if let Some(step) = restart_at {
-        cluster.wait_for(&id, Duration::from_secs(600), |s| {
-            s["step"].as_u64() >= Some(step)
-        });
-        cluster.restart_coordinator();
-    }
-    cluster.wait_finished(&id, Duration::from_secs(600));
-    if restart_at.is_some() {
-        let log = std::fs::read_to_string(cluster.dir.path().join("coordinator.log")).unwrap();
-        assert!(log.contains("resuming from the checkpoint"), "{log}");
-    }
+    cluster.finish_with_restart(&id, restart_at);
     let metrics = cluster.metrics(&id);
     let most_sharing = metrics
         .iter()

@@ -147,6 +147,23 @@ impl Cluster {
         }
     }
 
+    /// Waits for experiment `id` to finish. With `restart_at`, the coordinator is first SIGKILLed
+    /// once the run has passed that step and restarted, and the run must have resumed from its
+    /// checkpoint (the step is chosen well before the end, so the run is still going).
+    pub fn finish_with_restart(&mut self, id: &str, restart_at: Option<u64>) {
+        if let Some(step) = restart_at {
+            self.wait_for(id, Duration::from_secs(600), |s| {
+                s["step"].as_u64() >= Some(step)
+            });
+            self.restart_coordinator();
+        }
+        self.wait_finished(id, Duration::from_secs(600));
+        if restart_at.is_some() {
+            let log = std::fs::read_to_string(self.dir.path().join("coordinator.log")).unwrap();
+            assert!(log.contains("resuming from the checkpoint"), "{log}");
+        }
+    }
+
     /// SIGKILLs the coordinator and starts a new one with the same flags and state directory.
     pub fn restart_coordinator(&mut self) {
         self.coordinator.kill().unwrap();

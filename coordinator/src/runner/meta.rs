@@ -1,7 +1,5 @@
 //! Meta-learning experiments: the outer loop over meta-batches, the outer update, evaluations and results.
 
-use std::collections::BTreeMap;
-use std::io;
 use std::time::Instant;
 
 use outerloop_proto::f32s_to_bytes;
@@ -15,7 +13,6 @@ use crate::aggregate::reduce;
 use crate::dispatch::{DatasetVersion, Dispatcher, RoundInput};
 use crate::optimizer::OuterOptimizer;
 use crate::registry::{Job, Registry};
-use crate::safetensors_file::model_tensors;
 use crate::sampling::{self, Sampler, Split};
 use crate::spec::Spec;
 use crate::stats::MeanCi;
@@ -185,28 +182,20 @@ impl<'a> Run<'a> {
             }
         }
         let last = self.evaluate(Split::Final, spec.eval.final_tasks).await?;
-        let metadata = BTreeMap::from([
-            ("experiment".to_string(), self.job.id.clone()),
-            ("name".to_string(), spec.name.clone()),
-            ("step".to_string(), self.step.to_string()),
-            (
-                "final_eval_loss_mean".to_string(),
-                last.loss_mean.to_string(),
-            ),
-        ]);
-        let mut metadata = metadata;
-        if let Some(accuracy) = last.accuracy_mean {
-            metadata.insert("final_eval_accuracy_mean".into(), accuracy.to_string());
-        }
-        let tensors = model_tensors(&self.layout, &self.params);
-        let path = self.registry.store().write_tensors(
-            &self.job.id,
-            "final.safetensors",
-            &tensors,
-            &metadata,
-        )?;
-        tracing::info!(id = %self.job.id, path = %path.display(), "final parameters written");
-        Ok(())
+        let (registry, id) = (self.registry, &self.job.id);
+        let extra = last
+            .accuracy_mean
+            .map(|a| ("final_eval_accuracy_mean", a.to_string()));
+        super::export_final(
+            registry,
+            id,
+            &spec.name,
+            self.step,
+            &last,
+            extra,
+            &self.layout,
+            &self.params,
+        )
     }
 
     /// Saves what resuming needs: parameters, optimizer state, step and training time.
@@ -251,19 +240,8 @@ impl<'a> Run<'a> {
             task_scores: None,
             delta_m_percent: None,
         };
-        let mut line = serde_json::to_value(&record).map_err(io::Error::other)?;
-        line["kind"] = json!(if record.r#final { "final_eval" } else { "eval" });
-        line.as_object_mut().map(|l| l.remove("final"));
-        self.metrics.append(&line)?;
-        self.metrics.flush()?;
         tracing::info!(id = %self.job.id, step, loss = record.loss_mean, ci95 = record.loss_ci95, accuracy = ?record.accuracy_mean, tasks, final_eval = record.r#final, "evaluated");
-        let stored = record.clone();
-        self.registry.update(&self.job.id, true, |r| {
-            if stored.r#final {
-                r.final_eval = Some(stored.clone());
-            }
-            r.last_eval = Some(stored);
-        })?;
+        super::record_eval(&mut self.metrics, self.registry, &self.job.id, &record)?;
         Ok(record)
     }
 

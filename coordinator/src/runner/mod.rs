@@ -13,6 +13,7 @@ use crate::aggregate::AggregateError;
 use crate::dispatch::{Dispatcher, RoundError, RoundInput, RoundOutput};
 use crate::registry::{Job, Registry};
 use crate::spec::ExperimentSpec;
+use crate::store::{EvalRecord, MetricsWriter};
 
 #[derive(Debug, thiserror::Error)]
 enum RunError {
@@ -79,6 +80,64 @@ async fn round(
             Err(RunError::Cancelled)
         }
     }
+}
+
+/// Records an evaluation: a `metrics.jsonl` line of kind `eval` or `final_eval` (flushed, so
+/// that `watch` sees it at once), then the experiment's record (`last_eval`, and `final_eval`
+/// for the final one).
+fn record_eval(
+    metrics: &mut MetricsWriter,
+    registry: &Registry,
+    id: &str,
+    record: &EvalRecord,
+) -> Result<(), RunError> {
+    let mut line = serde_json::to_value(record).map_err(io::Error::other)?;
+    line["kind"] = serde_json::json!(if record.r#final { "final_eval" } else { "eval" });
+    line.as_object_mut().map(|l| l.remove("final"));
+    metrics.append(&line)?;
+    metrics.flush()?;
+    let stored = record.clone();
+    registry.update(id, true, |r| {
+        if stored.r#final {
+            r.final_eval = Some(stored.clone());
+        }
+        r.last_eval = Some(stored);
+    })?;
+    Ok(())
+}
+
+/// Writes the final parameters to `final.safetensors`, their metadata saying which experiment
+/// and step they are and how the final evaluation went (its mean loss, and the kind's own
+/// headline figure in `extra`).
+#[allow(clippy::too_many_arguments)]
+fn export_final(
+    registry: &Registry,
+    id: &str,
+    name: &str,
+    step: u64,
+    last: &EvalRecord,
+    extra: Option<(&str, String)>,
+    layout: &outerloop_proto::model::ParamLayout,
+    params: &[f32],
+) -> Result<(), RunError> {
+    let mut metadata = std::collections::BTreeMap::from([
+        ("experiment".to_string(), id.to_string()),
+        ("name".to_string(), name.to_string()),
+        ("step".to_string(), step.to_string()),
+        (
+            "final_eval_loss_mean".to_string(),
+            last.loss_mean.to_string(),
+        ),
+    ]);
+    if let Some((key, value)) = extra {
+        metadata.insert(key.to_string(), value);
+    }
+    let tensors = crate::safetensors_file::model_tensors(layout, params);
+    let path = registry
+        .store()
+        .write_tensors(id, "final.safetensors", &tensors, &metadata)?;
+    tracing::info!(%id, path = %path.display(), "final parameters written");
+    Ok(())
 }
 
 /// The compute seconds of each worker in a round, and the largest of them: the slowest

@@ -19,7 +19,6 @@ use crate::mtl::reduce::{reduce_tasks, Expected, TaskSums};
 use crate::mtl::weighting::{all_finite, StepInput, Weighting};
 use crate::optimizer::OuterOptimizer;
 use crate::registry::{Job, Registry};
-use crate::safetensors_file::model_tensors;
 use crate::sampling::{self, Split};
 use crate::spec::MtlSpec;
 use crate::store::{EvalRecord, MetricsWriter, TaskScore};
@@ -128,26 +127,20 @@ impl<'a> Run<'a> {
             }
         }
         let last = self.evaluate(Split::Final).await?;
-        let mut metadata = BTreeMap::from([
-            ("experiment".to_string(), self.job.id.clone()),
-            ("name".to_string(), spec.name.clone()),
-            ("step".to_string(), self.step.to_string()),
-            (
-                "final_eval_loss_mean".to_string(),
-                last.loss_mean.to_string(),
-            ),
-        ]);
-        if let Some(delta) = last.delta_m_percent {
-            metadata.insert("final_eval_delta_m_percent".into(), delta.to_string());
-        }
-        let tensors = model_tensors(&self.layout, &self.params);
-        let path = self.registry.store().write_tensors(
-            &self.job.id,
-            "final.safetensors",
-            &tensors,
-            &metadata,
+        let (registry, id) = (self.registry, &self.job.id);
+        let extra = last
+            .delta_m_percent
+            .map(|d| ("final_eval_delta_m_percent", d.to_string()));
+        super::export_final(
+            registry,
+            id,
+            &spec.name,
+            self.step,
+            &last,
+            extra,
+            &self.layout,
+            &self.params,
         )?;
-        tracing::info!(id = %self.job.id, path = %path.display(), "final parameters written");
         Ok(())
     }
 
@@ -312,19 +305,8 @@ impl<'a> Run<'a> {
             ),
             delta_m_percent,
         };
-        let mut line = serde_json::to_value(&record).map_err(io::Error::other)?;
-        line["kind"] = json!(if record.r#final { "final_eval" } else { "eval" });
-        line.as_object_mut().map(|l| l.remove("final"));
-        self.metrics.append(&line)?;
-        self.metrics.flush()?;
         tracing::info!(id = %self.job.id, step = self.step, loss = mean_loss, delta_m = ?delta_m_percent, rows, final_eval = record.r#final, "evaluated");
-        let stored = record.clone();
-        self.registry.update(&self.job.id, true, |r| {
-            if stored.r#final {
-                r.final_eval = Some(stored.clone());
-            }
-            r.last_eval = Some(stored);
-        })?;
+        super::record_eval(&mut self.metrics, self.registry, &self.job.id, &record)?;
         Ok(record)
     }
 
