@@ -103,20 +103,36 @@ fn add_in_order<'a>(mut parts: impl Iterator<Item = &'a [u8]>, scale: f32) -> Ve
     let Some(first) = parts.next() else {
         return Vec::new();
     };
-    let value = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     let mut parts = parts.peekable();
+    let mut total = to_f32s(first);
     if parts.peek().is_none() {
-        return first.chunks_exact(4).map(|b| value(b) * scale).collect();
+        total.iter_mut().for_each(|t| *t *= scale);
+        return total;
     }
-    let mut total: Vec<f32> = first.chunks_exact(4).map(value).collect();
     while let Some(part) = parts.next() {
         let factor = if parts.peek().is_none() { scale } else { 1.0 };
-        for (t, b) in total.iter_mut().zip(part.chunks_exact(4)) {
-            *t = (*t + value(b)) * factor;
+        // Read in place when the received bytes happen to be 4-aligned, else copied once.
+        let values: std::borrow::Cow<[f32]> = match bytemuck::try_cast_slice(part) {
+            Ok(values) => values.into(),
+            Err(_) => to_f32s(part).into(),
+        };
+        for (t, &v) in total.iter_mut().zip(values.iter()) {
+            *t = (*t + v) * factor;
         }
     }
     total
 }
+
+/// Little-endian `f32` bytes (of any alignment) as values: one copy.
+fn to_f32s(bytes: &[u8]) -> Vec<f32> {
+    let len = bytes.len() / 4;
+    let mut values = vec![0f32; len];
+    bytemuck::cast_slice_mut::<f32, u8>(&mut values).copy_from_slice(&bytes[..4 * len]);
+    values
+}
+
+// Bytes are read as native `f32`: the wire's little-endian order is the machines'.
+const _: () = assert!(cfg!(target_endian = "little"));
 
 #[cfg(test)]
 mod tests {
