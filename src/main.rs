@@ -73,6 +73,11 @@ enum Command {
         /// Most chunks taken per lease.
         #[arg(long, default_value_t = 64)]
         max_chunks: u32,
+        /// Results of a lease's chunk at least this large (bytes, encoded) are sent as soon as
+        /// they are computed, beside the next chunk's compute; smaller ones go with the
+        /// lease's last result.
+        #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+        stream_min_bytes: usize,
         /// Run tasks one at a time instead of batched (the reference path; slower).
         #[arg(long)]
         per_task: bool,
@@ -229,6 +234,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             threads,
             name,
             max_chunks,
+            stream_min_bytes,
             per_task,
             data_root,
         } => {
@@ -257,6 +263,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 device: outerloop_worker::device_name(device),
                 threads,
                 max_chunks,
+                stream_min_bytes,
                 datasets,
             };
             outerloop_worker::serve(identity, compute, shutdown_signal()).await;

@@ -136,7 +136,9 @@ fn pcgrad_run(workers: usize, restart_at: Option<u64>) -> (Vec<u8>, Vec<Value>, 
 fn run_on(workers: usize, extra: &[&str], restart_at: Option<u64>) -> (Vec<u8>, Vec<Value>, u64) {
     let mut cluster = Cluster::start_on(&common::free_loopback_addr(), &[]);
     for _ in 0..workers {
-        cluster.add_worker();
+        // Every chunk's results go back as soon as they are computed (the path large
+        // gradients take), so bit-identity is checked with them arriving out of step.
+        cluster.add_worker_with(&["--stream-min-bytes", "0"]);
     }
     cluster.wait_workers(workers);
     let id = submit(&cluster, extra);

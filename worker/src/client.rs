@@ -8,6 +8,7 @@ use outerloop_proto::transport::{MAX_MESSAGE_BYTES, WINDOW_BYTES};
 use outerloop_proto::v1;
 use outerloop_proto::v1::workers_client::WorkersClient;
 use outerloop_proto::v1::{CompleteRequest, HeartbeatRequest, LeaseRequest, RegisterRequest};
+use prost::Message;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::compute::ComputeThread;
@@ -26,6 +27,10 @@ pub struct WorkerIdentity {
     pub threads: u32,
     /// Most chunks taken per lease.
     pub max_chunks: u32,
+    /// Results of a lease's chunk at least this large (encoded) are sent as soon as they are
+    /// computed; smaller ones wait for the lease's last call, where one more call per chunk
+    /// would cost more than it overlaps (a meta-learning chunk's gradient of a small model).
+    pub stream_min_bytes: usize,
     /// The datasets under this worker's --data-root, reported when it registers.
     pub datasets: Vec<Manifest>,
 }
@@ -156,7 +161,14 @@ async fn work_session(
             if let Some(params) = &lease.parameters {
                 cached_version = params.version;
             }
-            let (results, sent) = run_streaming(compute, &client, worker_id, lease).await;
+            let (results, sent) = run_streaming(
+                compute,
+                &client,
+                worker_id,
+                identity.stream_min_bytes,
+                lease,
+            )
+            .await;
             if results
                 .iter()
                 .any(|r| !r.error.is_empty() || !r.refusal.is_empty())
@@ -196,12 +208,13 @@ type Sending = tokio::task::JoinHandle<Result<tonic::Response<v1::CompleteReply>
 /// a chunk's gradients (megabytes, in multi-task learning) then overlaps the next chunk's
 /// compute instead of following the whole lease. Returns the last chunk's results, for the
 /// call that also asks for more work, and the sends under way. When the first chunk fails
-/// (a refused set-up, say), the rest run as one job with the set-up again, as they would
-/// have without streaming.
+/// (a refused set-up, say), or its results are below `stream_min_bytes`, the rest
+/// run as one job, as they would have without streaming.
 async fn run_streaming(
     compute: &ComputeThread,
     client: &WorkersClient<Channel>,
     worker_id: u64,
+    stream_min_bytes: usize,
     lease: v1::LeaseReply,
 ) -> (Vec<v1::ChunkResult>, Vec<Sending>) {
     let mut chunks = lease.chunks;
@@ -213,12 +226,19 @@ async fn run_streaming(
     let first = compute
         .run(lease.setup.clone(), lease.parameters.clone(), chunks)
         .await;
-    if first
+    let failed = first
         .iter()
-        .any(|r| !r.error.is_empty() || !r.refusal.is_empty())
-    {
+        .any(|r| !r.error.is_empty() || !r.refusal.is_empty());
+    let small = first.iter().map(Message::encoded_len).sum::<usize>() < stream_min_bytes;
+    if failed || small {
+        // After a failure the set-up goes again: the engine may not have kept it.
+        let (setup, params) = if failed {
+            (lease.setup, lease.parameters)
+        } else {
+            (None, None)
+        };
         let mut results = first;
-        results.extend(compute.run(lease.setup, lease.parameters, rest).await);
+        results.extend(compute.run(setup, params, rest).await);
         return (results, Vec::new());
     }
     let mut sent = Vec::new();
