@@ -118,7 +118,7 @@ fn specs_that_do_not_fit_the_table_are_refused_naming_the_field_and_nothing_else
     cluster.add_worker_with(&["--data-root", root.to_str().unwrap()]);
     cluster.wait_workers(1);
     let spec = config("mtl_table.toml");
-    let cases: [(&[&str], &[&str]); 7] = [
+    let cases: [(&[&str], &[&str]); 8] = [
         (
             &["data.tasks[0].target=\"prize\""],
             &["data.tasks[0].target", "no column `prize`", "x0, x1"],
@@ -132,8 +132,15 @@ fn specs_that_do_not_fit_the_table_are_refused_naming_the_field_and_nothing_else
             &["data.tasks[2].targets", "a task with no target has no data"],
         ),
         (
+            &[
+                "data.tasks[0].target=\"segment\"",
+                "data.tasks[0].name=\"p\"",
+            ],
+            &["column `segment` holds text; mean squared error needs numbers"],
+        ),
+        (
             &["data.tasks[0].target=\"region\""],
-            &["column `region` holds text; mean squared error needs numbers"],
+            &["data.features", "`region` is a target or the split column"],
         ),
         (
             &["data.dataset=\"warehouse\""],

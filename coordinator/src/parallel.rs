@@ -10,7 +10,12 @@ use std::thread;
 const MAX_THREADS: usize = 8;
 
 /// Below this many values in all, threads cost more than they save.
-pub const MIN_PARALLEL_VALUES: usize = 1 << 16;
+const MIN_PARALLEL_VALUES: usize = 1 << 16;
+
+/// Whether work over `values` values in all is worth spreading over threads.
+pub fn worth_it(values: usize) -> bool {
+    values >= MIN_PARALLEL_VALUES
+}
 
 fn threads() -> usize {
     thread::available_parallelism()

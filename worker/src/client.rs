@@ -168,7 +168,7 @@ async fn work_session(
                 identity.stream_min_bytes,
                 lease,
             )
-            .await;
+            .await?;
             if results
                 .iter()
                 .any(|r| !r.error.is_empty() || !r.refusal.is_empty())
@@ -178,8 +178,7 @@ async fn work_session(
                 cached_experiment.clear();
             }
             for send in sent {
-                send.await
-                    .map_err(|e| SessionEnd::Rpc(tonic::Status::internal(e.to_string())))??;
+                finish(send).await?;
             }
             // Hand the last results back and ask for more in one call.
             let next = Some(lease_request(&cached_experiment, cached_version));
@@ -203,6 +202,17 @@ async fn work_session(
 /// A send of some results already under way.
 type Sending = tokio::task::JoinHandle<Result<tonic::Response<v1::CompleteReply>, tonic::Status>>;
 
+/// Sends under way at once while chunks compute: enough to overlap the next chunk's compute,
+/// few enough that a long lease does not hold every chunk's gradients in memory and in flight.
+const MAX_SENDS_IN_FLIGHT: usize = 2;
+
+/// Waits for a send to be answered.
+async fn finish(send: Sending) -> Result<(), SessionEnd> {
+    send.await
+        .map_err(|e| SessionEnd::Rpc(tonic::Status::internal(e.to_string())))??;
+    Ok(())
+}
+
 /// Computes a lease's chunks one after another and hands each result but the last back as
 /// soon as it is ready, in a call of its own that runs while the next chunk computes: moving
 /// a chunk's gradients (megabytes, in multi-task learning) then overlaps the next chunk's
@@ -216,11 +226,11 @@ async fn run_streaming(
     worker_id: u64,
     stream_min_bytes: usize,
     lease: v1::LeaseReply,
-) -> (Vec<v1::ChunkResult>, Vec<Sending>) {
+) -> Result<(Vec<v1::ChunkResult>, Vec<Sending>), SessionEnd> {
     let mut chunks = lease.chunks;
     if chunks.len() <= 1 {
         let results = compute.run(lease.setup, lease.parameters, chunks).await;
-        return (results, Vec::new());
+        return Ok((results, Vec::new()));
     }
     let rest = chunks.split_off(1);
     let first = compute
@@ -239,14 +249,17 @@ async fn run_streaming(
         };
         let mut results = first;
         results.extend(compute.run(setup, params, rest).await);
-        return (results, Vec::new());
+        return Ok((results, Vec::new()));
     }
-    let mut sent = Vec::new();
+    let mut sent: std::collections::VecDeque<Sending> = Default::default();
     let mut ready = first;
     for chunk in rest {
+        if sent.len() >= MAX_SENDS_IN_FLIGHT {
+            finish(sent.pop_front().expect("non-empty")).await?;
+        }
         let mut sender = client.clone();
         let results = std::mem::take(&mut ready);
-        sent.push(tokio::spawn(async move {
+        sent.push_back(tokio::spawn(async move {
             sender
                 .complete(CompleteRequest {
                     worker_id,
@@ -257,5 +270,5 @@ async fn run_streaming(
         }));
         ready = compute.run(None, None, vec![chunk]).await;
     }
-    (ready, sent)
+    Ok((ready, sent.into()))
 }

@@ -79,20 +79,16 @@ pub fn reduce_tasks(
         })
         .collect();
     let values = results.len() * grad_len(expected.shared_len) * tasks;
-    crate::parallel::for_each_mut(
-        &mut sums,
-        values >= crate::parallel::MIN_PARALLEL_VALUES,
-        |task, sum| {
-            let entries = || results.iter().map(|r| &r.task_totals[task]);
-            sum.shared_grad =
-                add_in_order(entries().map(|t| &t.shared_grad[..]), expected.shared_scale);
-            sum.head_grad = add_in_order(entries().map(|t| &t.head_grad[..]), 1.0);
-            for totals in entries() {
-                sum.loss_sum += totals.loss_sum;
-                sum.metric_sum += totals.metric_sum;
-            }
-        },
-    );
+    crate::parallel::for_each_mut(&mut sums, crate::parallel::worth_it(values), |task, sum| {
+        let entries = || results.iter().map(|r| &r.task_totals[task]);
+        sum.shared_grad =
+            add_in_order(entries().map(|t| &t.shared_grad[..]), expected.shared_scale);
+        sum.head_grad = add_in_order(entries().map(|t| &t.head_grad[..]), 1.0);
+        for totals in entries() {
+            sum.loss_sum += totals.loss_sum;
+            sum.metric_sum += totals.metric_sum;
+        }
+    });
     Ok(sums)
 }
 

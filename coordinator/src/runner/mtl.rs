@@ -16,7 +16,7 @@ use super::{chunk_sizes, critical_compute, RunError};
 use crate::dispatch::{Dispatcher, RoundInput, RoundOutput};
 use crate::mtl::delta_m::delta_m_percent;
 use crate::mtl::reduce::{reduce_tasks, Expected, TaskSums};
-use crate::mtl::weighting::{all_finite, StepInput, Weighting};
+use crate::mtl::weighting::{all_finite, StepInput, Weighting, WeightingError};
 use crate::optimizer::OuterOptimizer;
 use crate::registry::{Job, Registry};
 use crate::sampling::{self, Split};
@@ -70,7 +70,9 @@ impl<'a> Run<'a> {
         let setup = spec
             .setup(&job.id, manifest.as_ref())
             .map_err(RunError::Sampling)?;
-        let held_out_rows = spec.held_out_rows(manifest.as_ref());
+        let held_out_rows = spec
+            .held_out_rows(manifest.as_ref())
+            .map_err(RunError::Sampling)?;
         let layout = setup.layout();
         let start = match resume(job, spec, registry, &layout) {
             Ok(Some(start)) => start,
@@ -177,6 +179,21 @@ impl<'a> Run<'a> {
                 source,
             })?;
         let weighting_seconds = weighting_started.elapsed().as_secs_f64();
+        let (shared_len, tasks) = (self.setup.shared_len(), sums.len());
+        if combination.shared.len() != shared_len || combination.head_scale.len() != tasks {
+            // A method's bug, refused before it could shift the heads' gradients.
+            return Err(RunError::Weighting {
+                step: self.step + 1,
+                source: WeightingError::Shape {
+                    method: self.weighting.name(),
+                    detail: format!(
+                        "returned a direction of {} values and {} head scales for {shared_len} shared values and {tasks} tasks",
+                        combination.shared.len(),
+                        combination.head_scale.len()
+                    ),
+                },
+            });
+        }
         let grad = self.full_gradient(combination.shared, &combination.head_scale, &sums, scale);
         // Checked before the update, so that diverged values never reach the parameters.
         if !all_finite(&grad) {
@@ -267,7 +284,11 @@ impl<'a> Run<'a> {
             (Some(asked), Some(available)) => (asked as u64).min(available),
             (None, Some(available)) => available,
             (Some(asked), None) => asked as u64,
-            (None, None) => unreachable!("validated: generated data names its rows"),
+            (None, None) => {
+                return Err(RunError::Sampling(
+                    "generated data needs eval.rows and eval.final_rows".into(),
+                ))
+            }
         };
         let sizes = chunk_sizes(rows, spec.eval.chunk_rows as u64);
         let chunks = self.descriptors(split, 0, &sizes);

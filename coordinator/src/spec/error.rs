@@ -98,7 +98,8 @@ pub fn locate_key(text: &str, path: &str) -> Option<(usize, usize)> {
     // Array-of-tables headers seen so far: `[[data.tasks]]` opens `data.tasks[0]`, then `[1]`.
     let mut arrays: std::collections::HashMap<String, usize> = Default::default();
     for (i, line) in text.lines().enumerate() {
-        let trimmed = line.trim();
+        // A header may carry a comment after it: `[[data.tasks]] # the price`.
+        let trimmed = line.split('#').next().unwrap_or_default().trim();
         if let Some(header) = trimmed
             .strip_prefix("[[")
             .and_then(|h| h.strip_suffix("]]"))
@@ -132,7 +133,7 @@ mod tests {
     fn keys_are_found_in_their_table() {
         let text = "name = \"a\"\n[task]\nshots = 1\n[meta]\n  shots = 2\n";
         assert_eq!(locate_key(text, "task.shots"), Some((3, 1)));
-        let arrays = "[data]\n[[data.tasks]]\nloss = 1\n[[data.tasks]]\nloss = 2\n";
+        let arrays = "[data]\n[[data.tasks]]\nloss = 1\n[[data.tasks]] # two\nloss = 2\n";
         assert_eq!(locate_key(arrays, "data.tasks[1].loss"), Some((5, 1)));
         assert_eq!(locate_key(arrays, "data.tasks[0].loss"), Some((3, 1)));
         assert_eq!(locate_key(text, "meta.shots"), Some((5, 3)));

@@ -22,7 +22,14 @@ pub struct TableRows {
     splits: [Vec<u64>; 3],
     seed: u64,
     /// The order of the training rows in the epoch last read: consecutive batches share it.
-    order: RefCell<Option<(u64, u64, Vec<u32>)>>,
+    order: RefCell<Option<EpochOrder>>,
+}
+
+/// A permutation of the training rows: the order epoch `epoch` of stream `stream` reads them.
+struct EpochOrder {
+    stream: u64,
+    epoch: u64,
+    permutation: Vec<u32>,
 }
 
 /// One task's targets: values `[rows, width]` (MSE, BCE) or class labels (cross-entropy).
@@ -203,15 +210,21 @@ impl TableRows {
         Ok(positions
             .map(|p| {
                 let epoch = p / n;
-                if !matches!(&*order, Some((s, e, _)) if *s == stream && *e == epoch) {
-                    *order = Some((
+                let current = order
+                    .as_ref()
+                    .is_some_and(|o| o.stream == stream && o.epoch == epoch);
+                if !current {
+                    *order = Some(EpochOrder {
                         stream,
                         epoch,
-                        permutation(n, self.seed ^ splitmix64(stream ^ splitmix64(epoch))),
-                    ));
+                        permutation: permutation(
+                            n,
+                            self.seed ^ splitmix64(stream ^ splitmix64(epoch)),
+                        ),
+                    });
                 }
-                let (_, _, perm) = order.as_ref().expect("set above");
-                rows[perm[(p % n) as usize] as usize]
+                let permutation = &order.as_ref().expect("set above").permutation;
+                rows[permutation[(p % n) as usize] as usize]
             })
             .collect())
     }

@@ -6,7 +6,7 @@
 //! while every task's slice of a block is used. Every sum still runs in one fixed order, so
 //! results are the same on every run and machine.
 
-use crate::parallel::{self, MIN_PARALLEL_VALUES};
+use crate::parallel;
 
 /// Independent f64 accumulators per dot product: a sum per lane vectorises, one running sum
 /// cannot (its additions must happen in order).
@@ -27,7 +27,7 @@ fn segments(len: usize) -> Vec<std::ops::Range<usize>> {
 }
 
 fn is_large(gradients: &[Vec<f32>]) -> bool {
-    gradients.iter().map(Vec::len).sum::<usize>() >= MIN_PARALLEL_VALUES
+    parallel::worth_it(gradients.iter().map(Vec::len).sum())
 }
 
 /// Adds the products of `a` and `b` lane by lane into `acc`, the tail into lane 0.

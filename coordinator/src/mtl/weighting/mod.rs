@@ -246,8 +246,7 @@ pub fn check_input(
             return Err(WeightingError::NonFinite { task, what: "loss" });
         }
     }
-    let large =
-        input.gradients.iter().map(Vec::len).sum::<usize>() >= crate::parallel::MIN_PARALLEL_VALUES;
+    let large = crate::parallel::worth_it(input.gradients.iter().map(Vec::len).sum());
     let finite = crate::parallel::map(input.gradients, large, |g| all_finite(g));
     if let Some(task) = finite.iter().position(|f| !f) {
         return Err(WeightingError::NonFinite {

@@ -18,6 +18,8 @@ use crate::mtl::weighting::Method;
 
 /// Most tasks in one multi-task experiment.
 pub const MAX_MTL_TASKS: usize = 256;
+/// Most values of a table a worker encodes for one experiment (1 GiB of `f32`).
+const MAX_TABLE_VALUES: u64 = 1 << 28;
 /// Most rows in one step's batch or one evaluation.
 const MAX_ROWS: u32 = 10_000_000;
 /// Most experts of a mixture: far beyond the few to tens that MMoE is used with.
@@ -273,6 +275,34 @@ impl MtlSpec {
             return Ok(());
         };
         table.check_manifest(manifest)?;
+        let table = self.table().expect("matched above");
+        let shape = manifest
+            .table
+            .as_ref()
+            .expect("checked: a table's manifest");
+        // What workers will hold: the encoded table, and each chunk's inputs and targets.
+        let width = table.input_width(shape) as u64;
+        let targets: u64 = table.tasks.iter().map(|t| t.columns().len() as u64).sum();
+        let encoded = shape.rows * (width + targets);
+        if encoded > MAX_TABLE_VALUES {
+            return Err((
+                "data.features".into(),
+                format!("encode to {width} inputs per row (text columns one-hot), {encoded} values for the table's {} rows with the targets: over the limit of {MAX_TABLE_VALUES} (1 GiB of f32) a worker holds; name fewer or narrower features", shape.rows),
+            ));
+        }
+        for (path, rows) in [
+            ("train.chunk_rows", self.train.chunk_rows),
+            ("eval.chunk_rows", self.eval.chunk_rows),
+        ] {
+            let values = rows as u64 * (width + targets);
+            if values > MAX_CHUNK_VALUES {
+                return Err(out_of_range(
+                    path,
+                    rows,
+                    &format!("a chunk of {rows} rows of {width} inputs and {targets} targets would hold {values} values, over the limit of {MAX_CHUNK_VALUES} (1 GiB); use smaller chunks"),
+                ));
+            }
+        }
         let params = self
             .setup("", Some(manifest))
             .map(|s| s.layout().param_count() as u64)
@@ -280,7 +310,7 @@ impl MtlSpec {
         if params > MAX_PARAMS {
             return Err((
                 "model.hidden".into(),
-                format!("is too large: the network would have {params} parameters; at most {MAX_PARAMS} (256 MiB of f32) are supported"),
+                format!("is too large: on {width} inputs (data.features, text columns one-hot) the network would have {params} parameters; at most {MAX_PARAMS} (256 MiB of f32) are supported"),
             ));
         }
         Ok(())
@@ -525,16 +555,22 @@ impl MtlSpec {
         }
     }
 
-    /// Rows of the validation and test splits when the data has an end (a table's), from
-    /// its manifest.
-    pub fn held_out_rows(&self, manifest: Option<&Manifest>) -> Option<[u64; 2]> {
-        if let MtlDataSpec::ParetoToy { .. } = self.data {
+    /// Rows of the validation and test splits when the data has an end (a table's, from its
+    /// manifest); `None` for generated data, whose streams do not end.
+    pub fn held_out_rows(&self, manifest: Option<&Manifest>) -> Result<Option<[u64; 2]>, String> {
+        let table = match &self.data {
+            MtlDataSpec::GradNorm { .. } => return Ok(None),
             // Every row scores the same losses of the point: one is all there is to score.
-            return Some([1, 1]);
-        }
-        let table = self.table()?;
-        let counts = table.split_counts(manifest?.table.as_ref()?).ok()?;
-        Some([counts[1], counts[2]])
+            MtlDataSpec::ParetoToy { .. } => return Ok(Some([1, 1])),
+            MtlDataSpec::Table(table) => table,
+        };
+        let shape = manifest
+            .and_then(|m| m.table.as_ref())
+            .ok_or_else(|| format!("the manifest of table `{}` is missing", table.dataset))?;
+        let counts = table
+            .split_counts(shape)
+            .map_err(|(field, message)| format!("{field}: {message}"))?;
+        Ok(Some([counts[1], counts[2]]))
     }
 
     /// What workers need to know to compute this experiment's chunks. A table's spec needs
@@ -871,7 +907,7 @@ every = 5
         assert_eq!(layout.param_count(), 2);
         assert_eq!(layout.init(0), [9.0, 9.0]);
         assert_eq!((setup.shared_len(), setup.head_range(1)), (2, 2..2));
-        assert_eq!(spec.held_out_rows(None), Some([1, 1]));
+        assert_eq!(spec.held_out_rows(None), Ok(Some([1, 1])));
         let again = MtlSpec::parse(&spec.to_toml(), "stored.toml", &[]).unwrap();
         assert_eq!(again, spec);
     }

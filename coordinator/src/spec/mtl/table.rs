@@ -176,14 +176,11 @@ impl TableSpec {
             }
             (_, Some(f)) => {
                 let sum: f64 = f.iter().sum();
-                if f.iter().any(|v| !(v.is_finite() && *v >= 0.0))
-                    || (sum - 1.0).abs() > 1e-6
-                    || f[0] == 0.0
-                {
+                if f.iter().any(|v| !(v.is_finite() && *v > 0.0)) || (sum - 1.0).abs() > 1e-6 {
                     return Err(out_of_range(
                         "data.fractions",
                         format!("{f:?}"),
-                        "give [train, val, test], each at least 0, train above 0, summing to 1",
+                        "give [train, val, test], each above 0 (evaluations score the val and test rows), summing to 1",
                     ));
                 }
             }
@@ -552,7 +549,7 @@ every = 5
         assert_eq!(data.features, ["age", "city"]);
         assert_eq!(data.fingerprint, "beef");
         assert_eq!(data.split, TableSplit::Column("fold".into()));
-        assert_eq!(spec.held_out_rows(Some(&manifest())), Some([2, 2]));
+        assert_eq!(spec.held_out_rows(Some(&manifest())), Ok(Some([2, 2])));
         // The stored spec lists what the table decided, and reads back the same.
         let again = MtlSpec::parse(&spec.to_toml(), "stored.toml", &[]).unwrap();
         assert_eq!(again, spec);
@@ -568,7 +565,7 @@ every = 5
             t.features = Some(vec!["age".into(), "fold".into()]);
         }
         spec.check_dataset(&manifest()).unwrap();
-        assert_eq!(spec.held_out_rows(Some(&manifest())), Some([2, 2]));
+        assert_eq!(spec.held_out_rows(Some(&manifest())), Ok(Some([2, 2])));
         // `fold` is text of three levels: one-hot, 3 wide.
         assert_eq!(
             spec.setup("e", Some(&manifest())).unwrap().shared.input(),
@@ -619,6 +616,32 @@ every = 5
     }
 
     #[test]
+    fn encoded_widths_are_bounded_for_the_table_and_for_each_chunk() {
+        let mut wide = manifest();
+        let zip: Vec<(String, u64)> = (0..1000).map(|i| (format!("z{i:04}"), 1)).collect();
+        let zip: Vec<(&str, u64)> = zip.iter().map(|(v, c)| (v.as_str(), *c)).collect();
+        wide.table
+            .as_mut()
+            .unwrap()
+            .columns
+            .push(column("zip", false, &zip));
+        let check = |m: &Manifest, overrides: &[&str]| {
+            let mut spec = parse(overrides).unwrap();
+            spec.check_dataset(m)
+        };
+        let (field, message) = check(&wide, &["train.chunk_rows=300000"]).unwrap_err();
+        assert_eq!(field, "train.chunk_rows");
+        assert!(
+            message.contains("1004 inputs") && message.contains("smaller chunks"),
+            "{message}"
+        );
+        wide.table.as_mut().unwrap().rows = 1_000_000;
+        let (field, message) = check(&wide, &[]).unwrap_err();
+        assert_eq!(field, "data.features");
+        assert!(message.contains("1004 inputs per row"), "{message}");
+    }
+
+    #[test]
     fn tasks_without_data_or_names_are_refused_before_any_manifest() {
         let cases: [(&[&str], &str); 5] = [
             (
@@ -637,10 +660,12 @@ every = 5
             let error = parse(overrides).unwrap_err();
             assert!(error.contains(expected), "{overrides:?}: {error}");
         }
-        let no_split = TABLE_SPEC.replace("split_column = \"fold\"", "fractions = [0.9, 0.1, 0.0]");
+        let no_split =
+            TABLE_SPEC.replace("split_column = \"fold\"", "fractions = [0.95, 0.04, 0.01]");
         let mut spec = MtlSpec::parse(&no_split, "t.toml", &[]).unwrap();
         let (field, message) = spec.check_dataset(&manifest()).unwrap_err();
         assert_eq!(field, "data.fractions");
-        assert!(message.contains("no test rows"), "{message}");
+        // Ten rows: 9 for training, none for validation (0.4 rounds down), the rest for test.
+        assert!(message.contains("no validation rows"), "{message}");
     }
 }
