@@ -153,6 +153,14 @@ async fn shutdown_signal() {
     }
 }
 
+/// Rust's allocations (gRPC buffers of tens of megabytes, gradient vectors) go to mimalloc,
+/// which keeps freed large blocks for reuse: glibc returns any block above 32 MiB to the
+/// kernel on free, so each multi-task step paid fresh page faults on every chunk's result
+/// (about a quarter of a one-worker step, measured with `bench/compare_mtl.py`). libtorch's
+/// own allocations still go through glibc, tuned by `keep_freed_memory`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // A worker's async side only talks to the coordinator (inner loops run on the compute
