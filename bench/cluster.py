@@ -75,6 +75,16 @@ class Cluster:
     def status(self, exp):
         return json.loads(self.cli("status", exp, "--json"))
 
+    def run_finished(self, spec, overrides):
+        """Submits `spec` with `overrides`, waits for it and returns its final status; exits
+        naming the overrides if it did not finish."""
+        exp = self.submit(spec, overrides)
+        self.watch(exp)
+        status = self.status(exp)
+        if status["state"] != "finished":
+            raise SystemExit(f"{overrides}: {status['state']}: {status.get('error')}")
+        return status
+
     def metrics(self, exp):
         path = os.path.join(self.state, "experiments", exp, "metrics.jsonl")
         with open(path) as f:

@@ -36,16 +36,6 @@ def parse_args():
     return p.parse_args()
 
 
-def run(cluster, overrides):
-    """Submits the spec with `overrides`, waits for it and returns its final status."""
-    exp = cluster.submit(SPEC, overrides)
-    cluster.watch(exp)
-    status = cluster.status(exp)
-    if status["state"] != "finished":
-        raise SystemExit(f"{overrides}: {status['state']}: {status.get('error')}")
-    return status
-
-
 def final_scores(status):
     return [s["metric"] for s in status["last_eval"]["task_scores"]]
 
@@ -58,13 +48,13 @@ def main():
         baselines = []
         for task in range(TASKS):
             print(f"single-task baseline t{task}...", file=sys.stderr)
-            status = run(cluster, common + [f"data.tasks=[{task}]"])
+            status = cluster.run_finished(SPEC, common + [f"data.tasks=[{task}]"])
             baselines.append(final_scores(status)[0])
         table = "{ " + ", ".join(f"t{i} = {b!r}" for i, b in enumerate(baselines)) + " }"
         for method in args.methods:
             print(f"{method}...", file=sys.stderr)
-            status = run(cluster, common + [f'weighting.method="{method}"',
-                                            f"eval.baselines={table}"])
+            status = cluster.run_finished(
+                SPEC, common + [f'weighting.method="{method}"', f"eval.baselines={table}"])
             scores = final_scores(status)
             rows.append({
                 "method": method,

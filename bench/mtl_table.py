@@ -43,16 +43,6 @@ def parse_args():
     return p.parse_args()
 
 
-def run(cluster, overrides):
-    """Submits the spec with `overrides`, waits for it and returns its final status."""
-    exp = cluster.submit(SPEC, overrides)
-    cluster.watch(exp)
-    status = cluster.status(exp)
-    if status["state"] != "finished":
-        raise SystemExit(f"{overrides}: {status['state']}: {status.get('error')}")
-    return status
-
-
 def main():
     args = parse_args()
     common = [f"train.steps={args.steps}", f"eval.every={args.steps}"]
@@ -64,13 +54,13 @@ def main():
             baselines = {}
             for task, only in TASKS.items():
                 print(f"single-task baseline {task}...", file=sys.stderr)
-                status = run(cluster, common + [f"data.tasks={only}"])
+                status = cluster.run_finished(SPEC, common + [f"data.tasks={only}"])
                 baselines[task] = status["last_eval"]["task_scores"][0]["metric"]
             table = "{ " + ", ".join(f"{t} = {b!r}" for t, b in baselines.items()) + " }"
             for method in args.methods:
                 print(f"{method}...", file=sys.stderr)
-                status = run(cluster, common + [f'weighting.method="{method}"',
-                                                f"eval.baselines={table}"])
+                status = cluster.run_finished(
+                    SPEC, common + [f'weighting.method="{method}"', f"eval.baselines={table}"])
                 rows.append({
                     "method": method,
                     "delta_m_percent": status["last_eval"]["delta_m_percent"],
