@@ -1,5 +1,6 @@
 //! Chunk-ordered reduction of a multi-task round: per task, the chunks' loss and metric sums and gradients, added in chunk order so the result never depends on who answered.
 
+use outerloop_proto::f32s_from_bytes;
 use outerloop_proto::v1::ChunkResult;
 
 use crate::aggregate::AggregateError;
@@ -100,7 +101,9 @@ fn add_in_order<'a>(mut parts: impl Iterator<Item = &'a [u8]>, scale: f32) -> Ve
         return Vec::new();
     };
     let mut parts = parts.peekable();
-    let mut total = to_f32s(first);
+    // Lengths are multiples of four: every result was checked before any addition.
+    let decode = |bytes| f32s_from_bytes(bytes).expect("checked: whole f32 values");
+    let mut total = decode(first);
     if parts.peek().is_none() {
         total.iter_mut().for_each(|t| *t *= scale);
         return total;
@@ -110,21 +113,13 @@ fn add_in_order<'a>(mut parts: impl Iterator<Item = &'a [u8]>, scale: f32) -> Ve
         // Read in place when the received bytes happen to be 4-aligned, else copied once.
         let values: std::borrow::Cow<[f32]> = match bytemuck::try_cast_slice(part) {
             Ok(values) => values.into(),
-            Err(_) => to_f32s(part).into(),
+            Err(_) => decode(part).into(),
         };
         for (t, &v) in total.iter_mut().zip(values.iter()) {
             *t = (*t + v) * factor;
         }
     }
     total
-}
-
-/// Little-endian `f32` bytes (of any alignment) as values: one copy.
-fn to_f32s(bytes: &[u8]) -> Vec<f32> {
-    let len = bytes.len() / 4;
-    let mut values = vec![0f32; len];
-    bytemuck::cast_slice_mut::<f32, u8>(&mut values).copy_from_slice(&bytes[..4 * len]);
-    values
 }
 
 // Bytes are read as native `f32`: the wire's little-endian order is the machines'.

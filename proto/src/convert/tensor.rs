@@ -21,6 +21,12 @@ pub fn f32s_from_bytes(bytes: &[u8]) -> Option<Vec<f32>> {
     if !bytes.len().is_multiple_of(4) {
         return None;
     }
+    if cfg!(target_endian = "little") {
+        // Their memory, copied at once (the bytes need not be 4-aligned, so not cast in place).
+        let mut values = vec![0f32; bytes.len() / 4];
+        bytemuck::cast_slice_mut::<f32, u8>(&mut values).copy_from_slice(bytes);
+        return Some(values);
+    }
     Some(
         bytes
             .chunks_exact(4)
