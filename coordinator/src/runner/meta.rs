@@ -182,34 +182,35 @@ impl<'a> Run<'a> {
             }
         }
         let last = self.evaluate(Split::Final, spec.eval.final_tasks).await?;
-        let (registry, id) = (self.registry, &self.job.id);
         let extra = last
             .accuracy_mean
             .map(|a| ("final_eval_accuracy_mean", a.to_string()));
         super::export_final(
-            registry,
-            id,
+            self.registry,
+            &self.job.id,
             &spec.name,
-            self.step,
+            &self.state(),
             &last,
             extra,
-            &self.layout,
-            &self.params,
         )
+    }
+
+    /// Where the run is: what a checkpoint and the final export write.
+    fn state(&self) -> RunState<'_> {
+        RunState {
+            layout: &self.layout,
+            params: &self.params,
+            optimizer: &self.optimizer,
+            step: self.step,
+            train_seconds: self.train_seconds,
+        }
     }
 
     /// Saves what resuming needs: parameters, optimizer state, step and training time.
     fn checkpoint(&mut self) -> Result<(), RunError> {
         // Metrics up to this step must be on disk before the checkpoint claims them.
         self.metrics.flush()?;
-        let state = RunState {
-            layout: &self.layout,
-            params: &self.params,
-            optimizer: &self.optimizer,
-            step: self.step,
-            train_seconds: self.train_seconds,
-        };
-        checkpoint::write(self.registry.store(), &self.job.id, state, [])?;
+        checkpoint::write(self.registry.store(), &self.job.id, self.state(), [])?;
         Ok(())
     }
 

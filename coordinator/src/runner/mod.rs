@@ -106,24 +106,21 @@ fn record_eval(
     Ok(())
 }
 
-/// Writes the final parameters to `final.safetensors`, their metadata saying which experiment
-/// and step they are and how the final evaluation went (its mean loss, and the kind's own
-/// headline figure in `extra`).
-#[allow(clippy::too_many_arguments)]
+/// Writes the final parameters of `state` to `final.safetensors`, their metadata saying which
+/// experiment and step they are and how the final evaluation went (its mean loss, and the
+/// kind's own headline figure in `extra`).
 fn export_final(
     registry: &Registry,
     id: &str,
     name: &str,
-    step: u64,
+    state: &checkpoint::RunState,
     last: &EvalRecord,
     extra: Option<(&str, String)>,
-    layout: &outerloop_proto::model::ParamLayout,
-    params: &[f32],
 ) -> Result<(), RunError> {
     let mut metadata = std::collections::BTreeMap::from([
         ("experiment".to_string(), id.to_string()),
         ("name".to_string(), name.to_string()),
-        ("step".to_string(), step.to_string()),
+        ("step".to_string(), state.step.to_string()),
         (
             "final_eval_loss_mean".to_string(),
             last.loss_mean.to_string(),
@@ -132,7 +129,7 @@ fn export_final(
     if let Some((key, value)) = extra {
         metadata.insert(key.to_string(), value);
     }
-    let tensors = crate::safetensors_file::model_tensors(layout, params);
+    let tensors = crate::safetensors_file::model_tensors(state.layout, state.params);
     let path = registry
         .store()
         .write_tensors(id, "final.safetensors", &tensors, &metadata)?;

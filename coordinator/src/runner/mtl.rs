@@ -129,19 +129,16 @@ impl<'a> Run<'a> {
             }
         }
         let last = self.evaluate(Split::Final).await?;
-        let (registry, id) = (self.registry, &self.job.id);
         let extra = last
             .delta_m_percent
             .map(|d| ("final_eval_delta_m_percent", d.to_string()));
         super::export_final(
-            registry,
-            id,
+            self.registry,
+            &self.job.id,
             &spec.name,
-            self.step,
+            &self.state(),
             &last,
             extra,
-            &self.layout,
-            &self.params,
         )?;
         Ok(())
     }
@@ -395,20 +392,24 @@ impl<'a> Run<'a> {
             .map(|(name, values)| (name, values.iter().map(|v| v.to_bits()).collect()))
             .collect();
         let weighting = serde_json::to_string(&weighting).map_err(io::Error::other)?;
-        let state = RunState {
+        checkpoint::write(
+            self.registry.store(),
+            &self.job.id,
+            self.state(),
+            [(WEIGHTING_STATE.to_string(), weighting)],
+        )?;
+        Ok(())
+    }
+
+    /// Where the run is: what a checkpoint and the final export write.
+    fn state(&self) -> RunState<'_> {
+        RunState {
             layout: &self.layout,
             params: &self.params,
             optimizer: &self.optimizer,
             step: self.step,
             train_seconds: self.train_seconds,
-        };
-        checkpoint::write(
-            self.registry.store(),
-            &self.job.id,
-            state,
-            [(WEIGHTING_STATE.to_string(), weighting)],
-        )?;
-        Ok(())
+        }
     }
 }
 
