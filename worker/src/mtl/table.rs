@@ -295,6 +295,16 @@ impl Encoded<'_> {
     }
 }
 
+/// The rows `rows` of row-major `values` of `width` per row, in that order.
+fn gather(values: &[f32], width: usize, rows: &[u64]) -> Vec<f32> {
+    let mut picked = Vec::with_capacity(rows.len() * width);
+    for &r in rows {
+        let r = r as usize;
+        picked.extend_from_slice(&values[r * width..(r + 1) * width]);
+    }
+    picked
+}
+
 impl RowSource for TableRows {
     fn rows(
         &self,
@@ -306,22 +316,16 @@ impl RowSource for TableRows {
     ) -> Result<Rows, String> {
         let rows = self.row_indices(stream, batch)?;
         let count = rows.len();
-        let mut x = Vec::with_capacity(count * self.width);
-        for &r in &rows {
-            let r = r as usize;
-            x.extend_from_slice(&self.x[r * self.width..(r + 1) * self.width]);
-        }
+        let x = gather(&self.x, self.width, &rows);
         let targets = tasks
             .iter()
             .map(|&t| match &self.targets[t] {
-                Targets::Values { values, width } => {
-                    let mut picked = Vec::with_capacity(count * width);
-                    for &r in &rows {
-                        let r = r as usize;
-                        picked.extend_from_slice(&values[r * width..(r + 1) * width]);
-                    }
-                    tensor(&picked, &[count, *width], kind, device)
-                }
+                Targets::Values { values, width } => tensor(
+                    &gather(values, *width, &rows),
+                    &[count, *width],
+                    kind,
+                    device,
+                ),
                 Targets::Labels(labels) => {
                     let picked: Vec<i64> = rows.iter().map(|&r| labels[r as usize]).collect();
                     Tensor::from_slice(&picked).to_device(device)
