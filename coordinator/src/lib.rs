@@ -11,6 +11,7 @@ pub mod runner;
 pub mod safetensors_file;
 pub mod sampling;
 pub mod service;
+mod simd;
 pub mod spec;
 pub mod stats;
 pub mod store;
