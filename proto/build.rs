@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=outerloop.proto");
     tonic_prost_build::configure()
         .bytes(".outerloop.v1")
+        .codec_path("crate::codec::SizedCodec")
         .compile_protos(&["outerloop.proto"], &["."])?;
     Ok(())
 }
