@@ -13,8 +13,9 @@ data with 10 tasks (250 inputs, 100 outputs each), shared layers 250 -> 1000 -> 
 (about 1M parameters), one Linear head per task, MSE, 100 fresh rows per step, Adam 0.001,
 for --steps steps. outerloop cuts each step's rows into chunks of 50 (one per worker with two
 workers). Prints steps/s (the first steps left out as warm-up), the ratio against the
-reference, the step's time, the slowest worker's compute time in it, and the time in the
-weighting method with its share of the step; then 2 workers against 1 beside the matrix
+reference, the step's time, the slowest worker's compute time in it, the round (chunks leased
+until the last result is in), the reduction of the results, and the time in the weighting
+method with its share of the step; then 2 workers against 1 beside the matrix
 multiplies' scaling. Targets: the method under 10% of the step, 1 worker at least as fast as
 the reference, 2 workers at least 1.7x one. Writes the figures to bench/results/mtl-<steps>.json.
 
@@ -71,6 +72,8 @@ def run_reference(args, method):
         "steps_per_s": out["steps_per_s"],
         "step_ms": out["step_ms"],
         "worker_compute_ms": None,
+        "round_ms": None,
+        "reduce_ms": None,
         "weighting_ms": out["method_ms"],
         "weighting_share": out["method_ms"] / out["step_ms"],
         "final_losses": out["final_losses"],
@@ -92,6 +95,7 @@ def run_outerloop(args, method, workers):
                          f"{status.get('error')}")
     step, critical = step_split(metrics, WARMUP)
     weighting = train_mean(metrics, "weighting_seconds", WARMUP)
+    round_, reduce = (train_mean(metrics, k, WARMUP) for k in ("round_seconds", "reduce_seconds"))
     last = [m for m in metrics if m["kind"] == "train"][-1]
     return {
         "impl": f"outerloop ({workers} worker{'s' if workers > 1 else ''})",
@@ -101,6 +105,8 @@ def run_outerloop(args, method, workers):
         "steps_per_s": 1 / step,
         "step_ms": step * 1e3,
         "worker_compute_ms": critical * 1e3,
+        "round_ms": round_ * 1e3,
+        "reduce_ms": reduce * 1e3,
         "weighting_ms": weighting * 1e3,
         "weighting_share": weighting / step,
         "final_losses": last["task_losses"],
@@ -129,16 +135,16 @@ def main():
           f"{'-'.join(map(str, widths))} ({shared / 1e6:.2f}M parameters), batch {BATCH}, "
           f"{args.steps} steps (first {WARMUP} left out), 1 libtorch thread per process")
     print(f"{'method':<7} {'implementation':<38} {'steps/s':>8} {'ratio':>6} {'step ms':>8} "
-          f"{'compute':>8} {'weighting ms':>12} {'share':>6}")
+          f"{'compute':>8} {'round':>6} {'reduce':>6} {'weighting ms':>12} {'share':>6}")
     for method in args.methods:
         mine = [r for r in rows if r["method"] == method]
         base = None if args.skip_reference else mine[0]["steps_per_s"]
         for r in mine:
             ratio = f"{r['steps_per_s'] / base:.2f}x" if base else "-"
-            compute = (f"{r['worker_compute_ms']:.1f}" if r["worker_compute_ms"] is not None
-                       else "-")
+            ms = lambda key: f"{r[key]:.1f}" if r[key] is not None else "-"
             print(f"{method:<7} {r['impl']:<38} {r['steps_per_s']:>8.2f} {ratio:>6} "
-                  f"{r['step_ms']:>8.1f} {compute:>8} {r['weighting_ms']:>12.2f} "
+                  f"{r['step_ms']:>8.1f} {ms('worker_compute_ms'):>8} {ms('round_ms'):>6} "
+                  f"{ms('reduce_ms'):>6} {r['weighting_ms']:>12.2f} "
                   f"{100 * r['weighting_share']:>5.1f}%")
     if not args.skip_two_workers:
         print()

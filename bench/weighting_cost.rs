@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use outerloop_coordinator::mtl::weighting::{Method, StepInput};
+use outerloop_coordinator::mtl::weighting::{linalg, Method, StepInput};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -51,6 +51,35 @@ fn main() {
     println!("{tasks} tasks x {params} shared parameters; median of {REPS}");
     println!("{:<10} {:>10} {:>14}", "method", "ms", "x one memcpy");
     println!("{:<10} {:>10.2} {:>14.1}", "memcpy", copy * 1e3, 1.0);
+    // The two kernels the gradient methods are made of.
+    let coefficients: Vec<f64> = (0..tasks).map(|t| 1.0 / (t + 1) as f64).collect();
+    let kernels: [(&str, &dyn Fn()); 2] = [
+        ("gram", &|| {
+            drop(std::hint::black_box(linalg::gram(&gradients)))
+        }),
+        ("combine", &|| {
+            drop(std::hint::black_box(linalg::combine(
+                &coefficients,
+                &gradients,
+            )))
+        }),
+    ];
+    for (name, kernel) in kernels {
+        let seconds = median(
+            (0..REPS)
+                .map(|_| {
+                    let start = Instant::now();
+                    kernel();
+                    start.elapsed().as_secs_f64()
+                })
+                .collect(),
+        );
+        println!(
+            "{name:<10} {:>10.2} {:>14.1}",
+            seconds * 1e3,
+            seconds / copy
+        );
+    }
     let names = [
         "ew", "uw", "dwa", "gradnorm", "rlw", "pcgrad", "mgda", "cagrad", "nash_mtl", "imtl_g",
         "gradvac", "famo",

@@ -152,11 +152,13 @@ impl<'a> Run<'a> {
         // Step s trains on rows [s * batch, (s + 1) * batch) of the training stream.
         let chunks = self.descriptors(Split::Train, self.step * batch, sizes);
         let out = self.round(Phase::Train, chunks).await?;
+        let round_seconds = started.elapsed().as_secs_f64();
         // The mean loss's gradients: every sum is over the batch's rows, and the reduction
         // divides the shared ones in its last pass over them.
         let scale = 1.0 / batch as f32;
         let mut sums = reduce_tasks(&out.results, self.expected(true, scale))?;
         let (losses, metrics) = means(&sums, batch);
+        let reduce_seconds = started.elapsed().as_secs_f64() - round_seconds;
         let gradients: Vec<Vec<f32>> = sums
             .iter_mut()
             .map(|s| std::mem::take(&mut s.shared_grad))
@@ -222,6 +224,9 @@ impl<'a> Run<'a> {
             "weighting": record,
             "lr": spec.train.lr,
             "step_seconds": step_seconds,
+            // Where the step went: the chunks out and back, their reduction, the method.
+            "round_seconds": round_seconds,
+            "reduce_seconds": reduce_seconds,
             "weighting_seconds": weighting_seconds,
             "compute_seconds": out.results.iter().map(|r| r.compute_seconds).sum::<f64>(),
             "critical_compute_seconds": critical,
