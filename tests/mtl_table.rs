@@ -206,3 +206,69 @@ fn specs_that_do_not_fit_the_table_are_refused_naming_the_field_and_nothing_else
         "only the worker holding the experiment's version computed"
     );
 }
+
+/// Writes the generated picture table `shapes` under a fresh data root; returns the root.
+fn shapes_root(dir: &Path, rows: u32) -> PathBuf {
+    let root = dir.join("data");
+    common::succeed(Command::new(BIN).args([
+        "dataset",
+        "shapes",
+        "--out",
+        root.join("shapes").to_str().unwrap(),
+        "--rows",
+        &rows.to_string(),
+        "--seed",
+        "5",
+    ]));
+    root
+}
+
+/// The shipped conv4 spec cut small, on `workers` workers: its metrics without timings, its
+/// final parameters, and the final evaluation's scores against step 0's.
+fn conv4_run(root: &Path, workers: usize) -> (Vec<Value>, Vec<u8>) {
+    let mut cluster = Cluster::start(&[]);
+    for _ in 0..workers {
+        cluster.add_worker_with(&["--data-root", root.to_str().unwrap()]);
+    }
+    cluster.wait_workers(workers);
+    let short = ["model.filters=16", "train.steps=240", "eval.every=120"];
+    let id = cluster
+        .submit(&config("mtl_shapes_conv4.toml"), &short)
+        .unwrap();
+    cluster.wait_finished(&id, Duration::from_secs(600));
+    (
+        common::without_timings(cluster.metrics(&id)),
+        common::final_parameters(&cluster, &id),
+    )
+}
+
+#[test]
+fn conv4_shared_layers_learn_every_task_from_pixel_columns_identically_on_one_and_two_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = shapes_root(dir.path(), 2000);
+    let (two, two_params) = conv4_run(&root, 2);
+    let score_line = |kind: &str| two.iter().find(|m| m["kind"] == kind).unwrap();
+    let (first, last) = (scores(score_line("eval")), scores(score_line("final_eval")));
+    let names: Vec<&str> = last.iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(names, ["shape", "size", "position"]);
+    for (before, after) in first.iter().zip(&last) {
+        assert!(
+            after.1 < 0.8 * before.1,
+            "{}: held-out loss {} at the start, {} at the end",
+            after.0,
+            before.1,
+            after.1
+        );
+    }
+    // Four shapes: chance is a quarter.
+    assert!(last[0].2 > 0.4, "shape accuracy {}", last[0].2);
+    let (one, one_params) = conv4_run(&root, 1);
+    assert_eq!(
+        one, two,
+        "every loss and weight is identical on 1 and 2 workers"
+    );
+    assert!(
+        one_params == two_params,
+        "final.safetensors differs between 1 and 2 workers"
+    );
+}

@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use crate::model::{Init, Mlp, ParamLayout, Role};
+use crate::model::{Conv4, Init, Mlp, ParamLayout, Role};
 
 /// What a worker needs to know about a multi-task experiment, sent once per worker.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,6 +28,12 @@ pub enum Shared {
     /// No layers: the shared parameters are a point of the plane, starting at `start`, and
     /// the tasks' losses are functions of it (the two-objective toy problem); no heads.
     Point { start: [f32; 2] },
+    /// Hard parameter sharing of conv4's four convolutional blocks (`output` 0): each row's
+    /// inputs are an image, `channels x image_size x image_size` values row-major, and every
+    /// head reads the flattened features. Batch norm normalises with the statistics of the
+    /// rows at hand (a chunk's, at training and at evaluation alike), as conv4 does in
+    /// few-shot learning.
+    Conv4(Conv4),
 }
 
 /// The MLP of an architecture without one.
@@ -42,33 +48,40 @@ impl Shared {
     pub fn mlp(&self) -> &Mlp {
         match self {
             Shared::Hard(mlp) | Shared::Mmoe { mlp, .. } => mlp,
-            Shared::Point { .. } => &NO_LAYERS,
+            Shared::Point { .. } | Shared::Conv4(_) => &NO_LAYERS,
         }
     }
 
-    /// The input width.
+    /// The input width: values per row.
     pub fn input(&self) -> usize {
-        self.mlp().input
+        match self {
+            Shared::Conv4(conv) => conv.channels * conv.image_size * conv.image_size,
+            _ => self.mlp().input,
+        }
     }
 
     /// The width of the representation each head reads.
     pub fn width(&self) -> usize {
-        self.mlp().output
+        match self {
+            Shared::Conv4(conv) => conv.features(),
+            _ => self.mlp().output,
+        }
     }
 
-    /// Values of the shared parameters: the MLP's, or every expert's.
+    /// Values of the shared parameters: the MLP's, every expert's, or conv4's blocks.
     pub fn param_count(&self) -> u64 {
         match self {
             Shared::Hard(mlp) => mlp.param_count(),
             Shared::Mmoe { experts, mlp } => *experts as u64 * mlp.param_count(),
             Shared::Point { .. } => 2,
+            Shared::Conv4(conv) => conv.layout().param_count() as u64,
         }
     }
 
     /// Values of one task's gate (weight `[experts, input]` and bias); none without gates.
     fn gate_len(&self) -> usize {
         match self {
-            Shared::Hard(_) | Shared::Point { .. } => 0,
+            Shared::Hard(_) | Shared::Point { .. } | Shared::Conv4(_) => 0,
             Shared::Mmoe { experts, mlp } => experts * (mlp.input + 1),
         }
     }
@@ -186,7 +199,8 @@ impl MtlSetup {
     /// `shared.2.weight`, ..., then per task `heads.NAME.weight`, `heads.NAME.bias`. MMoE: each
     /// expert named the same way under `experts.E.`, expert after expert, then per task
     /// `gates.NAME.weight` `[experts, input]`, `gates.NAME.bias`, `heads.NAME.weight`,
-    /// `heads.NAME.bias`. These are the names a PyTorch module of `nn.Sequential` layers in an
+    /// `heads.NAME.bias`. Conv4: its blocks under `shared.` as [`Conv4::layout`] names and
+    /// initialises them, then the heads. These are the names a PyTorch module of `nn.Sequential` layers in an
     /// `nn.ModuleList` (experts) and `nn.ModuleDict`s (gates, heads) gives them, so an export
     /// loads into such a module.
     pub fn layout(&self) -> ParamLayout {
@@ -200,16 +214,19 @@ impl MtlSetup {
         }
         let (prefixes, gates) = match self.shared {
             Shared::Point { .. } => unreachable!("returned above"),
-            Shared::Hard(_) => (vec!["shared".to_string()], None),
+            Shared::Hard(_) | Shared::Conv4(_) => (vec!["shared".to_string()], None),
             Shared::Mmoe { experts, .. } => (
                 (0..experts).map(|e| format!("experts.{e}")).collect(),
                 Some(experts),
             ),
         };
         let mut layout = ParamLayout::default();
-        let mlp = self.shared.mlp().layout();
+        let body = match &self.shared {
+            Shared::Conv4(conv) => conv.layout(),
+            _ => self.shared.mlp().layout(),
+        };
         for prefix in prefixes {
-            for slot in &mlp.slots {
+            for slot in &body.slots {
                 let name = format!("{prefix}.{}", slot.name);
                 layout.push(name, slot.shape.clone(), Role::Body, slot.init);
             }
@@ -311,6 +328,46 @@ mod tests {
         assert!(layout.slots[..4].iter().all(|s| s.role == Role::Body));
         assert!(layout.slots[4..].iter().all(|s| s.role == Role::Head));
         assert_eq!(layout.slots[6].shape, vec![7, 4]);
+    }
+
+    #[test]
+    fn conv4_lays_out_its_blocks_as_the_shared_layers_then_heads_on_its_features() {
+        let mut setup = setup();
+        let conv = Conv4 {
+            channels: 1,
+            image_size: 32,
+            filters: 4,
+            output: 0,
+        };
+        setup.shared = Shared::Conv4(conv.clone());
+        let layout = setup.layout();
+        let names: Vec<&str> = layout.slots.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            &names[..6],
+            [
+                "shared.0.weight",
+                "shared.0.bias",
+                "shared.1.weight",
+                "shared.1.bias",
+                "shared.4.weight",
+                "shared.4.bias"
+            ]
+        );
+        assert_eq!(
+            names[16..],
+            [
+                "heads.a.weight",
+                "heads.a.bias",
+                "heads.b.weight",
+                "heads.b.bias"
+            ]
+        );
+        // 32 -> 2 after four pools: 4 filters x 2 x 2 = 16 features; 1024 input values.
+        assert_eq!((setup.shared.width(), setup.shared.input()), (16, 1024));
+        // Block 1: 4x1x3x3 + 4 + 4 + 4 = 48; blocks 2-4: 4x4x3x3 + 12 = 156 each.
+        assert_eq!(setup.shared_len(), 48 + 3 * 156);
+        assert_eq!(setup.head_range(0), 516..516 + 17 * 2);
+        assert_eq!(layout.slots[16].shape, vec![2, 16]);
     }
 
     #[test]

@@ -21,4 +21,6 @@ pub enum WireError {
         value: u64,
         allowed: &'static str,
     },
+    #[error("{0}")]
+    Inconsistent(&'static str),
 }

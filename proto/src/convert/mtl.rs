@@ -1,7 +1,7 @@
 //! Multi-task set-ups: `v1::ExperimentSetup` with its `mtl` part to and from `mtl::MtlSetup`.
 
 use super::WireError;
-use crate::model::Mlp;
+use crate::model::{Conv4, Mlp};
 use crate::mtl::{
     GradNormData, MtlData, MtlSetup, MtlTask, Shared, TableData, TableSplit, TaskLoss,
 };
@@ -45,7 +45,7 @@ impl From<&MtlSetup> for v1::ExperimentSetup {
         };
         let mlp = setup.shared.mlp();
         let mmoe = match setup.shared {
-            Shared::Hard(_) | Shared::Point { .. } => None,
+            Shared::Hard(_) | Shared::Point { .. } | Shared::Conv4(_) => None,
             Shared::Mmoe { experts, .. } => Some(v1::Mmoe {
                 experts: experts as u32,
             }),
@@ -54,11 +54,15 @@ impl From<&MtlSetup> for v1::ExperimentSetup {
             experiment_id: setup.experiment_id.clone(),
             mtl: Some(v1::MtlSetup {
                 data: Some(data),
-                shared: Some(v1::Mlp {
+                shared: (!matches!(setup.shared, Shared::Conv4(_))).then(|| v1::Mlp {
                     input: mlp.input as u32,
                     hidden: mlp.hidden.iter().map(|&w| w as u32).collect(),
                     output: mlp.output as u32,
                 }),
+                conv4: match &setup.shared {
+                    Shared::Conv4(conv) => Some(conv.into()),
+                    _ => None,
+                },
                 mmoe,
                 point: match setup.shared {
                     Shared::Point { start: [x1, x2] } => Some(v1::Point { x1, x2 }),
@@ -116,6 +120,41 @@ impl TryFrom<&v1::ExperimentSetup> for MtlSetup {
                 seed: t.seed,
             }),
         };
+        if let Some(conv) = &mtl.conv4 {
+            let conv = Conv4::from(conv);
+            let out_of_range = |field, value: usize, allowed| WireError::OutOfRange {
+                field,
+                value: value as u64,
+                allowed,
+            };
+            if conv.output != 0 {
+                let allowed = "0: the tasks' heads follow the shared blocks";
+                return Err(out_of_range("mtl.conv4.output", conv.output, allowed));
+            }
+            if conv.channels == 0 || conv.filters == 0 {
+                let allowed = "channels and filters are at least 1";
+                return Err(out_of_range("mtl.conv4", 0, allowed));
+            }
+            if Conv4::final_size(conv.image_size) == 0 {
+                let allowed = "at least 16, to survive four 2x2 pools";
+                return Err(out_of_range(
+                    "mtl.conv4.image_size",
+                    conv.image_size,
+                    allowed,
+                ));
+            }
+            if mtl.shared.is_some() || mtl.mmoe.is_some() || mtl.point.is_some() {
+                return Err(WireError::Inconsistent(
+                    "mtl.conv4 excludes mtl.shared, mtl.mmoe and mtl.point",
+                ));
+            }
+            return Ok(MtlSetup {
+                experiment_id: wire.experiment_id.clone(),
+                data,
+                shared: Shared::Conv4(conv),
+                tasks: mtl_tasks(mtl)?,
+            });
+        }
         let mlp = mtl
             .shared
             .as_ref()
@@ -142,35 +181,38 @@ impl TryFrom<&v1::ExperimentSetup> for MtlSetup {
                 mlp,
             },
         };
-        let tasks = mtl
-            .tasks
-            .iter()
-            .map(|t| {
-                let loss = match v1::TaskLoss::try_from(t.loss) {
-                    Ok(v1::TaskLoss::Mse) => TaskLoss::Mse,
-                    Ok(v1::TaskLoss::CrossEntropy) => TaskLoss::CrossEntropy,
-                    Ok(v1::TaskLoss::BinaryCrossEntropy) => TaskLoss::BinaryCrossEntropy,
-                    Ok(v1::TaskLoss::Unspecified) | Err(_) => {
-                        return Err(WireError::UnknownValue {
-                            field: "mtl.tasks.loss",
-                            value: t.loss,
-                        })
-                    }
-                };
-                Ok(MtlTask {
-                    name: t.name.clone(),
-                    loss,
-                    outputs: t.outputs,
-                })
-            })
-            .collect::<Result<_, _>>()?;
         Ok(MtlSetup {
             experiment_id: wire.experiment_id.clone(),
             data,
             shared,
-            tasks,
+            tasks: mtl_tasks(mtl)?,
         })
     }
+}
+
+/// The tasks of a wire set-up.
+fn mtl_tasks(mtl: &v1::MtlSetup) -> Result<Vec<MtlTask>, WireError> {
+    mtl.tasks
+        .iter()
+        .map(|t| {
+            let loss = match v1::TaskLoss::try_from(t.loss) {
+                Ok(v1::TaskLoss::Mse) => TaskLoss::Mse,
+                Ok(v1::TaskLoss::CrossEntropy) => TaskLoss::CrossEntropy,
+                Ok(v1::TaskLoss::BinaryCrossEntropy) => TaskLoss::BinaryCrossEntropy,
+                Ok(v1::TaskLoss::Unspecified) | Err(_) => {
+                    return Err(WireError::UnknownValue {
+                        field: "mtl.tasks.loss",
+                        value: t.loss,
+                    })
+                }
+            };
+            Ok(MtlTask {
+                name: t.name.clone(),
+                loss,
+                outputs: t.outputs,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -302,8 +344,43 @@ mod tests {
         };
         assert_eq!(
             MtlSetup::try_from(&v1::ExperimentSetup::from(&toy)),
-            Ok(toy)
+            Ok(toy.clone())
         );
+        let conv = MtlSetup {
+            shared: Shared::Conv4(Conv4 {
+                channels: 1,
+                image_size: 16,
+                filters: 8,
+                output: 0,
+            }),
+            ..toy
+        };
+        let conv_wire = v1::ExperimentSetup::from(&conv);
+        assert_eq!(conv_wire.mtl.as_ref().unwrap().shared, None);
+        assert_eq!(MtlSetup::try_from(&conv_wire), Ok(conv));
+        let mut small = conv_wire.clone();
+        small
+            .mtl
+            .as_mut()
+            .unwrap()
+            .conv4
+            .as_mut()
+            .unwrap()
+            .image_size = 15;
+        assert!(matches!(
+            MtlSetup::try_from(&small),
+            Err(WireError::OutOfRange {
+                field: "mtl.conv4.image_size",
+                value: 15,
+                ..
+            })
+        ));
+        let mut both = conv_wire;
+        both.mtl.as_mut().unwrap().shared = Some(v1::Mlp::default());
+        assert!(matches!(
+            MtlSetup::try_from(&both),
+            Err(WireError::Inconsistent(_))
+        ));
         let mut none = wire;
         none.mtl.as_mut().unwrap().mmoe = Some(v1::Mmoe { experts: 0 });
         assert!(matches!(

@@ -71,13 +71,30 @@ impl From<&Model> for v1::Model {
                     hidden: m.hidden.iter().copied().map(to_u32).collect(),
                     output: to_u32(m.output),
                 }),
-                Model::Conv4(c) => v1::model::Kind::Conv4(v1::Conv4 {
-                    channels: to_u32(c.channels),
-                    image_size: to_u32(c.image_size),
-                    filters: to_u32(c.filters),
-                    output: to_u32(c.output),
-                }),
+                Model::Conv4(c) => v1::model::Kind::Conv4(c.into()),
             }),
+        }
+    }
+}
+
+impl From<&Conv4> for v1::Conv4 {
+    fn from(c: &Conv4) -> Self {
+        v1::Conv4 {
+            channels: c.channels as u32,
+            image_size: c.image_size as u32,
+            filters: c.filters as u32,
+            output: c.output as u32,
+        }
+    }
+}
+
+impl From<&v1::Conv4> for Conv4 {
+    fn from(c: &v1::Conv4) -> Self {
+        Conv4 {
+            channels: c.channels as usize,
+            image_size: c.image_size as usize,
+            filters: c.filters as usize,
+            output: c.output as usize,
         }
     }
 }
@@ -94,12 +111,7 @@ impl TryFrom<&v1::Model> for Model {
                     hidden: m.hidden.iter().copied().map(to_usize).collect(),
                     output: to_usize(m.output),
                 }),
-                v1::model::Kind::Conv4(c) => Model::Conv4(Conv4 {
-                    channels: to_usize(c.channels),
-                    image_size: to_usize(c.image_size),
-                    filters: to_usize(c.filters),
-                    output: to_usize(c.output),
-                }),
+                v1::model::Kind::Conv4(c) => Model::Conv4(c.into()),
             },
         )
     }

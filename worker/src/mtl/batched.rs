@@ -14,6 +14,9 @@ pub fn run(body: &Body, x: &Tensor, tasks: &[Scored], train: bool) -> Totals {
         match body {
             Body::Hard(shared) => hard(shared, x, tasks),
             Body::Mmoe(experts) => mixture(experts, x, tasks),
+            Body::Conv4(..) => {
+                unreachable!("`MtlExperiment::rows` sends conv4 down the per-task path")
+            }
         }
     })
 }

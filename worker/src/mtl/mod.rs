@@ -1,6 +1,7 @@
 //! Multi-task learning on the worker: one experiment's shared layers (or experts), gates, heads and data, turning a chunk of rows into each task's loss and metric sums and gradients.
 
 mod batched;
+mod conv_body;
 mod gradnorm;
 mod loss;
 mod mmoe;
@@ -11,7 +12,7 @@ mod table;
 mod trunk;
 
 use outerloop_proto::f32s_to_bytes;
-use outerloop_proto::model::ParamLayout;
+use outerloop_proto::model::{Conv4, ParamLayout};
 use outerloop_proto::mtl::{MtlSetup, RowBatch, Shared, TaskLoss};
 use outerloop_proto::v1::{self, Phase, WorkChunk};
 use outerloop_proto::work::{Task, TaskDescriptor};
@@ -41,13 +42,16 @@ pub(crate) enum Body<'a> {
     Hard(&'a [Tensor]),
     /// MMoE: each expert's tensors, like `Hard`'s, expert after expert; every task has a gate.
     Mmoe(Vec<&'a [Tensor]>),
+    /// conv4's blocks (weight, bias, norm scale, norm shift, block after block), reading each
+    /// row as an image of this shape.
+    Conv4(&'a [Tensor], Conv4),
 }
 
 impl Body<'_> {
     /// Every shared tensor, in layout order.
     fn params(&self) -> Vec<&Tensor> {
         match self {
-            Body::Hard(shared) => shared.iter().collect(),
+            Body::Hard(shared) | Body::Conv4(shared, _) => shared.iter().collect(),
             Body::Mmoe(experts) => experts.iter().flat_map(|e| e.iter()).collect(),
         }
     }
@@ -57,6 +61,10 @@ impl Body<'_> {
         match self {
             Body::Hard(shared) => {
                 let features = trunk::forward(shared, x);
+                tasks.iter().map(|_| features.shallow_clone()).collect()
+            }
+            Body::Conv4(blocks, shape) => {
+                let features = conv_body::forward(blocks, shape, x);
                 tasks.iter().map(|_| features.shallow_clone()).collect()
             }
             Body::Mmoe(experts) => {
@@ -224,6 +232,11 @@ impl MtlExperiment {
         let (kind, device) = (params[0].kind(), params[0].device());
         let rows = self.source.rows(stream, batch, tasks, kind, device)?;
         let (body, scored) = self.split(params, tasks, rows.targets);
+        // The explicit batched backward covers MLPs; conv4 takes autograd, one task at a time.
+        let path = match body {
+            Body::Conv4(..) => Path::PerTask,
+            _ => path,
+        };
         let totals = match path {
             Path::Batched => batched::run(&body, &rows.x, &scored, train),
             Path::PerTask => per_task::run(&body, &rows.x, &scored, train),
@@ -252,6 +265,10 @@ impl MtlExperiment {
             Shared::Mmoe { experts, .. } => {
                 let (shared, own) = params.split_at(experts * per_mlp);
                 (Body::Mmoe(shared.chunks_exact(per_mlp).collect()), own, 4)
+            }
+            Shared::Conv4(ref shape) => {
+                let (blocks, own) = params.split_at(conv_body::TENSORS);
+                (Body::Conv4(blocks, shape.clone()), own, 2)
             }
             Shared::Point { .. } => unreachable!("a point is scored by `point_totals`"),
         };
@@ -674,6 +691,71 @@ mod tests {
                 start += own_len;
                 assert_close(&got, &want, 1e-6);
             }
+        }
+    }
+
+    #[test]
+    fn conv4_per_task_gradients_match_finite_differences() {
+        let shape = Conv4 {
+            channels: 1,
+            image_size: 16,
+            filters: 2,
+            output: 0,
+        };
+        let kind = Kind::Double;
+        let mut shapes: Vec<Vec<i64>> = shape
+            .layout()
+            .slots
+            .iter()
+            .map(|s| s.shape.iter().map(|&d| d as i64).collect())
+            .collect();
+        let features = shape.features() as i64;
+        for _ in 0..2 {
+            shapes.extend([vec![3, features], vec![3]]);
+        }
+        let shapes: Vec<&[i64]> = shapes.iter().map(Vec::as_slice).collect();
+        let params = params(&shapes, 11, kind);
+        let (blocks, heads) = params.split_at(conv_body::TENSORS);
+        let x = Tensor::randn([6, 256], (kind, Device::Cpu));
+        let targets: Vec<Tensor> = (0..2)
+            .map(|_| Tensor::randn([6, 3], (kind, Device::Cpu)))
+            .collect();
+        fn scored<'a>(heads: &'a [Tensor], targets: &[Tensor], tasks: &[usize]) -> Vec<Scored<'a>> {
+            tasks
+                .iter()
+                .map(|&t| Scored {
+                    loss: TaskLoss::Mse,
+                    gate: None,
+                    head: [&heads[2 * t], &heads[2 * t + 1]],
+                    target: targets[t].shallow_clone(),
+                })
+                .collect()
+        }
+        let body = Body::Conv4(blocks, shape.clone());
+        let totals = per_task::run(&body, &x, &scored(heads, &targets, &[0, 1]), true);
+        let (shared_grads, own_grads) = totals.grads.as_ref().unwrap();
+        let own_len = 3 * features + 3;
+        for t in 0..2 {
+            let theta: Vec<Tensor> = blocks
+                .iter()
+                .chain(&heads[2 * t..2 * t + 2])
+                .map(Tensor::shallow_clone)
+                .collect();
+            let loss_sum = |theta: &[Tensor]| {
+                let (blocks, head) = theta.split_at(conv_body::TENSORS);
+                let mut heads: Vec<Tensor> = heads.iter().map(Tensor::shallow_clone).collect();
+                heads[2 * t] = head[0].shallow_clone();
+                heads[2 * t + 1] = head[1].shallow_clone();
+                let body = Body::Conv4(blocks, shape.clone());
+                let totals = per_task::run(&body, &x, &scored(&heads, &targets, &[t]), false);
+                totals.loss_sums.double_value(&[0])
+            };
+            let want = finite_differences(&theta, loss_sum);
+            let got = flat(&[
+                joined(shared_grads).get(t as i64),
+                own_grads.narrow(0, own_len * t as i64, own_len),
+            ]);
+            assert_close(&got, &want, 1e-6);
         }
     }
 

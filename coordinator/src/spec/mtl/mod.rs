@@ -5,7 +5,7 @@ mod table;
 use std::collections::BTreeMap;
 
 use outerloop_proto::dataset::Manifest;
-use outerloop_proto::model::{Mlp, ParamLayout};
+use outerloop_proto::model::{Conv4, Mlp, ParamLayout};
 use outerloop_proto::mtl::{GradNormData, MtlData, MtlSetup, MtlTask, Shared, TaskLoss};
 use serde::{Deserialize, Serialize};
 
@@ -109,6 +109,14 @@ pub enum SharedSpec {
     Mmoe { experts: u32, hidden: Vec<u32> },
     /// No layers: the shared parameters are the toy problem's point, and there are no heads.
     Point,
+    /// conv4's four blocks of [3x3 convolution with `filters` channels, batch norm, ReLU, 2x2
+    /// max-pool], reading each row's inputs as a `channels x image_size x image_size` image
+    /// (row-major: a table's pixel columns in order); the heads read the flattened features.
+    Conv4 {
+        channels: u32,
+        image_size: u32,
+        filters: u32,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -117,7 +125,16 @@ enum SharedKind {
     Mlp,
     Mmoe,
     Point,
+    Conv4,
 }
+
+/// conv4's filters when the spec names none: the paper's Omniglot setting, as in few-shot specs.
+const DEFAULT_FILTERS: u32 = 64;
+/// Bounds of conv4's shape: an image must survive four 2x2 pools.
+const MIN_IMAGE_SIZE: u32 = 16;
+const MAX_IMAGE_SIZE: u32 = 512;
+const MAX_CHANNELS: u32 = 16;
+const MAX_FILTERS: u32 = 1024;
 
 /// `[model]` as written: every kind's fields, checked against the kind once the overrides are
 /// applied, so that `--set` can switch the kind and add its fields in either order.
@@ -127,10 +144,30 @@ struct RawShared {
     kind: SharedKind,
     hidden: Option<Vec<u32>>,
     experts: Option<u32>,
+    channels: Option<u32>,
+    image_size: Option<u32>,
+    filters: Option<u32>,
 }
 
 impl SharedSpec {
     fn resolve(raw: RawShared) -> Result<SharedSpec, Invalid> {
+        let conv_field = [
+            ("model.channels", raw.channels.is_some()),
+            ("model.image_size", raw.image_size.is_some()),
+            ("model.filters", raw.filters.is_some()),
+        ]
+        .into_iter()
+        .find(|(_, given)| *given);
+        if raw.kind == SharedKind::Conv4 {
+            return Self::resolve_conv4(&raw);
+        }
+        if let Some((field, _)) = conv_field {
+            return Err((
+                field.into(),
+                "a field of kind \"conv4\" only (its fields are kind, channels, image_size, filters)"
+                    .into(),
+            ));
+        }
         if raw.kind == SharedKind::Point {
             return match (&raw.hidden, raw.experts) {
                 (None, None) => Ok(SharedSpec::Point),
@@ -171,15 +208,75 @@ impl SharedSpec {
                 ))
             }
             (SharedKind::Mmoe, Some(experts)) => Ok(SharedSpec::Mmoe { experts, hidden }),
-            (SharedKind::Point, _) => unreachable!("resolved above"),
+            (SharedKind::Point | SharedKind::Conv4, _) => unreachable!("resolved above"),
         }
     }
 
-    /// The widths of the shared MLP, or of each expert; none for a point.
+    fn resolve_conv4(raw: &RawShared) -> Result<SharedSpec, Invalid> {
+        for (field, given) in [
+            ("model.hidden", raw.hidden.is_some()),
+            ("model.experts", raw.experts.is_some()),
+        ] {
+            if given {
+                return Err((
+                    field.into(),
+                    "not a field of kind \"conv4\"; its fields are kind, channels, image_size, filters".into(),
+                ));
+            }
+        }
+        let Some(image_size) = raw.image_size else {
+            return Err((
+                "model.image_size".into(),
+                format!("is required by kind \"conv4\": the side of each row's square image, {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}"),
+            ));
+        };
+        let (channels, filters) = (
+            raw.channels.unwrap_or(1),
+            raw.filters.unwrap_or(DEFAULT_FILTERS),
+        );
+        for (field, value, low, high, why) in [
+            (
+                "model.image_size",
+                image_size,
+                MIN_IMAGE_SIZE,
+                MAX_IMAGE_SIZE,
+                " (an image must survive four 2x2 pools)",
+            ),
+            ("model.channels", channels, 1, MAX_CHANNELS, ""),
+            ("model.filters", filters, 1, MAX_FILTERS, ""),
+        ] {
+            if !(low..=high).contains(&value) {
+                return Err(out_of_range(
+                    field,
+                    value,
+                    &format!("must be between {low} and {high}{why}"),
+                ));
+            }
+        }
+        Ok(SharedSpec::Conv4 {
+            channels,
+            image_size,
+            filters,
+        })
+    }
+
+    /// The widths of the shared MLP, or of each expert; none for a point or conv4.
     pub fn hidden(&self) -> &[u32] {
         match self {
             SharedSpec::Mlp { hidden } | SharedSpec::Mmoe { hidden, .. } => hidden,
-            SharedSpec::Point => &[],
+            SharedSpec::Point | SharedSpec::Conv4 { .. } => &[],
+        }
+    }
+
+    /// Values per row conv4 reads (`channels x image_size x image_size`); None for MLPs.
+    fn image_values(&self) -> Option<u64> {
+        match *self {
+            SharedSpec::Conv4 {
+                channels,
+                image_size,
+                ..
+            } => Some(channels as u64 * image_size as u64 * image_size as u64),
+            _ => None,
         }
     }
 }
@@ -282,6 +379,12 @@ impl MtlSpec {
             .expect("checked: a table's manifest");
         // What workers will hold: the encoded table, and each chunk's inputs and targets.
         let width = table.input_width(shape) as u64;
+        if let Some(image) = self.model.image_values().filter(|&n| n != width) {
+            return Err((
+                "data.features".into(),
+                format!("encode to {width} inputs per row (text columns one-hot), but model kind \"conv4\" reads each row as an image of {image} values (model.channels x model.image_size x model.image_size): name exactly the image's pixel columns, in row-major order"),
+            ));
+        }
         let targets: u64 = table.tasks.iter().map(|t| t.columns().len() as u64).sum();
         let encoded = shape.rows * (width + targets);
         if encoded > MAX_TABLE_VALUES {
@@ -340,7 +443,16 @@ impl MtlSpec {
                 tasks,
                 inputs,
                 outputs,
-            } => Self::validate_gradnorm(sigmas, tasks, *inputs, *outputs)?,
+            } => {
+                Self::validate_gradnorm(sigmas, tasks, *inputs, *outputs)?;
+                if let Some(image) = self.model.image_values().filter(|&n| n != *inputs as u64) {
+                    return Err(out_of_range(
+                        "data.inputs",
+                        inputs,
+                        &format!("must equal the {image} values of model kind \"conv4\"'s image (model.channels x model.image_size x model.image_size)"),
+                    ));
+                }
+            }
             MtlDataSpec::Table(_) => {}
             MtlDataSpec::ParetoToy { start } => {
                 if start.iter().any(|c| !c.is_finite()) {
@@ -360,7 +472,7 @@ impl MtlSpec {
                 if toy {
                     "must be \"point\" for the toy problem: its tasks are losses of a point, not of rows".into()
                 } else {
-                    "\"point\" is the toy problem's model (data.family = \"pareto_toy\"); data of rows needs \"mlp\" or \"mmoe\"".into()
+                    "\"point\" is the toy problem's model (data.family = \"pareto_toy\"); data of rows needs \"mlp\", \"mmoe\" or \"conv4\"".into()
                 },
             ));
         }
@@ -427,7 +539,7 @@ impl MtlSpec {
 
     fn validate_model_and_training(&self) -> Result<(), Invalid> {
         let hidden = self.model.hidden();
-        let layers = self.model != SharedSpec::Point;
+        let layers = matches!(self.model, SharedSpec::Mlp { .. } | SharedSpec::Mmoe { .. });
         if layers && (hidden.is_empty() || hidden.iter().any(|&w| !(1..=65_536).contains(&w))) {
             return Err(out_of_range(
                 "model.hidden",
@@ -640,6 +752,31 @@ impl MtlSpec {
                 });
             }
         };
+        if let SharedSpec::Conv4 {
+            channels,
+            image_size,
+            filters,
+        } = self.model
+        {
+            let conv = Conv4 {
+                channels: channels as usize,
+                image_size: image_size as usize,
+                filters: filters as usize,
+                output: 0,
+            };
+            if conv.channels * conv.image_size * conv.image_size != input {
+                return Err(format!(
+                    "model kind \"conv4\" reads {channels} x {image_size} x {image_size} = {} values per row, the data has {input}",
+                    conv.channels * conv.image_size * conv.image_size
+                ));
+            }
+            return Ok(MtlSetup {
+                experiment_id: experiment_id.to_string(),
+                data,
+                shared: Shared::Conv4(conv),
+                tasks,
+            });
+        }
         let widths: Vec<usize> = self.model.hidden().iter().map(|&w| w as usize).collect();
         let (output, hidden) = widths.split_last().expect("validated: at least one width");
         let mlp = Mlp {
@@ -654,6 +791,7 @@ impl MtlSpec {
                 mlp,
             },
             SharedSpec::Point => unreachable!("validated: a point goes with the toy problem"),
+            SharedSpec::Conv4 { .. } => unreachable!("returned above"),
         };
         Ok(MtlSetup {
             experiment_id: experiment_id.to_string(),
@@ -737,6 +875,65 @@ final_rows = 128
     }
 
     const MMOE: [&str; 3] = ["model.kind=\"mmoe\"", "model.experts=3", "model.hidden=[8]"];
+
+    /// `MTL_SPEC` with conv4 shared layers on 1 x 16 x 16 rows.
+    fn conv4_spec() -> String {
+        MTL_SPEC.replace("inputs = 20", "inputs = 256").replace(
+            "kind = \"mlp\"\nhidden = [16, 16]",
+            "kind = \"conv4\"\nimage_size = 16\nfilters = 4",
+        )
+    }
+
+    #[test]
+    fn a_conv4_spec_reads_rows_as_images_and_its_bad_shapes_are_refused() {
+        let spec = parse(&conv4_spec(), &[]).unwrap();
+        assert_eq!(
+            spec.model,
+            SharedSpec::Conv4 {
+                channels: 1,
+                image_size: 16,
+                filters: 4
+            }
+        );
+        let setup = spec.setup("e", None).unwrap();
+        // 16 -> 1 after four pools: the heads read 4 features.
+        assert_eq!(setup.shared.width(), 4);
+        assert_eq!(parse(&spec.to_toml(), &[]).unwrap(), spec);
+        for (overrides, field, says) in [
+            (
+                &["model.image_size=15"][..],
+                "model.image_size",
+                "four 2x2 pools",
+            ),
+            (&["model.filters=0"], "model.filters", "between 1 and 1024"),
+            (
+                &["model.experts=2"],
+                "model.experts",
+                "not a field of kind \"conv4\"",
+            ),
+            (&["data.inputs=255"], "data.inputs", "256 values"),
+            (&["model.channels=3"], "data.inputs", "768 values"),
+        ] {
+            let error = parse(&conv4_spec(), overrides).unwrap_err().to_string();
+            assert!(
+                error.contains(field) && error.contains(says),
+                "{overrides:?}: {error}"
+            );
+        }
+        let no_size = conv4_spec().replace("image_size = 16\n", "");
+        let error = parse(&no_size, &[]).unwrap_err().to_string();
+        assert!(
+            error.contains("model.image_size") && error.contains("required"),
+            "{error}"
+        );
+        let error = parse(MTL_SPEC, &["model.filters=8"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("model.filters") && error.contains("kind \"conv4\" only"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn an_mmoe_spec_lays_out_its_experts_then_each_tasks_gate_and_head() {

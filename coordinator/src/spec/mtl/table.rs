@@ -16,7 +16,9 @@ pub struct TableSpec {
     /// The directory under each worker's `--data-root`; never a path.
     pub dataset: String,
     /// The input columns, in order; when absent, every column that is neither a target nor
-    /// the split column (filled in at submission, so the stored spec lists them).
+    /// the split column (filled in at submission, so the stored spec lists them). An entry
+    /// ending in `*` stands for every such column whose name starts with what precedes it, in
+    /// the file's order (`"p*"`: the pixel columns `p0`, `p1`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub features: Option<Vec<String>>,
     /// A column whose values are `train`, `val` and `test`.
@@ -317,14 +319,43 @@ impl TableSpec {
             }
         }
         let targets: Vec<String> = self.tasks.iter().flat_map(|t| t.columns()).collect();
-        let features = self.features.clone().unwrap_or_else(|| {
+        let readable = |prefix: &str| -> Vec<String> {
             table
                 .columns
                 .iter()
                 .map(|c| c.name.clone())
+                .filter(|c| c.starts_with(prefix))
                 .filter(|c| !targets.contains(c) && self.split_column.as_ref() != Some(c))
                 .collect()
-        });
+        };
+        let features = match &self.features {
+            None => readable(""),
+            Some(listed) => {
+                let mut features = Vec::new();
+                for entry in listed {
+                    let Some(prefix) = entry.strip_suffix('*') else {
+                        features.push(entry.clone());
+                        continue;
+                    };
+                    let matched = readable(prefix);
+                    if matched.is_empty() {
+                        return Err((
+                            "data.features".into(),
+                            format!("`{entry}` matches no column of dataset `{}` that is neither a target nor the split column", manifest.name),
+                        ));
+                    }
+                    features.extend(matched);
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                if let Some(twice) = features.iter().find(|f| !seen.insert(*f)) {
+                    return Err((
+                        "data.features".into(),
+                        format!("names `{twice}` twice (by name or by a pattern ending in `*`)"),
+                    ));
+                }
+                features
+            }
+        };
         if features.is_empty() {
             return Err((
                 "data.features".into(),
@@ -554,6 +585,33 @@ every = 5
         let again = MtlSpec::parse(&spec.to_toml(), "stored.toml", &[]).unwrap();
         assert_eq!(again, spec);
         assert!(spec.to_toml().contains("fingerprint = \"beef\""));
+    }
+
+    #[test]
+    fn a_pattern_ending_in_a_star_names_every_readable_column_with_its_prefix_in_file_order() {
+        let features = |overrides: &[&str]| {
+            let spec = checked(overrides)?;
+            let MtlData::Table(data) = spec.setup("e", Some(&manifest())).unwrap().data else {
+                panic!("a table")
+            };
+            Ok::<_, String>(data.features)
+        };
+        // In the patterns' order; `income` is a target, so `i*` matches nothing readable.
+        assert_eq!(
+            features(&["data.features=[\"c*\", \"a*\"]"]),
+            Ok(vec!["city".into(), "age".into()])
+        );
+        assert_eq!(features(&["data.features=[\"*\"]"]), features(&[]));
+        for (overrides, says) in [
+            (&["data.features=[\"i*\"]"][..], "`i*` matches no column"),
+            (&["data.features=[\"a*\", \"age\"]"], "names `age` twice"),
+        ] {
+            let error = features(overrides).unwrap_err();
+            assert!(
+                error.contains("data.features") && error.contains(says),
+                "{error}"
+            );
+        }
     }
 
     #[test]
