@@ -272,3 +272,80 @@ fn conv4_shared_layers_learn_every_task_from_pixel_columns_identically_on_one_an
         "final.safetensors differs between 1 and 2 workers"
     );
 }
+
+#[test]
+fn an_image_column_names_each_rows_picture_and_a_worker_missing_one_holds_another_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    common::succeed(Command::new(BIN).args([
+        "dataset",
+        "shapes",
+        "--images",
+        "--out",
+        root.join("shape_files").to_str().unwrap(),
+        "--rows",
+        "1000",
+        "--seed",
+        "5",
+    ]));
+    let mut cluster = Cluster::start(&[]);
+    cluster.add_worker_with(&["--data-root", root.to_str().unwrap()]);
+    cluster.wait_workers(1);
+    let spec = config("mtl_shapes_images.toml");
+    let cases: [(&[&str], &[&str]); 4] = [
+        (
+            &["data.image_column=\"size\""],
+            &["data.image_column", "`size` is a target"],
+        ),
+        (
+            &["data.image_column=\"photo\""],
+            &["data.image_column", "no column `photo`"],
+        ),
+        (
+            &["model.channels=2"],
+            &["model.channels", "1 (grey) or 3 (RGB)"],
+        ),
+        (
+            &["data.features=[\"x\"]"],
+            &["data.features", "leave `features` out"],
+        ),
+    ];
+    for (overrides, expected) in cases {
+        let error = cluster.submit(&spec, overrides).unwrap_err();
+        for e in expected {
+            assert!(error.contains(e), "{overrides:?}: {error}");
+        }
+    }
+
+    let short = ["model.filters=16", "train.steps=160", "eval.every=160"];
+    let id = cluster.submit(&spec, &short).unwrap();
+    cluster.wait_finished(&id, Duration::from_secs(600));
+    let metrics = cluster.metrics(&id);
+    let line = |kind: &str| metrics.iter().find(|m| m["kind"] == kind).unwrap();
+    let (first, last) = (scores(line("eval")), scores(line("final_eval")));
+    for (before, after) in first.iter().zip(&last) {
+        assert!(
+            after.1 < 0.9 * before.1,
+            "{}: held-out loss {} at the start, {} at the end",
+            after.0,
+            before.1,
+            after.1
+        );
+    }
+
+    // A copy that lacks one picture is another version of the dataset.
+    let other = dir.path().join("other");
+    common::succeed(Command::new("cp").args([
+        "-r",
+        root.to_str().unwrap(),
+        other.to_str().unwrap(),
+    ]));
+    std::fs::remove_file(other.join("shape_files/images/00007.png")).unwrap();
+    cluster.add_worker_with(&["--data-root", other.to_str().unwrap()]);
+    let workers = cluster.wait_workers(2);
+    let prints: std::collections::BTreeSet<&str> = workers
+        .iter()
+        .map(|w| w["datasets"][0]["fingerprint"].as_str().unwrap())
+        .collect();
+    assert_eq!(prints.len(), 2, "{workers:?}");
+}

@@ -106,6 +106,10 @@ pub struct TableData {
     /// Feature columns in input order: numeric ones standardised when `standardize` is set
     /// (the training rows' mean and standard deviation), text ones one-hot over their levels.
     pub features: Vec<String>,
+    /// Set: each row's input is the image this text column names, a path relative to the
+    /// dataset's directory, decoded to `Shared::Conv4`'s channels and size (pixels / 255);
+    /// `features` is empty then.
+    pub image_column: Option<String>,
     /// Each task's target columns, in task order.
     pub targets: Vec<Vec<String>>,
     pub split: TableSplit,

@@ -22,6 +22,7 @@ impl From<&MtlSetup> for v1::ExperimentSetup {
                 dataset: t.dataset.clone(),
                 fingerprint: t.fingerprint.clone(),
                 features: t.features.clone(),
+                image_column: t.image_column.clone().unwrap_or_default(),
                 targets: t
                     .targets
                     .iter()
@@ -105,6 +106,7 @@ impl TryFrom<&v1::ExperimentSetup> for MtlSetup {
                 dataset: t.dataset.clone(),
                 fingerprint: t.fingerprint.clone(),
                 features: t.features.clone(),
+                image_column: (!t.image_column.is_empty()).then(|| t.image_column.clone()),
                 targets: t.targets.iter().map(|c| c.columns.clone()).collect(),
                 split: match t
                     .split
@@ -264,6 +266,7 @@ mod tests {
                 dataset: "census".into(),
                 fingerprint: "ab12".into(),
                 features: vec!["age".into(), "job".into()],
+                image_column: None,
                 targets: vec![vec!["income".into()], vec!["a".into(), "b".into()]],
                 split: TableSplit::Fractions([0.8, 0.1, 0.1]),
                 standardize: true,
@@ -288,6 +291,7 @@ mod tests {
         let by_column = MtlSetup {
             data: MtlData::Table(TableData {
                 split: TableSplit::Column("fold".into()),
+                image_column: Some("photo".into()),
                 ..match table.data {
                     MtlData::Table(t) => t,
                     _ => unreachable!(),

@@ -57,18 +57,16 @@ pub fn source(setup: &MtlSetup, data: &DataRoot) -> Result<Box<dyn RowSource>, E
             if let Some(refusal) = data.refusal(&table.dataset, &table.fingerprint) {
                 return Err(EngineError::Refused(refusal));
             }
-            let local = data
-                .datasets
-                .get(&table.dataset)
-                .and_then(|d| d.table.clone())
-                .ok_or_else(|| {
-                    EngineError::Refused(format!(
-                        "dataset `{}` on this worker is not a table",
-                        table.dataset
-                    ))
-                })?;
+            let dataset = data.datasets.get(&table.dataset);
+            let local = dataset.and_then(|d| d.table.clone()).ok_or_else(|| {
+                EngineError::Refused(format!(
+                    "dataset `{}` on this worker is not a table",
+                    table.dataset
+                ))
+            })?;
             Ok(Box::new(
-                TableRows::new(&local, table, setup).map_err(EngineError::Invalid)?,
+                TableRows::new(&local, &dataset.expect("found above").dir, table, setup)
+                    .map_err(EngineError::Invalid)?,
             ))
         }
         MtlData::GradNorm(data) => gradnorm(setup, data).map_err(EngineError::Invalid),

@@ -1,21 +1,28 @@
 //! Rows of a table from the worker's `--data-root`: features encoded once per experiment, the rows of each split, and each epoch's order of the training rows.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
-use outerloop_proto::mtl::{MtlSetup, RowBatch, RowSplit, TableData, TableSplit, TaskLoss};
+use outerloop_proto::mtl::{MtlSetup, RowBatch, RowSplit, Shared, TableData, TableSplit, TaskLoss};
 use outerloop_proto::splitmix::splitmix64;
 use outerloop_proto::table::{fraction_rows, SPLIT_NAMES};
 use tch::{Device, Kind, Tensor};
 
 use super::rows::{tensor, RowSource, Rows};
+use crate::data::images::decode;
 use crate::data::table::{Table, Values};
 
 /// A table's rows, encoded for one experiment.
 pub struct TableRows {
     /// Every row's features, row-major `[rows, width]`: numeric columns standardised (when
     /// asked) with the training rows' statistics, text columns one-hot over their levels.
+    /// Empty for an image table.
     x: Vec<f32>,
     width: usize,
+    /// An image table's images: each row's input, decoded when first read.
+    images: Option<Images>,
     /// Each task's targets for every row.
     targets: Vec<Targets>,
     /// The rows of each split (train, val, test), ascending.
@@ -32,6 +39,89 @@ struct EpochOrder {
     permutation: Vec<u32>,
 }
 
+/// The images an image column names, and those decoded so far (bytes, channel after channel).
+struct Images {
+    paths: Vec<PathBuf>,
+    channels: u32,
+    size: u32,
+    decoded: RefCell<HashMap<u64, Rc<[u8]>>>,
+}
+
+impl Images {
+    /// Each row's image path under `dir`: relative, inside it, and present.
+    fn new(dir: &Path, column: &str, values: &Values, shared: &Shared) -> Result<Images, String> {
+        let Shared::Conv4(conv) = shared else {
+            return Err(format!("image column `{column}` needs conv4 shared layers"));
+        };
+        if conv.channels != 1 && conv.channels != 3 {
+            return Err(format!(
+                "images are read in 1 (grey) or 3 (RGB) channels, not {}",
+                conv.channels
+            ));
+        }
+        let Values::Text(names) = values else {
+            return Err(format!(
+                "image column `{column}` holds numbers, not image paths"
+            ));
+        };
+        let paths = names
+            .iter()
+            .enumerate()
+            .map(|(row, name)| {
+                let name = name.as_deref().unwrap_or_default();
+                let relative = Path::new(name);
+                let inside = !name.is_empty()
+                    && relative
+                        .components()
+                        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+                if !inside {
+                    return Err(format!(
+                        "row {}: image path {name:?} must be a file's path relative to the dataset's directory, without `..`",
+                        row + 1
+                    ));
+                }
+                let path = dir.join(relative);
+                if !path.is_file() {
+                    return Err(format!(
+                        "row {}: image `{name}` is not in {}",
+                        row + 1,
+                        dir.display()
+                    ));
+                }
+                Ok(path)
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Images {
+            paths,
+            channels: conv.channels as u32,
+            size: conv.image_size as u32,
+            decoded: RefCell::new(HashMap::new()),
+        })
+    }
+
+    /// The pixels of `rows`, `[rows, channels * size * size]` row-major, in [0, 1].
+    fn pixels(&self, rows: &[u64]) -> Result<Vec<f32>, String> {
+        let width = (self.channels * self.size * self.size) as usize;
+        let mut x = Vec::with_capacity(rows.len() * width);
+        let mut decoded = self.decoded.borrow_mut();
+        for &row in rows {
+            let bytes = match decoded.get(&row) {
+                Some(bytes) => bytes.clone(),
+                None => {
+                    let bytes: Rc<[u8]> =
+                        decode(&self.paths[row as usize], self.size, self.channels)
+                            .map_err(|e| format!("row {}: {e}", row + 1))?
+                            .into();
+                    decoded.insert(row, bytes.clone());
+                    bytes
+                }
+            };
+            x.extend(bytes.iter().map(|&b| f32::from(b) / 255.0));
+        }
+        Ok(x)
+    }
+}
+
 /// One task's targets: values `[rows, width]` (MSE, BCE) or class labels (cross-entropy).
 enum Targets {
     Values { values: Vec<f32>, width: usize },
@@ -41,7 +131,12 @@ enum Targets {
 impl TableRows {
     /// Encodes `table` for `setup`, or says why this set-up does not fit the table (which a
     /// coordinator that checked the spec against the same manifest never sends).
-    pub fn new(table: &Table, data: &TableData, setup: &MtlSetup) -> Result<Self, String> {
+    pub fn new(
+        table: &Table,
+        dir: &Path,
+        data: &TableData,
+        setup: &MtlSetup,
+    ) -> Result<Self, String> {
         let column = |name: &str| {
             table
                 .column(name)
@@ -90,6 +185,14 @@ impl TableRows {
             width += e.width();
             encoded.push(e);
         }
+        let images = match &data.image_column {
+            Some(name) => {
+                let images = Images::new(dir, name, &column(name)?.values, &setup.shared)?;
+                width = setup.shared.input();
+                Some(images)
+            }
+            None => None,
+        };
         if width != setup.shared.input() {
             return Err(format!(
                 "the features of table `{}` encode to {width} inputs, the shared layers read {}",
@@ -97,7 +200,14 @@ impl TableRows {
                 setup.shared.input()
             ));
         }
-        let mut x = vec![0f32; table.rows * width];
+        let mut x = vec![
+            0f32;
+            if images.is_some() {
+                0
+            } else {
+                table.rows * width
+            }
+        ];
         let mut offset = 0;
         for e in &encoded {
             for (row, out) in x.chunks_exact_mut(width).enumerate() {
@@ -169,6 +279,7 @@ impl TableRows {
         Ok(TableRows {
             x,
             width,
+            images,
             targets,
             splits,
             seed: data.seed,
@@ -316,7 +427,10 @@ impl RowSource for TableRows {
     ) -> Result<Rows, String> {
         let rows = self.row_indices(stream, batch)?;
         let count = rows.len();
-        let x = gather(&self.x, self.width, &rows);
+        let x = match &self.images {
+            Some(images) => images.pixels(&rows)?,
+            None => gather(&self.x, self.width, &rows),
+        };
         let targets = tasks
             .iter()
             .map(|&t| match &self.targets[t] {
@@ -377,6 +491,7 @@ mod tests {
             dataset: "shop".into(),
             fingerprint: "00".into(),
             features: vec!["size".into(), "colour".into()],
+            image_column: None,
             targets: vec![
                 vec!["price".into()],
                 vec!["kind".into()],
@@ -438,7 +553,7 @@ mod tests {
     #[test]
     fn held_out_rows_are_the_splits_rows_in_order_encoded_with_training_statistics() {
         let data = data(TableSplit::Column("fold".into()));
-        let source = TableRows::new(&table(), &data, &setup(&data)).unwrap();
+        let source = TableRows::new(&table(), Path::new("."), &data, &setup(&data)).unwrap();
         // Training rows 0, 1, 3: sizes 1, 3, 7, mean 11/3, population deviation sqrt(56/9).
         let (mean, std) = (11.0 / 3.0, (56.0f64 / 9.0).sqrt());
         let (x, targets) = rows(&source, &batch(RowSplit::Val, 0, 2));
@@ -478,7 +593,7 @@ mod tests {
     #[test]
     fn training_rows_run_epoch_after_epoch_each_a_permutation_and_chunks_agree() {
         let data = data(TableSplit::Fractions([0.5, 0.25, 0.25]));
-        let source = TableRows::new(&table(), &data, &setup(&data)).unwrap();
+        let source = TableRows::new(&table(), Path::new("."), &data, &setup(&data)).unwrap();
         let train = &source.splits[0];
         assert_eq!(train.len(), 3);
         let (_, whole) = rows(&source, &batch(RowSplit::Train, 0, 9));
@@ -508,17 +623,78 @@ mod tests {
             input: 4,
             ..wide.shared.mlp().clone()
         });
-        let e = TableRows::new(&table(), &data, &wide).err().unwrap();
+        let e = TableRows::new(&table(), Path::new("."), &data, &wide)
+            .err()
+            .unwrap();
         assert!(e.contains("encode to 3 inputs"), "{e}");
         let mut classes = setup(&data);
         classes.tasks[1].outputs = 2;
-        let e = TableRows::new(&table(), &data, &classes).err().unwrap();
+        let e = TableRows::new(&table(), Path::new("."), &data, &classes)
+            .err()
+            .unwrap();
         assert!(e.contains("\"kind\""), "{e}");
         let mut by_size = data.clone();
         by_size.split = TableSplit::Column("size".into());
-        let e = TableRows::new(&table(), &by_size, &setup(&by_size))
+        let e = TableRows::new(&table(), Path::new("."), &by_size, &setup(&by_size))
             .err()
             .unwrap();
         assert!(e.contains("holds numbers"), "{e}");
+    }
+
+    #[test]
+    fn an_image_column_reads_each_rows_picture_and_refuses_paths_outside_the_dataset() {
+        use outerloop_proto::model::Conv4;
+        let dir = tempfile::tempdir().unwrap();
+        // Six 16x16 grey pictures, row r all of value 40 r.
+        for r in 0..6u8 {
+            image::GrayImage::from_pixel(16, 16, image::Luma([40 * r]))
+                .save(dir.path().join(format!("{r}.png")))
+                .unwrap();
+        }
+        let with_images = |names: [&str; 6]| {
+            let mut table = table();
+            table.columns.push(Column {
+                name: "img".into(),
+                values: Values::Text(names.iter().map(|n| Some(n.to_string())).collect()),
+            });
+            table
+        };
+        let data = TableData {
+            features: Vec::new(),
+            image_column: Some("img".into()),
+            ..data(TableSplit::Column("fold".into()))
+        };
+        let setup = MtlSetup {
+            shared: Shared::Conv4(Conv4 {
+                channels: 1,
+                image_size: 16,
+                filters: 2,
+                output: 0,
+            }),
+            ..setup(&data)
+        };
+        let names = ["0.png", "1.png", "./2.png", "3.png", "4.png", "5.png"];
+        let source = TableRows::new(&with_images(names), dir.path(), &data, &setup).unwrap();
+        // Training rows 0, 1 and 3, in some order: each input is its picture, / 255.
+        let (x, _) = rows(&source, &batch(RowSplit::Train, 0, 3));
+        assert_eq!(x.len(), 3 * 256);
+        let mut firsts: Vec<f32> = x.chunks(256).map(|p| p[0] * 255.0).collect();
+        firsts.sort_by(f32::total_cmp);
+        assert_eq!(firsts, [0.0, 40.0, 120.0]);
+        for (bad, says) in [
+            ("../0.png", "without `..`"),
+            ("/etc/passwd", "without `..`"),
+            ("9.png", "image `9.png` is not in"),
+        ] {
+            let mut names = names;
+            names[4] = bad;
+            let error = TableRows::new(&with_images(names), dir.path(), &data, &setup)
+                .err()
+                .unwrap();
+            assert!(
+                error.starts_with("row 5: ") && error.contains(says),
+                "{bad}: {error}"
+            );
+        }
     }
 }

@@ -4,7 +4,7 @@ mod table;
 
 use std::collections::BTreeMap;
 
-use outerloop_proto::dataset::Manifest;
+use outerloop_proto::dataset::{Manifest, TableManifest};
 use outerloop_proto::model::{Conv4, Mlp, ParamLayout};
 use outerloop_proto::mtl::{GradNormData, MtlData, MtlSetup, MtlTask, Shared, TaskLoss};
 use serde::{Deserialize, Serialize};
@@ -378,7 +378,7 @@ impl MtlSpec {
             .as_ref()
             .expect("checked: a table's manifest");
         // What workers will hold: the encoded table, and each chunk's inputs and targets.
-        let width = table.input_width(shape) as u64;
+        let width = self.table_input_width(table, shape) as u64;
         if let Some(image) = self.model.image_values().filter(|&n| n != width) {
             return Err((
                 "data.features".into(),
@@ -387,7 +387,15 @@ impl MtlSpec {
         }
         let targets: u64 = table.tasks.iter().map(|t| t.columns().len() as u64).sum();
         let encoded = shape.rows * (width + targets);
-        if encoded > MAX_TABLE_VALUES {
+        if table.image_column.is_some() {
+            // Decoded images are cached as bytes, one per value: four times as many fit.
+            if shape.rows * width > 4 * MAX_TABLE_VALUES {
+                return Err((
+                    "model.image_size".into(),
+                    format!("decodes the table's {} images to {} bytes, over the limit of {} (1 GiB) a worker caches; use smaller images", shape.rows, shape.rows * width, 4 * MAX_TABLE_VALUES),
+                ));
+            }
+        } else if encoded > MAX_TABLE_VALUES {
             return Err((
                 "data.features".into(),
                 format!("encode to {width} inputs per row (text columns one-hot), {encoded} values for the table's {} rows with the targets: over the limit of {MAX_TABLE_VALUES} (1 GiB of f32) a worker holds; name fewer or narrower features", shape.rows),
@@ -417,6 +425,14 @@ impl MtlSpec {
             ));
         }
         Ok(())
+    }
+
+    /// Inputs per row of a table: its encoded features, or the image conv4 reads.
+    fn table_input_width(&self, table: &TableSpec, manifest: &TableManifest) -> usize {
+        match (&table.image_column, self.model.image_values()) {
+            (Some(_), Some(image)) => image as usize,
+            _ => table.input_width(manifest),
+        }
     }
 
     /// Values of inputs and targets in one row, as far as is known without the table's
@@ -453,7 +469,26 @@ impl MtlSpec {
                     ));
                 }
             }
-            MtlDataSpec::Table(_) => {}
+            MtlDataSpec::Table(table) => {
+                if table.image_column.is_some() {
+                    match self.model {
+                        SharedSpec::Conv4 { channels, .. } if channels != 1 && channels != 3 => {
+                            return Err(out_of_range(
+                                "model.channels",
+                                channels,
+                                "images are read in 1 (grey) or 3 (RGB) channels",
+                            ))
+                        }
+                        SharedSpec::Conv4 { .. } => {}
+                        _ => {
+                            return Err((
+                                "data.image_column".into(),
+                                "needs model.kind = \"conv4\", whose channels and image_size say how to decode the images".into(),
+                            ))
+                        }
+                    }
+                }
+            }
             MtlDataSpec::ParetoToy { start } => {
                 if start.iter().any(|c| !c.is_finite()) {
                     return Err(out_of_range(
@@ -732,7 +767,7 @@ impl MtlSpec {
                     })
                     .collect();
                 let data = MtlData::Table(table.data(crate::sampling::data_seed(self.seed)));
-                (data, table.input_width(manifest), tasks)
+                (data, self.table_input_width(table, manifest), tasks)
             }
             MtlDataSpec::ParetoToy { start } => {
                 let tasks = self

@@ -21,6 +21,11 @@ pub struct TableSpec {
     /// the file's order (`"p*"`: the pixel columns `p0`, `p1`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub features: Option<Vec<String>>,
+    /// Instead of features: a text column naming each row's image, a path relative to the
+    /// dataset's directory, which is the row's input, decoded to `[model]` conv4's channels
+    /// and image size (pixels / 255).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_column: Option<String>,
     /// A column whose values are `train`, `val` and `test`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split_column: Option<String>,
@@ -188,6 +193,21 @@ impl TableSpec {
             }
             _ => {}
         }
+        if let Some(image) = &self.image_column {
+            if self.features.is_some() {
+                return Err((
+                    "data.features".into(),
+                    "an image table's input is the image `data.image_column` names; leave `features` out".into(),
+                ));
+            }
+            let targets: Vec<String> = self.tasks.iter().flat_map(|t| t.columns()).collect();
+            if targets.contains(image) || self.split_column.as_ref() == Some(image) {
+                return Err((
+                    "data.image_column".into(),
+                    format!("`{image}` is a target or the split column: a model must not read what it predicts"),
+                ));
+            }
+        }
         if let Some(features) = &self.features {
             let targets: Vec<String> = self.tasks.iter().flat_map(|t| t.columns()).collect();
             let mut seen = std::collections::BTreeSet::new();
@@ -318,6 +338,16 @@ impl TableSpec {
                 _ => task.outputs = Some(needed),
             }
         }
+        if let Some(image) = &self.image_column {
+            let entry = column("data.image_column", image)?;
+            if entry.numeric {
+                return Err((
+                    "data.image_column".into(),
+                    format!("column `{image}` holds numbers; an image column holds each row's image path, relative to the dataset's directory"),
+                ));
+            }
+            return self.check_split_counts(manifest, table);
+        }
         let targets: Vec<String> = self.tasks.iter().flat_map(|t| t.columns()).collect();
         let readable = |prefix: &str| -> Vec<String> {
             table
@@ -372,6 +402,15 @@ impl TableSpec {
             }
         }
         self.features = Some(features);
+        self.check_split_counts(manifest, table)
+    }
+
+    /// Refuses a split without rows; pins the spec to the manifest's version.
+    fn check_split_counts(
+        &mut self,
+        manifest: &Manifest,
+        table: &TableManifest,
+    ) -> Result<(), Invalid> {
         let counts = self.split_counts(table)?;
         if counts[0] == 0 {
             return Err((
@@ -441,6 +480,7 @@ impl TableSpec {
             dataset: self.dataset.clone(),
             fingerprint: self.fingerprint.clone().unwrap_or_default(),
             features: self.features.clone().unwrap_or_default(),
+            image_column: self.image_column.clone(),
             targets: self.tasks.iter().map(TableTaskSpec::columns).collect(),
             split: match &self.split_column {
                 Some(column) => TableSplit::Column(column.clone()),

@@ -11,7 +11,7 @@ use outerloop_proto::dataset::Layout;
 use outerloop_proto::work::{Episode, ImageFamily, Task, TaskDescriptor};
 use tch::{Device, Kind, Tensor};
 
-pub use decode::ImageCache;
+pub use decode::{decode, ImageCache};
 pub use scan::{DataRoot, LocalDataset};
 
 use super::{TaskBatch, TaskSource};

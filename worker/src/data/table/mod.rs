@@ -224,7 +224,7 @@ pub fn read_table(dir: &Path, name: &str) -> io::Result<(Manifest, Table)> {
     let manifest = Manifest {
         name: name.to_string(),
         layout: Layout::Table,
-        fingerprint: fingerprint(&paths)?,
+        fingerprint: fingerprint(dir, &paths)?,
         classes: Vec::new(),
         table: Some(TableManifest {
             rows: table.rows as u64,
@@ -234,9 +234,11 @@ pub fn read_table(dir: &Path, name: &str) -> io::Result<(Manifest, Table)> {
     Ok((manifest, table))
 }
 
-/// A print of every file's name and full contents: unlike the image fingerprint (paths and
-/// sizes), a table's bytes are cheap to hash once, and an edited cell keeps the size.
-fn fingerprint(files: &[PathBuf]) -> io::Result<String> {
+/// A print of every table file's name and full contents (unlike the image fingerprint of
+/// paths and sizes, a table's bytes are cheap to hash once, and an edited cell keeps the size),
+/// then of every file in the dataset's subdirectories, the images a column names, by path and
+/// size as image datasets are printed.
+fn fingerprint(dir: &Path, files: &[PathBuf]) -> io::Result<String> {
     let mut hasher = Sha256::new();
     hasher.update(Layout::Table.as_str().as_bytes());
     for path in files {
@@ -245,8 +247,40 @@ fn fingerprint(files: &[PathBuf]) -> io::Result<String> {
         let contents = hex(&contents.finalize());
         hasher.update(format!("\n{}\t{contents}", file_name(path)).as_bytes());
     }
+    let mut others = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            files_under(&path, &mut others)?;
+        }
+    }
+    let mut others: Vec<(String, u64)> = others
+        .into_iter()
+        .map(|(path, size)| {
+            let relative = path.strip_prefix(dir).unwrap_or(&path);
+            (relative.to_string_lossy().replace('\\', "/"), size)
+        })
+        .collect();
+    others.sort();
+    for (relative, size) in others {
+        hasher.update(format!("\n{relative}\t{size}").as_bytes());
+    }
     // 16 hex digits, as the image datasets' fingerprints.
     Ok(hex(&hasher.finalize()[..8]))
+}
+
+/// Every regular file under `dir`, at any depth, with its size.
+fn files_under(dir: &Path, found: &mut Vec<(PathBuf, u64)>) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            files_under(&entry.path(), found)?;
+        } else if kind.is_file() {
+            found.push((entry.path(), entry.metadata()?.len()));
+        }
+    }
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -544,5 +578,17 @@ mod tests {
         assert_eq!(print(a.path()), print(b.path()), "changed back");
         fs::rename(b.path().join("2.csv"), b.path().join("3.csv")).unwrap();
         assert_ne!(print(a.path()), print(b.path()), "a file's name changed");
+        fs::rename(b.path().join("3.csv"), b.path().join("2.csv")).unwrap();
+        // The images a column names, in subdirectories: by path and size.
+        for dir in [a.path(), b.path()] {
+            fs::create_dir_all(dir.join("images/x")).unwrap();
+            write(&dir.join("images/x"), "0.png", "four");
+        }
+        assert_eq!(print(a.path()), print(b.path()), "the same images");
+        write(&b.path().join("images/x"), "0.png", "five!");
+        assert_ne!(print(a.path()), print(b.path()), "an image's size changed");
+        write(&b.path().join("images/x"), "0.png", "four");
+        write(&b.path().join("images/x"), "1.png", "four");
+        assert_ne!(print(a.path()), print(b.path()), "an image more");
     }
 }
