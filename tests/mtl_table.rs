@@ -9,20 +9,29 @@ use std::time::Duration;
 use common::{config, Cluster, BIN};
 use serde_json::Value;
 
-/// Writes the generated table `shop` under a fresh data root; returns the root.
-fn data_root(dir: &Path, rows: u32) -> PathBuf {
+/// Writes the dataset `NAME` that `outerloop dataset GENERATOR [OPTIONS]` makes (seed 3)
+/// under a fresh data root in `dir`; returns the root.
+fn generated(dir: &Path, generator: &[&str], name: &str, rows: u32) -> PathBuf {
     let root = dir.join("data");
-    common::succeed(Command::new(BIN).args([
-        "dataset",
-        "table",
+    let out = root.join(name);
+    let rows = rows.to_string();
+    let mut args = vec!["dataset"];
+    args.extend(generator);
+    args.extend([
         "--out",
-        root.join("shop").to_str().unwrap(),
+        out.to_str().unwrap(),
         "--rows",
-        &rows.to_string(),
+        &rows,
         "--seed",
         "3",
-    ]));
+    ]);
+    common::succeed(Command::new(BIN).args(args));
     root
+}
+
+/// The generated table `shop` under a fresh data root; returns the root.
+fn data_root(dir: &Path, rows: u32) -> PathBuf {
+    generated(dir, &["table"], "shop", rows)
 }
 
 const SHORT: &[&str] = &[
@@ -32,6 +41,19 @@ const SHORT: &[&str] = &[
     "train.chunk_rows=32",
     "eval.every=80",
 ];
+
+/// Asserts every task's held-out loss ended below `factor` times where it started.
+fn assert_losses_fell(first: &[(String, f64, f64)], last: &[(String, f64, f64)], factor: f64) {
+    for (before, after) in first.iter().zip(last) {
+        assert!(
+            after.1 < factor * before.1,
+            "{}: held-out loss {} at the start, {} at the end",
+            after.0,
+            before.1,
+            after.1
+        );
+    }
+}
 
 fn scores(line: &Value) -> Vec<(String, f64, f64)> {
     line["task_scores"]
@@ -81,15 +103,7 @@ fn regression_classification_and_multi_label_tasks_train_together_on_two_workers
     let (first, last) = (scores(evals[0]), scores(finals[0]));
     let names: Vec<&str> = last.iter().map(|s| s.0.as_str()).collect();
     assert_eq!(names, ["price", "segment", "tags"]);
-    for (before, after) in first.iter().zip(&last) {
-        assert!(
-            after.1 < 0.7 * before.1,
-            "{}: held-out loss {} at the start, {} at the end",
-            after.0,
-            before.1,
-            after.1
-        );
-    }
+    assert_losses_fell(&first, &last, 0.7);
     // Chance is a third for the segment (3 classes) and about a half per tag; the latent the
     // targets share is learnable, so both must be clearly above it.
     assert!(last[1].2 > 0.6, "segment accuracy {}", last[1].2);
@@ -207,22 +221,6 @@ fn specs_that_do_not_fit_the_table_are_refused_naming_the_field_and_nothing_else
     );
 }
 
-/// Writes the generated picture table `shapes` under a fresh data root; returns the root.
-fn shapes_root(dir: &Path, rows: u32) -> PathBuf {
-    let root = dir.join("data");
-    common::succeed(Command::new(BIN).args([
-        "dataset",
-        "shapes",
-        "--out",
-        root.join("shapes").to_str().unwrap(),
-        "--rows",
-        &rows.to_string(),
-        "--seed",
-        "5",
-    ]));
-    root
-}
-
 /// The shipped conv4 spec cut small, on `workers` workers: its metrics without timings, its
 /// final parameters, and the final evaluation's scores against step 0's.
 fn conv4_run(root: &Path, workers: usize) -> (Vec<Value>, Vec<u8>) {
@@ -245,21 +243,13 @@ fn conv4_run(root: &Path, workers: usize) -> (Vec<Value>, Vec<u8>) {
 #[test]
 fn conv4_shared_layers_learn_every_task_from_pixel_columns_identically_on_one_and_two_workers() {
     let dir = tempfile::tempdir().unwrap();
-    let root = shapes_root(dir.path(), 2000);
+    let root = generated(dir.path(), &["shapes"], "shapes", 2000);
     let (two, two_params) = conv4_run(&root, 2);
     let score_line = |kind: &str| two.iter().find(|m| m["kind"] == kind).unwrap();
     let (first, last) = (scores(score_line("eval")), scores(score_line("final_eval")));
     let names: Vec<&str> = last.iter().map(|s| s.0.as_str()).collect();
     assert_eq!(names, ["shape", "size", "position"]);
-    for (before, after) in first.iter().zip(&last) {
-        assert!(
-            after.1 < 0.8 * before.1,
-            "{}: held-out loss {} at the start, {} at the end",
-            after.0,
-            before.1,
-            after.1
-        );
-    }
+    assert_losses_fell(&first, &last, 0.8);
     // Four shapes: chance is a quarter.
     assert!(last[0].2 > 0.4, "shape accuracy {}", last[0].2);
     let (one, one_params) = conv4_run(&root, 1);
@@ -276,18 +266,7 @@ fn conv4_shared_layers_learn_every_task_from_pixel_columns_identically_on_one_an
 #[test]
 fn an_image_column_names_each_rows_picture_and_a_worker_missing_one_holds_another_version() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("data");
-    common::succeed(Command::new(BIN).args([
-        "dataset",
-        "shapes",
-        "--images",
-        "--out",
-        root.join("shape_files").to_str().unwrap(),
-        "--rows",
-        "1000",
-        "--seed",
-        "5",
-    ]));
+    let root = generated(dir.path(), &["shapes", "--images"], "shape_files", 1000);
     let mut cluster = Cluster::start(&[]);
     cluster.add_worker_with(&["--data-root", root.to_str().unwrap()]);
     cluster.wait_workers(1);
@@ -323,15 +302,7 @@ fn an_image_column_names_each_rows_picture_and_a_worker_missing_one_holds_anothe
     let metrics = cluster.metrics(&id);
     let line = |kind: &str| metrics.iter().find(|m| m["kind"] == kind).unwrap();
     let (first, last) = (scores(line("eval")), scores(line("final_eval")));
-    for (before, after) in first.iter().zip(&last) {
-        assert!(
-            after.1 < 0.9 * before.1,
-            "{}: held-out loss {} at the start, {} at the end",
-            after.0,
-            before.1,
-            after.1
-        );
-    }
+    assert_losses_fell(&first, &last, 0.9);
 
     // A copy that lacks one picture is another version of the dataset.
     let other = dir.path().join("other");

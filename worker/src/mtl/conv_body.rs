@@ -18,6 +18,17 @@ pub fn forward(blocks: &[Tensor], shape: &Shape, x: &Tensor) -> Tensor {
     Conv4.embed(blocks, &images).squeeze_dim(0)
 }
 
+/// The shapes of the blocks' tensors, in layout order.
+#[cfg(test)]
+pub(super) fn block_shapes(shape: &Shape) -> Vec<Vec<i64>> {
+    shape
+        .layout()
+        .slots
+        .iter()
+        .map(|s| s.shape.iter().map(|&d| d as i64).collect())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,12 +65,7 @@ mod tests {
             output: 0,
         };
         let kind = Kind::Double;
-        let shapes: Vec<Vec<i64>> = shape
-            .layout()
-            .slots
-            .iter()
-            .map(|s| s.shape.iter().map(|&d| d as i64).collect())
-            .collect();
+        let shapes = block_shapes(&shape);
         let shapes: Vec<&[i64]> = shapes.iter().map(Vec::as_slice).collect();
         let blocks = params(&shapes, 4, kind);
         let x = Tensor::randn([5, 2 * 17 * 17], (kind, Device::Cpu));

@@ -703,12 +703,7 @@ mod tests {
             output: 0,
         };
         let kind = Kind::Double;
-        let mut shapes: Vec<Vec<i64>> = shape
-            .layout()
-            .slots
-            .iter()
-            .map(|s| s.shape.iter().map(|&d| d as i64).collect())
-            .collect();
+        let mut shapes = conv_body::block_shapes(&shape);
         let features = shape.features() as i64;
         for _ in 0..2 {
             shapes.extend([vec![3, features], vec![3]]);
