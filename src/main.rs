@@ -28,6 +28,11 @@ const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7070";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// A file holding the token to present: a user token for the client commands, a worker
+    /// token for `worker`. Without it, $OUTERLOOP_TOKEN; without either, none (a coordinator
+    /// without tokens listens on loopback only).
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -56,6 +61,12 @@ enum Command {
         /// short hand-offs, and each cross-thread wake-up adds latency to it.
         #[arg(long, default_value_t = 1)]
         runtime_threads: usize,
+        /// The tokens callers must present: lines `worker TOKEN` and `user TOKEN` (workers may
+        /// register, lease and complete; users submit, watch, cancel and list). Without it,
+        /// $OUTERLOOP_WORKER_TOKEN and $OUTERLOOP_USER_TOKEN; without those, no
+        /// authentication, and the coordinator listens on loopback addresses only.
+        #[arg(long, value_name = "FILE")]
+        tokens: Option<PathBuf>,
     },
     /// Run a worker: pulls work from the coordinator and runs inner loops on this machine.
     Worker {
@@ -184,7 +195,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(cli.command, cli.token_file)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -193,7 +204,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<ExitCode> {
+async fn run(command: Command, token_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    // Read only by the commands that call a coordinator.
+    let token =
+        || outerloop_proto::auth::client_token(token_file.as_deref()).map_err(anyhow::Error::msg);
     match command {
         Command::Coordinator {
             listen,
@@ -203,8 +217,20 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             lease_timeout_ms,
             heartbeat_ms,
             runtime_threads: _,
+            tokens,
         } => {
             init_tracing("info");
+            let tokens = outerloop_coordinator::auth::Tokens::load(tokens.as_deref())
+                .map_err(anyhow::Error::msg)?;
+            if tokens.is_empty() {
+                if !listen.ip().is_loopback() {
+                    anyhow::bail!(
+                        "refusing to listen on {listen} without authentication: give the tokens callers must present \
+                         (--tokens FILE, or $OUTERLOOP_WORKER_TOKEN and $OUTERLOOP_USER_TOKEN), or listen on a loopback address"
+                    );
+                }
+                tracing::warn!("no tokens configured: every caller is trusted, so the coordinator listens on loopback only");
+            }
             // Multi-task rounds bring each task's gradients, megabytes each, every step: kept
             // in the process, their buffers are not faulted in afresh each time.
             outerloop_worker::allocator::keep_freed_memory();
@@ -232,6 +258,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     heartbeat_interval: Duration::from_millis(heartbeat_ms),
                     ..DispatchConfig::default()
                 },
+                tokens: std::sync::Arc::new(tokens),
             };
             outerloop_coordinator::run(listener, config, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
@@ -273,8 +300,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 max_chunks,
                 stream_min_bytes,
                 datasets,
+                token: token()?,
             };
-            outerloop_worker::serve(identity, compute, shutdown_signal()).await;
+            outerloop_worker::serve(identity, compute, shutdown_signal())
+                .await
+                .map_err(anyhow::Error::msg)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit {
@@ -284,7 +314,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let text = std::fs::read_to_string(&spec)
                 .with_context(|| format!("cannot read {}", spec.display()))?;
-            let id = rpc::Coordinator::connect(&coordinator)
+            let id = rpc::Coordinator::connect(&coordinator, token()?.as_deref())
                 .await?
                 .submit(&text, &spec.display().to_string(), overrides)
                 .await?;
@@ -296,16 +326,18 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             json,
             coordinator,
         } => {
-            let experiments = rpc::Coordinator::connect(&coordinator)
+            let experiments = rpc::Coordinator::connect(&coordinator, token()?.as_deref())
                 .await?
                 .status(id.as_deref().unwrap_or(""))
                 .await?;
             status::print(&experiments, json);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Watch { id, coordinator } => watch::watch(&coordinator, &id).await,
+        Command::Watch { id, coordinator } => {
+            watch::watch(&coordinator, token()?.as_deref(), &id).await
+        }
         Command::Workers { json, coordinator } => {
-            let workers = rpc::Coordinator::connect(&coordinator)
+            let workers = rpc::Coordinator::connect(&coordinator, token()?.as_deref())
                 .await?
                 .workers()
                 .await?;
@@ -313,7 +345,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cancel { id, coordinator } => {
-            let state = rpc::Coordinator::connect(&coordinator)
+            let state = rpc::Coordinator::connect(&coordinator, token()?.as_deref())
                 .await?
                 .cancel(&id)
                 .await?;

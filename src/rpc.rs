@@ -1,16 +1,18 @@
 //! Client calls to the coordinator's `Experiments` service, with errors a user can act on.
 
 use anyhow::anyhow;
+use outerloop_proto::auth::ClientAuth;
 use outerloop_proto::v1::experiments_client::ExperimentsClient;
 use outerloop_proto::v1::{
     CancelRequest, ExperimentStatus, ListWorkersRequest, StatusRequest, SubmitRequest,
     WorkerSummary,
 };
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// A connection to a coordinator.
 pub struct Coordinator {
-    client: ExperimentsClient<Channel>,
+    client: ExperimentsClient<InterceptedService<Channel, ClientAuth>>,
 }
 
 /// The coordinator's own message: it already says what was wrong and where.
@@ -19,7 +21,10 @@ fn refused(status: tonic::Status) -> anyhow::Error {
 }
 
 impl Coordinator {
-    pub async fn connect(url: &str) -> anyhow::Result<Coordinator> {
+    /// Connects to `url`; every call carries `token` when given (a user token, for a
+    /// coordinator that requires one).
+    pub async fn connect(url: &str, token: Option<&str>) -> anyhow::Result<Coordinator> {
+        let auth = ClientAuth::new(token).map_err(anyhow::Error::msg)?;
         let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
             .map_err(|e| {
                 anyhow!("`{url}` is not a coordinator URL like http://127.0.0.1:7070: {e}")
@@ -30,7 +35,7 @@ impl Coordinator {
             .await
             .map_err(|e| anyhow!("cannot reach the coordinator at {url} ({e}); is `outerloop coordinator` running there?"))?;
         Ok(Coordinator {
-            client: ExperimentsClient::new(channel),
+            client: ExperimentsClient::with_interceptor(channel, auth),
         })
     }
 

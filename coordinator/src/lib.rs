@@ -1,6 +1,7 @@
 //! The outerloop coordinator: owns experiments and the outer loop; never links libtorch.
 
 pub mod aggregate;
+pub mod auth;
 pub mod datasets;
 pub mod dispatch;
 pub mod mtl;
@@ -24,6 +25,7 @@ use outerloop_proto::v1::experiments_server::ExperimentsServer;
 use outerloop_proto::v1::workers_server::WorkersServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
 use crate::datasets::Catalog;
@@ -39,6 +41,8 @@ pub use outerloop_proto::transport::{MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, WINDOW_
 pub struct CoordinatorConfig {
     pub state_dir: PathBuf,
     pub dispatch: DispatchConfig,
+    /// The tokens callers must present; none turns authentication off.
+    pub tokens: Arc<auth::Tokens>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +105,7 @@ pub async fn run(
     });
 
     tracing::info!(addr = ?listener.local_addr().ok(), state_dir = %config.state_dir.display(), "coordinator listening");
+    let gate = |role| auth::Gate::new(config.tokens.clone(), role);
     let experiments = ExperimentsServer::new(ExperimentsService {
         registry,
         dispatcher: dispatcher.clone(),
@@ -108,12 +113,14 @@ pub async fn run(
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let experiments = InterceptedService::new(experiments, gate(auth::Role::User));
     let workers = WorkersServer::new(WorkersService {
         dispatcher,
         datasets,
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let workers = InterceptedService::new(workers, gate(auth::Role::Worker));
     // Every outer step is a few small request/reply exchanges: without TCP_NODELAY, Nagle's
     // algorithm and delayed ACKs add tens of milliseconds to each.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));

@@ -1,5 +1,6 @@
 //! The outerloop wire protocol and the domain types both sides share: generated gRPC code, model layouts, work descriptions, and the conversions between them.
 
+pub mod auth;
 pub mod codec;
 pub mod convert;
 pub mod dataset;

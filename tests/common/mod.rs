@@ -23,6 +23,8 @@ pub struct Cluster {
     coordinator: Child,
     pub workers: Vec<Child>,
     coordinator_args: Vec<String>,
+    /// Flags every CLI call carries (e.g. `--token-file FILE`).
+    pub cli_args: Vec<String>,
 }
 
 fn spawn(args: &[&str], log: &Path) -> Child {
@@ -55,6 +57,7 @@ impl Cluster {
             coordinator,
             workers: Vec::new(),
             coordinator_args,
+            cli_args: Vec::new(),
         }
     }
 
@@ -182,6 +185,7 @@ impl Cluster {
         Command::new(BIN)
             .args(args)
             .args(["--coordinator", &self.url])
+            .args(&self.cli_args)
             .output()
             .expect("run outerloop")
     }

@@ -3,12 +3,14 @@
 use std::future::Future;
 use std::time::Duration;
 
+use outerloop_proto::auth::ClientAuth;
 use outerloop_proto::dataset::Manifest;
 use outerloop_proto::transport::{MAX_MESSAGE_BYTES, WINDOW_BYTES};
 use outerloop_proto::v1;
 use outerloop_proto::v1::workers_client::WorkersClient;
 use outerloop_proto::v1::{CompleteRequest, HeartbeatRequest, LeaseRequest, RegisterRequest};
 use prost::Message;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::compute::ComputeThread;
@@ -33,7 +35,12 @@ pub struct WorkerIdentity {
     pub stream_min_bytes: usize,
     /// The datasets under this worker's --data-root, reported when it registers.
     pub datasets: Vec<Manifest>,
+    /// The worker token every call carries, when the coordinator requires one.
+    pub token: Option<String>,
 }
+
+/// The client of the `Workers` service, each call carrying the worker's token.
+type Client = WorkersClient<InterceptedService<Channel, ClientAuth>>;
 
 /// Why a session with the coordinator ended.
 #[derive(Debug, thiserror::Error)]
@@ -44,15 +51,18 @@ enum SessionEnd {
     Rpc(#[from] tonic::Status),
     #[error(transparent)]
     Connect(#[from] tonic::transport::Error),
+    #[error("the coordinator refused this worker: {0}")]
+    Refused(String),
 }
 
 /// Serves the coordinator until `shutdown`: reconnects with exponential backoff whenever the
-/// coordinator is unreachable, and registers again whenever it forgot this worker.
+/// coordinator is unreachable, and registers again whenever it forgot this worker. Ends with
+/// an error when the coordinator refuses the worker's token: no retry can change that.
 pub async fn serve(
     identity: WorkerIdentity,
     compute: ComputeThread,
     shutdown: impl Future<Output = ()>,
-) {
+) -> Result<(), String> {
     let sessions = async {
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -61,6 +71,7 @@ pub async fn serve(
                     tracing::warn!("the coordinator forgot this worker; registering again");
                     backoff = Duration::from_millis(100);
                 }
+                refused @ SessionEnd::Refused(_) => return refused.to_string(),
                 e => {
                     tracing::warn!(coordinator = %identity.coordinator, error = %e, retry_in = ?backoff, "coordinator unreachable");
                     tokio::time::sleep(backoff).await;
@@ -70,8 +81,11 @@ pub async fn serve(
         }
     };
     tokio::select! {
-        () = sessions => {}
-        () = shutdown => tracing::info!("worker shutting down"),
+        refused = sessions => Err(refused),
+        () = shutdown => {
+            tracing::info!("worker shutting down");
+            Ok(())
+        }
     }
 }
 
@@ -102,7 +116,8 @@ async fn work_session(
         .initial_connection_window_size(Some(2 * WINDOW_BYTES))
         .connect()
         .await?;
-    let mut client = WorkersClient::new(channel)
+    let auth = ClientAuth::new(identity.token.as_deref()).map_err(SessionEnd::Refused)?;
+    let mut client = WorkersClient::with_interceptor(channel, auth)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let registered = client
@@ -112,7 +127,14 @@ async fn work_session(
             threads: identity.threads,
             datasets: identity.datasets.iter().map(Into::into).collect(),
         })
-        .await?
+        .await
+        .map_err(|status| match status.code() {
+            // A token the coordinator does not accept stays unaccepted: stop, and say why.
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                SessionEnd::Refused(status.message().to_string())
+            }
+            _ => SessionEnd::Rpc(status),
+        })?
         .into_inner();
     let worker_id = registered.worker_id;
     tracing::info!(worker_id, coordinator = %identity.coordinator, "registered");
@@ -222,7 +244,7 @@ async fn finish(send: Sending) -> Result<(), SessionEnd> {
 /// run as one job, as they would have without streaming.
 async fn run_streaming(
     compute: &ComputeThread,
-    client: &WorkersClient<Channel>,
+    client: &Client,
     worker_id: u64,
     stream_min_bytes: usize,
     lease: v1::LeaseReply,
