@@ -320,10 +320,12 @@ fn a_diverging_run_stops_before_a_non_finite_update_naming_the_step_and_the_task
     });
     assert_eq!(status["state"], "failed", "{status}");
     let error = status["error"].as_str().unwrap();
+    // The non-finite chunk results are refused as they arrive, tried again, then the step is.
     assert!(
         error.contains("refused step 2") && error.contains("task ") && error.contains("not finite"),
         "{error}"
     );
+    assert!(error.contains("(3 tries)"), "{error}");
     assert!(!cluster
         .experiment_dir(&id)
         .join("final.safetensors")

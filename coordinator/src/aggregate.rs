@@ -60,39 +60,14 @@ pub fn reduce(
         compute_seconds: 0.0,
     };
     for (index, (result, &tasks)) in results.iter().zip(tasks_per_chunk).enumerate() {
-        if let Some(count) = param_count {
-            if result.grad_sum.len() != 4 * count {
-                return Err(AggregateError::GradientSize {
-                    index,
-                    got: result.grad_sum.len(),
-                    expected: 4 * count,
-                });
-            }
+        check_sizes(index, result, tasks, param_count)?;
+        if param_count.is_some() {
             for (total, bytes) in totals
                 .grad_sum
                 .iter_mut()
                 .zip(result.grad_sum.chunks_exact(4))
             {
                 *total += f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-            }
-        }
-        for losses in [&result.loss_before, &result.loss_after] {
-            if losses.len() != tasks {
-                return Err(AggregateError::LossCount {
-                    index,
-                    got: losses.len(),
-                    expected: tasks,
-                });
-            }
-        }
-        for accuracies in [&result.accuracy_before, &result.accuracy_after] {
-            // Regression reports no accuracy at all; classification one per task.
-            if !accuracies.is_empty() && accuracies.len() != tasks {
-                return Err(AggregateError::AccuracyCount {
-                    index,
-                    got: accuracies.len(),
-                    expected: tasks,
-                });
             }
         }
         totals.loss_before.extend_from_slice(&result.loss_before);
@@ -106,6 +81,71 @@ pub fn reduce(
         totals.compute_seconds += result.compute_seconds;
     }
     Ok(totals)
+}
+
+/// Refuses a chunk's result of the wrong sizes: a gradient of `param_count` values (when
+/// training), and a loss (and for classification an accuracy) per task of the chunk.
+fn check_sizes(
+    index: usize,
+    result: &ChunkResult,
+    tasks: usize,
+    param_count: Option<usize>,
+) -> Result<(), AggregateError> {
+    if let Some(count) = param_count {
+        if result.grad_sum.len() != 4 * count {
+            return Err(AggregateError::GradientSize {
+                index,
+                got: result.grad_sum.len(),
+                expected: 4 * count,
+            });
+        }
+    }
+    for losses in [&result.loss_before, &result.loss_after] {
+        if losses.len() != tasks {
+            return Err(AggregateError::LossCount {
+                index,
+                got: losses.len(),
+                expected: tasks,
+            });
+        }
+    }
+    for accuracies in [&result.accuracy_before, &result.accuracy_after] {
+        // Regression reports no accuracy at all; classification one per task.
+        if !accuracies.is_empty() && accuracies.len() != tasks {
+            return Err(AggregateError::AccuracyCount {
+                index,
+                got: accuracies.len(),
+                expected: tasks,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What a chunk's result must be before it may count (checked as it arrives): the sizes
+/// [`reduce`] needs, and finite losses and gradient.
+pub fn check_chunk(
+    index: usize,
+    result: &ChunkResult,
+    tasks: usize,
+    param_count: Option<usize>,
+) -> Result<(), AggregateError> {
+    check_sizes(index, result, tasks, param_count)?;
+    let losses = result.loss_before.iter().chain(&result.loss_after);
+    let bad = if !losses.clone().all(|l| l.is_finite()) {
+        Some("a task's loss")
+    } else if !crate::finite::all_finite_bytes(&result.grad_sum) {
+        Some("the gradient")
+    } else {
+        None
+    };
+    match bad {
+        Some(what) => Err(AggregateError::Malformed {
+            index,
+            problem: format!("{what} is not finite"),
+        }),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -179,5 +219,32 @@ mod tests {
                 expected: 1
             })
         );
+    }
+
+    #[test]
+    fn a_chunk_with_a_non_finite_loss_or_gradient_is_refused_as_it_arrives() {
+        let good = chunk(&[1.0, 2.0], &[5.0], &[1.0]);
+        assert_eq!(check_chunk(0, &good, 1, Some(2)), Ok(()));
+        let cases = [
+            (
+                chunk(&[1.0, f32::NAN], &[5.0], &[1.0]),
+                "chunk 3: the gradient is not finite",
+            ),
+            (
+                chunk(&[1.0, 2.0], &[5.0], &[f32::INFINITY]),
+                "chunk 3: a task's loss is not finite",
+            ),
+        ];
+        for (bad, says) in cases {
+            assert_eq!(
+                check_chunk(3, &bad, 1, Some(2)).unwrap_err().to_string(),
+                says
+            );
+        }
+        // Sizes come first: what `reduce` relies on.
+        assert!(matches!(
+            check_chunk(0, &good, 1, Some(3)),
+            Err(AggregateError::GradientSize { .. })
+        ));
     }
 }

@@ -6,13 +6,17 @@
 //! chunk wins and later ones are dropped, so a chunk is never counted twice, however many
 //! times it was leased.
 //!
+//! A result counts only from the worker holding the chunk's lease, and only once the round's
+//! check accepts it (its sizes, finite values): a refused result gives the chunk to another
+//! lease, and a chunk refused [`MAX_REFUSALS`] times fails the round, naming every try.
+//!
 //! A round on a dataset is only leased to workers that reported holding that dataset at the
 //! experiment's version; a worker that refuses the work anyway (its copy changed) is not asked
 //! again. A round that no registered worker can compute for longer than the worker timeout
 //! fails, saying why each worker cannot.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outerloop_proto::v1::{
@@ -73,6 +77,38 @@ pub struct WorkerView {
     pub datasets: Vec<DatasetVersion>,
 }
 
+/// Refused results a chunk may receive before its round fails: a worker that sends bad values
+/// gets its chunk recomputed elsewhere, a run whose every worker computes non-finite values
+/// (it diverged) stops.
+pub const MAX_REFUSALS: usize = 3;
+
+/// What a round's results must be before one may win its chunk's slot, given the chunk's
+/// index: `Err` says what is wrong (wrong sizes, non-finite values).
+#[derive(Clone)]
+pub struct ResultCheck(Arc<CheckFn>);
+
+/// A round's check of one result: the chunk's index and the result, or why it is refused.
+type CheckFn = dyn Fn(usize, &ChunkResult) -> Result<(), String> + Send + Sync;
+
+impl ResultCheck {
+    pub fn new(
+        check: impl Fn(usize, &ChunkResult) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        ResultCheck(Arc::new(check))
+    }
+
+    /// Accepts every result (for rounds whose results are checked later).
+    pub fn any() -> Self {
+        ResultCheck::new(|_, _| Ok(()))
+    }
+}
+
+impl std::fmt::Debug for ResultCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResultCheck")
+    }
+}
+
 /// Everything a round needs: who it is for, the parameters it runs at, and the tasks of each chunk.
 #[derive(Clone, Debug)]
 pub struct RoundInput {
@@ -84,6 +120,7 @@ pub struct RoundInput {
     pub phase: Phase,
     pub inner_steps: u32,
     pub chunks: Vec<Vec<TaskDescriptor>>,
+    pub check: ResultCheck,
 }
 
 /// The results of a round, in chunk order, with the worker that computed each chunk.
@@ -105,6 +142,17 @@ pub enum RoundError {
     Abandoned,
     #[error("no registered worker can compute it: {}", reasons.join("; "))]
     NoEligibleWorker { reasons: Vec<String> },
+    #[error("every result for chunk {chunk} was refused ({} tries): {}", refusals.len(), refusals.join("; "))]
+    Refused { chunk: usize, refusals: Vec<String> },
+}
+
+/// What [`Dispatcher::complete`] made of a call's results.
+#[derive(Debug, Default, PartialEq)]
+pub struct Completed {
+    /// Results that won their chunk's slot.
+    pub accepted: u32,
+    /// Why each refused result was refused (its chunk goes to another lease).
+    pub refused: Vec<String>,
 }
 
 /// A registered worker as the coordinator sees it.
@@ -115,6 +163,8 @@ struct WorkerInfo {
     threads: u32,
     datasets: Vec<DatasetVersion>,
     last_seen: Instant,
+    /// Results of this worker refused by a round's check.
+    refused_results: u32,
 }
 
 #[derive(Debug)]
@@ -127,7 +177,12 @@ struct Lease {
 struct Slot {
     work: WorkChunk,
     lease: Option<Lease>,
+    /// Every worker this chunk was leased to in this round: each computes the same result, so
+    /// the first of theirs to arrive wins (a slow worker's lease may have passed to another).
+    leased_to: Vec<u64>,
     result: Option<(ChunkResult, u64)>,
+    /// Why each refused result for this chunk was refused, with the worker that sent it.
+    refusals: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -136,6 +191,7 @@ struct Round {
     dataset: Option<DatasetVersion>,
     version: u64,
     params: Bytes,
+    check: ResultCheck,
     first_chunk_id: u64,
     /// Since when no registered worker could compute the round, if none can.
     blocked_since: Option<Instant>,
@@ -144,6 +200,26 @@ struct Round {
     pending: VecDeque<usize>,
     remaining: usize,
     done: oneshot::Sender<Result<RoundOutput, RoundError>>,
+}
+
+impl Round {
+    /// The index of chunk `chunk_id` when it is this round's, still open, and was leased to
+    /// `worker`: only such a result may count.
+    fn holds(&self, worker: u64, chunk_id: u64) -> Option<usize> {
+        let index = chunk_id.checked_sub(self.first_chunk_id)? as usize;
+        let slot = self.slots.get(index)?;
+        (slot.result.is_none() && slot.leased_to.contains(&worker)).then_some(index)
+    }
+
+    /// Puts chunk `index` back for another lease when `worker` holds its lease now.
+    fn release(&mut self, worker: u64, index: usize) {
+        let slot = &mut self.slots[index];
+        if slot.lease.as_ref().is_some_and(|l| l.worker == worker) {
+            slot.lease = None;
+            let at = self.pending.partition_point(|&i| i < index);
+            self.pending.insert(at, index);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -215,6 +291,7 @@ impl Dispatcher {
                 threads: request.threads,
                 datasets: request.datasets,
                 last_seen: Instant::now(),
+                refused_results: 0,
             },
         );
         drop(state);
@@ -298,7 +375,9 @@ impl Dispatcher {
                         tasks,
                     },
                     lease: None,
+                    leased_to: Vec::new(),
                     result: None,
+                    refusals: Vec::new(),
                 })
                 .collect();
             if let Some(old) = state.round.take() {
@@ -309,6 +388,7 @@ impl Dispatcher {
                 dataset: input.dataset,
                 version: input.version,
                 params: input.params,
+                check: input.check,
                 first_chunk_id,
                 blocked_since: None,
                 pending: (0..slots.len()).collect(),
@@ -363,44 +443,86 @@ impl Dispatcher {
         }
     }
 
-    /// Accepts results; returns how many were new. Results for chunks that already have one,
-    /// or for a round that is over, are dropped.
-    pub fn complete(&self, worker: u64, results: Vec<ChunkResult>) -> u32 {
-        let mut state = self.lock();
-        let worker_name = match state.workers.get_mut(&worker) {
-            Some(info) => {
+    /// Takes `worker`'s results. Only a result for a chunk of the current round that this
+    /// worker holds the lease of counts: results for chunks done already, leased to another
+    /// worker (or to nobody) or of a round that is over are dropped. A counted result is
+    /// checked (the round's [`ResultCheck`], run outside the lock) before it wins the slot; a
+    /// refused one puts the chunk back for another lease.
+    pub fn complete(&self, worker: u64, results: Vec<ChunkResult>) -> Completed {
+        // Which results this worker may deliver, and the check they must pass.
+        let held = {
+            let mut state = self.lock();
+            if let Some(info) = state.workers.get_mut(&worker) {
                 info.last_seen = Instant::now();
-                info.name.clone()
             }
-            None => format!("#{worker}"),
+            let Some(round) = state.round.as_ref() else {
+                return Completed::default();
+            };
+            let held: Vec<(usize, ChunkResult)> = results
+                .into_iter()
+                .filter_map(|result| {
+                    let index = round.holds(worker, result.chunk_id)?;
+                    Some((index, result))
+                })
+                .collect();
+            (round.first_chunk_id, round.check.clone(), held)
         };
-        let mut accepted = 0;
-        for result in results {
+        let (first_chunk_id, check, held) = held;
+        let checked: Vec<(usize, ChunkResult, Result<(), String>)> = held
+            .into_iter()
+            .map(|(index, result)| {
+                // Refusals and errors carry no values to check.
+                let verdict = if result.refusal.is_empty() && result.error.is_empty() {
+                    (check.0)(index, &result)
+                } else {
+                    Ok(())
+                };
+                (index, result, verdict)
+            })
+            .collect();
+        let mut state = self.lock();
+        let worker_name = state
+            .workers
+            .get(&worker)
+            .map_or_else(|| format!("#{worker}"), |w| w.name.clone());
+        let mut done = Completed::default();
+        for (index, result, verdict) in checked {
             let Some(round) = state.round.as_mut() else {
                 break;
             };
-            let Some(index) = result
-                .chunk_id
-                .checked_sub(round.first_chunk_id)
-                .map(|i| i as usize)
-            else {
+            // The round may have moved on, or the lease expired, while the check ran.
+            if round.first_chunk_id != first_chunk_id
+                || round.holds(worker, result.chunk_id) != Some(index)
+            {
                 continue;
-            };
-            let Some(slot) = round.slots.get_mut(index) else {
-                continue;
-            };
-            if slot.result.is_some() {
+            }
+            let slot = &mut round.slots[index];
+            if let Err(why) = verdict {
+                tracing::warn!(worker = %worker_name, chunk = index, reason = %why, "refused a worker's result; the chunk goes to another lease");
+                slot.refusals.push(format!("{worker_name}: {why}"));
+                done.refused
+                    .push(format!("chunk {}: {why}", result.chunk_id));
+                if slot.refusals.len() >= MAX_REFUSALS {
+                    let refusals = std::mem::take(&mut slot.refusals);
+                    let round = state.round.take().expect("round checked above");
+                    let _ = round.done.send(Err(RoundError::Refused {
+                        chunk: index,
+                        refusals,
+                    }));
+                } else {
+                    round.release(worker, index);
+                    self.work_ready.notify_waiters();
+                }
+                if let Some(info) = state.workers.get_mut(&worker) {
+                    info.refused_results += 1;
+                }
                 continue;
             }
             if !result.refusal.is_empty() {
                 // This worker cannot compute the experiment at all (its copy of the data is
                 // missing or differs): the chunk goes back to the queue for another worker.
                 tracing::warn!(worker = %worker_name, experiment = %round.setup.experiment_id, reason = %result.refusal, "worker refused the experiment's work");
-                if slot.lease.as_ref().is_some_and(|l| l.worker == worker) {
-                    slot.lease = None;
-                    let at = round.pending.partition_point(|&i| i < index);
-                    round.pending.insert(at, index);
-                }
+                round.release(worker, index);
                 let key = (round.setup.experiment_id.clone(), worker);
                 state.refusals.insert(key, result.refusal);
                 self.work_ready.notify_waiters();
@@ -413,13 +535,14 @@ impl Dispatcher {
                     chunk: index,
                     message: result.error,
                 }));
-                return accepted + 1;
+                done.accepted += 1;
+                return done;
             }
             slot.result = Some((result, worker));
             slot.lease = None;
             round.pending.retain(|&i| i != index);
             round.remaining -= 1;
-            accepted += 1;
+            done.accepted += 1;
             if round.remaining == 0 {
                 let round = state.round.take().expect("round checked above");
                 let (results, workers) = round
@@ -430,7 +553,7 @@ impl Dispatcher {
                 let _ = round.done.send(Ok(RoundOutput { results, workers }));
             }
         }
-        accepted
+        done
     }
 
     /// Drops silent workers and requeues their leases and every lease past its deadline.
@@ -552,6 +675,7 @@ impl State {
         let mut chunks = Vec::with_capacity(count);
         for index in round.pending.drain(..count) {
             let slot = &mut round.slots[index];
+            slot.leased_to.push(request.worker_id);
             slot.lease = Some(Lease {
                 worker: request.worker_id,
                 deadline,
@@ -606,6 +730,7 @@ mod tests {
                     }]
                 })
                 .collect(),
+            check: ResultCheck::any(),
         }
     }
 
@@ -681,7 +806,8 @@ mod tests {
         assert_eq!(lease.chunks.len(), 3, "a lone worker takes the whole round");
         for chunk in lease.chunks.iter().rev() {
             assert_eq!(
-                d.complete(w, vec![result(chunk, chunk.tasks[0].index as f32)]),
+                d.complete(w, vec![result(chunk, chunk.tasks[0].index as f32)])
+                    .accepted,
                 1
             );
         }
@@ -737,7 +863,7 @@ mod tests {
         let round = start(&d, 2);
         let lost = d.lease(&ask(dead, 1)).await.chunks;
         let kept = d.lease(&ask(alive, 1)).await.chunks;
-        assert_eq!(d.complete(alive, vec![result(&kept[0], 1.0)]), 1);
+        assert_eq!(d.complete(alive, vec![result(&kept[0], 1.0)]).accepted, 1);
 
         // `alive` keeps heart-beating; `dead` goes quiet past the timeout.
         for _ in 0..6 {
@@ -751,9 +877,9 @@ mod tests {
             retry.iter().map(|c| c.chunk_id).collect::<Vec<_>>(),
             vec![lost[0].chunk_id]
         );
-        assert_eq!(d.complete(alive, vec![result(&retry[0], 2.0)]), 1);
+        assert_eq!(d.complete(alive, vec![result(&retry[0], 2.0)]).accepted, 1);
         // The dead worker's result arrives late (say it was only partitioned): dropped.
-        assert_eq!(d.complete(dead, vec![result(&lost[0], 99.0)]), 0);
+        assert_eq!(d.complete(dead, vec![result(&lost[0], 99.0)]).accepted, 0);
         let out = round.await.unwrap().unwrap();
         assert_eq!(
             out.results
@@ -781,11 +907,11 @@ mod tests {
         let again = d.lease(&ask(b, 1)).await.chunks;
         assert_eq!(again[0].chunk_id, slow[0].chunk_id);
         assert_eq!(
-            d.complete(a, vec![result(&slow[0], 1.0)]),
+            d.complete(a, vec![result(&slow[0], 1.0)]).accepted,
             1,
             "the slow worker answered first"
         );
-        assert_eq!(d.complete(b, vec![result(&again[0], 1.0)]), 0);
+        assert_eq!(d.complete(b, vec![result(&again[0], 1.0)]).accepted, 0);
         assert_eq!(round.await.unwrap().unwrap().workers, [a]);
     }
 
@@ -829,7 +955,7 @@ mod tests {
             refusal: "dataset `omniglot` is not under --data-root /x".into(),
             ..Default::default()
         };
-        assert_eq!(d.complete(a, vec![refusal]), 0);
+        assert_eq!(d.complete(a, vec![refusal]).accepted, 0);
         assert!(
             d.lease(&ask(a, 8)).await.chunks.is_empty(),
             "not asked again"
@@ -939,6 +1065,108 @@ mod tests {
             }
         );
         // Nothing is left to lease or complete.
-        assert_eq!(d.complete(w, vec![result(&chunks[0], 0.0)]), 0);
+        assert_eq!(d.complete(w, vec![result(&chunks[0], 0.0)]).accepted, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_result_counts_only_from_a_worker_the_chunk_was_leased_to() {
+        let d = Arc::new(Dispatcher::new(config()));
+        let (a, b) = (register(&d, "a"), register(&d, "b"));
+        let round = start(&d, 2);
+        let mine = d.lease(&ask(a, 1)).await.chunks;
+        let theirs = d.lease(&ask(b, 1)).await.chunks;
+        // `b` answers for `a`'s chunk, an unregistered id for both, and `b` reports a failure of
+        // `a`'s chunk: none of it counts, and the round goes on.
+        assert_eq!(d.complete(b, vec![result(&mine[0], 666.0)]).accepted, 0);
+        assert_eq!(
+            d.complete(12345, vec![result(&theirs[0], 666.0)]).accepted,
+            0
+        );
+        let failure = ChunkResult {
+            chunk_id: mine[0].chunk_id,
+            error: "made up".into(),
+            ..Default::default()
+        };
+        assert_eq!(d.complete(b, vec![failure]).accepted, 0);
+        assert_eq!(d.complete(a, vec![result(&mine[0], 1.0)]).accepted, 1);
+        assert_eq!(d.complete(b, vec![result(&theirs[0], 2.0)]).accepted, 1);
+        let out = round.await.unwrap().unwrap();
+        let losses: Vec<f32> = out.results.iter().map(|r| r.loss_after[0]).collect();
+        assert_eq!(losses, [1.0, 2.0]);
+        assert_eq!(out.workers, [a, b]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_result_goes_to_another_lease_and_a_chunk_refused_every_try_fails_the_round()
+    {
+        let d = Arc::new(Dispatcher::new(config()));
+        let (a, b) = (register(&d, "a"), register(&d, "b"));
+        let finite = ResultCheck::new(|index, r: &ChunkResult| {
+            if r.loss_after.iter().all(|l| l.is_finite()) {
+                Ok(())
+            } else {
+                Err(format!("chunk {index}: a loss is not finite"))
+            }
+        });
+        let round = {
+            let (d, finite) = (d.clone(), finite.clone());
+            tokio::spawn(async move {
+                d.run_round(RoundInput {
+                    check: finite,
+                    ..input(2)
+                })
+                .await
+            })
+        };
+        let bad = d.lease(&ask(a, 1)).await.chunks;
+        let done = d.complete(a, vec![result(&bad[0], f32::NAN)]);
+        assert_eq!(done.accepted, 0);
+        assert_eq!(
+            done.refused,
+            [format!(
+                "chunk {}: chunk 0: a loss is not finite",
+                bad[0].chunk_id
+            )]
+        );
+        // The refused chunk is leased again first (here to `b`), then the one nobody took yet.
+        let mut again = d.lease(&ask(b, 8)).await.chunks;
+        again.extend(d.lease(&ask(b, 8)).await.chunks);
+        let ids: Vec<u64> = again.iter().map(|c| c.chunk_id).collect();
+        assert_eq!(ids, [bad[0].chunk_id, bad[0].chunk_id + 1]);
+        for chunk in &again {
+            assert_eq!(d.complete(b, vec![result(chunk, 3.0)]).accepted, 1);
+        }
+        assert_eq!(round.await.unwrap().unwrap().workers, [b, b]);
+
+        // Every try refused: the round fails naming each worker and why.
+        let round = {
+            let d = d.clone();
+            tokio::spawn(async move {
+                d.run_round(RoundInput {
+                    check: finite,
+                    ..input(1)
+                })
+                .await
+            })
+        };
+        for (try_, worker) in [a, b, a].into_iter().enumerate() {
+            let chunk = d.lease(&ask(worker, 1)).await.chunks;
+            assert_eq!(chunk.len(), 1, "try {try_}");
+            assert_eq!(
+                d.complete(worker, vec![result(&chunk[0], f32::INFINITY)])
+                    .refused
+                    .len(),
+                1
+            );
+        }
+        let RoundError::Refused { chunk: 0, refusals } = round.await.unwrap().unwrap_err() else {
+            panic!("the round should fail with the chunk's refusals")
+        };
+        assert_eq!(refusals.len(), MAX_REFUSALS);
+        assert!(
+            refusals[0].starts_with("a: chunk 0: a loss is not finite"),
+            "{refusals:?}"
+        );
+        assert!(refusals[1].starts_with("b: "), "{refusals:?}");
     }
 }

@@ -4,6 +4,7 @@ pub mod aggregate;
 pub mod auth;
 pub mod datasets;
 pub mod dispatch;
+pub mod finite;
 pub mod mtl;
 pub mod optimizer;
 pub mod parallel;

@@ -240,7 +240,15 @@ impl Workers for WorkersService {
         request: Request<CompleteRequest>,
     ) -> Result<Response<CompleteReply>, Status> {
         let r = request.into_inner();
-        let accepted = self.dispatcher.complete(r.worker_id, r.results);
+        let done = self.dispatcher.complete(r.worker_id, r.results);
+        if !done.refused.is_empty() {
+            // The chunks went back to other leases; this worker hears why and asks no more.
+            return Err(Status::invalid_argument(format!(
+                "results refused: {}",
+                done.refused.join("; ")
+            )));
+        }
+        let accepted = done.accepted;
         let next = match r.next {
             Some(lease) => Some(self.dispatcher.lease(&lease).await),
             None => None,

@@ -3,6 +3,7 @@
 use outerloop_proto::v1::ChunkResult;
 
 use crate::aggregate::AggregateError;
+use crate::finite::all_finite_bytes;
 
 /// One task's totals over a round's rows.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,37 +39,7 @@ pub fn reduce_tasks(
     let grad_len = |len: usize| if expected.train { len } else { 0 };
     let tasks = expected.head_lens.len();
     for (index, result) in results.iter().enumerate() {
-        let malformed = |problem: String| AggregateError::Malformed { index, problem };
-        if result.task_totals.len() != tasks {
-            return Err(malformed(format!(
-                "{} task totals for {tasks} tasks",
-                result.task_totals.len(),
-            )));
-        }
-        for (task, totals) in result.task_totals.iter().enumerate() {
-            if totals.task as usize != task {
-                return Err(malformed(format!(
-                    "entry {task} is for task {}, expected task {task}",
-                    totals.task
-                )));
-            }
-            for (what, bytes, len) in [
-                ("shared", &totals.shared_grad, grad_len(expected.shared_len)),
-                (
-                    "head",
-                    &totals.head_grad,
-                    grad_len(expected.head_lens[task]),
-                ),
-            ] {
-                if bytes.len() != 4 * len {
-                    return Err(malformed(format!(
-                        "task {task}: {what} gradient has {} bytes, expected {}",
-                        bytes.len(),
-                        4 * len
-                    )));
-                }
-            }
-        }
+        check_sizes(index, result, &expected)?;
     }
     let mut sums: Vec<TaskSums> = (0..tasks)
         .map(|_| TaskSums {
@@ -90,6 +61,76 @@ pub fn reduce_tasks(
         }
     });
     Ok(sums)
+}
+
+/// Refuses a chunk's result whose entries are missing, out of order or of the wrong size.
+fn check_sizes(
+    index: usize,
+    result: &ChunkResult,
+    expected: &Expected,
+) -> Result<(), AggregateError> {
+    let grad_len = |len: usize| if expected.train { len } else { 0 };
+    let tasks = expected.head_lens.len();
+    let malformed = |problem: String| AggregateError::Malformed { index, problem };
+    if result.task_totals.len() != tasks {
+        return Err(malformed(format!(
+            "{} task totals for {tasks} tasks",
+            result.task_totals.len(),
+        )));
+    }
+    for (task, totals) in result.task_totals.iter().enumerate() {
+        if totals.task as usize != task {
+            return Err(malformed(format!(
+                "entry {task} is for task {}, expected task {task}",
+                totals.task
+            )));
+        }
+        for (what, bytes, len) in [
+            ("shared", &totals.shared_grad, grad_len(expected.shared_len)),
+            (
+                "head",
+                &totals.head_grad,
+                grad_len(expected.head_lens[task]),
+            ),
+        ] {
+            if bytes.len() != 4 * len {
+                return Err(malformed(format!(
+                    "task {task}: {what} gradient has {} bytes, expected {}",
+                    bytes.len(),
+                    4 * len
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a chunk's result must be before it may count (checked as it arrives): the sizes
+/// [`reduce_tasks`] needs, and finite sums and gradients for every task.
+pub fn check_chunk(
+    index: usize,
+    result: &ChunkResult,
+    expected: &Expected,
+) -> Result<(), AggregateError> {
+    check_sizes(index, result, expected)?;
+    for (task, totals) in result.task_totals.iter().enumerate() {
+        let bad = if !(totals.loss_sum.is_finite() && totals.metric_sum.is_finite()) {
+            Some("loss or metric sum")
+        } else if !all_finite_bytes(&totals.shared_grad) {
+            Some("shared-layer gradient")
+        } else if !all_finite_bytes(&totals.head_grad) {
+            Some("head gradient")
+        } else {
+            None
+        };
+        if let Some(what) = bad {
+            return Err(AggregateError::Malformed {
+                index,
+                problem: format!("task {task}: {what} is not finite"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The sum of little-endian `f32` vectors (all of one length, checked) added in the order
@@ -288,6 +329,37 @@ mod tests {
                     problem: expected.into()
                 }
             );
+        }
+    }
+
+    #[test]
+    fn a_chunk_with_a_non_finite_value_is_refused_naming_the_task() {
+        let good = || {
+            chunk(vec![
+                totals(0, 1.0, &[1.0], &[1.0]),
+                totals(1, 1.0, &[1.0], &[1.0, 1.0]),
+            ])
+        };
+        assert_eq!(check_chunk(0, &good(), &TRAIN), Ok(()));
+        let cases = [
+            (
+                totals(1, f64::NAN, &[1.0], &[1.0, 1.0]),
+                "task 1: loss or metric sum is not finite",
+            ),
+            (
+                totals(1, 1.0, &[f32::INFINITY], &[1.0, 1.0]),
+                "task 1: shared-layer gradient is not finite",
+            ),
+            (
+                totals(1, 1.0, &[1.0], &[1.0, f32::NAN]),
+                "task 1: head gradient is not finite",
+            ),
+        ];
+        for (bad, says) in cases {
+            let mut result = good();
+            result.task_totals[1] = bad;
+            let error = check_chunk(2, &result, &TRAIN).unwrap_err().to_string();
+            assert_eq!(error, format!("chunk 2: {says}"));
         }
     }
 }

@@ -9,8 +9,8 @@ use serde_json::json;
 
 use super::checkpoint::{self, Checkpoint, RunState};
 use super::{chunk_sizes, critical_compute, RunError};
-use crate::aggregate::reduce;
-use crate::dispatch::{DatasetVersion, Dispatcher, RoundInput};
+use crate::aggregate::{check_chunk, reduce};
+use crate::dispatch::{DatasetVersion, Dispatcher, ResultCheck, RoundInput};
 use crate::optimizer::OuterOptimizer;
 use crate::registry::{Job, Registry};
 use crate::sampling::{self, Sampler, Split};
@@ -272,6 +272,12 @@ impl<'a> Run<'a> {
         inner_steps: u32,
         chunks: Vec<Vec<v1::TaskDescriptor>>,
     ) -> Result<crate::dispatch::RoundOutput, RunError> {
+        // Each result is checked as it arrives: what `reduce` will read, and finite values.
+        let tasks: Vec<usize> = chunks.iter().map(Vec::len).collect();
+        let params = (phase == Phase::Train).then(|| self.layout.param_count());
+        let check = ResultCheck::new(move |index, result| {
+            check_chunk(index, result, tasks[index], params).map_err(|e| e.to_string())
+        });
         let input = RoundInput {
             setup: self.setup.clone(),
             dataset: self.dataset.clone(),
@@ -280,6 +286,7 @@ impl<'a> Run<'a> {
             phase,
             inner_steps,
             chunks,
+            check,
         };
         super::round(self.job, self.dispatcher, input).await
     }

@@ -35,6 +35,8 @@ enum RunError {
         step: u64,
         source: crate::mtl::weighting::WeightingError,
     },
+    #[error("the coordinator refused {round}'s results: {source}; the run diverged or workers send bad values (try a smaller learning rate)")]
+    Refused { round: String, source: RoundError },
     #[error("could not write results: {0}")]
     Io(#[from] io::Error),
     #[error("cannot sample its tasks: {0}")]
@@ -73,8 +75,15 @@ async fn round(
     dispatcher: &Dispatcher,
     input: RoundInput,
 ) -> Result<RoundOutput, RunError> {
+    let round = match input.phase {
+        outerloop_proto::v1::Phase::Train => format!("step {}", input.version + 1),
+        _ => format!("the evaluation at step {}", input.version),
+    };
     tokio::select! {
-        out = dispatcher.run_round(input) => Ok(out?),
+        out = dispatcher.run_round(input) => match out {
+            Err(source @ RoundError::Refused { .. }) => Err(RunError::Refused { round, source }),
+            out => Ok(out?),
+        },
         _ = job.cancel.cancelled() => {
             dispatcher.abandon_round();
             Err(RunError::Cancelled)

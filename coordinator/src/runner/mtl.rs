@@ -13,9 +13,9 @@ use serde_json::json;
 
 use super::checkpoint::{self, Checkpoint, RunState};
 use super::{chunk_sizes, critical_compute, RunError};
-use crate::dispatch::{Dispatcher, RoundInput, RoundOutput};
+use crate::dispatch::{Dispatcher, ResultCheck, RoundInput, RoundOutput};
 use crate::mtl::delta_m::delta_m_percent;
-use crate::mtl::reduce::{reduce_tasks, Expected, TaskSums};
+use crate::mtl::reduce::{check_chunk, reduce_tasks, Expected, TaskSums};
 use crate::mtl::weighting::{all_finite, StepInput, Weighting, WeightingError};
 use crate::optimizer::OuterOptimizer;
 use crate::registry::{Job, Registry};
@@ -373,6 +373,18 @@ impl<'a> Run<'a> {
         phase: Phase,
         chunks: Vec<Vec<v1::TaskDescriptor>>,
     ) -> Result<RoundOutput, RunError> {
+        // Each result is checked as it arrives: what the reduction will read, finite values.
+        let (shared_len, head_lens) = (self.setup.shared_len(), self.head_lens.clone());
+        let train = phase == Phase::Train;
+        let check = ResultCheck::new(move |index, result| {
+            let expected = Expected {
+                shared_len,
+                head_lens: &head_lens,
+                train,
+                shared_scale: 1.0,
+            };
+            check_chunk(index, result, &expected).map_err(|e| e.to_string())
+        });
         let input = RoundInput {
             setup: self.wire_setup.clone(),
             dataset: None,
@@ -381,6 +393,7 @@ impl<'a> Run<'a> {
             phase,
             inner_steps: 0,
             chunks,
+            check,
         };
         super::round(self.job, self.dispatcher, input).await
     }

@@ -257,21 +257,7 @@ pub fn check_input(
     Ok(())
 }
 
-crate::simd::with_avx2! {
-    /// Whether every value is finite: its exponent bits are not all ones. An `or` of integers
-    /// may be taken in any order, so the compiler vectorises it, where an early-exit search or
-    /// a running float sum is one value at a time (a tenth of a multi-task step's coordinator
-    /// time at 10 tasks of 1M values); blocks still stop at the first bad one.
-    pub fn all_finite(values: &[f32]) -> bool {
-        const EXPONENT: u32 = 0x7f80_0000;
-        values.chunks(4096).all(|block| {
-            block
-                .iter()
-                .fold(0u32, |bad, g| bad | u32::from(g.to_bits() & EXPONENT == EXPONENT))
-                == 0
-        })
-    }
-}
+pub use crate::finite::all_finite;
 
 #[cfg(test)]
 pub(crate) mod testing;
@@ -344,20 +330,6 @@ mod tests {
                     .to_string(),
             }
         );
-    }
-
-    #[test]
-    fn finiteness_is_found_anywhere_in_a_long_vector() {
-        let mut values = vec![1.5f32; 10_000];
-        assert!(all_finite(&values));
-        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-            for at in [0, 4095, 4096, 9_999] {
-                values[at] = bad;
-                assert!(!all_finite(&values), "{bad} at {at}");
-                values[at] = -3.0e38;
-            }
-        }
-        assert!(all_finite(&values), "the largest finite values are finite");
     }
 
     #[test]

@@ -1,0 +1,131 @@
+//! A worker that sends what it must not: results for chunks it was never leased, of the wrong size, with non-finite values. Each is refused at the edge, its chunk is computed again, and the run ends bit-identical to an undisturbed one.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, SPEC};
+use outerloop_proto::transport::MAX_MESSAGE_BYTES;
+use outerloop_proto::v1::workers_client::WorkersClient;
+use outerloop_proto::v1::{ChunkResult, CompleteRequest, LeaseRequest, RegisterRequest};
+
+const SHORT: [&str; 5] = [
+    "meta.steps=6",
+    "meta.chunk_tasks=5",
+    "eval.every=6",
+    "eval.tasks=20",
+    "eval.final_tasks=20",
+];
+
+/// Registers a worker of its own, takes a chunk of the running experiment's first round and
+/// answers it with poison, twice; checks each answer is refused with INVALID_ARGUMENT.
+async fn poison(url: String) {
+    let mut client = WorkersClient::connect(url)
+        .await
+        .unwrap()
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let me = client
+        .register(RegisterRequest {
+            name: "hostile".into(),
+            device: "cpu".into(),
+            threads: 1,
+            datasets: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_id;
+    let leaser = client.clone();
+    let lease = || {
+        let mut client = leaser.clone();
+        async move {
+            loop {
+                let lease = client
+                    .lease(LeaseRequest {
+                        worker_id: me,
+                        max_chunks: 1,
+                        wait_ms: 1000,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                if let Some(chunk) = lease.chunks.into_iter().next() {
+                    return chunk;
+                }
+            }
+        }
+    };
+    let chunk = lease().await;
+    // The first round is the evaluation at step 0: every chunk answers a loss per task.
+    let tasks = chunk.tasks.len();
+    let answer = |chunk_id, losses: Vec<f32>| ChunkResult {
+        chunk_id,
+        loss_before: vec![1.0; losses.len()],
+        loss_after: losses,
+        ..Default::default()
+    };
+    let complete = |results: Vec<ChunkResult>, worker_id| CompleteRequest {
+        worker_id,
+        results,
+        next: None,
+    };
+    // A chunk id nobody was leased, and an id that never registered: nothing counts.
+    let stray = answer(chunk.chunk_id + 1000, vec![0.5; tasks]);
+    let reply = client.complete(complete(vec![stray], me)).await.unwrap();
+    assert_eq!(reply.into_inner().accepted, 0);
+    let forged = answer(chunk.chunk_id, vec![0.5; tasks]);
+    let reply = client
+        .complete(complete(vec![forged], me + 777))
+        .await
+        .unwrap();
+    assert_eq!(reply.into_inner().accepted, 0);
+    // Its own chunk, answered with a loss too few; leased again, with a NaN loss.
+    let short = answer(chunk.chunk_id, vec![0.5; tasks - 1]);
+    let refused = client
+        .complete(complete(vec![short], me))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("losses for"), "{refused:?}");
+    let again = lease().await;
+    assert_eq!(
+        again.chunk_id, chunk.chunk_id,
+        "the refused chunk is leased again"
+    );
+    let mut nan = vec![0.5; tasks];
+    nan[tasks / 2] = f32::NAN;
+    let refused = client
+        .complete(complete(vec![answer(again.chunk_id, nan)], me))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("loss is not finite"),
+        "{refused:?}"
+    );
+}
+
+fn run(hostile: bool) -> Vec<u8> {
+    let mut cluster = Cluster::start(&[]);
+    let id = cluster.submit(SPEC, &SHORT).unwrap();
+    if hostile {
+        // Alone, the hostile worker is leased the first round's chunks before anyone else.
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(poison(cluster.url.clone()));
+    }
+    cluster.add_worker();
+    cluster.wait_finished(&id, Duration::from_secs(300));
+    common::final_parameters(&cluster, &id)
+}
+
+#[test]
+fn poisoned_results_are_refused_and_the_run_ends_as_an_undisturbed_one() {
+    let undisturbed = run(false);
+    let attacked = run(true);
+    assert!(
+        attacked == undisturbed,
+        "final.safetensors differs after refused results"
+    );
+}
