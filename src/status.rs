@@ -116,7 +116,7 @@ pub fn print_workers(workers: &[WorkerSummary], json: bool) {
                 .collect();
             println!(
                 "{}",
-                json!({"worker_id": w.worker_id, "name": w.name, "device": w.device,
+                json!({"number": w.number, "name": w.name, "device": w.device,
                        "threads": w.threads, "datasets": datasets})
             );
         }

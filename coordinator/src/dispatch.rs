@@ -70,7 +70,10 @@ pub struct Registration {
 /// A registered worker, as `outerloop workers` shows it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkerView {
+    /// Its id on the wire: a secret of the worker's, never shown.
     pub id: u64,
+    /// Its registration number, 1 for the first: what people and logs see.
+    pub number: u64,
     pub name: String,
     pub device: String,
     pub threads: u32,
@@ -162,6 +165,8 @@ struct WorkerInfo {
     device: String,
     threads: u32,
     datasets: Vec<DatasetVersion>,
+    /// Registration number, shown instead of the secret id.
+    number: u64,
     last_seen: Instant,
     /// Results of this worker refused by a round's check.
     refused_results: u32,
@@ -225,15 +230,16 @@ impl Round {
 #[derive(Debug, Default)]
 struct State {
     workers: HashMap<u64, WorkerInfo>,
-    next_worker_id: u64,
+    /// Registrations so far: the next worker's number is one more.
+    registrations: u64,
     next_chunk_id: u64,
     round: Option<Round>,
     /// Why a worker refused an experiment's work, by (experiment, worker).
     refusals: HashMap<(String, u64), String>,
 }
 
-/// Where this process starts numbering workers and chunks: a function of the start time, so
-/// that ids from before a coordinator restart (a worker's heartbeat, a late result) do not
+/// Where this process starts numbering chunks: a function of the start time, so
+/// that chunk ids from before a coordinator restart (a late result) do not
 /// collide with new ones.
 fn boot_epoch() -> u64 {
     let nanos = std::time::SystemTime::now()
@@ -259,7 +265,6 @@ impl Dispatcher {
         Dispatcher {
             config,
             state: Mutex::new(State {
-                next_worker_id: boot_epoch(),
                 next_chunk_id: boot_epoch(),
                 ..State::default()
             }),
@@ -275,14 +280,22 @@ impl Dispatcher {
 
     pub fn register(&self, request: Registration) -> RegisterReply {
         let mut state = self.lock();
-        let worker_id = state.next_worker_id;
-        state.next_worker_id += 1;
+        // Whoever knows a worker's id can heart-beat, lease and complete as that worker: ids
+        // are drawn from the thread's cryptographic generator, never counted.
+        let worker_id = loop {
+            let id: u64 = rand::random();
+            if id != 0 && !state.workers.contains_key(&id) {
+                break id;
+            }
+        };
+        state.registrations += 1;
+        let number = state.registrations;
         let datasets: Vec<String> = request
             .datasets
             .iter()
             .map(|d| format!("{}@{}", d.name, d.fingerprint))
             .collect();
-        tracing::info!(worker_id, name = %request.name, device = %request.device, threads = request.threads, datasets = %datasets.join(","), "worker registered");
+        tracing::info!(worker = number, name = %request.name, device = %request.device, threads = request.threads, datasets = %datasets.join(","), "worker registered");
         state.workers.insert(
             worker_id,
             WorkerInfo {
@@ -290,6 +303,7 @@ impl Dispatcher {
                 device: request.device,
                 threads: request.threads,
                 datasets: request.datasets,
+                number,
                 last_seen: Instant::now(),
                 refused_results: 0,
             },
@@ -326,13 +340,14 @@ impl Dispatcher {
             .iter()
             .map(|(&id, w)| WorkerView {
                 id,
+                number: w.number,
                 name: w.name.clone(),
                 device: w.device.clone(),
                 threads: w.threads,
                 datasets: w.datasets.clone(),
             })
             .collect();
-        workers.sort_by_key(|w| w.id);
+        workers.sort_by_key(|w| w.number);
         workers
     }
 
@@ -569,7 +584,7 @@ impl Dispatcher {
             .collect();
         for id in &silent {
             let info = state.workers.remove(id).expect("listed above");
-            tracing::warn!(worker_id = id, name = %info.name, "worker missed its heartbeats; dropped, its leases requeued");
+            tracing::warn!(worker = info.number, name = %info.name, "worker missed its heartbeats; dropped, its leases requeued");
         }
         // A dropped worker comes back under a new id, so its refusals mean nothing any more.
         state
@@ -1168,5 +1183,25 @@ mod tests {
             "{refusals:?}"
         );
         assert!(refusals[1].starts_with("b: "), "{refusals:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_is_known_only_by_the_unguessable_id_it_was_given() {
+        let d = Arc::new(Dispatcher::new(config()));
+        let (a, b) = (register(&d, "a"), register(&d, "b"));
+        let shown: Vec<(u64, String)> = d
+            .workers()
+            .into_iter()
+            .map(|w| (w.number, w.name))
+            .collect();
+        assert_eq!(shown, [(1, "a".to_string()), (2, "b".to_string())]);
+        // Neither the numbers people see nor a neighbour of a real id lets anyone act as a worker.
+        for guess in [1, 2, a.wrapping_add(1), b.wrapping_sub(1), a ^ 1] {
+            if guess != a && guess != b {
+                assert!(!d.heartbeat(guess), "{guess}");
+                assert!(d.lease(&ask(guess, 1)).await.unknown_worker, "{guess}");
+            }
+        }
+        assert!(d.heartbeat(a) && d.heartbeat(b));
     }
 }

@@ -127,7 +127,7 @@ impl Experiments for ExperimentsService {
             .workers()
             .into_iter()
             .map(|w| v1::WorkerSummary {
-                worker_id: w.id,
+                number: w.number,
                 name: w.name,
                 device: w.device,
                 threads: w.threads,

@@ -137,7 +137,7 @@ async fn work_session(
         })?
         .into_inner();
     let worker_id = registered.worker_id;
-    tracing::info!(worker_id, coordinator = %identity.coordinator, "registered");
+    tracing::info!(coordinator = %identity.coordinator, "registered");
 
     // Heartbeats run beside the lease loop, so a long inner loop never looks like a dead worker.
     let heartbeats = {
