@@ -317,6 +317,35 @@ impl Dispatcher {
         }
     }
 
+    /// Forgets `worker` (it is shutting down) and puts the chunks it holds back for other
+    /// workers at once, rather than when its heartbeats are missed; false when it was not
+    /// registered.
+    pub fn deregister(&self, worker: u64) -> bool {
+        let mut state = self.lock();
+        let Some(info) = state.workers.remove(&worker) else {
+            return false;
+        };
+        tracing::info!(worker = info.number, name = %info.name, "worker deregistered; its leases requeued");
+        state.refusals.retain(|(_, w), _| *w != worker);
+        if let Some(round) = state.round.as_mut() {
+            let held: Vec<usize> = (0..round.slots.len())
+                .filter(|&i| {
+                    round.slots[i]
+                        .lease
+                        .as_ref()
+                        .is_some_and(|l| l.worker == worker)
+                })
+                .collect();
+            for index in held {
+                round.release(worker, index);
+            }
+        }
+        drop(state);
+        // Both the requeued chunks and everyone's larger fair share are news to waiting leases.
+        self.work_ready.notify_waiters();
+        true
+    }
+
     /// Records that `worker` is alive; false when it is not (or no longer) registered.
     pub fn heartbeat(&self, worker: u64) -> bool {
         match self.lock().workers.get_mut(&worker) {

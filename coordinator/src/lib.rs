@@ -93,8 +93,12 @@ pub async fn run(
             while let Some(job) = stop.run_until_cancelled(registry.next_queued()).await {
                 match job {
                     Ok(job) => {
-                        stop.run_until_cancelled(runner::run(job, &registry, &dispatcher))
-                            .await;
+                        // Awaited whole: on shutdown the run checkpoints, then ends.
+                        let job = registry::Job {
+                            stop: stop.clone(),
+                            ..job
+                        };
+                        runner::run(job, &registry, &dispatcher).await;
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "cannot start the next experiment; retrying");

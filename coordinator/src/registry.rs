@@ -40,6 +40,9 @@ pub struct Job {
     pub id: String,
     pub spec: ExperimentSpec,
     pub cancel: CancellationToken,
+    /// The coordinator is shutting down: the run checkpoints where it is and stops, to resume
+    /// at the next start (the scheduler gives it the coordinator's token).
+    pub stop: CancellationToken,
 }
 
 #[derive(Debug)]
@@ -209,6 +212,7 @@ impl Registry {
                         id: entry.record.id.clone(),
                         spec: entry.spec.clone(),
                         cancel: entry.cancel.clone(),
+                        stop: CancellationToken::new(),
                     });
                 }
             }

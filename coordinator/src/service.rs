@@ -6,10 +6,10 @@ use outerloop_proto::dataset::Manifest;
 use outerloop_proto::v1::experiments_server::Experiments;
 use outerloop_proto::v1::workers_server::Workers;
 use outerloop_proto::v1::{
-    self, CancelReply, CancelRequest, CompleteReply, CompleteRequest, EvalSummary,
-    ExperimentStatus, HeartbeatReply, HeartbeatRequest, LeaseReply, LeaseRequest, ListWorkersReply,
-    ListWorkersRequest, RegisterReply, RegisterRequest, StatusReply, StatusRequest, SubmitReply,
-    SubmitRequest,
+    self, CancelReply, CancelRequest, CompleteReply, CompleteRequest, DeregisterReply,
+    DeregisterRequest, EvalSummary, ExperimentStatus, HeartbeatReply, HeartbeatRequest, LeaseReply,
+    LeaseRequest, ListWorkersReply, ListWorkersRequest, RegisterReply, RegisterRequest,
+    StatusReply, StatusRequest, SubmitReply, SubmitRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -227,6 +227,14 @@ impl Workers for WorkersService {
     ) -> Result<Response<HeartbeatReply>, Status> {
         let known = self.dispatcher.heartbeat(request.into_inner().worker_id);
         Ok(Response::new(HeartbeatReply { known }))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<DeregisterRequest>,
+    ) -> Result<Response<DeregisterReply>, Status> {
+        let known = self.dispatcher.deregister(request.into_inner().worker_id);
+        Ok(Response::new(DeregisterReply { known }))
     }
 
     async fn lease(&self, request: Request<LeaseRequest>) -> Result<Response<LeaseReply>, Status> {

@@ -167,6 +167,28 @@ impl Cluster {
         }
     }
 
+    /// Sends SIGTERM to the coordinator and waits for it to exit; returns whether it exited 0.
+    pub fn terminate_coordinator(&mut self) -> bool {
+        terminate(&mut self.coordinator)
+    }
+
+    /// Sends SIGTERM to worker `index` and waits for it to exit; returns whether it exited 0.
+    pub fn terminate_worker(&mut self, index: usize) -> bool {
+        terminate(&mut self.workers[index])
+    }
+
+    /// Starts the coordinator again (after it exited) with the same flags and state directory.
+    pub fn start_coordinator_again(&mut self) {
+        let (child, url) = Self::start_coordinator(self.dir.path(), &self.coordinator_args);
+        self.coordinator = child;
+        self.url = url;
+    }
+
+    /// The coordinator's log since it last started.
+    pub fn coordinator_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("coordinator.log")).unwrap_or_default()
+    }
+
     /// SIGKILLs the coordinator and starts a new one with the same flags and state directory.
     pub fn restart_coordinator(&mut self) {
         self.coordinator.kill().unwrap();
@@ -271,6 +293,22 @@ impl Cluster {
             }
         }
         out
+    }
+}
+
+/// Sends SIGTERM to `child` and waits (up to two minutes) for it to exit; whether it exited 0.
+fn terminate(child: &mut Child) -> bool {
+    succeed(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.success();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the process did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -8,7 +8,9 @@ use outerloop_proto::dataset::Manifest;
 use outerloop_proto::transport::{MAX_MESSAGE_BYTES, WINDOW_BYTES};
 use outerloop_proto::v1;
 use outerloop_proto::v1::workers_client::WorkersClient;
-use outerloop_proto::v1::{CompleteRequest, HeartbeatRequest, LeaseRequest, RegisterRequest};
+use outerloop_proto::v1::{
+    CompleteRequest, DeregisterRequest, HeartbeatRequest, LeaseRequest, RegisterRequest,
+};
 use prost::Message;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -63,10 +65,14 @@ pub async fn serve(
     compute: ComputeThread,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
+    // The registration in force, if any: on shutdown it is ended at the coordinator.
+    let registered: Registered = std::sync::Mutex::new(None);
     let sessions = async {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match session(&identity, &compute).await {
+            let end = session(&identity, &compute, &registered).await;
+            *registered.lock().expect("not poisoned") = None;
+            match end {
                 SessionEnd::Forgotten => {
                     tracing::warn!("the coordinator forgot this worker; registering again");
                     backoff = Duration::from_millis(100);
@@ -84,14 +90,32 @@ pub async fn serve(
         refused = sessions => Err(refused),
         () = shutdown => {
             tracing::info!("worker shutting down");
+            let current = registered.lock().expect("not poisoned").take();
+            if let Some((mut client, worker_id)) = current {
+                // Hands back its chunks at once rather than when its heartbeats are missed;
+                // a coordinator that does not answer soon finds out that way instead.
+                let bye = client.deregister(DeregisterRequest { worker_id });
+                match tokio::time::timeout(Duration::from_secs(2), bye).await {
+                    Ok(Ok(_)) => tracing::info!("deregistered; leased chunks handed back"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "could not deregister"),
+                    Err(_) => tracing::warn!("the coordinator did not answer the deregistration"),
+                }
+            }
             Ok(())
         }
     }
 }
 
+/// The client and worker id of the registration in force, if there is one.
+type Registered = std::sync::Mutex<Option<(Client, u64)>>;
+
 /// One registration's worth of work; ends only when something goes wrong.
-async fn session(identity: &WorkerIdentity, compute: &ComputeThread) -> SessionEnd {
-    match work_session(identity, compute).await {
+async fn session(
+    identity: &WorkerIdentity,
+    compute: &ComputeThread,
+    registered: &Registered,
+) -> SessionEnd {
+    match work_session(identity, compute, registered).await {
         Ok(never) => match never {},
         Err(end) => end,
     }
@@ -100,6 +124,7 @@ async fn session(identity: &WorkerIdentity, compute: &ComputeThread) -> SessionE
 async fn work_session(
     identity: &WorkerIdentity,
     compute: &ComputeThread,
+    registered: &Registered,
 ) -> Result<std::convert::Infallible, SessionEnd> {
     let channel: Channel = Endpoint::from_shared(identity.coordinator.clone())
         .map_err(SessionEnd::Connect)?
@@ -120,7 +145,7 @@ async fn work_session(
     let mut client = WorkersClient::with_interceptor(channel, auth)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let registered = client
+    let registered_reply = client
         .register(RegisterRequest {
             name: identity.name.clone(),
             device: identity.device.clone(),
@@ -136,13 +161,14 @@ async fn work_session(
             _ => SessionEnd::Rpc(status),
         })?
         .into_inner();
-    let worker_id = registered.worker_id;
+    let worker_id = registered_reply.worker_id;
+    *registered.lock().expect("not poisoned") = Some((client.clone(), worker_id));
     tracing::info!(coordinator = %identity.coordinator, "registered");
 
     // Heartbeats run beside the lease loop, so a long inner loop never looks like a dead worker.
     let heartbeats = {
         let mut client = client.clone();
-        let interval = Duration::from_millis(registered.heartbeat_interval_ms.max(50) as u64);
+        let interval = Duration::from_millis(registered_reply.heartbeat_interval_ms.max(50) as u64);
         async move {
             let mut tick = tokio::time::interval(interval);
             loop {

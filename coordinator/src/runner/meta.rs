@@ -126,9 +126,17 @@ impl<'a> Run<'a> {
         while self.step < spec.meta.steps {
             let started = Instant::now();
             let chunks = self.descriptors(Split::Train, self.step, &sizes);
-            let out = self
+            let out = match self
                 .round(Phase::Train, spec.meta.inner_steps(), chunks)
-                .await?;
+                .await
+            {
+                // Nothing of this step was applied: the checkpoint is of the last whole one.
+                Err(RunError::Stopping) => {
+                    self.checkpoint()?;
+                    return Err(RunError::Stopping);
+                }
+                out => out?,
+            };
             let totals = reduce(&out.results, &sizes, Some(self.layout.param_count()))?;
             // The meta-gradient is the mean over the meta-batch, as in MAML's outer update
             // (for Reptile, the mean of the tasks' updates `theta - adapted`).

@@ -19,6 +19,8 @@ use crate::store::{EvalRecord, MetricsWriter};
 enum RunError {
     #[error("cancelled")]
     Cancelled,
+    #[error("stopped by the coordinator's shutdown")]
+    Stopping,
     #[error(transparent)]
     Round(#[from] RoundError),
     #[error("a worker returned a malformed result: {0}")]
@@ -52,6 +54,12 @@ pub async fn run(job: Job, registry: &Registry, dispatcher: &Dispatcher) {
         ExperimentSpec::Mtl(spec) => mtl::train(&job, spec, registry, dispatcher).await,
     };
     dispatcher.experiment_ended(&id);
+    if let Err(RunError::Stopping) = outcome {
+        // Still running as far as the store knows: the next start queues it again and it
+        // resumes from its checkpoint.
+        tracing::info!(%id, "stopped by the shutdown; resumes at the next start");
+        return;
+    }
     let (state, error) = match &outcome {
         Ok(()) => (ExperimentState::Finished, None),
         Err(RunError::Cancelled) => (ExperimentState::Cancelled, None),
@@ -87,6 +95,10 @@ async fn round(
         _ = job.cancel.cancelled() => {
             dispatcher.abandon_round();
             Err(RunError::Cancelled)
+        }
+        _ = job.stop.cancelled() => {
+            dispatcher.abandon_round();
+            Err(RunError::Stopping)
         }
     }
 }

@@ -122,7 +122,15 @@ impl<'a> Run<'a> {
         let batch = spec.train.batch as u64;
         let sizes = chunk_sizes(batch, spec.train.chunk_rows as u64);
         while self.step < spec.train.steps {
-            self.train_step(&sizes).await?;
+            match self.train_step(&sizes).await {
+                // A step stops only in its round, before anything of it was applied: the
+                // checkpoint is of the last whole step.
+                Err(RunError::Stopping) => {
+                    self.checkpoint()?;
+                    return Err(RunError::Stopping);
+                }
+                done => done?,
+            }
             if self.step.is_multiple_of(spec.eval.every) {
                 self.evaluate(Split::Eval).await?;
                 self.checkpoint()?;
