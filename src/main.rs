@@ -67,6 +67,9 @@ enum Command {
         /// authentication, and the coordinator listens on loopback addresses only.
         #[arg(long, value_name = "FILE")]
         tokens: Option<PathBuf>,
+        /// The largest submission accepted (the spec with its overrides), in bytes.
+        #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)))]
+        max_spec_bytes: u64,
     },
     /// Run a worker: pulls work from the coordinator and runs inner loops on this machine.
     Worker {
@@ -218,6 +221,7 @@ async fn run(command: Command, token_file: Option<PathBuf>) -> anyhow::Result<Ex
             heartbeat_ms,
             runtime_threads: _,
             tokens,
+            max_spec_bytes,
         } => {
             init_tracing("info");
             let tokens = outerloop_coordinator::auth::Tokens::load(tokens.as_deref())
@@ -259,6 +263,7 @@ async fn run(command: Command, token_file: Option<PathBuf>) -> anyhow::Result<Ex
                     ..DispatchConfig::default()
                 },
                 tokens: std::sync::Arc::new(tokens),
+                max_spec_bytes: max_spec_bytes as usize,
             };
             outerloop_coordinator::run(listener, config, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)

@@ -129,3 +129,16 @@ fn poisoned_results_are_refused_and_the_run_ends_as_an_undisturbed_one() {
         "final.safetensors differs after refused results"
     );
 }
+
+#[test]
+fn an_oversized_submission_is_refused_and_the_coordinator_keeps_serving() {
+    let cluster = Cluster::start(&["--max-spec-bytes", "65536"]);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = std::fs::read_to_string(SPEC).unwrap();
+    let padded = dir.path().join("padded.toml");
+    std::fs::write(&padded, format!("{spec}\n# {}\n", "x".repeat(100_000))).unwrap();
+    let error = cluster.submit(padded.to_str().unwrap(), &[]).unwrap_err();
+    assert!(error.contains("65536"), "{error}");
+    // The coordinator answers the next call, and a spec of normal size goes through.
+    assert!(cluster.submit(SPEC, &SHORT).is_ok());
+}

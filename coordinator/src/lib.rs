@@ -44,6 +44,9 @@ pub struct CoordinatorConfig {
     pub dispatch: DispatchConfig,
     /// The tokens callers must present; none turns authentication off.
     pub tokens: Arc<auth::Tokens>,
+    /// The largest message the `Experiments` service accepts (a spec and its overrides):
+    /// specs are kilobytes, and one of a gigabyte would tie up the coordinator parsing it.
+    pub max_spec_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +119,7 @@ pub async fn run(
         dispatcher: dispatcher.clone(),
         datasets: datasets.clone(),
     })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_decoding_message_size(config.max_spec_bytes)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let experiments = InterceptedService::new(experiments, gate(auth::Role::User));
     let workers = WorkersServer::new(WorkersService {
