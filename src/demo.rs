@@ -104,7 +104,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             c
         })?);
     }
-    let mut coordinator = Coordinator::connect(&url, None).await?;
+    let mut coordinator = Coordinator::connect(&url, None, &Default::default()).await?;
     // Specs on a dataset are checked against what workers report when they register.
     let started = Instant::now();
     while coordinator.workers().await?.len() < args.workers as usize {
@@ -138,7 +138,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         overrides.join(" --set ")
     );
 
-    let code = crate::watch::watch(&url, None, &id).await?;
+    let code = crate::watch::watch(&url, None, &Default::default(), &id).await?;
     if let Some(status) = coordinator.status(&id).await?.into_iter().next() {
         if let Some(eval) = status.last_eval.filter(|e| e.r#final) {
             println!();

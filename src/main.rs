@@ -33,6 +33,15 @@ struct Cli {
     /// without tokens listens on loopback only).
     #[arg(long, global = true, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// For an https:// coordinator: the authority (PEM) that signed its certificate.
+    #[arg(long, global = true, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// This client's certificate (PEM), for a coordinator that requires one (mutual TLS).
+    #[arg(long, global = true, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, global = true, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -67,6 +76,16 @@ enum Command {
         /// authentication, and the coordinator listens on loopback addresses only.
         #[arg(long, value_name = "FILE")]
         tokens: Option<PathBuf>,
+        /// Serve over TLS with this certificate chain (PEM); clients use https:// URLs.
+        #[arg(long, value_name = "FILE", requires = "server_key")]
+        server_cert: Option<PathBuf>,
+        /// The private key (PEM) of --server-cert.
+        #[arg(long, value_name = "FILE", requires = "server_cert")]
+        server_key: Option<PathBuf>,
+        /// Require every client to present a certificate signed by this authority (PEM):
+        /// mutual TLS.
+        #[arg(long, value_name = "FILE", requires = "server_cert")]
+        client_ca: Option<PathBuf>,
         /// The largest submission accepted (the spec with its overrides), in bytes.
         #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)))]
         max_spec_bytes: u64,
@@ -198,7 +217,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, cli.token_file)) {
+    let tls = outerloop_proto::tls::ClientTls {
+        ca: cli.tls_ca,
+        cert: cli.tls_cert,
+        key: cli.tls_key,
+    };
+    match runtime.block_on(run(cli.command, cli.token_file, tls)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -207,7 +231,11 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, token_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+async fn run(
+    command: Command,
+    token_file: Option<PathBuf>,
+    tls: outerloop_proto::tls::ClientTls,
+) -> anyhow::Result<ExitCode> {
     // Read only by the commands that call a coordinator.
     let token =
         || outerloop_proto::auth::client_token(token_file.as_deref()).map_err(anyhow::Error::msg);
@@ -222,6 +250,9 @@ async fn run(command: Command, token_file: Option<PathBuf>) -> anyhow::Result<Ex
             runtime_threads: _,
             tokens,
             max_spec_bytes,
+            server_cert,
+            server_key,
+            client_ca,
         } => {
             init_tracing("info");
             let tokens = outerloop_coordinator::auth::Tokens::load(tokens.as_deref())
@@ -264,6 +295,13 @@ async fn run(command: Command, token_file: Option<PathBuf>) -> anyhow::Result<Ex
                 },
                 tokens: std::sync::Arc::new(tokens),
                 max_spec_bytes: max_spec_bytes as usize,
+                tls: server_cert.zip(server_key).map(|(cert, key)| {
+                    outerloop_proto::tls::ServerTls {
+                        cert,
+                        key,
+                        client_ca,
+                    }
+                }),
             };
             outerloop_coordinator::run(listener, config, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
@@ -306,6 +344,7 @@ async fn run(command: Command, token_file: Option<PathBuf>) -> anyhow::Result<Ex
                 stream_min_bytes,
                 datasets,
                 token: token()?,
+                tls: tls.clone(),
             };
             outerloop_worker::serve(identity, compute, shutdown_signal())
                 .await
@@ -319,7 +358,7 @@ async fn run(command: Command, token_file: Option<PathBuf>) -> anyhow::Result<Ex
         } => {
             let text = std::fs::read_to_string(&spec)
                 .with_context(|| format!("cannot read {}", spec.display()))?;
-            let id = rpc::Coordinator::connect(&coordinator, token()?.as_deref())
+            let id = rpc::Coordinator::connect(&coordinator, token()?.as_deref(), &tls)
                 .await?
                 .submit(&text, &spec.display().to_string(), overrides)
                 .await?;
@@ -331,7 +370,7 @@ async fn run(command: Command, token_file: Option<PathBuf>) -> anyhow::Result<Ex
             json,
             coordinator,
         } => {
-            let experiments = rpc::Coordinator::connect(&coordinator, token()?.as_deref())
+            let experiments = rpc::Coordinator::connect(&coordinator, token()?.as_deref(), &tls)
                 .await?
                 .status(id.as_deref().unwrap_or(""))
                 .await?;
@@ -339,10 +378,10 @@ async fn run(command: Command, token_file: Option<PathBuf>) -> anyhow::Result<Ex
             Ok(ExitCode::SUCCESS)
         }
         Command::Watch { id, coordinator } => {
-            watch::watch(&coordinator, token()?.as_deref(), &id).await
+            watch::watch(&coordinator, token()?.as_deref(), &tls, &id).await
         }
         Command::Workers { json, coordinator } => {
-            let workers = rpc::Coordinator::connect(&coordinator, token()?.as_deref())
+            let workers = rpc::Coordinator::connect(&coordinator, token()?.as_deref(), &tls)
                 .await?
                 .workers()
                 .await?;
@@ -350,7 +389,7 @@ async fn run(command: Command, token_file: Option<PathBuf>) -> anyhow::Result<Ex
             Ok(ExitCode::SUCCESS)
         }
         Command::Cancel { id, coordinator } => {
-            let state = rpc::Coordinator::connect(&coordinator, token()?.as_deref())
+            let state = rpc::Coordinator::connect(&coordinator, token()?.as_deref(), &tls)
                 .await?
                 .cancel(&id)
                 .await?;

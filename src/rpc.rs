@@ -2,6 +2,7 @@
 
 use anyhow::anyhow;
 use outerloop_proto::auth::ClientAuth;
+use outerloop_proto::tls::ClientTls;
 use outerloop_proto::v1::experiments_client::ExperimentsClient;
 use outerloop_proto::v1::{
     CancelRequest, ExperimentStatus, ListWorkersRequest, StatusRequest, SubmitRequest,
@@ -13,29 +14,54 @@ use tonic::transport::Channel;
 /// A connection to a coordinator.
 pub struct Coordinator {
     client: ExperimentsClient<InterceptedService<Channel, ClientAuth>>,
+    /// What to suggest when a call fails before reaching the coordinator.
+    hint: Option<&'static str>,
 }
 
-/// The coordinator's own message: it already says what was wrong and where.
-fn refused(status: tonic::Status) -> anyhow::Error {
-    anyhow!("{}", status.message())
+/// The coordinator's own message: it already says what was wrong and where. A call that
+/// never reached it (the connection failed, a TLS handshake was refused) says why, from the
+/// chain of causes.
+fn refused(status: tonic::Status, hint: Option<&str>) -> anyhow::Error {
+    let mut message = status.message().to_string();
+    let mut cause = std::error::Error::source(&status);
+    let reached = cause.is_none();
+    while let Some(error) = cause {
+        message.push_str(&format!(": {error}"));
+        cause = error.source();
+    }
+    match hint.filter(|_| !reached) {
+        Some(hint) => anyhow!("{message} ({hint})"),
+        None => anyhow!("{message}"),
+    }
 }
 
 impl Coordinator {
     /// Connects to `url`; every call carries `token` when given (a user token, for a
     /// coordinator that requires one).
-    pub async fn connect(url: &str, token: Option<&str>) -> anyhow::Result<Coordinator> {
+    pub async fn connect(
+        url: &str,
+        token: Option<&str>,
+        tls: &ClientTls,
+    ) -> anyhow::Result<Coordinator> {
         let auth = ClientAuth::new(token).map_err(anyhow::Error::msg)?;
         let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
             .map_err(|e| {
                 anyhow!("`{url}` is not a coordinator URL like http://127.0.0.1:7070: {e}")
             })?
             .connect_timeout(std::time::Duration::from_secs(5));
+        let endpoint = tls.endpoint(endpoint, url).map_err(anyhow::Error::msg)?;
         let channel = endpoint
             .connect()
             .await
             .map_err(|e| anyhow!("cannot reach the coordinator at {url} ({e}); is `outerloop coordinator` running there?"))?;
+        // Without a certificate of its own, a client is let through the TLS handshake and
+        // then cut off by a coordinator that requires one: say so when that happens.
+        let hint = (url.starts_with("https://") && tls.cert.is_none()).then_some(
+            "a coordinator that requires client certificates closes the connection of a client without --tls-cert and --tls-key",
+        );
         Ok(Coordinator {
             client: ExperimentsClient::with_interceptor(channel, auth),
+            hint,
         })
     }
 
@@ -54,14 +80,14 @@ impl Coordinator {
             .client
             .submit(request)
             .await
-            .map_err(refused)?
+            .map_err(|s| refused(s, self.hint))?
             .into_inner()
             .id)
     }
 
     /// One experiment (`id` non-empty) or all of them.
     pub async fn status(&mut self, id: &str) -> anyhow::Result<Vec<ExperimentStatus>> {
-        self.try_status(id).await.map_err(refused)
+        self.try_status(id).await.map_err(|s| refused(s, self.hint))
     }
 
     /// `status`, keeping the gRPC status so callers can tell "unknown id" from "unreachable".
@@ -75,7 +101,7 @@ impl Coordinator {
             .client
             .list_workers(ListWorkersRequest {})
             .await
-            .map_err(refused)?
+            .map_err(|s| refused(s, self.hint))?
             .into_inner()
             .workers)
     }
@@ -86,7 +112,7 @@ impl Coordinator {
             .client
             .cancel(request)
             .await
-            .map_err(refused)?
+            .map_err(|s| refused(s, self.hint))?
             .into_inner()
             .state)
     }

@@ -18,8 +18,13 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Follows `id` until it finishes (exit 0), fails (1) or is cancelled (2); exits 3 if the
 /// coordinator stays unreachable for a minute.
-pub async fn watch(url: &str, token: Option<&str>, id: &str) -> anyhow::Result<ExitCode> {
-    let mut coordinator = Coordinator::connect(url, token).await?;
+pub async fn watch(
+    url: &str,
+    token: Option<&str>,
+    tls: &outerloop_proto::tls::ClientTls,
+    id: &str,
+) -> anyhow::Result<ExitCode> {
+    let mut coordinator = Coordinator::connect(url, token, tls).await?;
     let live = std::io::stdout().is_terminal();
     let mut last_eval_step = None;
     let mut last_line = Instant::now() - LINE_EVERY;

@@ -47,6 +47,9 @@ pub struct CoordinatorConfig {
     /// The largest message the `Experiments` service accepts (a spec and its overrides):
     /// specs are kilobytes, and one of a gigabyte would tie up the coordinator parsing it.
     pub max_spec_bytes: usize,
+    /// Serve over TLS with these files (and require client certificates when they name an
+    /// authority for them); plain HTTP/2 without.
+    pub tls: Option<outerloop_proto::tls::ServerTls>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +61,8 @@ pub enum CoordinatorError {
     },
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Serves the coordinator on `listener` until `shutdown` completes. Experiments run one after
@@ -67,6 +72,9 @@ pub async fn run(
     config: CoordinatorConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), CoordinatorError> {
+    // Unreadable certificates stop the start before anything runs.
+    let tls =
+        (config.tls.as_ref().map(|t| t.config()).transpose()).map_err(CoordinatorError::Tls)?;
     let state_error = |source| CoordinatorError::StateDir {
         dir: config.state_dir.clone(),
         source,
@@ -132,7 +140,11 @@ pub async fn run(
     // Every outer step is a few small request/reply exchanges: without TCP_NODELAY, Nagle's
     // algorithm and delayed ACKs add tens of milliseconds to each.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let served = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    let served = server
         // Sized for results that carry gradients of megabytes (see `transport`).
         .initial_stream_window_size(Some(WINDOW_BYTES))
         .initial_connection_window_size(Some(2 * WINDOW_BYTES))

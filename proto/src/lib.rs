@@ -9,6 +9,7 @@ pub mod mtl;
 pub mod splitmix;
 pub mod state;
 pub mod table;
+pub mod tls;
 pub mod transport;
 pub mod work;
 

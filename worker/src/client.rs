@@ -39,6 +39,8 @@ pub struct WorkerIdentity {
     pub datasets: Vec<Manifest>,
     /// The worker token every call carries, when the coordinator requires one.
     pub token: Option<String>,
+    /// TLS files for an `https://` coordinator.
+    pub tls: outerloop_proto::tls::ClientTls,
 }
 
 /// The client of the `Workers` service, each call carrying the worker's token.
@@ -53,6 +55,7 @@ enum SessionEnd {
     Rpc(#[from] tonic::Status),
     #[error(transparent)]
     Connect(#[from] tonic::transport::Error),
+    /// The coordinator turned the worker away, or its own settings cannot work: no retry helps.
     #[error("the coordinator refused this worker: {0}")]
     Refused(String),
 }
@@ -126,8 +129,13 @@ async fn work_session(
     compute: &ComputeThread,
     registered: &Registered,
 ) -> Result<std::convert::Infallible, SessionEnd> {
-    let channel: Channel = Endpoint::from_shared(identity.coordinator.clone())
-        .map_err(SessionEnd::Connect)?
+    let endpoint =
+        Endpoint::from_shared(identity.coordinator.clone()).map_err(SessionEnd::Connect)?;
+    let endpoint = identity
+        .tls
+        .endpoint(endpoint, &identity.coordinator)
+        .map_err(SessionEnd::Refused)?;
+    let channel: Channel = endpoint
         .connect_timeout(Duration::from_secs(5))
         // A coordinator host that vanishes without closing the connection (power loss, a
         // partition) must not wedge the worker until TCP gives up minutes later.
