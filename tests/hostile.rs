@@ -142,3 +142,52 @@ fn an_oversized_submission_is_refused_and_the_coordinator_keeps_serving() {
     // The coordinator answers the next call, and a spec of normal size goes through.
     assert!(cluster.submit(SPEC, &SHORT).is_ok());
 }
+
+#[test]
+fn names_are_bounded_and_errors_on_long_lines_still_arrive() {
+    let cluster = Cluster::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = std::fs::read_to_string(SPEC).unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    // An error quoting a 40 KB line reaches the caller, cut short.
+    let long_line = write(
+        "long.toml",
+        spec.replacen(
+            "seed = ",
+            &format!("seed = \"{}\"\n# ", "x".repeat(40_000)),
+            1,
+        ),
+    );
+    let error = cluster.submit(&long_line, &[]).unwrap_err();
+    assert!(
+        error.contains("long.toml:5:8: invalid type") && error.contains("more bytes"),
+        "{}",
+        &error[..error.len().min(300)]
+    );
+    // Names: bounded, printable, never echoed back.
+    let huge = format!("name = \"{}\"", "n".repeat(5000));
+    let named = write(
+        "huge.toml",
+        spec.replacen("name = ", &format!("{huge}\n# "), 1),
+    );
+    let error = cluster.submit(&named, &[]).unwrap_err();
+    assert!(
+        error.contains("is 5000 characters long; at most 128"),
+        "{error}"
+    );
+    assert!(error.len() < 1000, "the name came back");
+    let escape = write(
+        "escape.toml",
+        spec.replacen("name = ", "name = \"x\\u001b[2Jforged\"\n# ", 1),
+    );
+    let error = cluster.submit(&escape, &[]).unwrap_err();
+    assert!(error.contains("U+001B"), "{error}");
+    assert!(
+        cluster.submit(SPEC, &SHORT).is_ok(),
+        "the coordinator keeps serving"
+    );
+}

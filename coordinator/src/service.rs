@@ -33,10 +33,38 @@ pub struct WorkersService {
 
 fn to_status(e: RegistryError) -> Status {
     match e {
-        RegistryError::InvalidSpec(e) => Status::invalid_argument(e.to_string()),
-        RegistryError::UnknownId { .. } => Status::not_found(e.to_string()),
-        RegistryError::Storage(_) => Status::internal(e.to_string()),
+        RegistryError::InvalidSpec(e) => Status::invalid_argument(bounded(e.to_string())),
+        RegistryError::UnknownId { .. } => Status::not_found(bounded(e.to_string())),
+        RegistryError::Storage(_) => Status::internal(bounded(e.to_string())),
     }
+}
+
+/// The most of an error message a reply carries: it travels in an HTTP/2 header, and one of
+/// tens of kilobytes (a spec error quoting a long line) broke the reply itself.
+const MAX_MESSAGE_CHARS: usize = 2048;
+
+/// `message`, cut at [`MAX_MESSAGE_CHARS`] with a note that it was.
+fn bounded(message: String) -> String {
+    match message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((cut, _)) => format!("{}… ({} more bytes)", &message[..cut], message.len() - cut),
+        None => message,
+    }
+}
+
+/// Text a caller chose that others will read (a worker's name, a spec's source name): at most
+/// `max` characters, control characters (terminal escapes) shown as `\u{..}`.
+fn printable(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .flat_map(|c| {
+            let shown: Vec<char> = if c.is_control() {
+                c.escape_unicode().collect()
+            } else {
+                vec![c]
+            };
+            shown
+        })
+        .collect()
 }
 
 fn eval_summary(e: &EvalRecord) -> EvalSummary {
@@ -100,11 +128,11 @@ impl Experiments for ExperimentsService {
         request: Request<SubmitRequest>,
     ) -> Result<Response<SubmitReply>, Status> {
         let r = request.into_inner();
-        let source = if r.source_name.is_empty() {
-            "spec"
-        } else {
-            &r.source_name
+        let source = match printable(&r.source_name, 256) {
+            s if s.is_empty() => "spec".to_string(),
+            s => s,
         };
+        let source = source.as_str();
         // A spec on a dataset is checked against the version most registered workers hold
         // (or the one it pins), from the manifests workers reported.
         let resolve = |name: &str, pinned: Option<&str>| {
@@ -207,8 +235,8 @@ impl Workers for WorkersService {
             .map_err(|e| Status::invalid_argument(format!("a dataset manifest is invalid: {e}")))?;
         self.datasets.report(&manifests);
         let registration = Registration {
-            name: r.name,
-            device: r.device,
+            name: printable(&r.name, 128),
+            device: printable(&r.device, 64),
             threads: r.threads,
             datasets: manifests
                 .iter()
@@ -262,5 +290,27 @@ impl Workers for WorkersService {
             None => None,
         };
         Ok(Response::new(CompleteReply { accepted, next }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_and_callers_text_is_printable() {
+        let long = "é".repeat(5000);
+        let cut = bounded(long.clone());
+        assert!(cut.starts_with(&"é".repeat(MAX_MESSAGE_CHARS)));
+        assert!(cut.ends_with(&format!(
+            "… ({} more bytes)",
+            2 * (5000 - MAX_MESSAGE_CHARS)
+        )));
+        assert_eq!(bounded("short".into()), "short");
+        assert_eq!(
+            printable("gpu\u{1b}[31m-box\n", 100),
+            "gpu\\u{1b}[31m-box\\u{a}"
+        );
+        assert_eq!(printable(&"w".repeat(500), 128).len(), 128);
     }
 }

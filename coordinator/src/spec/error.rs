@@ -68,12 +68,29 @@ impl SpecError {
     }
 }
 
-/// `\n  9 | shots = = 10\n    |         ^`
+/// Characters of the offending line shown on each side of the column: enough to recognise
+/// it, and a line of megabytes does not become a message of megabytes.
+const EXCERPT_REACH: usize = 60;
+
+/// `\n  9 | shots = = 10\n    |         ^`, a long line cut to the stretch around the column
+/// (`…` where it was cut).
 fn excerpt(text: &str, (line, col): (usize, usize)) -> Option<String> {
     let source = text.lines().nth(line - 1)?;
     let gutter = line.to_string().len();
+    let chars: Vec<char> = source.chars().collect();
+    let start = col.saturating_sub(1 + EXCERPT_REACH);
+    let end = (col + EXCERPT_REACH).min(chars.len());
+    let mut shown: String = chars[start.min(end)..end].iter().collect();
+    let mut col = col - start;
+    if start > 0 {
+        shown.insert(0, '…');
+        col += 1;
+    }
+    if end < chars.len() {
+        shown.push('…');
+    }
     Some(format!(
-        "\n {line} | {source}\n {:gutter$} | {:>col$}",
+        "\n {line} | {shown}\n {:gutter$} | {:>col$}",
         "", "^"
     ))
 }
@@ -139,6 +156,14 @@ mod tests {
         assert_eq!(locate_key(text, "meta.shots"), Some((5, 3)));
         assert_eq!(locate_key(text, "name"), Some((1, 1)));
         assert_eq!(locate_key(text, "eval.shots"), None);
+    }
+
+    #[test]
+    fn a_long_line_is_shown_around_its_column() {
+        let line = format!("{}bad{}", "a".repeat(500), "z".repeat(500));
+        let shown = excerpt(&line, (1, 501)).unwrap();
+        let expected_line = format!("…{}bad{}…", "a".repeat(60), "z".repeat(58));
+        assert_eq!(shown, format!("\n 1 | {expected_line}\n   | {:>62}", "^"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod experiment;
 mod meta;
 mod model;
 mod mtl;
+mod name;
 mod overrides;
 mod task;
 
@@ -94,9 +95,7 @@ impl Spec {
     }
 
     fn resolve(raw: RawSpec) -> Result<Spec, Invalid> {
-        if raw.name.trim().is_empty() {
-            return Err(out_of_range("name", &raw.name, "must not be empty"));
-        }
+        name::check_name(&raw.name)?;
         let mut spec = Spec {
             name: raw.name,
             seed: raw.seed,

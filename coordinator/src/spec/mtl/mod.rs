@@ -337,9 +337,7 @@ impl MtlSpec {
     }
 
     fn resolve(raw: RawMtlSpec) -> Result<MtlSpec, Invalid> {
-        if raw.name.trim().is_empty() {
-            return Err(out_of_range("name", &raw.name, "must not be empty"));
-        }
+        super::name::check_name(&raw.name)?;
         let mut spec = MtlSpec {
             name: raw.name,
             seed: raw.seed,
