@@ -584,7 +584,11 @@ impl Dispatcher {
             }
             slot.result = Some((result, worker));
             slot.lease = None;
-            round.pending.retain(|&i| i != index);
+            // `pending` is sorted (leases take from the front, requeues insert in order): a
+            // search, not a scan, so a round stays linear in its chunks.
+            if let Ok(at) = round.pending.binary_search(&index) {
+                round.pending.remove(at);
+            }
             round.remaining -= 1;
             done.accepted += 1;
             if round.remaining == 0 {
