@@ -79,17 +79,7 @@ fn every_call_needs_a_token_of_its_role() {
     cluster.cli_args = vec!["--token-file".into(), user_token.to_str().unwrap().into()];
     cluster.add_worker_with(&["--token-file", worker_token.to_str().unwrap()]);
     cluster.wait_workers(1);
-    let id = cluster
-        .submit(
-            SPEC,
-            &[
-                "meta.steps=20",
-                "eval.every=20",
-                "eval.tasks=50",
-                "eval.final_tasks=50",
-            ],
-        )
-        .unwrap();
+    let id = cluster.submit(SPEC, &common::TINY).unwrap();
     cluster.wait_finished(&id, Duration::from_secs(300));
     // The token never shows in the coordinator's log.
     let logs = cluster.logs();

@@ -114,16 +114,6 @@ fn a_run_over_mutual_tls_and_clients_without_the_right_files_are_turned_away() {
     let worker_args: Vec<&str> = client_files.iter().map(String::as_str).collect();
     cluster.add_worker_with(&worker_args);
     cluster.wait_workers(1);
-    let id = cluster
-        .submit(
-            SPEC,
-            &[
-                "meta.steps=20",
-                "eval.every=20",
-                "eval.tasks=50",
-                "eval.final_tasks=50",
-            ],
-        )
-        .unwrap();
+    let id = cluster.submit(SPEC, &common::TINY).unwrap();
     cluster.wait_finished(&id, Duration::from_secs(300));
 }

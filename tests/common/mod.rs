@@ -11,6 +11,14 @@ use serde_json::Value;
 pub const BIN: &str = env!("CARGO_BIN_EXE_outerloop");
 pub const SPEC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/sinusoid_maml.toml");
 
+/// `SPEC` cut to a run of seconds.
+pub const TINY: [&str; 4] = [
+    "meta.steps=20",
+    "eval.every=20",
+    "eval.tasks=50",
+    "eval.final_tasks=50",
+];
+
 /// A spec of `configs/` by file name.
 pub fn config(name: &str) -> String {
     format!("{}/configs/{name}", env!("CARGO_MANIFEST_DIR"))

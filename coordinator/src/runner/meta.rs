@@ -155,11 +155,12 @@ impl<'a> Run<'a> {
             let lr = spec.meta.lr_at(self.step);
             self.optimizer
                 .step(&mut self.params, &grad, lr)
-                .map_err(|o| RunError::Diverged {
-                    step: self.step + 1,
-                    what: format!("{} at index {}", o.what, o.index),
-                    value: o.value as f64,
-                    hint: "a worker sent an absurd gradient, or try a smaller meta.meta_lr",
+                .map_err(|o| {
+                    super::overflowed(
+                        self.step + 1,
+                        o,
+                        "an absurd gradient, or try a smaller meta.meta_lr",
+                    )
                 })?;
             self.step += 1;
             let step_seconds = started.elapsed().as_secs_f64();

@@ -45,6 +45,17 @@ enum RunError {
     Sampling(String),
 }
 
+/// The error of an update the optimizer refused (`step` is the one it would have made);
+/// `hint` says what to try.
+fn overflowed(step: u64, overflow: crate::optimizer::Overflow, hint: &'static str) -> RunError {
+    RunError::Diverged {
+        step,
+        what: format!("{} at index {}", overflow.what, overflow.index),
+        value: overflow.value as f64,
+        hint,
+    }
+}
+
 /// Runs `job` to its end and records how it ended.
 pub async fn run(job: Job, registry: &Registry, dispatcher: &Dispatcher) {
     let id = job.id.clone();
