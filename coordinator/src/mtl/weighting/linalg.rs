@@ -12,10 +12,6 @@ use crate::simd::with_avx2;
 /// Independent accumulators per dot product: a sum per lane vectorises, one running sum
 /// cannot (its additions must happen in order).
 const LANES: usize = 8;
-/// Products each lane adds in `f32` before the sum goes into its `f64` accumulator: the
-/// widening is most of a dot product's cost, and a sum of four products loses at most a few
-/// units in the last place of `f32`, the precision the gradients themselves have.
-const GROUP: usize = 4;
 /// Entries per block in [`gram`] and [`combine`]: every task's slice of a block (32 KiB of
 /// f32 each) stays in cache while the block is used.
 const BLOCK: usize = 8192;
@@ -40,25 +36,19 @@ fn is_large(gradients: &[Vec<f32>]) -> bool {
     parallel::worth_it(gradients.iter().map(Vec::len).sum())
 }
 
-/// Adds the products of `a` and `b` lane by lane into `acc`: each lane's products in groups
-/// of [`GROUP`] summed in `f32`, the tail's one by one into lane 0.
+/// Adds the products of `a` and `b` lane by lane into `acc`, the tail into lane 0. Products
+/// of two `f32` are exact in `f64`.
 #[inline(always)]
 fn dot_lanes(a: &[f32], b: &[f32], acc: &mut [f64; LANES]) {
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES * GROUP), b.chunks_exact(LANES * GROUP));
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let (a_tail, b_tail) = (a_chunks.remainder(), b_chunks.remainder());
     for (x, y) in a_chunks.zip(b_chunks) {
-        let mut group = [0.0f32; LANES];
-        for (x, y) in x.chunks_exact(LANES).zip(y.chunks_exact(LANES)) {
-            for lane in 0..LANES {
-                group[lane] += x[lane] * y[lane];
-            }
-        }
         for lane in 0..LANES {
-            acc[lane] += f64::from(group[lane]);
+            acc[lane] += f64::from(x[lane]) * f64::from(y[lane]);
         }
     }
     for (&x, &y) in a_tail.iter().zip(b_tail) {
-        acc[0] += f64::from(x * y);
+        acc[0] += f64::from(x) * f64::from(y);
     }
 }
 
@@ -286,20 +276,14 @@ mod tests {
             for i in 0..3 {
                 for j in 0..3 {
                     let expected = plain_dot(&g[i], &g[j]);
-                    // Groups of four products summed in f32: each loses at most a few units
-                    // in f32's last place of the products' magnitudes.
-                    let magnitude: f64 = g[i]
-                        .iter()
-                        .zip(&g[j])
-                        .map(|(&x, &y)| (f64::from(x) * f64::from(y)).abs())
-                        .sum();
-                    let bound = 4.0 * f64::from(f32::EPSILON) * magnitude + 1e-300;
                     assert!(
-                        (m[i][j] - expected).abs() <= bound,
+                        (m[i][j] - expected).abs() <= 1e-12 * expected.abs().max(1.0),
                         "len {len}: G[{i}][{j}] = {} but the plain sum is {expected}",
                         m[i][j]
                     );
-                    assert!((dot(&g[i], &g[j]) - expected).abs() <= bound);
+                    assert!(
+                        (dot(&g[i], &g[j]) - expected).abs() <= 1e-12 * expected.abs().max(1.0)
+                    );
                     assert_eq!(m[i][j].to_bits(), m[j][i].to_bits());
                 }
             }
