@@ -494,7 +494,7 @@ impl Dispatcher {
     /// refused one puts the chunk back for another lease.
     pub fn complete(&self, worker: u64, results: Vec<ChunkResult>) -> Completed {
         // Which results this worker may deliver, and the check they must pass.
-        let held = {
+        let (first_chunk_id, check, held) = {
             let mut state = self.lock();
             if let Some(info) = state.workers.get_mut(&worker) {
                 info.last_seen = Instant::now();
@@ -511,7 +511,6 @@ impl Dispatcher {
                 .collect();
             (round.first_chunk_id, round.check.clone(), held)
         };
-        let (first_chunk_id, check, held) = held;
         let checked: Vec<(usize, ChunkResult, Result<(), String>)> = held
             .into_iter()
             .map(|(index, result)| {

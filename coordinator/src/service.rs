@@ -54,17 +54,15 @@ fn bounded(message: String) -> String {
 /// Text a caller chose that others will read (a worker's name, a spec's source name): at most
 /// `max` characters, control characters (terminal escapes) shown as `\u{..}`.
 fn printable(text: &str, max: usize) -> String {
-    text.chars()
-        .take(max)
-        .flat_map(|c| {
-            let shown: Vec<char> = if c.is_control() {
-                c.escape_unicode().collect()
-            } else {
-                vec![c]
-            };
-            shown
-        })
-        .collect()
+    let mut shown = String::new();
+    for c in text.chars().take(max) {
+        if c.is_control() {
+            shown.extend(c.escape_unicode());
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
 }
 
 fn eval_summary(e: &EvalRecord) -> EvalSummary {

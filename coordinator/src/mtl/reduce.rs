@@ -36,7 +36,6 @@ pub fn reduce_tasks(
     results: &[ChunkResult],
     expected: Expected,
 ) -> Result<Vec<TaskSums>, AggregateError> {
-    let grad_len = |len: usize| if expected.train { len } else { 0 };
     let tasks = expected.head_lens.len();
     for (index, result) in results.iter().enumerate() {
         check_sizes(index, result, &expected)?;
@@ -49,7 +48,11 @@ pub fn reduce_tasks(
             head_grad: Vec::new(),
         })
         .collect();
-    let values = results.len() * grad_len(expected.shared_len) * tasks;
+    let values = if expected.train {
+        results.len() * expected.shared_len * tasks
+    } else {
+        0
+    };
     crate::parallel::for_each_mut(&mut sums, crate::parallel::worth_it(values), |task, sum| {
         let entries = || results.iter().map(|r| &r.task_totals[task]);
         sum.shared_grad =

@@ -27,6 +27,8 @@ mod uncertainty;
 
 use std::collections::BTreeMap;
 
+use crate::finite::all_finite;
+
 /// One step's measurements, every slice in task order.
 #[derive(Clone, Copy, Debug)]
 pub struct StepInput<'a> {
@@ -256,8 +258,6 @@ pub fn check_input(
     }
     Ok(())
 }
-
-pub use crate::finite::all_finite;
 
 #[cfg(test)]
 pub(crate) mod testing;
