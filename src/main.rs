@@ -89,6 +89,30 @@ enum Command {
         /// The largest submission accepted (the spec with its overrides), in bytes.
         #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)))]
         max_spec_bytes: u64,
+        /// Try a chunk a worker failed to compute (a libtorch error, out of memory) this many
+        /// more times on other workers before the experiment fails.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=100))]
+        chunk_retries: u32,
+        /// Workers registered at once; more are refused until one leaves.
+        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        max_workers: u64,
+        /// Chunks one worker may hold leased at once.
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        max_leased_chunks: u64,
+        /// Open connections at once; more are closed as they arrive. Kept below the process's
+        /// descriptor limit, which the coordinator raises to its hard limit at start.
+        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(8..=1_000_000))]
+        max_connections: u64,
+        /// Close a connection that carried nothing for this long (workers heart-beat every
+        /// --heartbeat-ms, so theirs never idle).
+        #[arg(long, value_name = "SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+        idle_timeout_s: u64,
+        /// Experiments waiting at once; submissions past it are refused.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+        max_queued: u64,
+        /// The largest model a submitted spec may train, in parameters.
+        #[arg(long, default_value_t = 1 << 26, value_parser = clap::value_parser!(u64).range(1..))]
+        max_parameters: u64,
     },
     /// Run a worker: pulls work from the coordinator and runs inner loops on this machine.
     Worker {
@@ -253,6 +277,13 @@ async fn run(
             server_cert,
             server_key,
             client_ca,
+            chunk_retries,
+            max_workers,
+            max_leased_chunks,
+            max_connections,
+            idle_timeout_s,
+            max_queued,
+            max_parameters,
         } => {
             init_tracing("info");
             let tokens = outerloop_coordinator::auth::Tokens::load(tokens.as_deref())
@@ -291,7 +322,18 @@ async fn run(
                     worker_timeout: Duration::from_millis(worker_timeout_ms),
                     lease_timeout: Duration::from_millis(lease_timeout_ms),
                     heartbeat_interval: Duration::from_millis(heartbeat_ms),
+                    chunk_retries,
+                    max_workers: max_workers as usize,
+                    max_leased_chunks: max_leased_chunks as usize,
                     ..DispatchConfig::default()
+                },
+                connections: outerloop_coordinator::connections::Limits {
+                    max_open: connection_limit(max_connections as usize),
+                    idle_timeout: Duration::from_secs(idle_timeout_s),
+                },
+                submissions: outerloop_coordinator::registry::SubmitLimits {
+                    max_queued: max_queued as usize,
+                    max_parameters,
                 },
                 tokens: std::sync::Arc::new(tokens),
                 max_spec_bytes: max_spec_bytes as usize,
@@ -346,9 +388,10 @@ async fn run(
                 token: token()?,
                 tls: tls.clone(),
             };
-            outerloop_worker::serve(identity, compute, shutdown_signal())
-                .await
-                .map_err(anyhow::Error::msg)?;
+            let served =
+                outerloop_worker::serve(identity, compute.clone(), shutdown_signal()).await;
+            compute.stop();
+            served.map_err(anyhow::Error::msg)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit {
@@ -441,6 +484,45 @@ fn default_worker_name() -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "worker".into());
     format!("{host}-{}", std::process::id())
+}
+
+/// Descriptors kept free of connections: the state directory's files, the listener, logs.
+const SPARE_DESCRIPTORS: usize = 64;
+
+/// `wanted` open connections, or fewer when the process's descriptor limit (raised first to
+/// its hard limit) leaves no room for them and [`SPARE_DESCRIPTORS`] more: past that limit a
+/// checkpoint could not be written.
+fn connection_limit(wanted: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    let descriptors = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return wanted;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                ..limit
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    };
+    let room = descriptors.saturating_sub(SPARE_DESCRIPTORS).max(8);
+    if wanted > room {
+        tracing::warn!(
+            wanted,
+            descriptors,
+            allowed = room,
+            "--max-connections is above what the descriptor limit leaves room for; lowered"
+        );
+    }
+    wanted.min(room)
 }
 
 #[cfg(test)]

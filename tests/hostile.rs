@@ -153,7 +153,8 @@ fn names_are_bounded_and_errors_on_long_lines_still_arrive() {
         std::fs::write(&path, text).unwrap();
         path.to_str().unwrap().to_string()
     };
-    // An error quoting a 40 KB line reaches the caller, cut short.
+    // An error quoting a 40 KB line reaches the caller, cut short (the spec's error keeps the
+    // ends of what it quotes; the reply bounds any message).
     let long_line = write(
         "long.toml",
         spec.replacen(
@@ -164,7 +165,7 @@ fn names_are_bounded_and_errors_on_long_lines_still_arrive() {
     );
     let error = cluster.submit(&long_line, &[]).unwrap_err();
     assert!(
-        error.contains("long.toml:5:8: invalid type") && error.contains("more bytes"),
+        error.contains("long.toml:5:8: invalid type") && error.len() < 4096,
         "{}",
         &error[..error.len().min(300)]
     );

@@ -8,7 +8,14 @@
 //!
 //! A result counts only from the worker holding the chunk's lease, and only once the round's
 //! check accepts it (its sizes, finite values): a refused result gives the chunk to another
-//! lease, and a chunk refused [`MAX_REFUSALS`] times fails the round, naming every try.
+//! lease, and a chunk refused [`MAX_REFUSALS`] times fails the round, naming every try. A chunk
+//! a worker failed to compute (a libtorch error, out of memory) goes to another worker, up to
+//! [`DispatchConfig::chunk_retries`] times, before the round fails naming every failure.
+//!
+//! Leases last as long as the chunks' measured cost says they should (with a generous slack),
+//! not a fixed timeout; and once nothing is left to lease, an idle worker may take a copy of
+//! a lease that has run far longer than its cost (a straggler): both compute the same
+//! result, and the first to arrive wins, so a slow worker never stalls a step.
 //!
 //! A round on a dataset is only leased to workers that reported holding that dataset at the
 //! experiment's version; a worker that refuses the work anyway (its copy changed) is not asked
@@ -24,6 +31,8 @@ use outerloop_proto::v1::{
     TaskDescriptor, WorkChunk,
 };
 use prost::bytes::Bytes;
+
+use crate::text::printable;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
@@ -38,6 +47,14 @@ pub struct DispatchConfig {
     pub heartbeat_interval: Duration,
     /// The longest a lease request is held open when there is no work.
     pub max_lease_wait: Duration,
+    /// How many times a chunk a worker failed to compute is tried again elsewhere.
+    pub chunk_retries: u32,
+    /// The least time a lease must have run before an idle worker may copy it.
+    pub straggler_after: Duration,
+    /// Workers registered at once; registrations past it are refused.
+    pub max_workers: usize,
+    /// Chunks one worker may hold leased at once.
+    pub max_leased_chunks: usize,
 }
 
 impl Default for DispatchConfig {
@@ -47,9 +64,26 @@ impl Default for DispatchConfig {
             lease_timeout: Duration::from_secs(300),
             heartbeat_interval: Duration::from_secs(1),
             max_lease_wait: Duration::from_secs(5),
+            chunk_retries: 2,
+            straggler_after: Duration::from_secs(2),
+            max_workers: 1024,
+            max_leased_chunks: 256,
         }
     }
 }
+
+/// How many times its measured cost a lease is given before it expires: generous, because an
+/// expired lease costs a recomputation, and a worker may be slower than the round's others.
+const LEASE_SLACK: u32 = 8;
+
+/// The shortest lease a measured cost may give: below it, the noise of a loaded machine.
+const MIN_LEASE: Duration = Duration::from_secs(30);
+
+/// The most of a worker's error or refusal message kept.
+const MAX_WORKER_MESSAGE_CHARS: usize = 1024;
+
+/// How many times its measured cost a lease must have run before it counts as a straggler.
+const STRAGGLER_FACTOR: u32 = 2;
 
 /// A dataset at one version: its name and fingerprint.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -135,11 +169,13 @@ pub struct RoundOutput {
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum RoundError {
-    #[error("worker {worker} could not compute chunk {chunk}: {message}")]
+    #[error("chunk {chunk} ({tasks}) failed on every try: {}", failures.join("; "))]
     ChunkFailed {
-        worker: String,
         chunk: usize,
-        message: String,
+        /// The chunk's tasks, as people can find them in the meta-batch.
+        tasks: String,
+        /// `worker: message` for each try.
+        failures: Vec<String>,
     },
     #[error("the round was abandoned")]
     Abandoned,
@@ -176,7 +212,25 @@ struct WorkerInfo {
 struct Lease {
     worker: u64,
     deadline: Instant,
+    /// The [`LeaseRecord`] this lease was granted in.
+    record: u64,
 }
+
+/// One grant of chunks to a worker: what straggler copies and the cost measurements need.
+#[derive(Debug)]
+struct LeaseRecord {
+    id: u64,
+    worker: u64,
+    leased_at: Instant,
+    chunks: Vec<usize>,
+    /// Chunks still leased under this record (neither done nor put back).
+    open: usize,
+    /// Whether an idle worker took a copy of it already (one copy per lease is enough).
+    copied: bool,
+}
+
+/// Rounds whose chunks cost alike: the same experiment, phase and inner steps.
+type RoundKind = (String, i32, u32);
 
 #[derive(Debug)]
 struct Slot {
@@ -188,6 +242,14 @@ struct Slot {
     result: Option<(ChunkResult, u64)>,
     /// Why each refused result for this chunk was refused, with the worker that sent it.
     refusals: Vec<String>,
+    /// The workers that failed to compute this chunk, and `name: message` for each.
+    failures: Vec<(u64, String)>,
+}
+
+impl Slot {
+    fn failed_on(&self, worker: u64) -> bool {
+        self.failures.iter().any(|(w, _)| *w == worker)
+    }
 }
 
 #[derive(Debug)]
@@ -198,12 +260,20 @@ struct Round {
     params: Bytes,
     check: ResultCheck,
     first_chunk_id: u64,
+    kind: RoundKind,
     /// Since when no registered worker could compute the round, if none can.
     blocked_since: Option<Instant>,
     slots: Vec<Slot>,
     /// Chunk indices waiting for a worker, in chunk order.
     pending: VecDeque<usize>,
     remaining: usize,
+    /// Grants of this round still open, oldest first, ids counting up without gaps.
+    leases: VecDeque<LeaseRecord>,
+    next_record: u64,
+    /// Seconds per chunk measured in the last round of this kind, if there was one.
+    prior_cost: Option<Duration>,
+    /// The slowest seconds per chunk of a lease measured in this round.
+    slowest_cost: Option<Duration>,
     done: oneshot::Sender<Result<RoundOutput, RoundError>>,
 }
 
@@ -218,11 +288,185 @@ impl Round {
 
     /// Puts chunk `index` back for another lease when `worker` holds its lease now.
     fn release(&mut self, worker: u64, index: usize) {
-        let slot = &mut self.slots[index];
-        if slot.lease.as_ref().is_some_and(|l| l.worker == worker) {
-            slot.lease = None;
-            let at = self.pending.partition_point(|&i| i < index);
-            self.pending.insert(at, index);
+        if self.slots[index]
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.worker == worker)
+        {
+            self.requeue(index);
+        }
+    }
+
+    /// Ends chunk `index`'s lease and puts it back for another.
+    fn requeue(&mut self, index: usize) {
+        self.end_lease(index);
+        let at = self.pending.partition_point(|&i| i < index);
+        self.pending.insert(at, index);
+    }
+
+    /// Ends chunk `index`'s lease, if it has one, and returns it.
+    fn end_lease(&mut self, index: usize) -> Option<Lease> {
+        let lease = self.slots[index].lease.take()?;
+        if let Some(record) = self.record_mut(lease.record) {
+            record.open -= 1;
+        }
+        Some(lease)
+    }
+
+    fn record_mut(&mut self, id: u64) -> Option<&mut LeaseRecord> {
+        let first = self.leases.front()?.id;
+        self.leases
+            .get_mut(usize::try_from(id.checked_sub(first)?).ok()?)
+    }
+
+    /// What one chunk costs, as measured: the slowest of this round and the last of its kind.
+    fn cost(&self) -> Option<Duration> {
+        self.prior_cost.max(self.slowest_cost)
+    }
+
+    /// How long a lease of `size` chunks is given: its measured cost with slack, within
+    /// bounds; the configured timeout while nothing was measured.
+    fn lease_time(&self, size: usize, timeout: Duration) -> Duration {
+        match self.cost() {
+            None => timeout,
+            Some(cost) => cost
+                .saturating_mul(u32::try_from(size).unwrap_or(u32::MAX))
+                .saturating_mul(LEASE_SLACK)
+                .clamp(MIN_LEASE.min(timeout), timeout),
+        }
+    }
+
+    /// Leases up to `count` pending chunks, in chunk order, to `worker`. A chunk `worker`
+    /// failed to compute is left for another while one of the `eligible` has not failed it.
+    fn lease_pending(
+        &mut self,
+        worker: u64,
+        count: usize,
+        eligible: &[u64],
+        timeout: Duration,
+    ) -> Vec<usize> {
+        let mut taken = Vec::with_capacity(count.min(self.pending.len()));
+        let mut skipped = Vec::new();
+        while taken.len() < count {
+            let Some(index) = self.pending.pop_front() else {
+                break;
+            };
+            let slot = &self.slots[index];
+            if slot.failed_on(worker) && eligible.iter().any(|&w| !slot.failed_on(w)) {
+                skipped.push(index);
+            } else {
+                taken.push(index);
+            }
+        }
+        for index in skipped.into_iter().rev() {
+            self.pending.push_front(index);
+        }
+        if taken.is_empty() {
+            return taken;
+        }
+        let now = Instant::now();
+        let deadline = now + self.lease_time(taken.len(), timeout);
+        let record = self.next_record;
+        self.next_record += 1;
+        for &index in &taken {
+            let slot = &mut self.slots[index];
+            slot.leased_to.push(worker);
+            slot.lease = Some(Lease {
+                worker,
+                deadline,
+                record,
+            });
+        }
+        self.leases.push_back(LeaseRecord {
+            id: record,
+            worker,
+            leased_at: now,
+            open: taken.len(),
+            chunks: taken.clone(),
+            copied: false,
+        });
+        taken
+    }
+
+    /// Gives idle `worker` a copy of up to `count` chunks of the oldest lease that has run
+    /// far past its measured cost (and `at_least`), if there is one.
+    fn copy_straggler(&mut self, worker: u64, count: usize, at_least: Duration) -> Vec<usize> {
+        while self.leases.front().is_some_and(|r| r.open == 0) {
+            self.leases.pop_front();
+        }
+        let Some(cost) = self.cost() else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        for r in 0..self.leases.len() {
+            let record = &self.leases[r];
+            let overdue = cost
+                .saturating_mul(u32::try_from(record.chunks.len()).unwrap_or(u32::MAX))
+                .saturating_mul(STRAGGLER_FACTOR)
+                .max(at_least);
+            if record.copied
+                || record.open == 0
+                || record.worker == worker
+                || now.duration_since(record.leased_at) < overdue
+            {
+                continue;
+            }
+            let id = record.id;
+            let copies: Vec<usize> = record
+                .chunks
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    let slot = &self.slots[i];
+                    slot.result.is_none()
+                        && slot.lease.as_ref().is_some_and(|l| l.record == id)
+                        && !slot.leased_to.contains(&worker)
+                })
+                .take(count)
+                .collect();
+            if copies.is_empty() {
+                continue;
+            }
+            self.leases[r].copied = true;
+            for &index in &copies {
+                self.slots[index].leased_to.push(worker);
+            }
+            return copies;
+        }
+        Vec::new()
+    }
+
+    /// Notes the cost of a lease whose chunk `index` `worker` just delivered.
+    fn measure(&mut self, worker: u64, index: usize) {
+        let Some(lease) = self.slots[index].lease.as_ref() else {
+            return;
+        };
+        // A copy's result says nothing about its lease's cost.
+        if lease.worker != worker {
+            return;
+        }
+        let record = lease.record;
+        if let Some(record) = self.record_mut(record) {
+            let per_chunk =
+                record.leased_at.elapsed() / u32::try_from(record.chunks.len()).unwrap_or(u32::MAX);
+            self.slowest_cost = self.slowest_cost.max(Some(per_chunk));
+        }
+    }
+}
+
+/// The tasks of a chunk, for a message: `tasks 8-15`, or their indices when not consecutive.
+fn describe_tasks(tasks: &[TaskDescriptor]) -> String {
+    let indices: Vec<u64> = tasks.iter().map(|t| t.index).collect();
+    match indices.as_slice() {
+        [] => "no tasks".to_string(),
+        [one] => format!("task {one}"),
+        [first, .., last] if indices.windows(2).all(|w| w[1] == w[0] + 1) => {
+            format!("tasks {first}-{last}")
+        }
+        _ => {
+            let shown: Vec<String> = indices.iter().take(8).map(u64::to_string).collect();
+            let more = if indices.len() > 8 { ", ..." } else { "" };
+            format!("tasks {}{more}", shown.join(", "))
         }
     }
 }
@@ -236,6 +480,8 @@ struct State {
     round: Option<Round>,
     /// Why a worker refused an experiment's work, by (experiment, worker).
     refusals: HashMap<(String, u64), String>,
+    /// Seconds per chunk measured in the last round of each kind.
+    costs: HashMap<RoundKind, Duration>,
 }
 
 /// Where this process starts numbering chunks: a function of the start time, so
@@ -278,8 +524,15 @@ impl Dispatcher {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn register(&self, request: Registration) -> RegisterReply {
+    /// Registers a worker, or says why not (too many are registered).
+    pub fn register(&self, request: Registration) -> Result<RegisterReply, String> {
         let mut state = self.lock();
+        if state.workers.len() >= self.config.max_workers {
+            return Err(format!(
+                "the coordinator has {} workers registered, its limit (--max-workers); try again when one leaves",
+                state.workers.len()
+            ));
+        }
         // Whoever knows a worker's id can heart-beat, lease and complete as that worker: ids
         // are drawn from the thread's cryptographic generator, never counted.
         let worker_id = loop {
@@ -311,10 +564,10 @@ impl Dispatcher {
         drop(state);
         // A new worker changes everyone's fair share; let waiting requests look again.
         self.work_ready.notify_waiters();
-        RegisterReply {
+        Ok(RegisterReply {
             worker_id,
             heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
-        }
+        })
     }
 
     /// Forgets `worker` (it is shutting down) and puts the chunks it holds back for other
@@ -422,8 +675,15 @@ impl Dispatcher {
                     leased_to: Vec::new(),
                     result: None,
                     refusals: Vec::new(),
+                    failures: Vec::new(),
                 })
                 .collect();
+            let kind = (
+                input.setup.experiment_id.clone(),
+                input.phase as i32,
+                input.inner_steps,
+            );
+            let prior_cost = state.costs.get(&kind).copied();
             if let Some(old) = state.round.take() {
                 let _ = old.done.send(Err(RoundError::Abandoned));
             }
@@ -434,10 +694,15 @@ impl Dispatcher {
                 params: input.params,
                 check: input.check,
                 first_chunk_id,
+                kind,
                 blocked_since: None,
                 pending: (0..slots.len()).collect(),
                 remaining: slots.len(),
                 slots,
+                leases: VecDeque::new(),
+                next_record: 0,
+                prior_cost,
+                slowest_cost: None,
                 done,
             });
         }
@@ -448,9 +713,13 @@ impl Dispatcher {
     /// Forgets what workers said about an experiment that has ended, so that the refusals of a
     /// coordinator running for weeks do not pile up.
     pub fn experiment_ended(&self, experiment_id: &str) {
-        self.lock()
+        let mut state = self.lock();
+        state
             .refusals
             .retain(|(experiment, _), _| experiment != experiment_id);
+        state
+            .costs
+            .retain(|(experiment, _, _), _| experiment != experiment_id);
     }
 
     /// Drops the current round (when its experiment is cancelled); its late results are ignored.
@@ -477,7 +746,7 @@ impl Dispatcher {
                         ..LeaseReply::default()
                     };
                 }
-                if let Some(reply) = state.take_work(request, self.config.lease_timeout) {
+                if let Some(reply) = state.take_work(request, &self.config) {
                     return reply;
                 }
             }
@@ -492,13 +761,24 @@ impl Dispatcher {
     /// worker (or to nobody) or of a round that is over are dropped. A counted result is
     /// checked (the round's [`ResultCheck`], run outside the lock) before it wins the slot; a
     /// refused one puts the chunk back for another lease.
-    pub fn complete(&self, worker: u64, results: Vec<ChunkResult>) -> Completed {
+    pub fn complete(&self, worker: u64, mut results: Vec<ChunkResult>) -> Completed {
+        // What a worker says goes into logs and error messages: bounded, and no escape codes.
+        for result in &mut results {
+            for text in [&mut result.error, &mut result.refusal] {
+                if !text.is_empty() {
+                    *text = printable(text, MAX_WORKER_MESSAGE_CHARS);
+                }
+            }
+        }
         // Which results this worker may deliver, and the check they must pass.
         let (first_chunk_id, check, held) = {
             let mut state = self.lock();
-            if let Some(info) = state.workers.get_mut(&worker) {
-                info.last_seen = Instant::now();
-            }
+            // A dropped worker (silent past its timeout, its link cut) may come back under a
+            // new id; what it sends under the old one is late, and dropped.
+            let Some(info) = state.workers.get_mut(&worker) else {
+                return Completed::default();
+            };
+            info.last_seen = Instant::now();
             let Some(round) = state.round.as_ref() else {
                 return Completed::default();
             };
@@ -572,17 +852,29 @@ impl Dispatcher {
                 continue;
             }
             if !result.error.is_empty() {
-                let round = state.round.take().expect("round checked above");
-                let _ = round.done.send(Err(RoundError::ChunkFailed {
-                    worker: worker_name,
-                    chunk: index,
-                    message: result.error,
-                }));
                 done.accepted += 1;
-                return done;
+                slot.failures
+                    .push((worker, format!("{worker_name}: {}", result.error)));
+                if slot.failures.len() > self.config.chunk_retries as usize {
+                    let tasks = describe_tasks(&slot.work.tasks);
+                    let failures = slot.failures.drain(..).map(|(_, f)| f).collect();
+                    let round = state.round.take().expect("round checked above");
+                    let _ = round.done.send(Err(RoundError::ChunkFailed {
+                        chunk: index,
+                        tasks,
+                        failures,
+                    }));
+                    return done;
+                }
+                tracing::warn!(worker = %worker_name, chunk = index, error = %result.error, "a worker failed to compute a chunk; it goes to another worker");
+                round.release(worker, index);
+                self.work_ready.notify_waiters();
+                continue;
             }
+            round.measure(worker, index);
+            round.end_lease(index);
+            let slot = &mut round.slots[index];
             slot.result = Some((result, worker));
-            slot.lease = None;
             // `pending` is sorted (leases take from the front, requeues insert in order): a
             // search, not a scan, so a round stays linear in its chunks.
             if let Ok(at) = round.pending.binary_search(&index) {
@@ -592,6 +884,9 @@ impl Dispatcher {
             done.accepted += 1;
             if round.remaining == 0 {
                 let round = state.round.take().expect("round checked above");
+                if let Some(cost) = round.slowest_cost {
+                    state.costs.insert(round.kind.clone(), cost);
+                }
                 let (results, workers) = round
                     .slots
                     .into_iter()
@@ -640,17 +935,17 @@ impl Dispatcher {
             }
         }
         if let Some(round) = state.round.as_mut() {
-            for (index, slot) in round.slots.iter_mut().enumerate() {
-                let expired = slot
-                    .lease
-                    .as_ref()
-                    .is_some_and(|l| silent.contains(&l.worker) || l.deadline <= now);
-                if expired {
-                    slot.lease = None;
-                    let at = round.pending.partition_point(|&i| i < index);
-                    round.pending.insert(at, index);
-                    requeued = true;
-                }
+            let expired: Vec<usize> = (0..round.slots.len())
+                .filter(|&index| {
+                    round.slots[index]
+                        .lease
+                        .as_ref()
+                        .is_some_and(|l| silent.contains(&l.worker) || l.deadline <= now)
+                })
+                .collect();
+            for index in expired {
+                round.requeue(index);
+                requeued = true;
             }
         }
         drop(state);
@@ -697,38 +992,49 @@ impl State {
         ids.iter().map(|&w| self.ineligible(w)).collect()
     }
 
-    /// Leases up to a fair share of the pending chunks to `request.worker_id`.
-    fn take_work(&mut self, request: &LeaseRequest, lease_timeout: Duration) -> Option<LeaseReply> {
-        if self.ineligible(request.worker_id).is_some() {
+    /// Leases up to a fair share of the pending chunks to `request.worker_id`, within its
+    /// limit of leased chunks; when none are pending, maybe a copy of a straggler's.
+    fn take_work(&mut self, request: &LeaseRequest, config: &DispatchConfig) -> Option<LeaseReply> {
+        let worker = request.worker_id;
+        if self.ineligible(worker).is_some() {
             return None;
         }
-        let ids: Vec<u64> = self.workers.keys().copied().collect();
-        let live_workers = ids
-            .into_iter()
-            .filter(|&w| self.ineligible(w).is_none())
-            .count()
-            .max(1);
+        let mut eligible: Vec<u64> = self.workers.keys().copied().collect();
+        eligible.retain(|&w| w != worker && self.ineligible(w).is_none());
+        let live_workers = eligible.len() + 1;
         let round = self.round.as_mut()?;
-        if round.pending.is_empty() {
+        let held: usize = round
+            .leases
+            .iter()
+            .filter(|r| r.worker == worker)
+            .map(|r| r.open)
+            .sum();
+        let room = config
+            .max_leased_chunks
+            .saturating_sub(held)
+            .min(request.max_chunks.max(1) as usize);
+        if room == 0 {
             return None;
         }
-        // Split the round evenly over the live workers, so that one fast poller does not take
-        // everything while others sit idle.
-        let share = round.slots.len().div_ceil(live_workers);
-        let count = share
-            .min(request.max_chunks.max(1) as usize)
-            .min(round.pending.len());
-        let deadline = Instant::now() + lease_timeout;
-        let mut chunks = Vec::with_capacity(count);
-        for index in round.pending.drain(..count) {
-            let slot = &mut round.slots[index];
-            slot.leased_to.push(request.worker_id);
-            slot.lease = Some(Lease {
-                worker: request.worker_id,
-                deadline,
-            });
-            chunks.push(slot.work.clone());
+        let taken = if round.pending.is_empty() {
+            let copies = round.copy_straggler(worker, room, config.straggler_after);
+            if !copies.is_empty() {
+                tracing::info!(
+                    chunks = copies.len(),
+                    "an idle worker takes a copy of a straggling lease"
+                );
+            }
+            copies
+        } else {
+            // Split the round evenly over the live workers, so that one fast poller does not
+            // take everything while others sit idle.
+            let share = round.slots.len().div_ceil(live_workers);
+            round.lease_pending(worker, share.min(room), &eligible, config.lease_timeout)
+        };
+        if taken.is_empty() {
+            return None;
         }
+        let chunks = taken.iter().map(|&i| round.slots[i].work.clone()).collect();
         let same_experiment = request.cached_experiment == round.setup.experiment_id;
         Some(LeaseReply {
             chunks,
@@ -755,6 +1061,10 @@ mod tests {
             lease_timeout: Duration::from_secs(60),
             heartbeat_interval: Duration::from_millis(500),
             max_lease_wait: Duration::from_secs(1),
+            chunk_retries: 2,
+            straggler_after: Duration::from_secs(1),
+            max_workers: 1024,
+            max_leased_chunks: 256,
         }
     }
 
@@ -792,6 +1102,7 @@ mod tests {
             threads: 1,
             datasets,
         })
+        .expect("below the worker limit")
         .worker_id
     }
 
@@ -919,6 +1230,8 @@ mod tests {
             d.expire();
         }
         assert!(!d.heartbeat(dead), "the silent worker was dropped");
+        // Its result arriving now (its link was cut, say) is dropped: it was dropped itself.
+        assert_eq!(d.complete(dead, vec![result(&lost[0], 99.0)]).accepted, 0);
         let retry = d.lease(&ask(alive, 8)).await.chunks;
         assert_eq!(
             retry.iter().map(|c| c.chunk_id).collect::<Vec<_>>(),
@@ -1090,29 +1403,220 @@ mod tests {
         assert!(err.contains("no-data: has no dataset `omniglot`"), "{err}");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_failed_chunk_fails_the_round_with_the_workers_message() {
-        let d = Arc::new(Dispatcher::new(config()));
-        let w = register(&d, "gpu-box");
-        let round = start(&d, 2);
-        let chunks = d.lease(&ask(w, 8)).await.chunks;
-        let failed = ChunkResult {
-            chunk_id: chunks[1].chunk_id,
-            error: "CUDA out of memory".into(),
+    fn failure(chunk: &WorkChunk, message: &str) -> ChunkResult {
+        ChunkResult {
+            chunk_id: chunk.chunk_id,
+            error: message.into(),
             ..Default::default()
-        };
-        d.complete(w, vec![failed]);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_chunk_goes_to_another_worker_and_its_result_counts() {
+        let d = Arc::new(Dispatcher::new(config()));
+        let (gpu, cpu) = (register(&d, "gpu-box"), register(&d, "cpu-box"));
+        let round = start(&d, 2);
+        let chunks = d.lease(&ask(gpu, 8)).await.chunks;
+        assert_eq!(chunks.len(), 1, "a fair share");
+        assert_eq!(
+            d.complete(gpu, vec![failure(&chunks[0], "CUDA out of memory")])
+                .accepted,
+            1
+        );
+        // The worker that failed it is not given it again while another can take it: it gets
+        // the chunk after it, and the other worker the failed one.
+        let next = d.lease(&ask(gpu, 8)).await.chunks;
+        let retried = d.lease(&ask(cpu, 8)).await.chunks;
+        let ids = |chunks: &[WorkChunk]| chunks.iter().map(|c| c.chunk_id).collect::<Vec<_>>();
+        assert_eq!(ids(&next), [chunks[0].chunk_id + 1]);
+        assert_eq!(ids(&retried), [chunks[0].chunk_id]);
+        assert_eq!(d.complete(gpu, vec![result(&next[0], 1.0)]).accepted, 1);
+        assert_eq!(d.complete(cpu, vec![result(&retried[0], 1.0)]).accepted, 1);
+        assert_eq!(round.await.unwrap().unwrap().workers, [cpu, gpu]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_chunk_failed_past_its_retries_fails_the_round_naming_its_tasks_and_every_failure() {
+        let d = Arc::new(Dispatcher::new(config()));
+        let (gpu, cpu) = (register(&d, "gpu-box"), register(&d, "cpu-box"));
+        let round = start(&d, 2);
+        let first = d.lease(&ask(gpu, 1)).await.chunks;
+        let second = d.lease(&ask(cpu, 1)).await.chunks;
+        assert_eq!(d.complete(cpu, vec![result(&second[0], 2.0)]).accepted, 1);
+        // Three tries (two retries): once every worker failed it, the first may try again.
+        d.complete(gpu, vec![failure(&first[0], "CUDA out of memory")]);
+        for (worker, message) in [(cpu, "bad alloc"), (gpu, "CUDA out of memory")] {
+            let chunk = d.lease(&ask(worker, 8)).await.chunks;
+            assert_eq!(chunk.len(), 1);
+            assert_eq!(chunk[0].chunk_id, first[0].chunk_id);
+            d.complete(worker, vec![failure(&chunk[0], message)]);
+        }
         let err = round.await.unwrap().unwrap_err();
         assert_eq!(
             err,
             RoundError::ChunkFailed {
-                worker: "gpu-box".into(),
-                chunk: 1,
-                message: "CUDA out of memory".into()
+                chunk: 0,
+                tasks: "task 0".into(),
+                failures: vec![
+                    "gpu-box: CUDA out of memory".into(),
+                    "cpu-box: bad alloc".into(),
+                    "gpu-box: CUDA out of memory".into(),
+                ],
             }
         );
+        assert!(
+            err.to_string()
+                .starts_with("chunk 0 (task 0) failed on every try: gpu-box: CUDA"),
+            "{err}"
+        );
         // Nothing is left to lease or complete.
-        assert_eq!(d.complete(w, vec![result(&chunks[0], 0.0)]).accepted, 0);
+        assert_eq!(d.complete(gpu, vec![result(&first[0], 0.0)]).accepted, 0);
+    }
+
+    #[test]
+    fn chunk_tasks_are_described_as_a_range_or_a_list() {
+        let tasks = |indices: &[u64]| -> Vec<TaskDescriptor> {
+            indices
+                .iter()
+                .map(|&index| TaskDescriptor {
+                    index,
+                    ..Default::default()
+                })
+                .collect()
+        };
+        assert_eq!(describe_tasks(&tasks(&[])), "no tasks");
+        assert_eq!(describe_tasks(&tasks(&[7])), "task 7");
+        assert_eq!(describe_tasks(&tasks(&[8, 9, 10, 11])), "tasks 8-11");
+        assert_eq!(describe_tasks(&tasks(&[1, 5, 9])), "tasks 1, 5, 9");
+        let many: Vec<u64> = (0..20).map(|i| i * 2).collect();
+        assert_eq!(
+            describe_tasks(&tasks(&many)),
+            "tasks 0, 2, 4, 6, 8, 10, 12, 14, ..."
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_worker_copies_a_straggling_lease_and_the_first_result_wins() {
+        let d = Arc::new(Dispatcher::new(config()));
+        let (slow, fast) = (register(&d, "slow"), register(&d, "fast"));
+        let round = start(&d, 2);
+        let stuck = d.lease(&ask(slow, 8)).await.chunks;
+        let mine = d.lease(&ask(fast, 8)).await.chunks;
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(d.complete(fast, vec![result(&mine[0], 2.0)]).accepted, 1);
+        // A lease is a straggler only once it ran past twice its measured cost and the floor.
+        assert!(d.lock().take_work(&ask(fast, 8), &config()).is_none());
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        d.heartbeat(slow);
+        let copy = d.lease(&ask(fast, 8)).await.chunks;
+        assert_eq!(copy.len(), 1);
+        assert_eq!(copy[0].chunk_id, stuck[0].chunk_id);
+        // One copy per lease is enough.
+        let third = register(&d, "third");
+        assert!(d.lock().take_work(&ask(third, 8), &config()).is_none());
+        assert_eq!(d.complete(fast, vec![result(&copy[0], 1.0)]).accepted, 1);
+        let out = round.await.unwrap().unwrap();
+        assert_eq!(out.workers, [fast, fast]);
+        // The straggler's late result is not counted twice.
+        assert_eq!(d.complete(slow, vec![result(&stuck[0], 9.0)]).accepted, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_measured_cost_nothing_is_copied() {
+        let d = Arc::new(Dispatcher::new(config()));
+        let (slow, idle) = (register(&d, "slow"), register(&d, "idle"));
+        let _round = start(&d, 1);
+        assert_eq!(d.lease(&ask(slow, 8)).await.chunks.len(), 1);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        d.heartbeat(slow);
+        assert!(d.lock().take_work(&ask(idle, 8), &config()).is_none());
+    }
+
+    /// Runs rounds of one chunk on `worker` until one's lease expires, keeping the worker
+    /// alive; returns how long the lease lasted, in whole seconds.
+    async fn lease_life(d: &Arc<Dispatcher>, worker: u64, other: u64) -> u64 {
+        let chunk = d.lease(&ask(worker, 8)).await.chunks;
+        assert_eq!(chunk.len(), 1);
+        for second in 1..=120 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            d.heartbeat(worker);
+            d.heartbeat(other);
+            d.expire();
+            if d.lock().round.as_ref().unwrap().slots[0].lease.is_none() {
+                return second;
+            }
+        }
+        panic!("the lease never expired")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_lasts_as_long_as_its_measured_cost_says_within_bounds() {
+        let d = Arc::new(Dispatcher::new(config()));
+        let (a, b) = (register(&d, "a"), register(&d, "b"));
+        // Nothing measured: the configured timeout (60 s).
+        let round = start(&d, 1);
+        assert_eq!(lease_life(&d, a, b).await, 60);
+        d.abandon_round();
+        let _ = round.await;
+        // A round of the same kind that took 5 s a chunk: 8 x 5 s.
+        let round = start(&d, 1);
+        let chunk = d.lease(&ask(a, 8)).await.chunks;
+        tokio::time::advance(Duration::from_secs(5)).await;
+        d.complete(a, vec![result(&chunk[0], 1.0)]);
+        round.await.unwrap().unwrap();
+        let round = start(&d, 1);
+        assert_eq!(lease_life(&d, a, b).await, 40);
+        d.abandon_round();
+        let _ = round.await;
+        // A cheap round: never below the floor of 30 s.
+        let round = start(&d, 1);
+        let chunk = d.lease(&ask(a, 8)).await.chunks;
+        d.complete(a, vec![result(&chunk[0], 1.0)]);
+        round.await.unwrap().unwrap();
+        let _round = start(&d, 1);
+        assert_eq!(lease_life(&d, a, b).await, 30);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn registrations_past_the_worker_limit_are_refused_until_one_leaves() {
+        let d = Dispatcher::new(DispatchConfig {
+            max_workers: 2,
+            ..config()
+        });
+        let registration = || Registration {
+            name: "w".into(),
+            device: "cpu".into(),
+            threads: 1,
+            datasets: vec![],
+        };
+        let first = d.register(registration()).unwrap().worker_id;
+        d.register(registration()).unwrap();
+        let err = d.register(registration()).unwrap_err();
+        assert!(
+            err.contains("2 workers registered, its limit (--max-workers)"),
+            "{err}"
+        );
+        assert_eq!(d.worker_count(), 2);
+        assert!(d.deregister(first));
+        assert!(d.register(registration()).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_holds_at_most_its_limit_of_leased_chunks() {
+        let d = Arc::new(Dispatcher::new(DispatchConfig {
+            max_leased_chunks: 3,
+            ..config()
+        }));
+        let w = register(&d, "greedy");
+        let _round = start(&d, 10);
+        let first = d.lease(&ask(w, 100)).await.chunks;
+        assert_eq!(first.len(), 3);
+        assert!(
+            d.lease(&ask(w, 100)).await.chunks.is_empty(),
+            "at its limit"
+        );
+        assert_eq!(d.complete(w, vec![result(&first[0], 1.0)]).accepted, 1);
+        assert_eq!(d.lease(&ask(w, 100)).await.chunks.len(), 1);
     }
 
     #[tokio::test(start_paused = true)]

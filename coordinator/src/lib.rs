@@ -2,6 +2,7 @@
 
 pub mod aggregate;
 pub mod auth;
+pub mod connections;
 pub mod datasets;
 pub mod dispatch;
 pub mod finite;
@@ -17,6 +18,7 @@ mod simd;
 pub mod spec;
 pub mod stats;
 pub mod store;
+pub mod text;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -50,6 +52,10 @@ pub struct CoordinatorConfig {
     /// Serve over TLS with these files (and require client certificates when they name an
     /// authority for them); plain HTTP/2 without.
     pub tls: Option<outerloop_proto::tls::ServerTls>,
+    /// Open connections at once, and how long one may idle.
+    pub connections: connections::Limits,
+    /// What a submission may ask for.
+    pub submissions: registry::SubmitLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +86,11 @@ pub async fn run(
         source,
     };
     let store = Store::open(&config.state_dir).map_err(state_error)?;
-    let registry = Arc::new(Registry::open(store).map_err(state_error)?);
+    let registry = Arc::new(
+        Registry::open(store)
+            .map_err(state_error)?
+            .with_limits(config.submissions),
+    );
     let datasets = Arc::new(Catalog::open(&config.state_dir).map_err(state_error)?);
     let dispatcher = Arc::new(Dispatcher::new(config.dispatch));
     let stop = CancellationToken::new();
@@ -139,7 +149,10 @@ pub async fn run(
     let workers = InterceptedService::new(workers, gate(auth::Role::Worker));
     // Every outer step is a few small request/reply exchanges: without TCP_NODELAY, Nagle's
     // algorithm and delayed ACKs add tens of milliseconds to each.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = connections::LimitedIncoming::new(
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        config.connections,
+    );
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
@@ -149,6 +162,9 @@ pub async fn run(
         .initial_stream_window_size(Some(WINDOW_BYTES))
         .initial_connection_window_size(Some(2 * WINDOW_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES))
+        // Pings find peers whose link was cut, so their connections do not linger.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(experiments)
         .add_service(workers)
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -21,6 +21,27 @@ pub enum RegistryError {
     UnknownId { id: String, known: Vec<String> },
     #[error("could not store the experiment: {0}")]
     Storage(#[from] io::Error),
+    #[error("{0}")]
+    Limit(String),
+}
+
+/// What one submission may ask of the coordinator.
+#[derive(Clone, Copy, Debug)]
+pub struct SubmitLimits {
+    /// Experiments waiting to run at once.
+    pub max_queued: usize,
+    /// Parameters of one experiment's model: the coordinator holds them, their gradients and
+    /// the optimizer's state in memory.
+    pub max_parameters: u64,
+}
+
+impl Default for SubmitLimits {
+    fn default() -> Self {
+        SubmitLimits {
+            max_queued: 1000,
+            max_parameters: 1 << 26,
+        }
+    }
 }
 
 fn known_hint(known: &[String]) -> String {
@@ -61,6 +82,7 @@ pub struct Registry {
     /// `entries` lock.
     next_seq: AtomicU64,
     submitted: Notify,
+    limits: SubmitLimits,
 }
 
 impl Registry {
@@ -102,7 +124,12 @@ impl Registry {
             entries: Mutex::new(entries),
             next_seq,
             submitted: Notify::new(),
+            limits: SubmitLimits::default(),
         })
+    }
+
+    pub fn with_limits(self, limits: SubmitLimits) -> Self {
+        Registry { limits, ..self }
     }
 
     pub fn store(&self) -> &Store {
@@ -125,6 +152,16 @@ impl Registry {
         datasets: &ManifestLookup,
     ) -> Result<String, RegistryError> {
         let mut spec = ExperimentSpec::parse(text, source_name, overrides)?;
+        let parameters = match &spec {
+            ExperimentSpec::Meta(spec) => spec.layout().param_count(),
+            ExperimentSpec::Mtl(spec) => spec.layout().param_count(),
+        } as u64;
+        if parameters > self.limits.max_parameters {
+            return Err(RegistryError::Limit(format!(
+                "the model has {parameters} parameters, more than this coordinator's limit of {} (--max-parameters)",
+                self.limits.max_parameters
+            )));
+        }
         let blame = |invalid| SpecError::blame(text, source_name, overrides, invalid);
         let manifest = match spec.dataset() {
             Some(dataset) => {
@@ -143,6 +180,15 @@ impl Registry {
             None => None,
         };
         let mut entries = self.lock();
+        let queued = entries
+            .values()
+            .filter(|e| e.record.state == ExperimentState::Queued)
+            .count();
+        if queued >= self.limits.max_queued {
+            return Err(RegistryError::Limit(format!(
+                "{queued} experiments are queued, this coordinator's limit (--max-queued); submit again when one has started"
+            )));
+        }
         let seq = self.next_seq.load(Ordering::Relaxed);
         let record = ExperimentRecord::queued(seq, spec.name(), spec.kind(), spec.steps());
         self.store
@@ -267,6 +313,37 @@ mod tests {
 
     fn registry(dir: &std::path::Path) -> Registry {
         Registry::open(Store::open(dir).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn submissions_past_a_limit_are_refused_saying_which_and_store_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(dir.path()).with_limits(SubmitLimits {
+            max_queued: 1,
+            max_parameters: 1_000_000,
+        });
+        registry.submit(SPEC, "a.toml", &[], &no_datasets).unwrap();
+        let err = registry
+            .submit(SPEC, "b.toml", &[], &no_datasets)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("1 experiments are queued, this coordinator's limit (--max-queued)"),
+            "{err}"
+        );
+        let registry = registry.with_limits(SubmitLimits {
+            max_queued: 10,
+            max_parameters: 100,
+        });
+        let err = registry
+            .submit(SPEC, "c.toml", &[], &no_datasets)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("more than this coordinator's limit of 100 (--max-parameters)"),
+            "{err}"
+        );
+        assert_eq!(registry.status(None).unwrap().len(), 1);
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@ use crate::datasets::Catalog;
 use crate::dispatch::{DatasetVersion, Dispatcher, Registration};
 use crate::registry::{Registry, RegistryError};
 use crate::store::{EvalRecord, ExperimentRecord};
+use crate::text::{bounded, printable};
 
 /// The user-facing service: submit, status, cancel, and the list of workers.
 pub struct ExperimentsService {
@@ -36,33 +37,8 @@ fn to_status(e: RegistryError) -> Status {
         RegistryError::InvalidSpec(e) => Status::invalid_argument(bounded(e.to_string())),
         RegistryError::UnknownId { .. } => Status::not_found(bounded(e.to_string())),
         RegistryError::Storage(_) => Status::internal(bounded(e.to_string())),
+        RegistryError::Limit(_) => Status::resource_exhausted(bounded(e.to_string())),
     }
-}
-
-/// The most of an error message a reply carries: it travels in an HTTP/2 header, and one of
-/// tens of kilobytes (a spec error quoting a long line) broke the reply itself.
-const MAX_MESSAGE_CHARS: usize = 2048;
-
-/// `message`, cut at [`MAX_MESSAGE_CHARS`] with a note that it was.
-fn bounded(message: String) -> String {
-    match message.char_indices().nth(MAX_MESSAGE_CHARS) {
-        Some((cut, _)) => format!("{}… ({} more bytes)", &message[..cut], message.len() - cut),
-        None => message,
-    }
-}
-
-/// Text a caller chose that others will read (a worker's name, a spec's source name): at most
-/// `max` characters, control characters (terminal escapes) shown as `\u{..}`.
-fn printable(text: &str, max: usize) -> String {
-    let mut shown = String::new();
-    for c in text.chars().take(max) {
-        if c.is_control() {
-            shown.extend(c.escape_unicode());
-        } else {
-            shown.push(c);
-        }
-    }
-    shown
 }
 
 fn eval_summary(e: &EvalRecord) -> EvalSummary {
@@ -130,17 +106,24 @@ impl Experiments for ExperimentsService {
             s if s.is_empty() => "spec".to_string(),
             s => s,
         };
-        let source = source.as_str();
-        // A spec on a dataset is checked against the version most registered workers hold
-        // (or the one it pins), from the manifests workers reported.
-        let resolve = |name: &str, pinned: Option<&str>| {
-            self.datasets
-                .resolve(name, pinned, &self.dispatcher.dataset_holders(name))
-        };
-        let id = self
-            .registry
-            .submit(&r.spec_toml, source, &r.overrides, &resolve)
-            .map_err(to_status)?;
+        let (registry, datasets, dispatcher) = (
+            self.registry.clone(),
+            self.datasets.clone(),
+            self.dispatcher.clone(),
+        );
+        // Parsing and storing run off the async runtime: a large spec must not hold up
+        // heartbeats and results.
+        let submitted = tokio::task::spawn_blocking(move || {
+            // A spec on a dataset is checked against the version most registered workers hold
+            // (or the one it pins), from the manifests workers reported.
+            let resolve = |name: &str, pinned: Option<&str>| {
+                datasets.resolve(name, pinned, &dispatcher.dataset_holders(name))
+            };
+            registry.submit(&r.spec_toml, &source, &r.overrides, &resolve)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the submission was not processed: {e}")))?;
+        let id = submitted.map_err(to_status)?;
         Ok(Response::new(SubmitReply { id }))
     }
 
@@ -244,7 +227,10 @@ impl Workers for WorkersService {
                 })
                 .collect(),
         };
-        Ok(Response::new(self.dispatcher.register(registration)))
+        self.dispatcher
+            .register(registration)
+            .map(Response::new)
+            .map_err(Status::resource_exhausted)
     }
 
     async fn heartbeat(
@@ -288,27 +274,5 @@ impl Workers for WorkersService {
             None => None,
         };
         Ok(Response::new(CompleteReply { accepted, next }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn long_messages_are_cut_and_callers_text_is_printable() {
-        let long = "é".repeat(5000);
-        let cut = bounded(long.clone());
-        assert!(cut.starts_with(&"é".repeat(MAX_MESSAGE_CHARS)));
-        assert!(cut.ends_with(&format!(
-            "… ({} more bytes)",
-            2 * (5000 - MAX_MESSAGE_CHARS)
-        )));
-        assert_eq!(bounded("short".into()), "short");
-        assert_eq!(
-            printable("gpu\u{1b}[31m-box\n", 100),
-            "gpu\\u{1b}[31m-box\\u{a}"
-        );
-        assert_eq!(printable(&"w".repeat(500), 128).len(), 128);
     }
 }

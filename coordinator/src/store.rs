@@ -271,8 +271,13 @@ impl Store {
         tensors: &[NamedTensor],
         metadata: &BTreeMap<String, String>,
     ) -> io::Result<PathBuf> {
+        self.write_file(id, file_name, &safetensors_file::encode(tensors, metadata))
+    }
+
+    /// Replaces the file `file_name` in the experiment's directory with `data`, atomically.
+    pub fn write_file(&self, id: &str, file_name: &str, data: &[u8]) -> io::Result<PathBuf> {
         let path = self.dir(id).join(file_name);
-        write_atomically(&path, &safetensors_file::encode(tensors, metadata))?;
+        write_atomically(&path, data)?;
         Ok(path)
     }
 

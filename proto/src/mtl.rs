@@ -55,7 +55,7 @@ impl Shared {
     /// The input width: values per row.
     pub fn input(&self) -> usize {
         match self {
-            Shared::Conv4(conv) => conv.channels * conv.image_size * conv.image_size,
+            Shared::Conv4(conv) => conv.input_len(),
             _ => self.mlp().input,
         }
     }
@@ -72,7 +72,7 @@ impl Shared {
     pub fn param_count(&self) -> u64 {
         match self {
             Shared::Hard(mlp) => mlp.param_count(),
-            Shared::Mmoe { experts, mlp } => *experts as u64 * mlp.param_count(),
+            Shared::Mmoe { experts, mlp } => (*experts as u64).saturating_mul(mlp.param_count()),
             Shared::Point { .. } => 2,
             Shared::Conv4(conv) => conv.layout().param_count() as u64,
         }

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -106,12 +108,18 @@ impl Cluster {
 
     /// Starts a worker with `extra` flags (e.g. `--data-root DIR`); returns its name.
     pub fn add_worker_with(&mut self, extra: &[&str]) -> String {
+        let url = self.url.clone();
+        self.add_worker_via(&url, extra)
+    }
+
+    /// Starts a worker that reaches the coordinator at `url` (a proxy's); returns its name.
+    pub fn add_worker_via(&mut self, url: &str, extra: &[&str]) -> String {
         let name = format!("worker-{}", self.workers.len());
         let log = self.dir.path().join(format!("{name}.log"));
         let mut args = vec![
             "worker",
             "--coordinator",
-            &self.url,
+            url,
             "--device",
             "cpu",
             "--threads",

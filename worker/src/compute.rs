@@ -1,6 +1,6 @@
 //! The compute thread: one per worker, fed by a channel, so inner loops never block the async side.
 
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,9 @@ struct Job {
 #[derive(Clone, Debug)]
 pub struct ComputeThread {
     jobs: mpsc::Sender<Job>,
+    /// Held by the compute thread while it runs a job: whoever holds it knows that no
+    /// libtorch call is under way, nor will one start.
+    busy: Arc<Mutex<()>>,
 }
 
 impl ComputeThread {
@@ -37,6 +40,8 @@ impl ComputeThread {
     ) -> std::io::Result<ComputeThread> {
         crate::allocator::keep_freed_memory();
         let (jobs, receive) = mpsc::channel::<Job>();
+        let busy = Arc::new(Mutex::new(()));
+        let running = busy.clone();
         thread::Builder::new()
             .name("outerloop-compute".into())
             .spawn(move || {
@@ -46,11 +51,19 @@ impl ComputeThread {
                 }
                 let mut engine = Engine::new(device, path, data);
                 while let Some(job) = next_job(&receive) {
+                    let _running = running.lock().unwrap_or_else(|e| e.into_inner());
                     let results = run_job(&mut engine, &job);
                     let _ = job.reply.send(results);
                 }
             })?;
-        Ok(ComputeThread { jobs })
+        Ok(ComputeThread { jobs, busy })
+    }
+
+    /// Waits for the job under way, if any, and keeps the thread from starting another, for
+    /// good: called before the process exits, whose teardown of libtorch's globals must not
+    /// run beside a libtorch call (that crashed a worker told to stop mid-chunk).
+    pub fn stop(&self) {
+        std::mem::forget(self.busy.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
     /// Runs `chunks` after installing `setup` and `params` when given; results in chunk order.

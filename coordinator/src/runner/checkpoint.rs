@@ -6,7 +6,7 @@ use std::io;
 use outerloop_proto::model::ParamLayout;
 
 use crate::optimizer::OuterOptimizer;
-use crate::safetensors_file::{model_tensors, Decoded, NamedTensor};
+use crate::safetensors_file::{self, model_tensors, Decoded, NamedTensor};
 use crate::store::Store;
 
 /// Written after every periodic evaluation; a restarted coordinator resumes from it.
@@ -21,13 +21,43 @@ pub(super) struct RunState<'a> {
     pub train_seconds: f64,
 }
 
+/// Tries of a checkpoint write before the run fails: a full disk or a descriptor shortage may
+/// pass, and failing a long run over one write would lose more than waiting.
+const WRITE_TRIES: u32 = 4;
+
 /// Writes experiment `id`'s checkpoint: `state`, and `extra` metadata entries of the kind's own.
-pub(super) fn write(
+/// The state is encoded here (a copy); writing and the fsync run on a blocking thread, off the
+/// async runtime (a large model's would otherwise hold up heartbeats until workers are
+/// dropped). A failed write is tried again, with growing pauses, before its error is returned.
+pub(super) async fn write(
     store: &Store,
     id: &str,
-    state: RunState,
+    state: RunState<'_>,
     extra: impl IntoIterator<Item = (String, String)>,
 ) -> io::Result<()> {
+    let bytes = encode(state, extra);
+    let (store, id) = (store.clone(), id.to_string());
+    tokio::task::spawn_blocking(move || {
+        let mut pause = std::time::Duration::from_millis(500);
+        for try_ in 1.. {
+            match store.write_file(&id, CHECKPOINT, &bytes) {
+                Ok(_) => return Ok(()),
+                Err(e) if try_ < WRITE_TRIES => {
+                    tracing::warn!(%id, error = %e, try_, "cannot write the checkpoint; trying again");
+                    std::thread::sleep(pause);
+                    pause *= 2;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the loop returns")
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// A checkpoint of `state`, as the bytes of its file.
+fn encode(state: RunState, extra: impl IntoIterator<Item = (String, String)>) -> Vec<u8> {
     let (updates, buffers) = state.optimizer.state();
     let mut tensors = model_tensors(state.layout, state.params);
     tensors.extend(buffers.into_iter().map(|(name, values)| NamedTensor {
@@ -41,8 +71,7 @@ pub(super) fn write(
         ("train_seconds".to_string(), state.train_seconds.to_string()),
     ]);
     metadata.extend(extra);
-    store.write_tensors(id, CHECKPOINT, &tensors, &metadata)?;
-    Ok(())
+    safetensors_file::encode(&tensors, &metadata)
 }
 
 /// A checkpoint read back: the parameters in `layout`, the step and training time, and what

@@ -132,7 +132,7 @@ impl<'a> Run<'a> {
             {
                 // Nothing of this step was applied: the checkpoint is of the last whole one.
                 Err(RunError::Stopping) => {
-                    self.checkpoint()?;
+                    self.checkpoint().await?;
                     return Err(RunError::Stopping);
                 }
                 out => out?,
@@ -194,7 +194,7 @@ impl<'a> Run<'a> {
             })?;
             if self.step.is_multiple_of(every) {
                 self.evaluate(Split::Eval, spec.eval.tasks).await?;
-                self.checkpoint()?;
+                self.checkpoint().await?;
             }
         }
         let last = self.evaluate(Split::Final, spec.eval.final_tasks).await?;
@@ -223,10 +223,10 @@ impl<'a> Run<'a> {
     }
 
     /// Saves what resuming needs: parameters, optimizer state, step and training time.
-    fn checkpoint(&mut self) -> Result<(), RunError> {
+    async fn checkpoint(&mut self) -> Result<(), RunError> {
         // Metrics up to this step must be on disk before the checkpoint claims them.
         self.metrics.flush()?;
-        checkpoint::write(self.registry.store(), &self.job.id, self.state(), [])?;
+        checkpoint::write(self.registry.store(), &self.job.id, self.state(), []).await?;
         Ok(())
     }
 

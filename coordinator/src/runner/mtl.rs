@@ -127,14 +127,14 @@ impl<'a> Run<'a> {
                 // A step stops only in its round, before anything of it was applied: the
                 // checkpoint is of the last whole step.
                 Err(RunError::Stopping) => {
-                    self.checkpoint()?;
+                    self.checkpoint().await?;
                     return Err(RunError::Stopping);
                 }
                 done => done?,
             }
             if self.step.is_multiple_of(spec.eval.every) {
                 self.evaluate(Split::Eval).await?;
-                self.checkpoint()?;
+                self.checkpoint().await?;
             }
         }
         let last = self.evaluate(Split::Final).await?;
@@ -416,7 +416,7 @@ impl<'a> Run<'a> {
     }
 
     /// Saves what resuming needs: parameters, optimizer and weighting state, step and time.
-    fn checkpoint(&mut self) -> Result<(), RunError> {
+    async fn checkpoint(&mut self) -> Result<(), RunError> {
         // Metrics up to this step must be on disk before the checkpoint claims them.
         self.metrics.flush()?;
         // The weighting state is f64 and must resume bit-exactly: its values travel as bits.
@@ -432,7 +432,8 @@ impl<'a> Run<'a> {
             &self.job.id,
             self.state(),
             [(WEIGHTING_STATE.to_string(), weighting)],
-        )?;
+        )
+        .await?;
         Ok(())
     }
 

@@ -62,7 +62,7 @@ impl SpecError {
         SpecError {
             source_name: source_name.to_string(),
             location,
-            message,
+            message: shorten(&message),
             excerpt: location.and_then(|at| excerpt(text, at)),
         }
     }
@@ -93,6 +93,23 @@ fn excerpt(text: &str, (line, col): (usize, usize)) -> Option<String> {
         "\n {line} | {shown}\n {:gutter$} | {:>col$}",
         "", "^"
     ))
+}
+
+/// Characters of a message kept from each of its ends when it is longer than twice that.
+const MESSAGE_REACH: usize = 500;
+
+/// `message` cut to its first and last `MESSAGE_REACH` characters around a `…` when it is
+/// longer: messages quote keys, values and `--set` assignments as given (the field at the
+/// start, what is allowed at the end), and a value of megabytes must not become a message of
+/// megabytes.
+fn shorten(message: &str) -> String {
+    let chars = message.chars().count();
+    if chars <= 2 * MESSAGE_REACH {
+        return message.to_string();
+    }
+    let head = message.chars().take(MESSAGE_REACH);
+    let tail = message.chars().skip(chars - MESSAGE_REACH);
+    head.chain(['…']).chain(tail).collect()
 }
 
 /// 1-based line and column of byte `offset` in `text`.
@@ -164,6 +181,23 @@ mod tests {
         let shown = excerpt(&line, (1, 501)).unwrap();
         let expected_line = format!("…{}bad{}…", "a".repeat(60), "z".repeat(58));
         assert_eq!(shown, format!("\n 1 | {expected_line}\n   | {:>62}", "^"));
+    }
+
+    #[test]
+    fn a_long_message_is_cut_to_its_ends() {
+        // Found by tests/fuzz_spec.rs: a name or an unknown key of 10 KB made a message of 10 KB.
+        let key = "a".repeat(10_000);
+        let e = SpecError::at(
+            "",
+            "s.toml",
+            None,
+            format!("unknown field `{key}`, expected `b`"),
+        );
+        let head = format!("unknown field `{}", "a".repeat(485));
+        let tail = format!("{}`, expected `b`", "a".repeat(485));
+        assert_eq!(e.message, format!("{head}…{tail}"));
+        let short = "unknown field `stepz`, expected one of `steps`, `meta_batch`";
+        assert_eq!(SpecError::at("", "s", None, short.into()).message, short);
     }
 
     #[test]

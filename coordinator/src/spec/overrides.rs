@@ -1,5 +1,8 @@
 //! `--set key.path=value` overrides, applied to the parsed TOML document before validation.
 
+/// Keys of the longest path accepted: spec fields are three deep (`data.tasks[1].outputs`).
+const MAX_PATH_KEYS: usize = 16;
+
 /// Applies one `key.path=value` assignment. The value is read as a TOML value
 /// (`3`, `0.5`, `"adam"`, `[40, 40]`); a bare word that is not one is taken as a string. A
 /// key `name[i]` is the `i`-th table of an array of tables (`data.tasks[1].outputs`), which
@@ -13,6 +16,14 @@ pub fn apply(doc: &mut toml::Table, assignment: &str) -> Result<(), String> {
     let keys: Vec<&str> = path.split('.').collect();
     if keys.iter().any(|k| k.is_empty()) {
         return Err(format!("`{path}` is not a field path like meta.steps"));
+    }
+    // Each key is a level of nested tables, which are cloned and dropped recursively: a path
+    // of thousands of keys overflowed the stack and aborted the coordinator.
+    if keys.len() > MAX_PATH_KEYS {
+        return Err(format!(
+            "a field path has at most {MAX_PATH_KEYS} keys; this one has {}",
+            keys.len()
+        ));
     }
     let (last, parents) = keys.split_last().expect("split yields at least one key");
     let mut table = doc;
@@ -74,5 +85,16 @@ mod tests {
         assert_eq!(doc["data"]["tasks"][0]["outputs"].as_integer(), Some(2));
         let e = apply(&mut doc, "data.tasks[1].outputs=2").unwrap_err();
         assert!(e.contains("no tasks table number 1"), "{e}");
+    }
+
+    #[test]
+    fn a_path_of_thousands_of_keys_is_refused_before_it_nests_tables() {
+        // Found by tests/fuzz_spec.rs: nesting 3000 tables overflowed the stack on a thread's
+        // default 2 MiB when the document was cloned to be checked.
+        let mut doc = toml::Table::new();
+        let deep = format!("{}=1", vec!["a"; 3000].join("."));
+        let e = apply(&mut doc, &deep).unwrap_err();
+        assert!(e.contains("at most 16 keys; this one has 3000"), "{e}");
+        assert!(doc.is_empty(), "nothing was applied");
     }
 }

@@ -8,6 +8,25 @@ mod tensor;
 
 pub use tensor::{f32s_from_bytes, f32s_to_bytes};
 
+use crate::transport::MAX_MESSAGE_BYTES;
+
+/// Most values a model's parameters, or one input example, may have when they come from the
+/// wire: parameters travel whole in one message of at most [`MAX_MESSAGE_BYTES`], 4 bytes a
+/// value. Sizes computed from values below it cannot overflow.
+pub const MAX_WIRE_VALUES: usize = MAX_MESSAGE_BYTES / 4;
+
+/// Refuses a size (a parameter count, an example's values) over [`MAX_WIRE_VALUES`].
+fn within_wire_values(field: &'static str, values: usize) -> Result<(), WireError> {
+    if values > MAX_WIRE_VALUES {
+        return Err(WireError::OutOfRange {
+            field,
+            value: values as u64,
+            allowed: "at most 2^28 values, what one message can carry",
+        });
+    }
+    Ok(())
+}
+
 /// A wire message that does not describe a valid domain value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {

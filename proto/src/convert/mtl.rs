@@ -1,6 +1,6 @@
 //! Multi-task set-ups: `v1::ExperimentSetup` with its `mtl` part to and from `mtl::MtlSetup`.
 
-use super::WireError;
+use super::{within_wire_values, WireError};
 use crate::model::{Conv4, Mlp};
 use crate::mtl::{
     GradNormData, MtlData, MtlSetup, MtlTask, Shared, TableData, TableSplit, TaskLoss,
@@ -150,7 +150,7 @@ impl TryFrom<&v1::ExperimentSetup> for MtlSetup {
                     "mtl.conv4 excludes mtl.shared, mtl.mmoe and mtl.point",
                 ));
             }
-            return Ok(MtlSetup {
+            return checked_sizes(MtlSetup {
                 experiment_id: wire.experiment_id.clone(),
                 data,
                 shared: Shared::Conv4(conv),
@@ -183,7 +183,7 @@ impl TryFrom<&v1::ExperimentSetup> for MtlSetup {
                 mlp,
             },
         };
-        Ok(MtlSetup {
+        checked_sizes(MtlSetup {
             experiment_id: wire.experiment_id.clone(),
             data,
             shared,
@@ -191,6 +191,32 @@ impl TryFrom<&v1::ExperimentSetup> for MtlSetup {
         })
     }
 }
+
+/// Refuses a set-up whose input rows, representation or parameters could not travel in one
+/// message, which also keeps every size a receiver computes from it (the layout, each task's
+/// head range) far from overflowing.
+fn checked_sizes(setup: MtlSetup) -> Result<MtlSetup, WireError> {
+    if let Shared::Mmoe { experts, .. } = setup.shared {
+        // Each expert is a copy of the MLP's slots in the layout: bounded before it is built.
+        if experts > MAX_EXPERTS {
+            return Err(WireError::OutOfRange {
+                field: "mtl.mmoe.experts",
+                value: experts as u64,
+                allowed: "at most 4096 experts",
+            });
+        }
+    }
+    within_wire_values("mtl input values", setup.shared.input())?;
+    within_wire_values("mtl shared width", setup.shared.width())?;
+    let shared = usize::try_from(setup.shared.param_count()).unwrap_or(usize::MAX);
+    within_wire_values("mtl shared parameters", shared)?;
+    within_wire_values("mtl parameters", setup.layout().param_count())?;
+    Ok(setup)
+}
+
+/// Most experts of a mixture on the wire: far more than any spec asks for (64), few enough
+/// that laying them out is cheap.
+const MAX_EXPERTS: usize = 1 << 12;
 
 /// The tasks of a wire set-up.
 fn mtl_tasks(mtl: &v1::MtlSetup) -> Result<Vec<MtlTask>, WireError> {
@@ -303,6 +329,65 @@ mod tests {
         assert_eq!(MtlSetup::try_from(&wire), Ok(by_column));
         let meta = v1::ExperimentSetup::default();
         assert_eq!(MtlSetup::try_from(&meta), Err(WireError::Missing("mtl")));
+    }
+
+    #[test]
+    fn setups_too_large_for_a_message_are_refused_before_their_sizes_overflow() {
+        // Found by tests/fuzz_wire.rs: sizing these overflowed on the worker that received them
+        // (conv4's input and features, an expert count times the expert's parameters), or
+        // laid out billions of experts.
+        let with = |mtl: v1::MtlSetup| v1::ExperimentSetup {
+            mtl: Some(v1::MtlSetup {
+                data: Some(v1::mtl_setup::Data::ParetoToy(v1::ParetoToyData {})),
+                tasks: vec![v1::MtlTask {
+                    name: "t".into(),
+                    loss: v1::TaskLoss::Mse as i32,
+                    outputs: 1,
+                }],
+                ..mtl
+            }),
+            ..Default::default()
+        };
+        let refused = |wire: &v1::ExperimentSetup| match MtlSetup::try_from(wire) {
+            Err(WireError::OutOfRange { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        let conv = |channels, image_size, filters| v1::MtlSetup {
+            conv4: Some(v1::Conv4 {
+                channels,
+                image_size,
+                filters,
+                output: 0,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            refused(&with(conv(u32::MAX, u32::MAX, 1))),
+            "mtl input values"
+        );
+        assert_eq!(
+            refused(&with(conv(1, 1 << 14, u32::MAX))),
+            "mtl shared width"
+        );
+        // 64 experts of 75M parameters each: more than 2^32 together.
+        let mlp = v1::Mlp {
+            input: 1000,
+            hidden: vec![8192],
+            output: 8192,
+        };
+        let mmoe = |experts, mlp: &v1::Mlp| v1::MtlSetup {
+            shared: Some(mlp.clone()),
+            mmoe: Some(v1::Mmoe { experts }),
+            ..Default::default()
+        };
+        assert_eq!(refused(&with(mmoe(64, &mlp))), "mtl shared parameters");
+        let small = v1::Mlp {
+            input: 2,
+            hidden: vec![],
+            output: 0,
+        };
+        assert_eq!(refused(&with(mmoe(u32::MAX, &small))), "mtl.mmoe.experts");
+        assert!(MtlSetup::try_from(&with(mmoe(64, &small))).is_ok());
     }
 
     #[test]

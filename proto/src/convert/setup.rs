@@ -1,6 +1,6 @@
 //! Experiment set-up: `v1::ExperimentSetup` and its parts to and from `work::Setup`.
 
-use super::{dataset, WireError};
+use super::{dataset, within_wire_values, WireError};
 use crate::model::{Conv4, Mlp, Model};
 use crate::v1;
 use crate::work::{Algorithm, Family, ImageFamily, Setup, SinusoidFamily};
@@ -42,13 +42,18 @@ impl TryFrom<&v1::ExperimentSetup> for Setup {
                 queries: s.queries,
                 x_range: [s.x_min, s.x_max],
             }),
-            v1::experiment_setup::Family::Images(i) => Family::Images(ImageFamily {
-                dataset: i.dataset.clone(),
-                layout: dataset::layout(i.layout)?,
-                fingerprint: i.fingerprint.clone(),
-                image_size: i.image_size,
-                channels: i.channels,
-            }),
+            v1::experiment_setup::Family::Images(i) => {
+                let side = i.image_size as usize;
+                let pixels = (i.channels as usize).saturating_mul(side.saturating_mul(side));
+                within_wire_values("images.image_size", pixels)?;
+                Family::Images(ImageFamily {
+                    dataset: i.dataset.clone(),
+                    layout: dataset::layout(i.layout)?,
+                    fingerprint: i.fingerprint.clone(),
+                    image_size: i.image_size,
+                    channels: i.channels,
+                })
+            }
         };
         let model = wire.model.as_ref().ok_or(WireError::Missing("model"))?;
         Ok(Setup {
@@ -102,18 +107,25 @@ impl From<&v1::Conv4> for Conv4 {
 impl TryFrom<&v1::Model> for Model {
     type Error = WireError;
 
+    /// Refuses a model whose parameters or input examples could not travel in one message,
+    /// which also keeps every size a receiver computes from it far from overflowing.
     fn try_from(wire: &v1::Model) -> Result<Self, WireError> {
         let to_usize = |n: u32| n as usize;
-        Ok(
-            match wire.kind.as_ref().ok_or(WireError::Missing("model.kind"))? {
-                v1::model::Kind::Mlp(m) => Model::Mlp(Mlp {
-                    input: to_usize(m.input),
-                    hidden: m.hidden.iter().copied().map(to_usize).collect(),
-                    output: to_usize(m.output),
-                }),
-                v1::model::Kind::Conv4(c) => Model::Conv4(c.into()),
-            },
-        )
+        let model = match wire.kind.as_ref().ok_or(WireError::Missing("model.kind"))? {
+            v1::model::Kind::Mlp(m) => Model::Mlp(Mlp {
+                input: to_usize(m.input),
+                hidden: m.hidden.iter().copied().map(to_usize).collect(),
+                output: to_usize(m.output),
+            }),
+            v1::model::Kind::Conv4(c) => {
+                let conv = Conv4::from(c);
+                within_wire_values("model.conv4.image_size", conv.input_len())?;
+                within_wire_values("model.conv4.features", conv.features())?;
+                Model::Conv4(conv)
+            }
+        };
+        within_wire_values("model parameters", model.layout().param_count())?;
+        Ok(model)
     }
 }
 
@@ -189,6 +201,56 @@ mod tests {
         };
         let wire = v1::ExperimentSetup::from(&images);
         assert_eq!(Setup::try_from(&wire), Ok(images));
+    }
+
+    #[test]
+    fn models_too_large_for_a_message_are_refused_before_their_sizes_overflow() {
+        // Found by tests/fuzz_wire.rs: sizing the layout of these overflowed (a panic in
+        // debug builds, a wrapped count in release) on the worker that received them.
+        let mlp = |input, hidden: Vec<u32>| v1::Model {
+            kind: Some(v1::model::Kind::Mlp(v1::Mlp {
+                input,
+                hidden,
+                output: 5,
+            })),
+        };
+        let refused = |model: &v1::Model| match Model::try_from(model) {
+            Err(WireError::OutOfRange { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        let wide = mlp(u32::MAX, vec![u32::MAX, u32::MAX]);
+        assert_eq!(refused(&wide), "model parameters");
+        let conv = |channels, image_size, filters| v1::Model {
+            kind: Some(v1::model::Kind::Conv4(v1::Conv4 {
+                channels,
+                image_size,
+                filters,
+                output: 5,
+            })),
+        };
+        assert_eq!(refused(&conv(3, u32::MAX, 64)), "model.conv4.image_size");
+        assert_eq!(refused(&conv(1, 1 << 14, u32::MAX)), "model.conv4.features");
+        // Models as large as a spec allows (2^26 parameters) still travel.
+        assert!(Model::try_from(&mlp(1, vec![8192, 8191])).is_ok());
+        assert!(Model::try_from(&conv(3, 84, 1024)).is_ok());
+        let huge_images = v1::ExperimentSetup {
+            family: Some(v1::experiment_setup::Family::Images(v1::ImageFamily {
+                layout: v1::DatasetLayout::Folders as i32,
+                image_size: u32::MAX,
+                channels: 3,
+                ..Default::default()
+            })),
+            model: Some(conv(3, 84, 32)),
+            algorithm: v1::Algorithm::Maml as i32,
+            ..Default::default()
+        };
+        assert!(matches!(
+            Setup::try_from(&huge_images),
+            Err(WireError::OutOfRange {
+                field: "images.image_size",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -23,9 +23,17 @@ impl Conv4 {
         (0..BLOCKS).fold(image_size, |size, _| size / 2)
     }
 
-    /// Values per example after the four blocks, flattened.
+    /// Values per example after the four blocks, flattened (saturating: sizes may come from
+    /// the wire).
     pub fn features(&self) -> usize {
-        self.filters * Self::final_size(self.image_size).pow(2)
+        let side = Self::final_size(self.image_size);
+        self.filters.saturating_mul(side.saturating_mul(side))
+    }
+
+    /// Values of one input example, `channels x image_size x image_size` (saturating).
+    pub fn input_len(&self) -> usize {
+        let side = self.image_size;
+        self.channels.saturating_mul(side.saturating_mul(side))
     }
 
     /// Laid out as the `nn.Sequential` below names its parameters, so an exported file loads

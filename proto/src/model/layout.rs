@@ -35,8 +35,10 @@ pub struct ParamSlot {
 }
 
 impl ParamSlot {
+    /// Values in the tensor; saturates, so that a shape from the wire whose product overflows
+    /// reads as too large (and is refused) rather than wrapping or panicking.
     pub fn len(&self) -> usize {
-        self.shape.iter().product()
+        self.shape.iter().fold(1, |len, &d| len.saturating_mul(d))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -68,8 +70,11 @@ impl ParamLayout {
         });
     }
 
+    /// Values of every slot together (saturating, as [`ParamSlot::len`]).
     pub fn param_count(&self) -> usize {
-        self.slots.last().map_or(0, |s| s.offset + s.len())
+        self.slots
+            .last()
+            .map_or(0, |s| s.offset.saturating_add(s.len()))
     }
 
     /// The same layout followed by one learned inner learning rate per model parameter value,

@@ -43,13 +43,14 @@ impl Mlp {
         layout
     }
 
-    /// Parameters of the network, without building its layout.
+    /// Parameters of the network, without building its layout (saturating: widths may come
+    /// from the wire).
     pub fn param_count(&self) -> u64 {
         let widths = self.widths();
-        widths
-            .windows(2)
-            .map(|p| (p[0] as u64 + 1) * p[1] as u64)
-            .sum()
+        widths.windows(2).fold(0u64, |sum, p| {
+            let layer = (p[0] as u64).saturating_add(1).saturating_mul(p[1] as u64);
+            sum.saturating_add(layer)
+        })
     }
 }
 
