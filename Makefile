@@ -24,7 +24,7 @@ else
   TEST_ENV := OUTERLOOP_PYTHON="$(PYTHON)"
 endif
 
-.PHONY: all setup build demo demo-fewshot test lint bench bench-full bench-fewshot bench-mtl clean-demo
+.PHONY: all setup build demo demo-fewshot test lint bench bench-full bench-fewshot bench-mtl bench-load clean-demo
 all: build
 
 # The marker is written last, so an interrupted install is redone on the next run.
@@ -73,6 +73,11 @@ bench-fewshot: build $(VENV_READY)
 # A multi-task step (10 tasks, 1M shared parameters, PCGrad and MGDA) against PyTorch.
 bench-mtl: build $(VENV_READY)
 	$(PYTHON) bench/compare_mtl.py --steps 200
+
+# The coordinator under 16 to 1024 in-process workers that answer at once: throughput, lease
+# latency, memory, and no chunk lost or counted twice.
+bench-load: setup
+	$(TORCH_ENV) cargo run --release -p outerloop-coordinator --example load -- --sweep
 
 clean-demo:
 	rm -rf outerloop-demo $(DEMO_DATA)

@@ -251,9 +251,9 @@ print(net(torch.rand(10, 1, 28, 28)).shape)
 
 /// The final parameters and the metrics (timings and worker counts removed) of a short conv4
 /// run on `workers` workers; with `restart_at`, the coordinator is killed with SIGKILL once
-/// the run has passed that step, and restarted on the same address and state.
+/// the run has passed that step, and restarted on the same state (its workers follow it through a proxy).
 fn conv4_run(workers: usize, restart_at: Option<u64>) -> (Vec<u8>, Vec<Value>) {
-    let mut cluster = Cluster::start_on(&common::free_loopback_addr(), &[]);
+    let mut cluster = Cluster::start_restartable(&[]);
     let root = data_root().to_str().unwrap().to_string();
     for _ in 0..workers {
         cluster.add_worker_with(&["--data-root", &root]);

@@ -1,10 +1,10 @@
-//! Experiments queue, can be cancelled, and survive a coordinator killed mid-run.
+//! Experiments queue, can be cancelled, and survive a coordinator killed mid-run, again and again.
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{final_parameters, free_loopback_addr, train_steps, Cluster, SPEC};
+use common::{final_parameters, train_steps, Cluster, SPEC};
 
 #[test]
 fn experiments_run_in_order_and_a_cancelled_one_stops() {
@@ -68,15 +68,14 @@ fn a_coordinator_killed_mid_run_resumes_from_its_checkpoint_with_the_same_result
         "eval.tasks=100",
         "eval.final_tasks=200",
     ];
-    let addr = free_loopback_addr();
-    let mut cluster = Cluster::start_on(&addr, &[]);
+    let mut cluster = Cluster::start_restartable(&[]);
     cluster.add_worker();
     let id = cluster.submit(SPEC, &overrides).unwrap();
     cluster.wait_for(&id, Duration::from_secs(60), |s| {
         s["step"].as_u64() >= Some(1200)
     });
 
-    cluster.restart_coordinator(); // SIGKILL, then a new process on the same address and state
+    cluster.restart_coordinator(); // SIGKILL, then a new process on the same state
     cluster.wait_finished(&id, Duration::from_secs(120));
     let log = std::fs::read_to_string(cluster.dir.path().join("coordinator.log")).unwrap();
     let resumed_at: u64 = log
@@ -105,5 +104,59 @@ fn a_coordinator_killed_mid_run_resumes_from_its_checkpoint_with_the_same_result
     reference.add_worker();
     let reference_id = reference.submit(SPEC, &overrides).unwrap();
     reference.wait_finished(&reference_id, Duration::from_secs(120));
+    assert!(final_parameters(&cluster, &id) == final_parameters(&reference, &reference_id));
+}
+
+#[test]
+fn a_coordinator_killed_again_and_again_while_it_writes_ends_with_the_same_result() {
+    let overrides = [
+        "meta.steps=1500",
+        "meta.chunk_tasks=5",
+        "eval.every=50",
+        "eval.tasks=25",
+        "eval.final_tasks=50",
+    ];
+    let mut cluster = Cluster::start_restartable(&[]);
+    cluster.add_worker();
+    let id = cluster.submit(SPEC, &overrides).unwrap();
+    let mut last_kill = 0;
+    for kill in 0..6 {
+        if kill % 2 == 0 {
+            // Just as an evaluation is logged: its metrics and checkpoint are being written.
+            let started = Instant::now();
+            while !cluster.coordinator_log().contains("evaluated") {
+                assert!(
+                    started.elapsed() < Duration::from_secs(120),
+                    "{}",
+                    cluster.logs()
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        } else {
+            // Past the next checkpoint, so that the run moves on whatever the other kills hit.
+            last_kill += 60;
+            cluster.wait_for(&id, Duration::from_secs(120), |s| {
+                s["state"] != "running" || s["step"].as_u64() >= Some(last_kill)
+            });
+        }
+        let status = cluster.status(&id);
+        assert_eq!(
+            status["state"], "running",
+            "ended before kill {kill}: {status}"
+        );
+        last_kill = last_kill.max(status["step"].as_u64().unwrap());
+        cluster.restart_coordinator();
+    }
+    let status = cluster.wait_finished(&id, Duration::from_secs(300));
+    assert_eq!(status["state"], "finished", "{status}");
+    // No torn file stopped it, and every step is in `metrics.jsonl` once, in order.
+    assert_eq!(
+        train_steps(&cluster.metrics(&id)),
+        (1..=1500).collect::<Vec<_>>()
+    );
+    let mut reference = Cluster::start(&[]);
+    reference.add_worker();
+    let reference_id = reference.submit(SPEC, &overrides).unwrap();
+    reference.wait_finished(&reference_id, Duration::from_secs(300));
     assert!(final_parameters(&cluster, &id) == final_parameters(&reference, &reference_id));
 }

@@ -118,7 +118,7 @@ fn every_step_records_each_tasks_loss_and_the_methods_weights_and_training_lower
 
 /// Final parameters and metrics (timings removed) of a PCGrad run on `workers` workers; with
 /// `restart_at`, the coordinator is SIGKILLed once the run has passed that step and restarted
-/// on the same address and state.
+/// on the same state (its workers follow it through a proxy).
 fn pcgrad_run(workers: usize, restart_at: Option<u64>) -> (Vec<u8>, Vec<Value>, u64) {
     // PCGrad draws its projection order from the step's counter-based key, and DWA-free runs
     // are long enough that a restart past the checkpoint at step 100 cannot miss the run.
@@ -134,7 +134,7 @@ fn pcgrad_run(workers: usize, restart_at: Option<u64>) -> (Vec<u8>, Vec<Value>, 
 /// small spec with `extra` overrides on `workers` workers, restarting the coordinator past
 /// `restart_at` as [`pcgrad_run`] says.
 fn run_on(workers: usize, extra: &[&str], restart_at: Option<u64>) -> (Vec<u8>, Vec<Value>, u64) {
-    let mut cluster = Cluster::start_on(&common::free_loopback_addr(), &[]);
+    let mut cluster = Cluster::start_restartable(&[]);
     for _ in 0..workers {
         // Every chunk's results go back as soon as they are computed (the path large
         // gradients take), so bit-identity is checked with them arriving out of step.

@@ -27,8 +27,8 @@ fn a_terminated_coordinator_checkpoints_where_it_is_and_resumes_there() {
     undisturbed.wait_finished(&id, Duration::from_secs(300));
     let expected = common::final_parameters(&undisturbed, &id);
 
-    // The coordinator comes back on the same address, where the worker keeps calling.
-    let mut cluster = Cluster::start_on(&common::free_loopback_addr(), &[]);
+    // The coordinator comes back on another port; the worker follows it through a proxy.
+    let mut cluster = Cluster::start_restartable(&[]);
     cluster.add_worker();
     let id = cluster.submit(SPEC, &RUN).unwrap();
     // Well past the step-0 evaluation and far from the next checkpoint (step 1000).

@@ -274,6 +274,10 @@ struct Round {
     prior_cost: Option<Duration>,
     /// The slowest seconds per chunk of a lease measured in this round.
     slowest_cost: Option<Duration>,
+    /// Chunks leased to each worker now.
+    held: HashMap<u64, usize>,
+    /// Chunks some worker failed to compute.
+    failed_chunks: usize,
     done: oneshot::Sender<Result<RoundOutput, RoundError>>,
 }
 
@@ -309,6 +313,12 @@ impl Round {
         let lease = self.slots[index].lease.take()?;
         if let Some(record) = self.record_mut(lease.record) {
             record.open -= 1;
+        }
+        if let Some(held) = self.held.get_mut(&lease.worker) {
+            *held -= 1;
+            if *held == 0 {
+                self.held.remove(&lease.worker);
+            }
         }
         Some(lease)
     }
@@ -377,6 +387,7 @@ impl Round {
                 record,
             });
         }
+        *self.held.entry(worker).or_insert(0) += taken.len();
         self.leases.push_back(LeaseRecord {
             id: record,
             worker,
@@ -703,6 +714,8 @@ impl Dispatcher {
                 next_record: 0,
                 prior_cost,
                 slowest_cost: None,
+                held: HashMap::new(),
+                failed_chunks: 0,
                 done,
             });
         }
@@ -853,6 +866,10 @@ impl Dispatcher {
             }
             if !result.error.is_empty() {
                 done.accepted += 1;
+                if slot.failures.is_empty() {
+                    round.failed_chunks += 1;
+                }
+                let slot = &mut round.slots[index];
                 slot.failures
                     .push((worker, format!("{worker_name}: {}", result.error)));
                 if slot.failures.len() > self.config.chunk_retries as usize {
@@ -999,16 +1016,27 @@ impl State {
         if self.ineligible(worker).is_some() {
             return None;
         }
-        let mut eligible: Vec<u64> = self.workers.keys().copied().collect();
-        eligible.retain(|&w| w != worker && self.ineligible(w).is_none());
-        let live_workers = eligible.len() + 1;
+        let round = self.round.as_ref()?;
+        // Every lease request comes here, so with many workers nothing below may look at each
+        // of them unless it must: only a round on a dataset, or one some worker refused, has
+        // workers that cannot take it, and only a chunk someone failed needs the others.
+        let experiment = &round.setup.experiment_id;
+        let some_cannot =
+            round.dataset.is_some() || self.refusals.keys().any(|(e, _)| e == experiment);
+        let eligible: Vec<u64> = if some_cannot || round.failed_chunks > 0 {
+            let mut ids: Vec<u64> = self.workers.keys().copied().collect();
+            ids.retain(|&w| w != worker && self.ineligible(w).is_none());
+            ids
+        } else {
+            Vec::new()
+        };
+        let live_workers = if some_cannot {
+            eligible.len() + 1
+        } else {
+            self.workers.len().max(1)
+        };
         let round = self.round.as_mut()?;
-        let held: usize = round
-            .leases
-            .iter()
-            .filter(|r| r.worker == worker)
-            .map(|r| r.open)
-            .sum();
+        let held = round.held.get(&worker).copied().unwrap_or(0);
         let room = config
             .max_leased_chunks
             .saturating_sub(held)

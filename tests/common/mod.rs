@@ -35,6 +35,9 @@ pub struct Cluster {
     coordinator_args: Vec<String>,
     /// Flags every CLI call carries (e.g. `--token-file FILE`).
     pub cli_args: Vec<String>,
+    /// The proxy workers reach the coordinator through, when it may restart: a restarted
+    /// coordinator listens on a port of its own choosing, and the proxy follows it there.
+    front: Option<proxy::Proxy>,
 }
 
 fn spawn(args: &[&str], log: &Path) -> Child {
@@ -50,15 +53,10 @@ fn spawn(args: &[&str], log: &Path) -> Child {
 }
 
 impl Cluster {
-    /// Starts a coordinator on a free loopback port with `extra` flags.
+    /// Starts a coordinator on a loopback port of its choosing with `extra` flags.
     pub fn start(extra: &[&str]) -> Cluster {
-        Self::start_on("127.0.0.1:0", extra)
-    }
-
-    /// Starts a coordinator listening on `listen` with `extra` flags.
-    pub fn start_on(listen: &str, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let mut coordinator_args: Vec<String> = vec!["--listen".into(), listen.into()];
+        let mut coordinator_args: Vec<String> = vec!["--listen".into(), "127.0.0.1:0".into()];
         coordinator_args.extend(extra.iter().map(|s| s.to_string()));
         let (coordinator, url) = Self::start_coordinator(dir.path(), &coordinator_args);
         Cluster {
@@ -68,7 +66,16 @@ impl Cluster {
             workers: Vec::new(),
             coordinator_args,
             cli_args: Vec::new(),
+            front: None,
         }
+    }
+
+    /// Starts a coordinator whose workers reach it through a proxy, so that they find it again
+    /// after [`Cluster::restart_coordinator`] or [`Cluster::start_coordinator_again`].
+    pub fn start_restartable(extra: &[&str]) -> Cluster {
+        let mut cluster = Self::start(extra);
+        cluster.front = Some(proxy::Proxy::start(&cluster.url, proxy::Link::default()));
+        cluster
     }
 
     fn start_coordinator(dir: &Path, extra: &[String]) -> (Child, String) {
@@ -108,7 +115,7 @@ impl Cluster {
 
     /// Starts a worker with `extra` flags (e.g. `--data-root DIR`); returns its name.
     pub fn add_worker_with(&mut self, extra: &[&str]) -> String {
-        let url = self.url.clone();
+        let url = self.front.as_ref().map_or(&self.url, |f| &f.url).clone();
         self.add_worker_via(&url, extra)
     }
 
@@ -197,6 +204,14 @@ impl Cluster {
     pub fn start_coordinator_again(&mut self) {
         let (child, url) = Self::start_coordinator(self.dir.path(), &self.coordinator_args);
         self.coordinator = child;
+        self.follow(url);
+    }
+
+    /// Points the CLI, and the workers' proxy if there is one, at the coordinator at `url`.
+    fn follow(&mut self, url: String) {
+        if let Some(front) = &self.front {
+            front.retarget(&url);
+        }
         self.url = url;
     }
 
@@ -211,7 +226,7 @@ impl Cluster {
         self.coordinator.wait().unwrap();
         let (child, url) = Self::start_coordinator(self.dir.path(), &self.coordinator_args);
         self.coordinator = child;
-        self.url = url;
+        self.follow(url);
     }
 
     pub fn coordinator_alive(&mut self) -> bool {
@@ -339,13 +354,6 @@ impl Drop for Cluster {
             let _ = child.wait();
         }
     }
-}
-
-/// A loopback address with a port that was free a moment ago (for a coordinator that must
-/// come back on the same address after a restart).
-pub fn free_loopback_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
 }
 
 /// Runs `command` to completion and returns its standard output, failing the test with its

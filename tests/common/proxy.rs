@@ -29,7 +29,7 @@ pub struct Proxy {
 }
 
 struct Shared {
-    upstream: SocketAddr,
+    upstream: Mutex<SocketAddr>,
     link: Link,
     cut: Mutex<bool>,
     restored: Condvar,
@@ -67,14 +67,11 @@ impl Proxy {
     /// Starts a proxy to the coordinator at `upstream_url` (`http://host:port`) on a port of
     /// its own choosing.
     pub fn start(upstream_url: &str, link: Link) -> Proxy {
-        let upstream: SocketAddr = upstream_url
-            .trim_start_matches("http://")
-            .parse()
-            .expect("a coordinator URL of the form http://host:port");
+        let upstream = socket_addr(upstream_url);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let shared = Arc::new(Shared {
-            upstream,
+            upstream: Mutex::new(upstream),
             link,
             cut: Mutex::new(false),
             restored: Condvar::new(),
@@ -100,6 +97,11 @@ impl Proxy {
         *self.shared.cut.lock().unwrap() = true;
     }
 
+    /// Sends new connections to the coordinator at `upstream_url` (one restarted elsewhere).
+    pub fn retarget(&self, upstream_url: &str) {
+        *self.shared.upstream.lock().unwrap() = socket_addr(upstream_url);
+    }
+
     pub fn restore(&self) {
         *self.shared.cut.lock().unwrap() = false;
         self.shared.restored.notify_all();
@@ -115,10 +117,17 @@ impl Drop for Proxy {
     }
 }
 
+fn socket_addr(url: &str) -> SocketAddr {
+    url.trim_start_matches("http://")
+        .parse()
+        .expect("a coordinator URL of the form http://host:port")
+}
+
 /// Joins `client` to the coordinator once the link lets a connection through.
 fn connect(client: TcpStream, shared: Arc<Shared>) {
     shared.wait_while_cut();
-    let Ok(server) = TcpStream::connect(shared.upstream) else {
+    let upstream = *shared.upstream.lock().unwrap();
+    let Ok(server) = TcpStream::connect(upstream) else {
         return;
     };
     for stream in [&client, &server] {
