@@ -160,3 +160,57 @@ fn a_coordinator_killed_again_and_again_while_it_writes_ends_with_the_same_resul
     reference.wait_finished(&reference_id, Duration::from_secs(300));
     assert!(final_parameters(&cluster, &id) == final_parameters(&reference, &reference_id));
 }
+
+#[test]
+fn checkpoints_every_so_many_steps_keep_the_newest_and_a_restart_resumes_from_the_last() {
+    let overrides = [
+        "meta.steps=300",
+        "meta.chunk_tasks=5",
+        // No evaluation before the end: every checkpoint is one of `checkpoint.every`.
+        "eval.every=300",
+        "eval.tasks=25",
+        "eval.final_tasks=50",
+        "checkpoint.every=40",
+        "checkpoint.keep=3",
+    ];
+    let mut cluster = Cluster::start_restartable(&[]);
+    cluster.add_worker();
+    let id = cluster.submit(SPEC, &overrides).unwrap();
+    let status = cluster.wait_for(&id, Duration::from_secs(120), |s| {
+        s["state"] != "running" || s["step"].as_u64() >= Some(130)
+    });
+    assert_eq!(status["state"], "running", "{status}");
+    cluster.restart_coordinator();
+    cluster.wait_finished(&id, Duration::from_secs(300));
+    let log = cluster.coordinator_log();
+    let resumed_at: u64 = log
+        .lines()
+        .find_map(|l| l.split("resuming from the checkpoint").nth(1))
+        .and_then(|rest| rest.split("step=").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("did not resume from a checkpoint:\n{log}"));
+    assert!(
+        resumed_at >= 120 && resumed_at.is_multiple_of(40),
+        "resumed at {resumed_at}"
+    );
+    assert_eq!(
+        train_steps(&cluster.metrics(&id)),
+        (1..=300).collect::<Vec<_>>()
+    );
+    let mut kept: Vec<String> = std::fs::read_dir(cluster.experiment_dir(&id))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    kept.sort();
+    assert_eq!(
+        kept,
+        [200, 240, 280].map(|s| format!("checkpoint-{s:010}.safetensors"))
+    );
+
+    let mut reference = Cluster::start(&[]);
+    reference.add_worker();
+    let reference_id = reference.submit(SPEC, &overrides).unwrap();
+    reference.wait_finished(&reference_id, Duration::from_secs(300));
+    assert!(final_parameters(&cluster, &id) == final_parameters(&reference, &reference_id));
+}

@@ -1,12 +1,15 @@
 //! The checkpoint every experiment kind writes after a periodic evaluation and resumes from: parameters, optimizer state, step and training time, plus whatever a kind adds to the metadata.
 
 use std::collections::BTreeMap;
+use std::fs;
 use std::io;
+use std::path::Path;
 
 use outerloop_proto::model::ParamLayout;
 
 use crate::optimizer::OuterOptimizer;
 use crate::safetensors_file::{self, model_tensors, Decoded, NamedTensor};
+use crate::spec::CheckpointSpec;
 use crate::store::Store;
 
 /// Written after every periodic evaluation; a restarted coordinator resumes from it.
@@ -29,19 +32,26 @@ const WRITE_TRIES: u32 = 4;
 /// The state is encoded here (a copy); writing and the fsync run on a blocking thread, off the
 /// async runtime (a large model's would otherwise hold up heartbeats until workers are
 /// dropped). A failed write is tried again, with growing pauses, before its error is returned.
+/// With `keep` above one, the checkpoint is also kept as `checkpoint-STEP.safetensors`, and
+/// the oldest numbered ones past `keep` are deleted.
 pub(super) async fn write(
     store: &Store,
     id: &str,
     state: RunState<'_>,
+    keep: u32,
     extra: impl IntoIterator<Item = (String, String)>,
 ) -> io::Result<()> {
+    let step = state.step;
     let bytes = encode(state, extra);
     let (store, id) = (store.clone(), id.to_string());
     tokio::task::spawn_blocking(move || {
         let mut pause = std::time::Duration::from_millis(500);
         for try_ in 1.. {
-            match store.write_file(&id, CHECKPOINT, &bytes) {
-                Ok(_) => return Ok(()),
+            let written = store
+                .write_file(&id, CHECKPOINT, &bytes)
+                .and_then(|latest| keep_numbered(&latest, step, keep));
+            match written {
+                Ok(()) => return Ok(()),
                 Err(e) if try_ < WRITE_TRIES => {
                     tracing::warn!(%id, error = %e, try_, "cannot write the checkpoint; trying again");
                     std::thread::sleep(pause);
@@ -54,6 +64,45 @@ pub(super) async fn write(
     })
     .await
     .map_err(io::Error::other)?
+}
+
+/// Whether to checkpoint after `step`: after an evaluation when the spec asks for nothing
+/// else, or when it says so (`since_last`: seconds of training since the last checkpoint).
+pub(super) fn due(spec: &CheckpointSpec, step: u64, evaluated: bool, since_last: f64) -> bool {
+    (evaluated && spec.at_evaluations()) || spec.due(step, since_last)
+}
+
+/// Links the checkpoint just written at `latest` as `checkpoint-STEP.safetensors` and deletes
+/// the oldest numbered checkpoints past `keep` (none are kept with `keep` at one: the latest
+/// is the only one).
+fn keep_numbered(latest: &Path, step: u64, keep: u32) -> io::Result<()> {
+    let dir = latest
+        .parent()
+        .expect("a checkpoint lives in its experiment's directory");
+    let numbered = |step: u64| dir.join(format!("checkpoint-{step:010}.safetensors"));
+    if keep > 1 {
+        let this = numbered(step);
+        let _ = fs::remove_file(&this);
+        // A second name for the same bytes; a copy where links are not supported.
+        if fs::hard_link(latest, &this).is_err() {
+            fs::copy(latest, &this)?;
+        }
+    }
+    let mut steps: Vec<u64> = fs::read_dir(dir)?
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            name.strip_prefix("checkpoint-")?
+                .strip_suffix(".safetensors")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    steps.sort_unstable();
+    let keep = if keep > 1 { keep as usize } else { 0 };
+    for &old in &steps[..steps.len().saturating_sub(keep)] {
+        fs::remove_file(numbered(old))?;
+    }
+    Ok(())
 }
 
 /// A checkpoint of `state`, as the bytes of its file.
@@ -135,5 +184,45 @@ impl Checkpoint {
             .get(key)
             .map(String::as_str)
             .ok_or_else(|| format!("checkpoint metadata lacks {key}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_checkpoints_past_keep_are_deleted_and_none_are_kept_with_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let latest = dir.path().join(CHECKPOINT);
+        let numbered = || {
+            let mut names: Vec<String> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.starts_with("checkpoint-"))
+                .collect();
+            names.sort();
+            names
+        };
+        // Written as the store writes it: a new file renamed over the old.
+        let write = |text: &str| crate::store::write_atomically(&latest, text.as_bytes()).unwrap();
+        for step in [10, 20, 30] {
+            write(&step.to_string());
+            keep_numbered(&latest, step, 2).unwrap();
+        }
+        assert_eq!(
+            numbered(),
+            [
+                "checkpoint-0000000020.safetensors",
+                "checkpoint-0000000030.safetensors"
+            ]
+        );
+        // Each numbered file holds the bytes of its own step, not the latest's.
+        let read = |name: &str| fs::read_to_string(dir.path().join(name)).unwrap();
+        assert_eq!(read("checkpoint-0000000020.safetensors"), "20");
+        write("40");
+        keep_numbered(&latest, 40, 1).unwrap();
+        assert!(numbered().is_empty());
+        assert_eq!(read(CHECKPOINT), "40");
     }
 }

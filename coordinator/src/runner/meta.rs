@@ -45,6 +45,8 @@ struct Run<'a> {
     /// Outer steps done; also the parameter version workers cache by.
     step: u64,
     train_seconds: f64,
+    /// `train_seconds` at the last checkpoint (or the start).
+    checkpointed_at: f64,
     metrics: MetricsWriter,
 }
 
@@ -104,6 +106,7 @@ impl<'a> Run<'a> {
             optimizer: start.optimizer,
             step: start.step,
             train_seconds: start.train_seconds,
+            checkpointed_at: start.train_seconds,
             metrics,
             layout,
         })
@@ -192,8 +195,12 @@ impl<'a> Run<'a> {
                 r.meta_loss = Some(meta_loss);
                 r.meta_accuracy = meta_accuracy;
             })?;
-            if self.step.is_multiple_of(every) {
+            let evaluated = self.step.is_multiple_of(every);
+            if evaluated {
                 self.evaluate(Split::Eval, spec.eval.tasks).await?;
+            }
+            let since = self.train_seconds - self.checkpointed_at;
+            if checkpoint::due(&spec.checkpoint, self.step, evaluated, since) {
                 self.checkpoint().await?;
             }
         }
@@ -226,7 +233,9 @@ impl<'a> Run<'a> {
     async fn checkpoint(&mut self) -> Result<(), RunError> {
         // Metrics up to this step must be on disk before the checkpoint claims them.
         self.metrics.flush()?;
-        checkpoint::write(self.registry.store(), &self.job.id, self.state(), []).await?;
+        let keep = self.spec.checkpoint.keep;
+        checkpoint::write(self.registry.store(), &self.job.id, self.state(), keep, []).await?;
+        self.checkpointed_at = self.train_seconds;
         Ok(())
     }
 

@@ -57,6 +57,8 @@ struct Run<'a> {
     /// Steps done; also the parameter version workers cache by.
     step: u64,
     train_seconds: f64,
+    /// `train_seconds` at the last checkpoint (or the start).
+    checkpointed_at: f64,
     metrics: MetricsWriter,
 }
 
@@ -107,6 +109,7 @@ impl<'a> Run<'a> {
             weighting: start.weighting,
             step: start.step,
             train_seconds: start.train_seconds,
+            checkpointed_at: start.train_seconds,
             metrics,
             setup,
             layout,
@@ -132,8 +135,12 @@ impl<'a> Run<'a> {
                 }
                 done => done?,
             }
-            if self.step.is_multiple_of(spec.eval.every) {
+            let evaluated = self.step.is_multiple_of(spec.eval.every);
+            if evaluated {
                 self.evaluate(Split::Eval).await?;
+            }
+            let since = self.train_seconds - self.checkpointed_at;
+            if checkpoint::due(&spec.checkpoint, self.step, evaluated, since) {
                 self.checkpoint().await?;
             }
         }
@@ -431,9 +438,11 @@ impl<'a> Run<'a> {
             self.registry.store(),
             &self.job.id,
             self.state(),
+            self.spec.checkpoint.keep,
             [(WEIGHTING_STATE.to_string(), weighting)],
         )
         .await?;
+        self.checkpointed_at = self.train_seconds;
         Ok(())
     }
 

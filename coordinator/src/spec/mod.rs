@@ -1,5 +1,6 @@
 //! Experiment specs: the TOML schema (one module per section), `--set` overrides, validation, and errors that point at the line.
 
+mod checkpoint;
 mod document;
 mod error;
 mod eval;
@@ -16,6 +17,7 @@ use outerloop_proto::model::{Conv4, Mlp, Model, ParamLayout};
 use outerloop_proto::work::{self, Setup};
 use serde::{Deserialize, Serialize};
 
+pub use checkpoint::CheckpointSpec;
 pub use error::{Invalid, SpecError};
 pub use eval::EvalSpec;
 pub use experiment::ExperimentSpec;
@@ -50,6 +52,8 @@ pub struct Spec {
     pub model: ModelSpec,
     pub meta: MetaSpec,
     pub eval: EvalSpec,
+    #[serde(skip_serializing_if = "CheckpointSpec::is_default")]
+    pub checkpoint: CheckpointSpec,
 }
 
 /// What an experiment trains.
@@ -75,6 +79,8 @@ struct RawSpec {
     model: model::RawModel,
     meta: MetaSpec,
     eval: EvalSpec,
+    #[serde(default)]
+    checkpoint: CheckpointSpec,
 }
 
 impl ExperimentKind {
@@ -104,8 +110,10 @@ impl Spec {
             model: ModelSpec::resolve(&raw.model)?,
             meta: raw.meta,
             eval: raw.eval,
+            checkpoint: raw.checkpoint,
         };
         spec.meta.validate()?;
+        spec.checkpoint.validate()?;
         spec.meta.resolve()?;
         spec.eval.validate()?;
         spec.resolve_across_sections()?;

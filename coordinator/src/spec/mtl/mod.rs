@@ -13,7 +13,7 @@ pub use table::TableSpec;
 
 use super::error::{out_of_range, Invalid, SpecError};
 use super::meta::{check_optimizer, default_betas, default_eps, OptimizerKind};
-use super::{ExperimentKind, MAX_CHUNK_VALUES, MAX_PARAMS};
+use super::{CheckpointSpec, ExperimentKind, MAX_CHUNK_VALUES, MAX_PARAMS};
 use crate::mtl::weighting::Method;
 
 /// Most tasks in one multi-task experiment.
@@ -37,6 +37,8 @@ pub struct MtlSpec {
     pub train: TrainSpec,
     pub weighting: Method,
     pub eval: MtlEvalSpec,
+    #[serde(skip_serializing_if = "CheckpointSpec::is_default")]
+    pub checkpoint: CheckpointSpec,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -51,6 +53,8 @@ struct RawMtlSpec {
     train: TrainSpec,
     weighting: Method,
     eval: MtlEvalSpec,
+    #[serde(default)]
+    checkpoint: CheckpointSpec,
 }
 
 /// `[data]`: where the rows come from, which fixes the tasks.
@@ -347,7 +351,9 @@ impl MtlSpec {
             train: raw.train,
             weighting: raw.weighting,
             eval: raw.eval,
+            checkpoint: raw.checkpoint,
         };
+        spec.checkpoint.validate()?;
         if let MtlDataSpec::Table(table) = &mut spec.data {
             table.check()?;
         }
