@@ -14,11 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::proxy::{Link, Proxy};
 use common::{final_parameters, succeed, train_steps, Cluster, SPEC};
-use outerloop_proto::transport::MAX_MESSAGE_BYTES;
-use outerloop_proto::v1::workers_client::WorkersClient;
-use outerloop_proto::v1::{
-    ChunkResult, CompleteRequest, DeregisterRequest, LeaseRequest, RegisterRequest,
-};
+use outerloop_proto::v1::{ChunkResult, CompleteRequest, DeregisterRequest, LeaseRequest};
 
 /// Long enough that the faults, injected in the first sixth or so of it here, strike a running
 /// experiment even on a machine several times as fast (each wait checks it still runs).
@@ -43,21 +39,7 @@ fn send_one_poisoned_result(url: &str) {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let mut client = WorkersClient::connect(url.to_string())
-            .await
-            .unwrap()
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let me = client
-            .register(RegisterRequest {
-                name: "poisoner".into(),
-                device: "cpu".into(),
-                threads: 1,
-                datasets: Vec::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .worker_id;
+        let (mut client, me) = common::raw_worker(url, "poisoner").await;
         let (chunk, parameters) = loop {
             let lease = client
                 .lease(LeaseRequest {

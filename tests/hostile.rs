@@ -5,9 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Cluster, SPEC};
-use outerloop_proto::transport::MAX_MESSAGE_BYTES;
-use outerloop_proto::v1::workers_client::WorkersClient;
-use outerloop_proto::v1::{ChunkResult, CompleteRequest, LeaseRequest, RegisterRequest};
+use outerloop_proto::v1::{ChunkResult, CompleteRequest, LeaseRequest};
 
 const SHORT: [&str; 5] = [
     "meta.steps=6",
@@ -20,21 +18,7 @@ const SHORT: [&str; 5] = [
 /// Registers a worker of its own, takes a chunk of the running experiment's first round and
 /// answers it with poison, twice; checks each answer is refused with INVALID_ARGUMENT.
 async fn poison(url: String) {
-    let mut client = WorkersClient::connect(url)
-        .await
-        .unwrap()
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let me = client
-        .register(RegisterRequest {
-            name: "hostile".into(),
-            device: "cpu".into(),
-            threads: 1,
-            datasets: Vec::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .worker_id;
+    let (mut client, me) = common::raw_worker(&url, "hostile").await;
     let leaser = client.clone();
     let lease = || {
         let mut client = leaser.clone();

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{final_parameters, train_steps, Cluster, SPEC};
+use common::{final_parameters, resumed_step, train_steps, Cluster, SPEC};
 
 #[test]
 fn experiments_run_in_order_and_a_cancelled_one_stops() {
@@ -77,13 +77,7 @@ fn a_coordinator_killed_mid_run_resumes_from_its_checkpoint_with_the_same_result
 
     cluster.restart_coordinator(); // SIGKILL, then a new process on the same state
     cluster.wait_finished(&id, Duration::from_secs(120));
-    let log = std::fs::read_to_string(cluster.dir.path().join("coordinator.log")).unwrap();
-    let resumed_at: u64 = log
-        .lines()
-        .find_map(|l| l.split("resuming from the checkpoint").nth(1))
-        .and_then(|rest| rest.split("step=").nth(1))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("the coordinator did not resume from a checkpoint:\n{log}"));
+    let resumed_at = resumed_step(&cluster.coordinator_log());
     assert!(
         resumed_at >= 1000 && resumed_at.is_multiple_of(500),
         "resumed at {resumed_at}"
@@ -182,13 +176,7 @@ fn checkpoints_every_so_many_steps_keep_the_newest_and_a_restart_resumes_from_th
     assert_eq!(status["state"], "running", "{status}");
     cluster.restart_coordinator();
     cluster.wait_finished(&id, Duration::from_secs(300));
-    let log = cluster.coordinator_log();
-    let resumed_at: u64 = log
-        .lines()
-        .find_map(|l| l.split("resuming from the checkpoint").nth(1))
-        .and_then(|rest| rest.split("step=").nth(1))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("did not resume from a checkpoint:\n{log}"));
+    let resumed_at = resumed_step(&cluster.coordinator_log());
     assert!(
         resumed_at >= 120 && resumed_at.is_multiple_of(40),
         "resumed at {resumed_at}"

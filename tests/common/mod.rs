@@ -396,3 +396,39 @@ pub fn train_steps(metrics: &[Value]) -> Vec<u64> {
 pub fn final_parameters(cluster: &Cluster, id: &str) -> Vec<u8> {
     std::fs::read(cluster.experiment_dir(id).join("final.safetensors")).unwrap()
 }
+
+/// The step a resumed run started from, as the coordinator's `log` says.
+pub fn resumed_step(log: &str) -> u64 {
+    log.lines()
+        .find_map(|l| l.split("resuming from the checkpoint").nth(1))
+        .and_then(|rest| rest.split("step=").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the coordinator did not resume from a checkpoint:\n{log}"))
+}
+
+/// A client of the Workers service registered as a worker named `name`, with its id: for
+/// tests that play a worker by hand.
+pub async fn raw_worker(
+    url: &str,
+    name: &str,
+) -> (
+    outerloop_proto::v1::workers_client::WorkersClient<tonic::transport::Channel>,
+    u64,
+) {
+    let mut client = outerloop_proto::v1::workers_client::WorkersClient::connect(url.to_string())
+        .await
+        .unwrap()
+        .max_decoding_message_size(outerloop_proto::transport::MAX_MESSAGE_BYTES);
+    let id = client
+        .register(outerloop_proto::v1::RegisterRequest {
+            name: name.into(),
+            device: "cpu".into(),
+            threads: 1,
+            datasets: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_id;
+    (client, id)
+}
