@@ -152,16 +152,6 @@ impl Registry {
         datasets: &ManifestLookup,
     ) -> Result<String, RegistryError> {
         let mut spec = ExperimentSpec::parse(text, source_name, overrides)?;
-        let parameters = match &spec {
-            ExperimentSpec::Meta(spec) => spec.layout().param_count(),
-            ExperimentSpec::Mtl(spec) => spec.layout().param_count(),
-        } as u64;
-        if parameters > self.limits.max_parameters {
-            return Err(RegistryError::Limit(format!(
-                "the model has {parameters} parameters, more than this coordinator's limit of {} (--max-parameters)",
-                self.limits.max_parameters
-            )));
-        }
         let blame = |invalid| SpecError::blame(text, source_name, overrides, invalid);
         let manifest = match spec.dataset() {
             Some(dataset) => {
@@ -179,6 +169,19 @@ impl Registry {
             }
             None => None,
         };
+        // A table's columns decide a multi-task model's size: counted with its manifest.
+        let parameters = match &spec {
+            ExperimentSpec::Meta(spec) => spec.layout().param_count(),
+            ExperimentSpec::Mtl(spec) => spec
+                .setup("", manifest.as_deref())
+                .map_or(0, |setup| setup.layout().param_count()),
+        } as u64;
+        if parameters > self.limits.max_parameters {
+            return Err(RegistryError::Limit(format!(
+                "the model has {parameters} parameters, more than this coordinator's limit of {} (--max-parameters)",
+                self.limits.max_parameters
+            )));
+        }
         let mut entries = self.lock();
         let queued = entries
             .values()
