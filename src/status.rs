@@ -117,7 +117,8 @@ pub fn print_workers(workers: &[WorkerSummary], json: bool) {
             println!(
                 "{}",
                 json!({"number": w.number, "name": w.name, "device": w.device,
-                       "threads": w.threads, "datasets": datasets})
+                       "threads": w.threads, "datasets": datasets,
+                       "refused_results": w.refused_results})
             );
         }
         return;
@@ -127,7 +128,11 @@ pub fn print_workers(workers: &[WorkerSummary], json: bool) {
         return;
     }
     for w in workers {
-        println!("{} ({}, {} threads)", w.name, w.device, w.threads);
+        let refused = match w.refused_results {
+            0 => String::new(),
+            n => format!(", {n} results refused"),
+        };
+        println!("{} ({}, {} threads{refused})", w.name, w.device, w.threads);
         for d in &w.datasets {
             let size = if d.layout == DatasetLayout::Table as i32 {
                 format!("{} rows, {} columns", d.rows, d.columns)

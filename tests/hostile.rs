@@ -98,6 +98,10 @@ fn run(hostile: bool) -> Vec<u8> {
         tokio::runtime::Runtime::new()
             .unwrap()
             .block_on(poison(cluster.url.clone()));
+        // Both refusals are counted against it where people look.
+        let workers = cluster.workers();
+        let hostile = workers.iter().find(|w| w["name"] == "hostile").unwrap();
+        assert_eq!(hostile["refused_results"], 2, "{workers:?}");
     }
     cluster.add_worker();
     cluster.wait_finished(&id, Duration::from_secs(300));

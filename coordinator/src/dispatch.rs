@@ -112,6 +112,8 @@ pub struct WorkerView {
     pub device: String,
     pub threads: u32,
     pub datasets: Vec<DatasetVersion>,
+    /// Its results refused by a round's check.
+    pub refused_results: u32,
 }
 
 /// Refused results a chunk may receive before its round fails: a worker that sends bad values
@@ -638,6 +640,7 @@ impl Dispatcher {
                 device: w.device.clone(),
                 threads: w.threads,
                 datasets: w.datasets.clone(),
+                refused_results: w.refused_results,
             })
             .collect();
         workers.sort_by_key(|w| w.number);

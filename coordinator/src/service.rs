@@ -137,6 +137,7 @@ impl Experiments for ExperimentsService {
             .into_iter()
             .map(|w| v1::WorkerSummary {
                 number: w.number,
+                refused_results: w.refused_results,
                 name: w.name,
                 device: w.device,
                 threads: w.threads,
