@@ -110,6 +110,10 @@ enum Command {
         /// Experiments waiting at once; submissions past it are refused.
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
         max_queued: u64,
+        /// Experiments running at once, sharing the workers by their `scheduling.weight`; the
+        /// next queued one starts when one ends.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        max_running: u64,
         /// The largest model a submitted spec may train, in parameters.
         #[arg(long, default_value_t = 1 << 26, value_parser = clap::value_parser!(u64).range(1..))]
         max_parameters: u64,
@@ -135,6 +139,11 @@ enum Command {
         /// lease's last result.
         #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
         stream_min_bytes: usize,
+        /// The most memory (MiB) the parameters of cached experiments may take: a worker shared
+        /// by several experiments keeps each one's set-up and parameters while they fit, so
+        /// switching between them resends nothing; the least recently used leave first.
+        #[arg(long, value_name = "MIB", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+        cache_mib: u64,
         /// Run tasks one at a time instead of batched (the reference path; slower).
         #[arg(long)]
         per_task: bool,
@@ -283,6 +292,7 @@ async fn run(
             max_connections,
             idle_timeout_s,
             max_queued,
+            max_running,
             max_parameters,
         } => {
             init_tracing("info");
@@ -335,6 +345,7 @@ async fn run(
                     max_queued: max_queued as usize,
                     max_parameters,
                 },
+                max_running: max_running as usize,
                 tokens: std::sync::Arc::new(tokens),
                 max_spec_bytes: max_spec_bytes as usize,
                 tls: server_cert.zip(server_key).map(|(cert, key)| {
@@ -355,6 +366,7 @@ async fn run(
             name,
             max_chunks,
             stream_min_bytes,
+            cache_mib,
             per_task,
             data_root,
         } => {
@@ -376,6 +388,7 @@ async fn run(
                 threads as usize,
                 path,
                 std::sync::Arc::new(data),
+                (cache_mib as usize) << 20,
             )?;
             let identity = outerloop_worker::WorkerIdentity {
                 coordinator,

@@ -1,4 +1,4 @@
-//! Experiments queue, can be cancelled, and survive a coordinator killed mid-run, again and again.
+//! Experiments queue past the running limit, can be cancelled, and survive a coordinator killed mid-run, again and again.
 
 mod common;
 
@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use common::{final_parameters, resumed_step, train_steps, Cluster, SPEC};
 
 #[test]
-fn experiments_run_in_order_and_a_cancelled_one_stops() {
-    let mut cluster = Cluster::start(&[]);
+fn experiments_past_the_running_limit_queue_and_a_cancelled_one_stops() {
+    let mut cluster = Cluster::start(&["--max-running", "1"]);
     cluster.add_worker();
     let long = cluster
         .submit(SPEC, &["meta.steps=1000000", "eval.every=100000"])
@@ -30,7 +30,7 @@ fn experiments_run_in_order_and_a_cancelled_one_stops() {
     assert_eq!(
         cluster.status(&short)["state"],
         "queued",
-        "one experiment runs at a time"
+        "with --max-running 1, one experiment runs at a time"
     );
 
     let cancel = cluster.cli(&["cancel", &long]);

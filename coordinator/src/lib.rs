@@ -56,6 +56,8 @@ pub struct CoordinatorConfig {
     pub connections: connections::Limits,
     /// What a submission may ask for.
     pub submissions: registry::SubmitLimits,
+    /// Experiments running at once; the queued ones wait for one of them to end.
+    pub max_running: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,8 +73,9 @@ pub enum CoordinatorError {
     Tls(String),
 }
 
-/// Serves the coordinator on `listener` until `shutdown` completes. Experiments run one after
-/// another in submission order; one interrupted by shutdown runs again at the next start.
+/// Serves the coordinator on `listener` until `shutdown` completes. Experiments start in
+/// submission order, up to `max_running` at once, sharing the workers; one interrupted by
+/// shutdown runs again at the next start.
 pub async fn run(
     listener: TcpListener,
     config: CoordinatorConfig,
@@ -110,16 +113,30 @@ pub async fn run(
     });
     let scheduler = tokio::spawn({
         let (registry, dispatcher, stop) = (registry.clone(), dispatcher.clone(), stop.clone());
+        let running = Arc::new(tokio::sync::Semaphore::new(config.max_running.max(1)));
         async move {
-            while let Some(job) = stop.run_until_cancelled(registry.next_queued()).await {
+            let mut runs = tokio::task::JoinSet::new();
+            // A free place first, then the next queued experiment: until a place frees, the
+            // queue stays as it is (and `status` says so).
+            while let Some(Ok(place)) = stop
+                .run_until_cancelled(running.clone().acquire_owned())
+                .await
+            {
+                while runs.try_join_next().is_some() {}
+                let Some(job) = stop.run_until_cancelled(registry.next_queued()).await else {
+                    break;
+                };
                 match job {
                     Ok(job) => {
-                        // Awaited whole: on shutdown the run checkpoints, then ends.
                         let job = registry::Job {
                             stop: stop.clone(),
                             ..job
                         };
-                        runner::run(job, &registry, &dispatcher).await;
+                        let (registry, dispatcher) = (registry.clone(), dispatcher.clone());
+                        runs.spawn(async move {
+                            runner::run(job, &registry, &dispatcher).await;
+                            drop(place);
+                        });
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "cannot start the next experiment; retrying");
@@ -127,6 +144,8 @@ pub async fn run(
                     }
                 }
             }
+            // Awaited whole: on shutdown each run checkpoints, then ends.
+            while runs.join_next().await.is_some() {}
         }
     });
 

@@ -190,32 +190,35 @@ async fn work_session(
         }
     };
     let work = async {
-        let (mut cached_experiment, mut cached_version) = (String::new(), 0u64);
-        let lease_request = |experiment: &str, version: u64| LeaseRequest {
+        // What the engine holds, so that the coordinator sends only what is missing: the
+        // engine says so itself after each job (a refused set-up, an evicted experiment).
+        let lease_request = || LeaseRequest {
             worker_id,
             max_chunks: identity.max_chunks,
-            cached_experiment: experiment.to_string(),
-            cached_version: version,
             wait_ms: LEASE_WAIT.as_millis() as u32,
+            cached: compute
+                .held()
+                .into_iter()
+                .filter_map(|(experiment_id, version)| {
+                    Some(v1::CachedExperiment {
+                        experiment_id,
+                        version: version?,
+                    })
+                })
+                .collect(),
+            ..LeaseRequest::default()
         };
-        let mut lease = client.lease(lease_request("", 0)).await?.into_inner();
+        let mut lease = client.lease(lease_request()).await?.into_inner();
         loop {
             if lease.unknown_worker {
                 return Err(SessionEnd::Forgotten);
             }
             if lease.chunks.is_empty() {
-                lease = client
-                    .lease(lease_request(&cached_experiment, cached_version))
-                    .await?
-                    .into_inner();
+                lease = client.lease(lease_request()).await?.into_inner();
                 continue;
             }
             if let Some(setup) = &lease.setup {
-                cached_experiment = setup.experiment_id.clone();
-                tracing::info!(experiment = %cached_experiment, "new experiment");
-            }
-            if let Some(params) = &lease.parameters {
-                cached_version = params.version;
+                tracing::info!(experiment = %setup.experiment_id, "new experiment");
             }
             let (results, sent) = run_streaming(
                 compute,
@@ -225,19 +228,11 @@ async fn work_session(
                 lease,
             )
             .await?;
-            if results
-                .iter()
-                .any(|r| !r.error.is_empty() || !r.refusal.is_empty())
-            {
-                // The engine may have refused the set-up (or not kept it): make the next
-                // lease send it again.
-                cached_experiment.clear();
-            }
             for send in sent {
                 finish(send).await?;
             }
             // Hand the last results back and ask for more in one call.
-            let next = Some(lease_request(&cached_experiment, cached_version));
+            let next = Some(lease_request());
             let reply = client
                 .complete(CompleteRequest {
                     worker_id,

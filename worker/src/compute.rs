@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use crate::algorithms::Path;
 use crate::data::DataRoot;
-use crate::engine::{failed_chunk, panic_message, refused_chunk, Engine, EngineError};
+use crate::engine::{failed_chunk, panic_message, refused_chunk, Engine, EngineError, Held};
 
 /// A lease's worth of work, with whatever set-up and parameters it brought.
 struct Job {
@@ -24,6 +24,9 @@ struct Job {
 #[derive(Clone, Debug)]
 pub struct ComputeThread {
     jobs: mpsc::Sender<Job>,
+    /// What the engine holds after its last job (see [`Engine::held`]): what the next lease
+    /// request tells the coordinator, so that it sends only what is missing.
+    held: Arc<Mutex<Held>>,
     /// Held by the compute thread while it runs a job: whoever holds it knows that no
     /// libtorch call is under way, nor will one start.
     busy: Arc<Mutex<()>>,
@@ -31,17 +34,20 @@ pub struct ComputeThread {
 
 impl ComputeThread {
     /// Starts the thread with libtorch limited to `threads` intra-op threads, reading datasets
-    /// from `data`.
+    /// from `data`, caching experiments up to `cache_bytes` of parameters.
     pub fn spawn(
         device: Device,
         threads: usize,
         path: Path,
         data: Arc<DataRoot>,
+        cache_bytes: usize,
     ) -> std::io::Result<ComputeThread> {
         crate::allocator::keep_freed_memory();
         let (jobs, receive) = mpsc::channel::<Job>();
         let busy = Arc::new(Mutex::new(()));
         let running = busy.clone();
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let publish = held.clone();
         thread::Builder::new()
             .name("outerloop-compute".into())
             .spawn(move || {
@@ -49,14 +55,23 @@ impl ComputeThread {
                 if threads > 0 {
                     tch::set_num_threads(threads as i32);
                 }
-                let mut engine = Engine::new(device, path, data);
+                let mut engine = Engine::new(device, path, data).with_cache_bytes(cache_bytes);
                 while let Some(job) = next_job(&receive) {
                     let _running = running.lock().unwrap_or_else(|e| e.into_inner());
                     let results = run_job(&mut engine, &job);
+                    // Published before the results go: the request that follows them must
+                    // say what the engine holds now.
+                    *publish.lock().unwrap_or_else(|e| e.into_inner()) = engine.held();
                     let _ = job.reply.send(results);
                 }
             })?;
-        Ok(ComputeThread { jobs, busy })
+        Ok(ComputeThread { jobs, busy, held })
+    }
+
+    /// The experiments the engine holds, least recently used first, with the parameter
+    /// version it holds for each (`None`: none yet).
+    pub fn held(&self) -> Held {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Waits for the job under way, if any, and keeps the thread from starting another, for
@@ -132,6 +147,8 @@ fn fail_all(ids: Vec<u64>, error: &str) -> Vec<ChunkResult> {
 }
 
 fn install_and_run(engine: &mut Engine, job: &Job) -> Vec<ChunkResult> {
+    // A lease's chunks are all of one experiment, the one its set-up and parameters are for.
+    let experiment = job.chunks.first().map_or("", |c| c.experiment_id.as_str());
     let installed = job
         .setup
         .as_ref()
@@ -139,7 +156,7 @@ fn install_and_run(engine: &mut Engine, job: &Job) -> Vec<ChunkResult> {
         .and_then(|()| {
             job.params
                 .as_ref()
-                .map_or(Ok(()), |p| engine.set_parameters(p))
+                .map_or(Ok(()), |p| engine.set_parameters(experiment, p))
         });
     match installed {
         Ok(()) => job
@@ -207,9 +224,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_libtorch_error_fails_the_chunks_and_the_thread_lives_on() {
-        let compute =
-            ComputeThread::spawn(Device::Cpu, 1, Path::Batched, Arc::new(DataRoot::empty()))
-                .unwrap();
+        let compute = ComputeThread::spawn(
+            Device::Cpu,
+            1,
+            Path::Batched,
+            Arc::new(DataRoot::empty()),
+            crate::engine::DEFAULT_CACHE_BYTES,
+        )
+        .unwrap();
         // Sinusoid inputs are 1-wide; a 3-wide first layer makes libtorch raise a shape error.
         let (setup, params, chunks) = job(3);
         let results = compute.run(Some(setup), Some(params), chunks).await;

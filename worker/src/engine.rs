@@ -1,4 +1,4 @@
-//! The compute engine: owns every libtorch tensor, caches the experiment and its parameters, runs chunks.
+//! The compute engine: owns every libtorch tensor, caches experiments and their parameters, runs chunks.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -28,8 +28,8 @@ pub enum EngineError {
     /// The worker cannot compute this experiment at all: the work should go elsewhere.
     #[error("{0}")]
     Refused(String),
-    #[error("parameters arrived before any experiment set-up")]
-    NoSetup,
+    #[error("parameters for {0} arrived before its set-up")]
+    NoSetup(String),
     #[error("parameters for version {version} have {got} values, the model has {expected}")]
     ParameterCount {
         version: u64,
@@ -97,6 +97,19 @@ impl Experiment {
     }
 }
 
+/// An experiment the engine holds, with the parameter version it holds for it.
+struct Cached {
+    loaded: Loaded,
+    params: Option<(u64, Vec<Tensor>)>,
+}
+
+impl Cached {
+    /// What its parameters take in memory, the measure the cache is bounded by.
+    fn bytes(&self) -> usize {
+        self.loaded.layout().param_count() * std::mem::size_of::<f32>()
+    }
+}
+
 /// Runs chunks on one device. Lives on the compute thread: `tch::Tensor` is not `Sync`.
 pub struct Engine {
     device: Device,
@@ -105,9 +118,19 @@ pub struct Engine {
     data: Arc<DataRoot>,
     /// Decoded images, kept across experiments on the same data.
     images: Rc<RefCell<ImageCache>>,
-    experiment: Option<Loaded>,
-    params: Option<(u64, Vec<Tensor>)>,
+    /// The experiments held, least recently used first: when several experiments share the
+    /// worker, switching between them resends nothing it still holds.
+    cached: Vec<Cached>,
+    /// The most parameter bytes the cache holds; the experiment in use always stays.
+    cache_bytes: usize,
 }
+
+/// The experiments an engine holds, least recently used first, each with the parameter
+/// version held for it (`None`: none yet).
+pub type Held = Vec<(String, Option<u64>)>;
+
+/// The default bound of the experiment cache: 1 GiB of parameters.
+pub const DEFAULT_CACHE_BYTES: usize = 1 << 30;
 
 impl Engine {
     pub fn new(device: Device, path: Path, data: Arc<DataRoot>) -> Self {
@@ -116,15 +139,35 @@ impl Engine {
             path,
             data,
             images: ImageCache::shared(),
-            experiment: None,
-            params: None,
+            cached: Vec::new(),
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 
-    /// Caches a new experiment; its parameters must follow.
+    /// Bounds the experiment cache to `bytes` of parameters.
+    pub fn with_cache_bytes(self, bytes: usize) -> Self {
+        Engine {
+            cache_bytes: bytes,
+            ..self
+        }
+    }
+
+    /// The experiments held, least recently used first, each with the parameter version held
+    /// for it (none yet: `None`).
+    pub fn held(&self) -> Held {
+        self.cached
+            .iter()
+            .map(|c| {
+                let version = c.params.as_ref().map(|(v, _)| *v);
+                (c.loaded.id().to_string(), version)
+            })
+            .collect()
+    }
+
+    /// Caches an experiment (replacing what was held for its id); its parameters must follow.
+    /// The least recently used others leave while the cache is over its bound.
     pub fn set_experiment(&mut self, setup: &ExperimentSetup) -> Result<(), EngineError> {
-        self.experiment = None;
-        self.params = None;
+        self.cached.retain(|c| c.loaded.id() != setup.experiment_id);
         let loaded = if setup.mtl.is_some() {
             let mtl = MtlSetup::try_from(setup)?;
             Loaded::Mtl(MtlExperiment::new(mtl, &self.data)?)
@@ -132,15 +175,43 @@ impl Engine {
             let setup = Setup::try_from(setup)?;
             Loaded::Meta(Experiment::new(&setup, &self.data, &self.images)?)
         };
-        self.experiment = Some(loaded);
+        self.cached.push(Cached {
+            loaded,
+            params: None,
+        });
+        let mut total: usize = self.cached.iter().map(Cached::bytes).sum();
+        while total > self.cache_bytes && self.cached.len() > 1 {
+            let evicted = self.cached.remove(0);
+            total -= evicted.bytes();
+            tracing::info!(experiment = %evicted.loaded.id(), "dropped from the cache");
+        }
         Ok(())
     }
 
-    /// Caches a parameter version as leaf tensors on the device.
-    pub fn set_parameters(&mut self, params: &Parameters) -> Result<(), EngineError> {
-        let experiment = self.experiment.as_ref().ok_or(EngineError::NoSetup)?;
+    /// The cached `experiment`, marked as the most recently used.
+    fn touch(&mut self, experiment: &str) -> Option<&mut Cached> {
+        let at = self
+            .cached
+            .iter()
+            .position(|c| c.loaded.id() == experiment)?;
+        let cached = self.cached.remove(at);
+        self.cached.push(cached);
+        self.cached.last_mut()
+    }
+
+    /// Caches a parameter version of `experiment` as leaf tensors on the device.
+    pub fn set_parameters(
+        &mut self,
+        experiment: &str,
+        params: &Parameters,
+    ) -> Result<(), EngineError> {
+        let device = self.device;
+        let cached = self
+            .touch(experiment)
+            .ok_or_else(|| EngineError::NoSetup(experiment.to_string()))?;
         let values = f32s_from_bytes(&params.values).unwrap_or_default();
-        let expected = experiment.layout().param_count();
+        let layout = cached.loaded.layout();
+        let expected = layout.param_count();
         if values.len() != expected {
             return Err(EngineError::ParameterCount {
                 version: params.version,
@@ -148,8 +219,8 @@ impl Engine {
                 expected,
             });
         }
-        let tensors = leaf_parameters(experiment.layout(), &values, self.device);
-        self.params = Some((params.version, tensors));
+        let tensors = leaf_parameters(layout, &values, device);
+        cached.params = Some((params.version, tensors));
         Ok(())
     }
 
@@ -157,6 +228,7 @@ impl Engine {
     /// libtorch reports its own errors by panicking: the compute thread catches those.
     pub fn run_chunk(&mut self, chunk: &WorkChunk) -> ChunkResult {
         let started = Instant::now();
+        self.touch(&chunk.experiment_id);
         match self.compute(chunk) {
             Ok(mut result) => {
                 result.compute_seconds = started.elapsed().as_secs_f64();
@@ -167,17 +239,18 @@ impl Engine {
     }
 
     fn compute(&self, chunk: &WorkChunk) -> Result<ChunkResult, String> {
-        let experiment = self
-            .experiment
-            .as_ref()
-            .filter(|e| e.id() == chunk.experiment_id)
+        let cached = self
+            .cached
+            .iter()
+            .find(|c| c.loaded.id() == chunk.experiment_id)
             .ok_or_else(|| {
                 format!(
                     "experiment {} is not set up on this worker",
                     chunk.experiment_id
                 )
             })?;
-        let theta = match &self.params {
+        let experiment = &cached.loaded;
+        let theta = match &cached.params {
             Some((version, tensors)) if *version == chunk.version => tensors,
             _ => {
                 let missing = EngineError::NoParameters {
@@ -382,7 +455,7 @@ mod tests {
             version: 3,
             values: f32s_to_bytes(&vec![0.1; count]),
         };
-        engine.set_parameters(&params).unwrap();
+        engine.set_parameters("exp-1", &params).unwrap();
 
         let train = engine.run_chunk(&chunk(3, Phase::Train));
         assert_eq!(train.error, "");
@@ -435,14 +508,17 @@ mod tests {
             values: f32s_to_bytes(&values[1..]),
         };
         assert!(matches!(
-            engine.set_parameters(&short),
+            engine.set_parameters("mtl-1", &short),
             Err(EngineError::ParameterCount { expected, .. }) if expected == values.len()
         ));
         engine
-            .set_parameters(&Parameters {
-                version: 2,
-                values: f32s_to_bytes(&values),
-            })
+            .set_parameters(
+                "mtl-1",
+                &Parameters {
+                    version: 2,
+                    values: f32s_to_bytes(&values),
+                },
+            )
             .unwrap();
         let chunk = WorkChunk {
             chunk_id: 8,
@@ -492,6 +568,62 @@ mod tests {
         ));
     }
 
+    /// The sinusoid set-up of `setup()` under another experiment id.
+    fn setup_for(experiment: &str) -> ExperimentSetup {
+        ExperimentSetup {
+            experiment_id: experiment.into(),
+            ..setup()
+        }
+    }
+
+    fn params(version: u64) -> Parameters {
+        Parameters {
+            version,
+            values: f32s_to_bytes(&vec![0.1; mlp().layout().param_count()]),
+        }
+    }
+
+    #[test]
+    fn several_experiments_stay_cached_until_the_bound_evicts_the_least_recently_used() {
+        let bytes = mlp().layout().param_count() * 4;
+        let mut engine = Engine::new(Device::Cpu, Path::Batched, Arc::new(DataRoot::empty()))
+            .with_cache_bytes(2 * bytes);
+        for (experiment, version) in [("exp-1", 3), ("exp-2", 5)] {
+            engine.set_experiment(&setup_for(experiment)).unwrap();
+            engine.set_parameters(experiment, &params(version)).unwrap();
+        }
+        assert_eq!(
+            engine.held(),
+            [
+                ("exp-1".to_string(), Some(3)),
+                ("exp-2".to_string(), Some(5))
+            ]
+        );
+        // Switching back to exp-1 needs nothing new, and makes it the most recently used.
+        let result = engine.run_chunk(&chunk(3, Phase::Train));
+        assert_eq!(result.error, "");
+        assert_eq!(engine.held()[1].0, "exp-1");
+        // A third experiment does not fit: exp-2, the least recently used, leaves.
+        engine.set_experiment(&setup_for("exp-3")).unwrap();
+        let held: Vec<String> = engine.held().into_iter().map(|(e, _)| e).collect();
+        assert_eq!(held, ["exp-1", "exp-3"]);
+        assert_eq!(
+            engine.held()[1].1,
+            None,
+            "exp-3's parameters have not come yet"
+        );
+        // Installing a set-up again replaces it, and its parameters must follow.
+        engine.set_experiment(&setup_for("exp-1")).unwrap();
+        assert_eq!(
+            engine.held(),
+            [("exp-3".to_string(), None), ("exp-1".to_string(), None)]
+        );
+        assert!(engine
+            .run_chunk(&chunk(3, Phase::Train))
+            .error
+            .contains("no parameters cached"));
+    }
+
     #[test]
     fn mismatched_parameters_and_versions_are_errors_not_panics() {
         let mut engine = Engine::new(Device::Cpu, Path::Batched, Arc::new(DataRoot::empty()));
@@ -499,10 +631,13 @@ mod tests {
             version: 1,
             values: f32s_to_bytes(&[1.0; 5]),
         };
-        assert_eq!(engine.set_parameters(&params), Err(EngineError::NoSetup));
+        assert_eq!(
+            engine.set_parameters("exp-1", &params),
+            Err(EngineError::NoSetup("exp-1".into()))
+        );
         engine.set_experiment(&setup()).unwrap();
         assert!(matches!(
-            engine.set_parameters(&params),
+            engine.set_parameters("exp-1", &params),
             Err(EngineError::ParameterCount { got: 5, .. })
         ));
         let stale = engine.run_chunk(&chunk(9, Phase::Train));

@@ -115,6 +115,7 @@ fn config(state_dir: std::path::PathBuf, workers: usize) -> CoordinatorConfig {
     let dispatch = DispatchConfig::default();
     let connections = connections::Limits::default();
     CoordinatorConfig {
+        max_running: 4,
         state_dir,
         dispatch: DispatchConfig {
             max_workers: dispatch.max_workers.max(workers + HEADROOM),

@@ -246,6 +246,7 @@ impl Cache {
             cached_experiment: self.experiment.clone(),
             cached_version: self.version,
             wait_ms: LEASE_WAIT.as_millis() as u32,
+            ..LeaseRequest::default()
         }
     }
 

@@ -312,6 +312,7 @@ impl<'a> Run<'a> {
             inner_steps,
             chunks,
             check,
+            weight: self.job.spec.weight(),
         };
         super::round(self.job, self.dispatcher, input).await
     }

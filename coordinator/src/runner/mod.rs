@@ -104,11 +104,11 @@ async fn round(
             out => Ok(out?),
         },
         _ = job.cancel.cancelled() => {
-            dispatcher.abandon_round();
+            dispatcher.abandon_round(&job.id);
             Err(RunError::Cancelled)
         }
         _ = job.stop.cancelled() => {
-            dispatcher.abandon_round();
+            dispatcher.abandon_round(&job.id);
             Err(RunError::Stopping)
         }
     }

@@ -418,6 +418,7 @@ impl<'a> Run<'a> {
             inner_steps: 0,
             chunks,
             check,
+            weight: self.job.spec.weight(),
         };
         super::round(self.job, self.dispatcher, input).await
     }

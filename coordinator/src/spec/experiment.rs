@@ -46,6 +46,14 @@ impl ExperimentSpec {
         }
     }
 
+    /// The experiment's share of the workers against the other running experiments'.
+    pub fn weight(&self) -> f64 {
+        match self {
+            Self::Meta(spec) => spec.scheduling.weight,
+            Self::Mtl(spec) => spec.scheduling.weight,
+        }
+    }
+
     /// Outer steps the experiment runs.
     pub fn steps(&self) -> u64 {
         match self {

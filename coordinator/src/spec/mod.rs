@@ -10,6 +10,7 @@ mod model;
 mod mtl;
 mod name;
 mod overrides;
+mod scheduling;
 mod task;
 
 use outerloop_proto::dataset::Manifest;
@@ -24,6 +25,7 @@ pub use experiment::ExperimentSpec;
 pub use meta::{Algorithm, LrSchedule, MetaSpec, OptimizerKind};
 pub use model::ModelSpec;
 pub use mtl::{MtlDataSpec, MtlEvalSpec, MtlSpec, SharedSpec, TrainSpec};
+pub use scheduling::SchedulingSpec;
 pub use task::{ImagesSpec, SinusoidSpec, TaskSpec};
 
 use error::out_of_range;
@@ -54,6 +56,8 @@ pub struct Spec {
     pub eval: EvalSpec,
     #[serde(skip_serializing_if = "CheckpointSpec::is_default")]
     pub checkpoint: CheckpointSpec,
+    #[serde(skip_serializing_if = "SchedulingSpec::is_default")]
+    pub scheduling: SchedulingSpec,
 }
 
 /// What an experiment trains.
@@ -81,6 +85,8 @@ struct RawSpec {
     eval: EvalSpec,
     #[serde(default)]
     checkpoint: CheckpointSpec,
+    #[serde(default)]
+    scheduling: SchedulingSpec,
 }
 
 impl ExperimentKind {
@@ -111,9 +117,11 @@ impl Spec {
             meta: raw.meta,
             eval: raw.eval,
             checkpoint: raw.checkpoint,
+            scheduling: raw.scheduling,
         };
         spec.meta.validate()?;
         spec.checkpoint.validate()?;
+        spec.scheduling.validate()?;
         spec.meta.resolve()?;
         spec.eval.validate()?;
         spec.resolve_across_sections()?;

@@ -13,7 +13,7 @@ pub use table::TableSpec;
 
 use super::error::{out_of_range, Invalid, SpecError};
 use super::meta::{check_optimizer, default_betas, default_eps, OptimizerKind};
-use super::{CheckpointSpec, ExperimentKind, MAX_CHUNK_VALUES, MAX_PARAMS};
+use super::{CheckpointSpec, ExperimentKind, SchedulingSpec, MAX_CHUNK_VALUES, MAX_PARAMS};
 use crate::mtl::weighting::Method;
 
 /// Most tasks in one multi-task experiment.
@@ -39,6 +39,8 @@ pub struct MtlSpec {
     pub eval: MtlEvalSpec,
     #[serde(skip_serializing_if = "CheckpointSpec::is_default")]
     pub checkpoint: CheckpointSpec,
+    #[serde(skip_serializing_if = "SchedulingSpec::is_default")]
+    pub scheduling: SchedulingSpec,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -55,6 +57,8 @@ struct RawMtlSpec {
     eval: MtlEvalSpec,
     #[serde(default)]
     checkpoint: CheckpointSpec,
+    #[serde(default)]
+    scheduling: SchedulingSpec,
 }
 
 /// `[data]`: where the rows come from, which fixes the tasks.
@@ -352,8 +356,10 @@ impl MtlSpec {
             weighting: raw.weighting,
             eval: raw.eval,
             checkpoint: raw.checkpoint,
+            scheduling: raw.scheduling,
         };
         spec.checkpoint.validate()?;
+        spec.scheduling.validate()?;
         if let MtlDataSpec::Table(table) = &mut spec.data {
             table.check()?;
         }

@@ -1,6 +1,9 @@
-//! Work dispatch: the worker registry, the chunks of the current round, leases and their expiry.
+//! Work dispatch: the worker registry, the chunks of the rounds in flight, leases and their expiry.
 //!
-//! One round (a meta-batch, or an evaluation) is in flight at a time. Its chunks wait in
+//! Each running experiment has at most one round (a meta-batch, or an evaluation) in flight,
+//! and the workers are shared between the rounds by the experiments' weights (see
+//! [`share`]): a worker asking for work gets chunks of the round whose experiment has had the
+//! least of its share so far. A round's chunks wait in
 //! `pending` until a worker leases them; a lease lasts until its deadline or until the worker
 //! stops heart-beating, after which the chunk goes back to `pending`. The first result for a
 //! chunk wins and later ones are dropped, so a chunk is never counted twice, however many
@@ -32,7 +35,11 @@ use outerloop_proto::v1::{
 };
 use prost::bytes::Bytes;
 
+mod round;
+mod share;
+
 use crate::text::printable;
+use round::{describe_tasks, Round, RoundKind, Slot};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
@@ -72,18 +79,8 @@ impl Default for DispatchConfig {
     }
 }
 
-/// How many times its measured cost a lease is given before it expires: generous, because an
-/// expired lease costs a recomputation, and a worker may be slower than the round's others.
-const LEASE_SLACK: u32 = 8;
-
-/// The shortest lease a measured cost may give: below it, the noise of a loaded machine.
-const MIN_LEASE: Duration = Duration::from_secs(30);
-
 /// The most of a worker's error or refusal message kept.
 const MAX_WORKER_MESSAGE_CHARS: usize = 1024;
-
-/// How many times its measured cost a lease must have run before it counts as a straggler.
-const STRAGGLER_FACTOR: u32 = 2;
 
 /// A dataset at one version: its name and fingerprint.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -160,6 +157,8 @@ pub struct RoundInput {
     pub inner_steps: u32,
     pub chunks: Vec<Vec<TaskDescriptor>>,
     pub check: ResultCheck,
+    /// The experiment's share of the workers against the other running experiments'.
+    pub weight: f64,
 }
 
 /// The results of a round, in chunk order, with the worker that computed each chunk.
@@ -210,287 +209,17 @@ struct WorkerInfo {
     refused_results: u32,
 }
 
-#[derive(Debug)]
-struct Lease {
-    worker: u64,
-    deadline: Instant,
-    /// The [`LeaseRecord`] this lease was granted in.
-    record: u64,
-}
-
-/// One grant of chunks to a worker: what straggler copies and the cost measurements need.
-#[derive(Debug)]
-struct LeaseRecord {
-    id: u64,
-    worker: u64,
-    leased_at: Instant,
-    chunks: Vec<usize>,
-    /// Chunks still leased under this record (neither done nor put back).
-    open: usize,
-    /// Whether an idle worker took a copy of it already (one copy per lease is enough).
-    copied: bool,
-}
-
-/// Rounds whose chunks cost alike: the same experiment, phase and inner steps.
-type RoundKind = (String, i32, u32);
-
-#[derive(Debug)]
-struct Slot {
-    work: WorkChunk,
-    lease: Option<Lease>,
-    /// Every worker this chunk was leased to in this round: each computes the same result, so
-    /// the first of theirs to arrive wins (a slow worker's lease may have passed to another).
-    leased_to: Vec<u64>,
-    result: Option<(ChunkResult, u64)>,
-    /// Why each refused result for this chunk was refused, with the worker that sent it.
-    refusals: Vec<String>,
-    /// The workers that failed to compute this chunk, and `name: message` for each.
-    failures: Vec<(u64, String)>,
-}
-
-impl Slot {
-    fn failed_on(&self, worker: u64) -> bool {
-        self.failures.iter().any(|(w, _)| *w == worker)
-    }
-}
-
-#[derive(Debug)]
-struct Round {
-    setup: ExperimentSetup,
-    dataset: Option<DatasetVersion>,
-    version: u64,
-    params: Bytes,
-    check: ResultCheck,
-    first_chunk_id: u64,
-    kind: RoundKind,
-    /// Since when no registered worker could compute the round, if none can.
-    blocked_since: Option<Instant>,
-    slots: Vec<Slot>,
-    /// Chunk indices waiting for a worker, in chunk order.
-    pending: VecDeque<usize>,
-    remaining: usize,
-    /// Grants of this round still open, oldest first, ids counting up without gaps.
-    leases: VecDeque<LeaseRecord>,
-    next_record: u64,
-    /// Seconds per chunk measured in the last round of this kind, if there was one.
-    prior_cost: Option<Duration>,
-    /// The slowest seconds per chunk of a lease measured in this round.
-    slowest_cost: Option<Duration>,
-    /// Chunks leased to each worker now.
-    held: HashMap<u64, usize>,
-    /// Chunks some worker failed to compute.
-    failed_chunks: usize,
-    done: oneshot::Sender<Result<RoundOutput, RoundError>>,
-}
-
-impl Round {
-    /// The index of chunk `chunk_id` when it is this round's, still open, and was leased to
-    /// `worker`: only such a result may count.
-    fn holds(&self, worker: u64, chunk_id: u64) -> Option<usize> {
-        let index = chunk_id.checked_sub(self.first_chunk_id)? as usize;
-        let slot = self.slots.get(index)?;
-        (slot.result.is_none() && slot.leased_to.contains(&worker)).then_some(index)
-    }
-
-    /// Puts chunk `index` back for another lease when `worker` holds its lease now.
-    fn release(&mut self, worker: u64, index: usize) {
-        if self.slots[index]
-            .lease
-            .as_ref()
-            .is_some_and(|l| l.worker == worker)
-        {
-            self.requeue(index);
-        }
-    }
-
-    /// Ends chunk `index`'s lease and puts it back for another.
-    fn requeue(&mut self, index: usize) {
-        self.end_lease(index);
-        let at = self.pending.partition_point(|&i| i < index);
-        self.pending.insert(at, index);
-    }
-
-    /// Ends chunk `index`'s lease, if it has one, and returns it.
-    fn end_lease(&mut self, index: usize) -> Option<Lease> {
-        let lease = self.slots[index].lease.take()?;
-        if let Some(record) = self.record_mut(lease.record) {
-            record.open -= 1;
-        }
-        if let Some(held) = self.held.get_mut(&lease.worker) {
-            *held -= 1;
-            if *held == 0 {
-                self.held.remove(&lease.worker);
-            }
-        }
-        Some(lease)
-    }
-
-    fn record_mut(&mut self, id: u64) -> Option<&mut LeaseRecord> {
-        let first = self.leases.front()?.id;
-        self.leases
-            .get_mut(usize::try_from(id.checked_sub(first)?).ok()?)
-    }
-
-    /// What one chunk costs, as measured: the slowest of this round and the last of its kind.
-    fn cost(&self) -> Option<Duration> {
-        self.prior_cost.max(self.slowest_cost)
-    }
-
-    /// How long a lease of `size` chunks is given: its measured cost with slack, within
-    /// bounds; the configured timeout while nothing was measured.
-    fn lease_time(&self, size: usize, timeout: Duration) -> Duration {
-        match self.cost() {
-            None => timeout,
-            Some(cost) => cost
-                .saturating_mul(u32::try_from(size).unwrap_or(u32::MAX))
-                .saturating_mul(LEASE_SLACK)
-                .clamp(MIN_LEASE.min(timeout), timeout),
-        }
-    }
-
-    /// Leases up to `count` pending chunks, in chunk order, to `worker`. A chunk `worker`
-    /// failed to compute is left for another while one of the `eligible` has not failed it.
-    fn lease_pending(
-        &mut self,
-        worker: u64,
-        count: usize,
-        eligible: &[u64],
-        timeout: Duration,
-    ) -> Vec<usize> {
-        let mut taken = Vec::with_capacity(count.min(self.pending.len()));
-        let mut skipped = Vec::new();
-        while taken.len() < count {
-            let Some(index) = self.pending.pop_front() else {
-                break;
-            };
-            let slot = &self.slots[index];
-            if slot.failed_on(worker) && eligible.iter().any(|&w| !slot.failed_on(w)) {
-                skipped.push(index);
-            } else {
-                taken.push(index);
-            }
-        }
-        for index in skipped.into_iter().rev() {
-            self.pending.push_front(index);
-        }
-        if taken.is_empty() {
-            return taken;
-        }
-        let now = Instant::now();
-        let deadline = now + self.lease_time(taken.len(), timeout);
-        let record = self.next_record;
-        self.next_record += 1;
-        for &index in &taken {
-            let slot = &mut self.slots[index];
-            slot.leased_to.push(worker);
-            slot.lease = Some(Lease {
-                worker,
-                deadline,
-                record,
-            });
-        }
-        *self.held.entry(worker).or_insert(0) += taken.len();
-        self.leases.push_back(LeaseRecord {
-            id: record,
-            worker,
-            leased_at: now,
-            open: taken.len(),
-            chunks: taken.clone(),
-            copied: false,
-        });
-        taken
-    }
-
-    /// Gives idle `worker` a copy of up to `count` chunks of the oldest lease that has run
-    /// far past its measured cost (and `at_least`), if there is one.
-    fn copy_straggler(&mut self, worker: u64, count: usize, at_least: Duration) -> Vec<usize> {
-        while self.leases.front().is_some_and(|r| r.open == 0) {
-            self.leases.pop_front();
-        }
-        let Some(cost) = self.cost() else {
-            return Vec::new();
-        };
-        let now = Instant::now();
-        for r in 0..self.leases.len() {
-            let record = &self.leases[r];
-            let overdue = cost
-                .saturating_mul(u32::try_from(record.chunks.len()).unwrap_or(u32::MAX))
-                .saturating_mul(STRAGGLER_FACTOR)
-                .max(at_least);
-            if record.copied
-                || record.open == 0
-                || record.worker == worker
-                || now.duration_since(record.leased_at) < overdue
-            {
-                continue;
-            }
-            let id = record.id;
-            let copies: Vec<usize> = record
-                .chunks
-                .iter()
-                .copied()
-                .filter(|&i| {
-                    let slot = &self.slots[i];
-                    slot.result.is_none()
-                        && slot.lease.as_ref().is_some_and(|l| l.record == id)
-                        && !slot.leased_to.contains(&worker)
-                })
-                .take(count)
-                .collect();
-            if copies.is_empty() {
-                continue;
-            }
-            self.leases[r].copied = true;
-            for &index in &copies {
-                self.slots[index].leased_to.push(worker);
-            }
-            return copies;
-        }
-        Vec::new()
-    }
-
-    /// Notes the cost of a lease whose chunk `index` `worker` just delivered.
-    fn measure(&mut self, worker: u64, index: usize) {
-        let Some(lease) = self.slots[index].lease.as_ref() else {
-            return;
-        };
-        // A copy's result says nothing about its lease's cost.
-        if lease.worker != worker {
-            return;
-        }
-        let record = lease.record;
-        if let Some(record) = self.record_mut(record) {
-            let per_chunk =
-                record.leased_at.elapsed() / u32::try_from(record.chunks.len()).unwrap_or(u32::MAX);
-            self.slowest_cost = self.slowest_cost.max(Some(per_chunk));
-        }
-    }
-}
-
-/// The tasks of a chunk, for a message: `tasks 8-15`, or their indices when not consecutive.
-fn describe_tasks(tasks: &[TaskDescriptor]) -> String {
-    let indices: Vec<u64> = tasks.iter().map(|t| t.index).collect();
-    match indices.as_slice() {
-        [] => "no tasks".to_string(),
-        [one] => format!("task {one}"),
-        [first, .., last] if indices.windows(2).all(|w| w[1] == w[0] + 1) => {
-            format!("tasks {first}-{last}")
-        }
-        _ => {
-            let shown: Vec<String> = indices.iter().take(8).map(u64::to_string).collect();
-            let more = if indices.len() > 8 { ", ..." } else { "" };
-            format!("tasks {}{more}", shown.join(", "))
-        }
-    }
-}
-
 #[derive(Debug, Default)]
 struct State {
     workers: HashMap<u64, WorkerInfo>,
     /// Registrations so far: the next worker's number is one more.
     registrations: u64,
     next_chunk_id: u64,
-    round: Option<Round>,
+    /// The rounds in flight, by their first chunk id (chunk ids of a round are consecutive),
+    /// at most one per experiment.
+    rounds: BTreeMap<u64, Round>,
+    /// What each running experiment has had of the workers.
+    shares: share::Shares,
     /// Why a worker refused an experiment's work, by (experiment, worker).
     refusals: HashMap<(String, u64), String>,
     /// Seconds per chunk measured in the last round of each kind.
@@ -593,7 +322,7 @@ impl Dispatcher {
         };
         tracing::info!(worker = info.number, name = %info.name, "worker deregistered; its leases requeued");
         state.refusals.retain(|(_, w), _| *w != worker);
-        if let Some(round) = state.round.as_mut() {
+        for round in state.rounds.values_mut() {
             let held: Vec<usize> = (0..round.slots.len())
                 .filter(|&i| {
                     round.slots[i]
@@ -658,8 +387,8 @@ impl Dispatcher {
         holders
     }
 
-    /// Starts a round and waits for all of its results. Only one round runs at a time; the
-    /// caller (the experiment runner) awaits each before starting the next.
+    /// Starts a round and waits for all of its results. Each experiment has one round at a
+    /// time (a new one abandons the last); its runner awaits each before starting the next.
     pub async fn run_round(&self, input: RoundInput) -> Result<RoundOutput, RoundError> {
         if input.chunks.is_empty() {
             return Ok(RoundOutput {
@@ -698,38 +427,44 @@ impl Dispatcher {
                 input.inner_steps,
             );
             let prior_cost = state.costs.get(&kind).copied();
-            if let Some(old) = state.round.take() {
-                let _ = old.done.send(Err(RoundError::Abandoned));
-            }
-            state.round = Some(Round {
-                setup: input.setup,
-                dataset: input.dataset,
-                version: input.version,
-                params: input.params,
-                check: input.check,
+            state.abandon(&input.setup.experiment_id);
+            state.shares.join(&input.setup.experiment_id);
+            state.rounds.insert(
                 first_chunk_id,
-                kind,
-                blocked_since: None,
-                pending: (0..slots.len()).collect(),
-                remaining: slots.len(),
-                slots,
-                leases: VecDeque::new(),
-                next_record: 0,
-                prior_cost,
-                slowest_cost: None,
-                held: HashMap::new(),
-                failed_chunks: 0,
-                done,
-            });
+                Round {
+                    setup: input.setup,
+                    dataset: input.dataset,
+                    version: input.version,
+                    params: input.params,
+                    check: input.check,
+                    first_chunk_id,
+                    kind,
+                    blocked_since: None,
+                    pending: (0..slots.len()).collect(),
+                    remaining: slots.len(),
+                    slots,
+                    leases: VecDeque::new(),
+                    next_record: 0,
+                    prior_cost,
+                    slowest_cost: None,
+                    held: HashMap::new(),
+                    failed_chunks: 0,
+                    weight: input.weight,
+                    done,
+                },
+            );
         }
         self.work_ready.notify_waiters();
         receive.await.unwrap_or(Err(RoundError::Abandoned))
     }
 
-    /// Forgets what workers said about an experiment that has ended, so that the refusals of a
+    /// Drops an experiment that has ended (its round, if one is left, is abandoned: its leases
+    /// end at once) and forgets what workers said about it, so that the refusals of a
     /// coordinator running for weeks do not pile up.
     pub fn experiment_ended(&self, experiment_id: &str) {
         let mut state = self.lock();
+        state.abandon(experiment_id);
+        state.shares.leave(experiment_id);
         state
             .refusals
             .retain(|(experiment, _), _| experiment != experiment_id);
@@ -738,10 +473,13 @@ impl Dispatcher {
             .retain(|(experiment, _, _), _| experiment != experiment_id);
     }
 
-    /// Drops the current round (when its experiment is cancelled); its late results are ignored.
-    pub fn abandon_round(&self) {
-        if let Some(round) = self.lock().round.take() {
-            let _ = round.done.send(Err(RoundError::Abandoned));
+    /// Drops `experiment_id`'s round (when the experiment is cancelled); its late results are
+    /// ignored.
+    pub fn abandon_round(&self, experiment_id: &str) {
+        let abandoned = self.lock().abandon(experiment_id);
+        if abandoned {
+            // Its workers' fair shares of the other rounds have grown.
+            self.work_ready.notify_waiters();
         }
     }
 
@@ -786,8 +524,9 @@ impl Dispatcher {
                 }
             }
         }
-        // Which results this worker may deliver, and the check they must pass.
-        let (first_chunk_id, check, held) = {
+        // Which results this worker may deliver (by the round they belong to), and the check
+        // each must pass.
+        let held = {
             let mut state = self.lock();
             // A dropped worker (silent past its timeout, its link cut) may come back under a
             // new id; what it sends under the old one is late, and dropped.
@@ -795,28 +534,26 @@ impl Dispatcher {
                 return Completed::default();
             };
             info.last_seen = Instant::now();
-            let Some(round) = state.round.as_ref() else {
-                return Completed::default();
-            };
-            let held: Vec<(usize, ChunkResult)> = results
+            let held: Vec<(u64, usize, ResultCheck, ChunkResult)> = results
                 .into_iter()
                 .filter_map(|result| {
+                    let (&key, round) = state.round_of_chunk(result.chunk_id)?;
                     let index = round.holds(worker, result.chunk_id)?;
-                    Some((index, result))
+                    Some((key, index, round.check.clone(), result))
                 })
                 .collect();
-            (round.first_chunk_id, round.check.clone(), held)
+            held
         };
-        let checked: Vec<(usize, ChunkResult, Result<(), String>)> = held
+        let checked: Vec<(u64, usize, ChunkResult, Result<(), String>)> = held
             .into_iter()
-            .map(|(index, result)| {
+            .map(|(key, index, check, result)| {
                 // Refusals and errors carry no values to check.
                 let verdict = if result.refusal.is_empty() && result.error.is_empty() {
                     (check.0)(index, &result)
                 } else {
                     Ok(())
                 };
-                (index, result, verdict)
+                (key, index, result, verdict)
             })
             .collect();
         let mut state = self.lock();
@@ -825,14 +562,12 @@ impl Dispatcher {
             .get(&worker)
             .map_or_else(|| format!("#{worker}"), |w| w.name.clone());
         let mut done = Completed::default();
-        for (index, result, verdict) in checked {
-            let Some(round) = state.round.as_mut() else {
-                break;
+        for (key, index, result, verdict) in checked {
+            // The round may have ended, or the lease expired, while the check ran.
+            let Some(round) = state.rounds.get_mut(&key) else {
+                continue;
             };
-            // The round may have moved on, or the lease expired, while the check ran.
-            if round.first_chunk_id != first_chunk_id
-                || round.holds(worker, result.chunk_id) != Some(index)
-            {
+            if round.holds(worker, result.chunk_id) != Some(index) {
                 continue;
             }
             let slot = &mut round.slots[index];
@@ -843,7 +578,7 @@ impl Dispatcher {
                     .push(format!("chunk {}: {why}", result.chunk_id));
                 if slot.refusals.len() >= MAX_REFUSALS {
                     let refusals = std::mem::take(&mut slot.refusals);
-                    let round = state.round.take().expect("round checked above");
+                    let round = state.rounds.remove(&key).expect("round checked above");
                     let _ = round.done.send(Err(RoundError::Refused {
                         chunk: index,
                         refusals,
@@ -878,13 +613,14 @@ impl Dispatcher {
                 if slot.failures.len() > self.config.chunk_retries as usize {
                     let tasks = describe_tasks(&slot.work.tasks);
                     let failures = slot.failures.drain(..).map(|(_, f)| f).collect();
-                    let round = state.round.take().expect("round checked above");
+                    let round = state.rounds.remove(&key).expect("round checked above");
                     let _ = round.done.send(Err(RoundError::ChunkFailed {
                         chunk: index,
                         tasks,
                         failures,
                     }));
-                    return done;
+                    self.work_ready.notify_waiters();
+                    continue;
                 }
                 tracing::warn!(worker = %worker_name, chunk = index, error = %result.error, "a worker failed to compute a chunk; it goes to another worker");
                 round.release(worker, index);
@@ -903,7 +639,7 @@ impl Dispatcher {
             round.remaining -= 1;
             done.accepted += 1;
             if round.remaining == 0 {
-                let round = state.round.take().expect("round checked above");
+                let round = state.rounds.remove(&key).expect("round checked above");
                 if let Some(cost) = round.slowest_cost {
                     state.costs.insert(round.kind.clone(), cost);
                 }
@@ -918,7 +654,8 @@ impl Dispatcher {
         done
     }
 
-    /// Drops silent workers and requeues their leases and every lease past its deadline.
+    /// Drops silent workers and requeues their leases and every lease past its deadline; fails
+    /// a round no registered worker has been able to compute for the worker timeout.
     pub fn expire(&self) {
         let now = Instant::now();
         let mut state = self.lock();
@@ -937,24 +674,25 @@ impl Dispatcher {
         state
             .refusals
             .retain(|(_, worker), _| !silent.contains(worker));
-        let mut requeued = false;
-        let blocked = state.blocked_reasons();
-        if let Some(round) = state.round.as_mut() {
+        let mut changed = !silent.is_empty();
+        let keys: Vec<u64> = state.rounds.keys().copied().collect();
+        for key in keys {
+            let blocked = state.blocked_reasons(&state.rounds[&key]);
+            let round = state.rounds.get_mut(&key).expect("listed above");
             match blocked {
                 None => round.blocked_since = None,
                 Some(reasons) => {
                     let since = *round.blocked_since.get_or_insert(now);
                     if now.duration_since(since) > timeout {
-                        let round = state.round.take().expect("checked above");
+                        let round = state.rounds.remove(&key).expect("listed above");
                         let _ = round
                             .done
                             .send(Err(RoundError::NoEligibleWorker { reasons }));
-                        return;
+                        changed = true;
+                        continue;
                     }
                 }
             }
-        }
-        if let Some(round) = state.round.as_mut() {
             let expired: Vec<usize> = (0..round.slots.len())
                 .filter(|&index| {
                     round.slots[index]
@@ -963,22 +701,42 @@ impl Dispatcher {
                         .is_some_and(|l| silent.contains(&l.worker) || l.deadline <= now)
                 })
                 .collect();
+            changed |= !expired.is_empty();
             for index in expired {
                 round.requeue(index);
-                requeued = true;
             }
         }
         drop(state);
-        if requeued || !silent.is_empty() {
+        if changed {
             self.work_ready.notify_waiters();
         }
     }
 }
 
 impl State {
-    /// Why `worker` cannot compute the current round, if it cannot.
-    fn ineligible(&self, worker: u64) -> Option<String> {
-        let round = self.round.as_ref()?;
+    /// The round chunk `chunk_id` belongs to, with its key.
+    fn round_of_chunk(&self, chunk_id: u64) -> Option<(&u64, &Round)> {
+        let (key, round) = self.rounds.range(..=chunk_id).next_back()?;
+        (chunk_id - key < round.slots.len() as u64).then_some((key, round))
+    }
+
+    /// Abandons `experiment_id`'s round, if it has one in flight; its late results are dropped.
+    fn abandon(&mut self, experiment_id: &str) -> bool {
+        let Some(key) = self
+            .rounds
+            .iter()
+            .find(|(_, r)| r.setup.experiment_id == experiment_id)
+            .map(|(&key, _)| key)
+        else {
+            return false;
+        };
+        let round = self.rounds.remove(&key).expect("found above");
+        let _ = round.done.send(Err(RoundError::Abandoned));
+        true
+    }
+
+    /// Why `worker` cannot compute `round`, if it cannot.
+    fn ineligible(&self, round: &Round, worker: u64) -> Option<String> {
         let info = self.workers.get(&worker)?;
         let key = (round.setup.experiment_id.clone(), worker);
         if let Some(refusal) = self.refusals.get(&key) {
@@ -1000,26 +758,78 @@ impl State {
         })
     }
 
-    /// When the current round has work waiting and workers are registered but none of them
-    /// can compute it, why each cannot.
-    fn blocked_reasons(&self) -> Option<Vec<String>> {
-        let round = self.round.as_ref()?;
+    /// When `round` has work waiting and workers are registered but none of them can compute
+    /// it, why each cannot.
+    fn blocked_reasons(&self, round: &Round) -> Option<Vec<String>> {
         if round.pending.is_empty() || self.workers.is_empty() {
             return None;
         }
         let mut ids: Vec<u64> = self.workers.keys().copied().collect();
         ids.sort();
-        ids.iter().map(|&w| self.ineligible(w)).collect()
+        ids.iter().map(|&w| self.ineligible(round, w)).collect()
     }
 
-    /// Leases up to a fair share of the pending chunks to `request.worker_id`, within its
-    /// limit of leased chunks; when none are pending, maybe a copy of a straggler's.
+    /// Leases `request.worker_id` chunks of the round whose experiment is furthest behind its
+    /// share (and that the worker can compute), up to a fair share of that round and within
+    /// the worker's limit of leased chunks; when no round has chunks waiting, maybe a copy of
+    /// a straggler's.
     fn take_work(&mut self, request: &LeaseRequest, config: &DispatchConfig) -> Option<LeaseReply> {
         let worker = request.worker_id;
-        if self.ineligible(worker).is_some() {
+        let held: usize = self
+            .rounds
+            .values()
+            .map(|r| r.held.get(&worker).copied().unwrap_or(0))
+            .sum();
+        let room = config
+            .max_leased_chunks
+            .saturating_sub(held)
+            .min(request.max_chunks.max(1) as usize);
+        if room == 0 {
             return None;
         }
-        let round = self.round.as_ref()?;
+        let order = self.shares.order(
+            self.rounds
+                .iter()
+                .map(|(&key, r)| (key, r.setup.experiment_id.as_str())),
+        );
+        for &key in &order {
+            if self.rounds[&key].pending.is_empty() {
+                continue;
+            }
+            if let Some(taken) = self.lease_pending(key, worker, room, config) {
+                return Some(self.reply(key, request, taken));
+            }
+        }
+        for &key in &order {
+            if self.ineligible(&self.rounds[&key], worker).is_some() {
+                continue;
+            }
+            let round = self.rounds.get_mut(&key).expect("listed above");
+            let copies = round.copy_straggler(worker, room, config.straggler_after);
+            if !copies.is_empty() {
+                tracing::info!(
+                    chunks = copies.len(),
+                    "an idle worker takes a copy of a straggling lease"
+                );
+                return Some(self.reply(key, request, copies));
+            }
+        }
+        None
+    }
+
+    /// Leases up to `room` of round `key`'s pending chunks (at most a fair share of the round)
+    /// to `worker`, and charges its experiment for them; `None` when it cannot compute them.
+    fn lease_pending(
+        &mut self,
+        key: u64,
+        worker: u64,
+        room: usize,
+        config: &DispatchConfig,
+    ) -> Option<Vec<usize>> {
+        let round = &self.rounds[&key];
+        if self.ineligible(round, worker).is_some() {
+            return None;
+        }
         // Every lease request comes here, so with many workers nothing below may look at each
         // of them unless it must: only a round on a dataset, or one some worker refused, has
         // workers that cannot take it, and only a chunk someone failed needs the others.
@@ -1028,7 +838,7 @@ impl State {
             round.dataset.is_some() || self.refusals.keys().any(|(e, _)| e == experiment);
         let eligible: Vec<u64> = if some_cannot || round.failed_chunks > 0 {
             let mut ids: Vec<u64> = self.workers.keys().copied().collect();
-            ids.retain(|&w| w != worker && self.ineligible(w).is_none());
+            ids.retain(|&w| w != worker && self.ineligible(round, w).is_none());
             ids
         } else {
             Vec::new()
@@ -1038,47 +848,47 @@ impl State {
         } else {
             self.workers.len().max(1)
         };
-        let round = self.round.as_mut()?;
-        let held = round.held.get(&worker).copied().unwrap_or(0);
-        let room = config
-            .max_leased_chunks
-            .saturating_sub(held)
-            .min(request.max_chunks.max(1) as usize);
-        if room == 0 {
-            return None;
-        }
-        let taken = if round.pending.is_empty() {
-            let copies = round.copy_straggler(worker, room, config.straggler_after);
-            if !copies.is_empty() {
-                tracing::info!(
-                    chunks = copies.len(),
-                    "an idle worker takes a copy of a straggling lease"
-                );
-            }
-            copies
-        } else {
-            // Split the round evenly over the live workers, so that one fast poller does not
-            // take everything while others sit idle.
-            let share = round.slots.len().div_ceil(live_workers);
-            round.lease_pending(worker, share.min(room), &eligible, config.lease_timeout)
-        };
+        let round = self.rounds.get_mut(&key).expect("looked up above");
+        // Split the round evenly over the live workers, so that one fast poller does not take
+        // everything while others sit idle.
+        let share = round.slots.len().div_ceil(live_workers);
+        let taken = round.lease_pending(worker, share.min(room), &eligible, config.lease_timeout);
         if taken.is_empty() {
             return None;
         }
+        let cost = round.cost().unwrap_or(share::UNMEASURED_CHUNK) * taken.len() as u32;
+        let (experiment, weight) = (round.setup.experiment_id.clone(), round.weight);
+        self.shares.charge(&experiment, cost, weight);
+        Some(taken)
+    }
+
+    /// The reply that leases chunks `taken` of round `key`: with the experiment's set-up and
+    /// parameters unless the worker says it holds them already.
+    fn reply(&self, key: u64, request: &LeaseRequest, taken: Vec<usize>) -> LeaseReply {
+        let round = &self.rounds[&key];
         let chunks = taken.iter().map(|&i| round.slots[i].work.clone()).collect();
-        let same_experiment = request.cached_experiment == round.setup.experiment_id;
-        Some(LeaseReply {
+        let cached = cached_version(request, &round.setup.experiment_id);
+        LeaseReply {
             chunks,
-            setup: (!same_experiment).then(|| round.setup.clone()),
-            parameters: (!same_experiment || request.cached_version != round.version).then(|| {
-                Parameters {
-                    version: round.version,
-                    values: round.params.clone(),
-                }
+            setup: cached.is_none().then(|| round.setup.clone()),
+            parameters: (cached != Some(round.version)).then(|| Parameters {
+                version: round.version,
+                values: round.params.clone(),
             }),
             unknown_worker: false,
-        })
+        }
     }
+}
+
+/// The parameter version of `experiment` the worker says it holds, with its set-up, if it
+/// holds them.
+fn cached_version(request: &LeaseRequest, experiment: &str) -> Option<u64> {
+    let listed = request
+        .cached
+        .iter()
+        .find(|c| c.experiment_id == experiment)
+        .map(|c| c.version);
+    listed.or_else(|| (request.cached_experiment == experiment).then_some(request.cached_version))
 }
 
 #[cfg(test)]
@@ -1119,6 +929,7 @@ mod tests {
                 })
                 .collect(),
             check: ResultCheck::any(),
+            weight: 1.0,
         }
     }
 
@@ -1184,6 +995,131 @@ mod tests {
     ) -> tokio::task::JoinHandle<Result<RoundOutput, RoundError>> {
         let d = d.clone();
         tokio::spawn(async move { d.run_round(input(chunks)).await })
+    }
+
+    /// Starts a round of `chunks` chunks for experiment `experiment` of `weight`.
+    fn start_for(
+        d: &Arc<Dispatcher>,
+        experiment: &str,
+        weight: f64,
+        chunks: usize,
+    ) -> tokio::task::JoinHandle<Result<RoundOutput, RoundError>> {
+        let (d, experiment) = (d.clone(), experiment.to_string());
+        tokio::spawn(async move {
+            d.run_round(RoundInput {
+                setup: ExperimentSetup {
+                    experiment_id: experiment,
+                    ..Default::default()
+                },
+                weight,
+                ..input(chunks)
+            })
+            .await
+        })
+    }
+
+    /// Waits until `rounds` rounds are in flight.
+    async fn rounds_in_flight(d: &Dispatcher, rounds: usize) {
+        while d.lock().rounds.len() != rounds {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_experiments_share_a_worker_by_their_weights() {
+        let d = Arc::new(Dispatcher::new(config()));
+        let w = register(&d, "a");
+        let heavy = start_for(&d, "exp-1", 3.0, 40);
+        let light = start_for(&d, "exp-2", 1.0, 40);
+        rounds_in_flight(&d, 2).await;
+        let mut leased = Vec::new();
+        for _ in 0..20 {
+            let lease = d.lease(&ask(w, 1)).await;
+            assert_eq!(lease.chunks.len(), 1);
+            // Every chunk costs the same 10 ms.
+            tokio::time::advance(Duration::from_millis(10)).await;
+            leased.push(lease.chunks[0].experiment_id.clone());
+            assert_eq!(
+                d.complete(w, vec![result(&lease.chunks[0], 1.0)]).accepted,
+                1
+            );
+        }
+        let heavy_count = leased.iter().filter(|e| *e == "exp-1").count();
+        assert_eq!(
+            (heavy_count, leased.len() - heavy_count),
+            (15, 5),
+            "{leased:?}"
+        );
+        // Ending one experiment drops its round at once; the other goes on alone.
+        d.experiment_ended("exp-1");
+        assert_eq!(heavy.await.unwrap().unwrap_err(), RoundError::Abandoned);
+        let lease = d.lease(&ask(w, 64)).await;
+        assert_eq!(lease.chunks.len(), 35, "the rest of exp-2's round");
+        assert!(lease.chunks.iter().all(|c| c.experiment_id == "exp-2"));
+        let results = lease.chunks.iter().map(|c| result(c, 2.0)).collect();
+        assert_eq!(d.complete(w, results).accepted, 35);
+        assert_eq!(light.await.unwrap().unwrap().results.len(), 40);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_experiments_late_results_are_dropped_and_the_other_round_is_untouched() {
+        let d = Arc::new(Dispatcher::new(config()));
+        let (a, b) = (register(&d, "a"), register(&d, "b"));
+        let cancelled = start_for(&d, "exp-1", 1.0, 2);
+        let other = start_for(&d, "exp-2", 1.0, 2);
+        rounds_in_flight(&d, 2).await;
+        let first = d.lease(&ask(a, 8)).await;
+        assert_eq!(
+            first.chunks[0].experiment_id, "exp-1",
+            "the older round first"
+        );
+        let second = d.lease(&ask(b, 8)).await;
+        assert_eq!(
+            second.chunks[0].experiment_id, "exp-2",
+            "then the one behind"
+        );
+        d.abandon_round("exp-1");
+        assert_eq!(cancelled.await.unwrap().unwrap_err(), RoundError::Abandoned);
+        let late = first.chunks.iter().map(|c| result(c, 1.0)).collect();
+        assert_eq!(d.complete(a, late).accepted, 0, "its round is gone");
+        // Worker a is free at once for the other round's chunk still waiting.
+        let results: Vec<ChunkResult> = second.chunks.iter().map(|c| result(c, 2.0)).collect();
+        assert_eq!(d.complete(b, results).accepted, second.chunks.len() as u32);
+        let rest = d.lease(&ask(a, 8)).await;
+        let results = rest.chunks.iter().map(|c| result(c, 2.0)).collect();
+        assert_eq!(d.complete(a, results).accepted, rest.chunks.len() as u32);
+        let out = other.await.unwrap().unwrap();
+        assert_eq!(out.results.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_holding_several_experiments_gets_only_what_it_lacks() {
+        let d = Arc::new(Dispatcher::new(config()));
+        let w = register(&d, "a");
+        let _one = start_for(&d, "exp-1", 1.0, 1);
+        let _two = start_for(&d, "exp-2", 1.0, 1);
+        rounds_in_flight(&d, 2).await;
+        let holding = |versions: &[(&str, u64)]| LeaseRequest {
+            cached: versions
+                .iter()
+                .map(
+                    |&(experiment_id, version)| outerloop_proto::v1::CachedExperiment {
+                        experiment_id: experiment_id.into(),
+                        version,
+                    },
+                )
+                .collect(),
+            ..ask(w, 1)
+        };
+        // Holds both, exp-1 (leased first) at the round's version 3: nothing to send.
+        let lease = d.lease(&holding(&[("exp-2", 1), ("exp-1", 3)])).await;
+        assert_eq!(lease.chunks[0].experiment_id, "exp-1");
+        assert!(lease.setup.is_none() && lease.parameters.is_none());
+        // Holds exp-2 at an older version: its parameters, not its set-up.
+        let lease = d.lease(&holding(&[("exp-2", 1), ("exp-1", 3)])).await;
+        assert_eq!(lease.chunks[0].experiment_id, "exp-2");
+        assert!(lease.setup.is_none());
+        assert_eq!(lease.parameters.map(|p| p.version), Some(3));
     }
 
     #[tokio::test(start_paused = true)]
@@ -1377,7 +1313,7 @@ mod tests {
                     ..Default::default()
                 };
                 d.complete(worker, vec![refusal]);
-                d.abandon_round();
+                d.abandon_round("exp-1");
                 let _ = round.await;
             }
         };
@@ -1573,7 +1509,10 @@ mod tests {
             d.heartbeat(worker);
             d.heartbeat(other);
             d.expire();
-            if d.lock().round.as_ref().unwrap().slots[0].lease.is_none() {
+            if d.lock().rounds.values().next().unwrap().slots[0]
+                .lease
+                .is_none()
+            {
                 return second;
             }
         }
@@ -1587,7 +1526,7 @@ mod tests {
         // Nothing measured: the configured timeout (60 s).
         let round = start(&d, 1);
         assert_eq!(lease_life(&d, a, b).await, 60);
-        d.abandon_round();
+        d.abandon_round("exp-1");
         let _ = round.await;
         // A round of the same kind that took 5 s a chunk: 8 x 5 s.
         let round = start(&d, 1);
@@ -1597,7 +1536,7 @@ mod tests {
         round.await.unwrap().unwrap();
         let round = start(&d, 1);
         assert_eq!(lease_life(&d, a, b).await, 40);
-        d.abandon_round();
+        d.abandon_round("exp-1");
         let _ = round.await;
         // A cheap round: never below the floor of 30 s.
         let round = start(&d, 1);
