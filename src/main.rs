@@ -180,14 +180,22 @@ enum Command {
         coordinator: String,
     },
     /// Follow an experiment until it ends; exits 0 if it finished, 1 if it failed, 2 if
-    /// cancelled, 3 if the coordinator stayed unreachable.
+    /// cancelled, 3 if the coordinator stayed unreachable, 4 if it paused (its results could
+    /// not be written; `outerloop resume` continues it).
     Watch {
         id: String,
         #[arg(long, default_value = DEFAULT_COORDINATOR, value_parser = coordinator_url)]
         coordinator: String,
     },
-    /// Cancel a queued or running experiment.
+    /// Cancel a queued, running or paused experiment.
     Cancel {
+        id: String,
+        #[arg(long, default_value = DEFAULT_COORDINATOR, value_parser = coordinator_url)]
+        coordinator: String,
+    },
+    /// Queue a paused experiment again (one whose results could not be written, once the
+    /// cause is fixed): it continues from its last checkpoint.
+    Resume {
         id: String,
         #[arg(long, default_value = DEFAULT_COORDINATOR, value_parser = coordinator_url)]
         coordinator: String,
@@ -448,6 +456,14 @@ async fn run(
             let state = rpc::Coordinator::connect(&coordinator, token()?.as_deref(), &tls)
                 .await?
                 .cancel(&id)
+                .await?;
+            println!("{id}: {state}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resume { id, coordinator } => {
+            let state = rpc::Coordinator::connect(&coordinator, token()?.as_deref(), &tls)
+                .await?
+                .resume(&id)
                 .await?;
             println!("{id}: {state}");
             Ok(ExitCode::SUCCESS)

@@ -5,8 +5,8 @@ use outerloop_proto::auth::ClientAuth;
 use outerloop_proto::tls::ClientTls;
 use outerloop_proto::v1::experiments_client::ExperimentsClient;
 use outerloop_proto::v1::{
-    CancelRequest, ExperimentStatus, ListWorkersRequest, StatusRequest, SubmitRequest,
-    WorkerSummary,
+    CancelRequest, ExperimentStatus, ListWorkersRequest, ResumeRequest, StatusRequest,
+    SubmitRequest, WorkerSummary,
 };
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -111,6 +111,17 @@ impl Coordinator {
         Ok(self
             .client
             .cancel(request)
+            .await
+            .map_err(|s| refused(s, self.hint))?
+            .into_inner()
+            .state)
+    }
+
+    pub async fn resume(&mut self, id: &str) -> anyhow::Result<String> {
+        let request = ResumeRequest { id: id.to_string() };
+        Ok(self
+            .client
+            .resume(request)
             .await
             .map_err(|s| refused(s, self.hint))?
             .into_inner()

@@ -16,8 +16,8 @@ const LINE_EVERY: Duration = Duration::from_secs(5);
 /// How long `watch` keeps retrying a coordinator that stopped answering (it may be restarting).
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Follows `id` until it finishes (exit 0), fails (1) or is cancelled (2); exits 3 if the
-/// coordinator stays unreachable for a minute.
+/// Follows `id` until it finishes (exit 0), fails (1), is cancelled (2) or pauses (4); exits 3
+/// if the coordinator stays unreachable for a minute.
 pub async fn watch(
     url: &str,
     token: Option<&str>,
@@ -102,6 +102,14 @@ pub async fn watch(
                 clear_line(live);
                 println!("{}: cancelled at step {}", status.id, status.step);
                 return Ok(ExitCode::from(2));
+            }
+            "paused" => {
+                clear_line(live);
+                println!(
+                    "{}: paused at step {}: {}",
+                    status.id, status.step, status.error
+                );
+                return Ok(ExitCode::from(4));
             }
             _ => {}
         }

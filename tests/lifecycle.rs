@@ -202,3 +202,70 @@ fn checkpoints_every_so_many_steps_keep_the_newest_and_a_restart_resumes_from_th
     reference.wait_finished(&reference_id, Duration::from_secs(300));
     assert!(final_parameters(&cluster, &id) == final_parameters(&reference, &reference_id));
 }
+
+#[test]
+fn a_run_whose_results_cannot_be_written_pauses_and_resumes_to_the_same_result() {
+    let overrides = [
+        "meta.steps=300",
+        "meta.chunk_tasks=5",
+        "eval.every=100",
+        "eval.tasks=50",
+        "eval.final_tasks=100",
+        "checkpoint.every=50",
+    ];
+    let mut reference = Cluster::start(&[]);
+    reference.add_worker();
+    let reference_id = reference.submit(SPEC, &overrides).unwrap();
+    reference.wait_finished(&reference_id, Duration::from_secs(120));
+
+    let mut cluster = Cluster::start(&[]);
+    let id = cluster.submit(SPEC, &overrides).unwrap();
+    cluster.wait_for(&id, Duration::from_secs(30), |s| s["state"] == "running");
+    // Before any worker computes a step, the checkpoint's temporary file is made impossible
+    // to write (a directory in its place, which stops root as well): the first checkpoint,
+    // at step 50, fails on every try.
+    let blocker = cluster.experiment_dir(&id).join("checkpoint.tmp");
+    std::fs::create_dir_all(blocker.join("in-the-way")).unwrap();
+    cluster.add_worker();
+    let paused = cluster.wait_for(&id, Duration::from_secs(120), |s| {
+        s["state"] != "running" && s["state"] != "queued"
+    });
+    assert_eq!(paused["state"], "paused", "{paused}");
+    let error = paused["error"].as_str().unwrap();
+    assert!(
+        error.contains("could not write results")
+            && error.contains(&format!("outerloop resume {id}")),
+        "{error}"
+    );
+    let watch = cluster.cli(&["watch", &id]);
+    assert_eq!(
+        watch.status.code(),
+        Some(4),
+        "watch exits 4 for a paused experiment"
+    );
+
+    std::fs::remove_dir_all(&blocker).unwrap();
+    let resume = cluster.cli(&["resume", &id]);
+    assert!(
+        resume.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resume.stderr)
+    );
+    cluster.wait_finished(&id, Duration::from_secs(120));
+    assert_eq!(
+        train_steps(&cluster.metrics(&id)),
+        (1..=300).collect::<Vec<u64>>(),
+        "every step once"
+    );
+    assert!(
+        final_parameters(&cluster, &id) == final_parameters(&reference, &reference_id),
+        "the paused and resumed run ends as the undisturbed one"
+    );
+    let again = cluster.cli(&["resume", &id]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("only a paused experiment can be resumed"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}

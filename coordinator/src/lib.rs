@@ -122,7 +122,9 @@ pub async fn run(
                 .run_until_cancelled(running.clone().acquire_owned())
                 .await
             {
-                while runs.try_join_next().is_some() {}
+                while let Some(ended) = runs.try_join_next() {
+                    log_panic(ended);
+                }
                 let Some(job) = stop.run_until_cancelled(registry.next_queued()).await else {
                     break;
                 };
@@ -145,7 +147,9 @@ pub async fn run(
                 }
             }
             // Awaited whole: on shutdown each run checkpoints, then ends.
-            while runs.join_next().await.is_some() {}
+            while let Some(ended) = runs.join_next().await {
+                log_panic(ended);
+            }
         }
     });
 
@@ -191,4 +195,12 @@ pub async fn run(
     stop.cancel();
     let _ = tokio::join!(reaper, scheduler);
     Ok(served?)
+}
+
+/// Logs a run that panicked (a bug): its experiment stays `running` in the store and runs again
+/// from its checkpoint at the next start.
+fn log_panic(ended: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = ended {
+        tracing::error!(error = %e, "an experiment's run panicked; it resumes at the next start");
+    }
 }

@@ -23,6 +23,8 @@ pub enum RegistryError {
     Storage(#[from] io::Error),
     #[error("{0}")]
     Limit(String),
+    #[error("experiment `{id}` is {state}; only a paused experiment can be resumed")]
+    NotPaused { id: String, state: ExperimentState },
 }
 
 /// What one submission may ask of the coordinator.
@@ -228,7 +230,10 @@ impl Registry {
         let entry = entry_mut(&mut entries, id)?;
         // Persist first, then change what others see: a failed write changes nothing.
         let mut updated = entry.record.clone();
-        if updated.state == ExperimentState::Queued {
+        if matches!(
+            updated.state,
+            ExperimentState::Queued | ExperimentState::Paused
+        ) {
             updated.state = ExperimentState::Cancelled;
         } else if updated.state == ExperimentState::Running {
             updated.cancel_requested = true;
@@ -239,6 +244,28 @@ impl Registry {
         }
         entry.cancel.cancel();
         Ok(entry.record.state)
+    }
+
+    /// Queues a paused experiment again (it continues from its last checkpoint); returns its
+    /// state afterwards. Any other state is left as it is and said so.
+    pub fn resume(&self, id: &str) -> Result<ExperimentState, RegistryError> {
+        let mut entries = self.lock();
+        let entry = entry_mut(&mut entries, id)?;
+        if entry.record.state != ExperimentState::Paused {
+            return Err(RegistryError::NotPaused {
+                id: id.to_string(),
+                state: entry.record.state,
+            });
+        }
+        let record = &entry.record;
+        let queued = ExperimentRecord::queued(record.seq, &record.name, record.kind, record.steps);
+        // Persist first, then change what others see: a failed write changes nothing.
+        self.store.save(&queued)?;
+        entry.record = queued;
+        tracing::info!(%id, "paused experiment queued again");
+        drop(entries);
+        self.submitted.notify_waiters();
+        Ok(ExperimentState::Queued)
     }
 
     /// Waits for the oldest queued experiment and marks it running.

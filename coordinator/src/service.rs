@@ -9,7 +9,7 @@ use outerloop_proto::v1::{
     self, CancelReply, CancelRequest, CompleteReply, CompleteRequest, DeregisterReply,
     DeregisterRequest, EvalSummary, ExperimentStatus, HeartbeatReply, HeartbeatRequest, LeaseReply,
     LeaseRequest, ListWorkersReply, ListWorkersRequest, RegisterReply, RegisterRequest,
-    StatusReply, StatusRequest, SubmitReply, SubmitRequest,
+    ResumeReply, ResumeRequest, StatusReply, StatusRequest, SubmitReply, SubmitRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -38,6 +38,7 @@ fn to_status(e: RegistryError) -> Status {
         RegistryError::UnknownId { .. } => Status::not_found(bounded(e.to_string())),
         RegistryError::Storage(_) => Status::internal(bounded(e.to_string())),
         RegistryError::Limit(_) => Status::resource_exhausted(bounded(e.to_string())),
+        RegistryError::NotPaused { .. } => Status::failed_precondition(bounded(e.to_string())),
     }
 }
 
@@ -197,6 +198,19 @@ impl Experiments for ExperimentsService {
             .cancel(&request.into_inner().id)
             .map_err(to_status)?;
         Ok(Response::new(CancelReply {
+            state: state.to_string(),
+        }))
+    }
+
+    async fn resume(
+        &self,
+        request: Request<ResumeRequest>,
+    ) -> Result<Response<ResumeReply>, Status> {
+        let state = self
+            .registry
+            .resume(&request.into_inner().id)
+            .map_err(to_status)?;
+        Ok(Response::new(ResumeReply {
             state: state.to_string(),
         }))
     }

@@ -12,6 +12,9 @@ pub enum ExperimentState {
     Finished,
     Failed,
     Cancelled,
+    /// Stopped because its results could not be written (a full or failing disk): nothing is
+    /// lost, and `outerloop resume` queues it again to continue from its last checkpoint.
+    Paused,
 }
 
 impl ExperimentState {
@@ -22,6 +25,7 @@ impl ExperimentState {
             ExperimentState::Finished => "finished",
             ExperimentState::Failed => "failed",
             ExperimentState::Cancelled => "cancelled",
+            ExperimentState::Paused => "paused",
         }
     }
 

@@ -1,5 +1,6 @@
 //! The worker's conversation with the coordinator: connect, register, heart-beat, lease, complete.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::time::Duration;
 
@@ -190,35 +191,53 @@ async fn work_session(
         }
     };
     let work = async {
+        // Experiments whose set-up came from this coordinator in this session: only those may
+        // be listed as held, since another coordinator (or a restarted one with another state
+        // directory) may give the same id to another experiment.
+        let mut from_this_session: HashSet<String> = HashSet::new();
         // What the engine holds, so that the coordinator sends only what is missing: the
         // engine says so itself after each job (a refused set-up, an evicted experiment).
-        let lease_request = || LeaseRequest {
-            worker_id,
-            max_chunks: identity.max_chunks,
-            wait_ms: LEASE_WAIT.as_millis() as u32,
-            cached: compute
+        let lease_request = |from_this_session: &HashSet<String>| {
+            let cached: Vec<v1::CachedExperiment> = compute
                 .held()
                 .into_iter()
+                .filter(|(experiment_id, _)| from_this_session.contains(experiment_id))
                 .filter_map(|(experiment_id, version)| {
                     Some(v1::CachedExperiment {
                         experiment_id,
                         version: version?,
                     })
                 })
-                .collect(),
-            ..LeaseRequest::default()
+                .collect();
+            // The most recently used one also in the fields older coordinators read.
+            let last = cached.last().cloned().unwrap_or_default();
+            LeaseRequest {
+                worker_id,
+                max_chunks: identity.max_chunks,
+                wait_ms: LEASE_WAIT.as_millis() as u32,
+                cached_experiment: last.experiment_id,
+                cached_version: last.version,
+                cached,
+            }
         };
-        let mut lease = client.lease(lease_request()).await?.into_inner();
+        let mut lease = client
+            .lease(lease_request(&from_this_session))
+            .await?
+            .into_inner();
         loop {
             if lease.unknown_worker {
                 return Err(SessionEnd::Forgotten);
             }
             if lease.chunks.is_empty() {
-                lease = client.lease(lease_request()).await?.into_inner();
+                lease = client
+                    .lease(lease_request(&from_this_session))
+                    .await?
+                    .into_inner();
                 continue;
             }
             if let Some(setup) = &lease.setup {
                 tracing::info!(experiment = %setup.experiment_id, "new experiment");
+                from_this_session.insert(setup.experiment_id.clone());
             }
             let (results, sent) = run_streaming(
                 compute,
@@ -232,7 +251,7 @@ async fn work_session(
                 finish(send).await?;
             }
             // Hand the last results back and ask for more in one call.
-            let next = Some(lease_request());
+            let next = Some(lease_request(&from_this_session));
             let reply = client
                 .complete(CompleteRequest {
                     worker_id,

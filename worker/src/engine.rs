@@ -129,6 +129,10 @@ pub struct Engine {
 /// version held for it (`None`: none yet).
 pub type Held = Vec<(String, Option<u64>)>;
 
+/// The most experiments cached, whatever their size: each also holds its data source, and
+/// every lease request lists them all.
+pub const MAX_CACHED_EXPERIMENTS: usize = 16;
+
 /// The default bound of the experiment cache: 1 GiB of parameters.
 pub const DEFAULT_CACHE_BYTES: usize = 1 << 30;
 
@@ -180,7 +184,9 @@ impl Engine {
             params: None,
         });
         let mut total: usize = self.cached.iter().map(Cached::bytes).sum();
-        while total > self.cache_bytes && self.cached.len() > 1 {
+        while (total > self.cache_bytes && self.cached.len() > 1)
+            || self.cached.len() > MAX_CACHED_EXPERIMENTS
+        {
             let evicted = self.cached.remove(0);
             total -= evicted.bytes();
             tracing::info!(experiment = %evicted.loaded.id(), "dropped from the cache");

@@ -239,7 +239,7 @@ fn boot_epoch() -> u64 {
     (nanos as u64) << 32
 }
 
-/// Hands chunks of the current round to workers and collects their results.
+/// Hands chunks of the rounds in flight to workers and collects their results.
 #[derive(Debug)]
 pub struct Dispatcher {
     config: DispatchConfig,
@@ -463,7 +463,10 @@ impl Dispatcher {
     /// coordinator running for weeks do not pile up.
     pub fn experiment_ended(&self, experiment_id: &str) {
         let mut state = self.lock();
-        state.abandon(experiment_id);
+        if state.abandon(experiment_id) {
+            // Its workers' room for other rounds' chunks has grown.
+            self.work_ready.notify_waiters();
+        }
         state.shares.leave(experiment_id);
         state
             .refusals
@@ -510,7 +513,7 @@ impl Dispatcher {
         }
     }
 
-    /// Takes `worker`'s results. Only a result for a chunk of the current round that this
+    /// Takes `worker`'s results. Only a result for a chunk of a round in flight that this
     /// worker holds the lease of counts: results for chunks done already, leased to another
     /// worker (or to nobody) or of a round that is over are dropped. A counted result is
     /// checked (the round's [`ResultCheck`], run outside the lock) before it wins the slot; a
@@ -526,7 +529,7 @@ impl Dispatcher {
         }
         // Which results this worker may deliver (by the round they belong to), and the check
         // each must pass.
-        let held = {
+        let deliverable = {
             let mut state = self.lock();
             // A dropped worker (silent past its timeout, its link cut) may come back under a
             // new id; what it sends under the old one is late, and dropped.
@@ -534,7 +537,7 @@ impl Dispatcher {
                 return Completed::default();
             };
             info.last_seen = Instant::now();
-            let held: Vec<(u64, usize, ResultCheck, ChunkResult)> = results
+            let deliverable: Vec<(u64, usize, ResultCheck, ChunkResult)> = results
                 .into_iter()
                 .filter_map(|result| {
                     let (&key, round) = state.round_of_chunk(result.chunk_id)?;
@@ -542,9 +545,9 @@ impl Dispatcher {
                     Some((key, index, round.check.clone(), result))
                 })
                 .collect();
-            held
+            deliverable
         };
-        let checked: Vec<(u64, usize, ChunkResult, Result<(), String>)> = held
+        let checked: Vec<(u64, usize, ChunkResult, Result<(), String>)> = deliverable
             .into_iter()
             .map(|(key, index, check, result)| {
                 // Refusals and errors carry no values to check.
@@ -583,6 +586,7 @@ impl Dispatcher {
                         chunk: index,
                         refusals,
                     }));
+                    self.work_ready.notify_waiters();
                 } else {
                     round.release(worker, index);
                     self.work_ready.notify_waiters();

@@ -56,15 +56,32 @@ fn overflowed(step: u64, overflow: crate::optimizer::Overflow, hint: &'static st
     }
 }
 
+/// Tells the dispatcher that a run has ended when it is dropped: however the run ends (a
+/// panic included), its round does not linger, leasing chunks whose results go nowhere.
+struct Ended<'a> {
+    dispatcher: &'a Dispatcher,
+    id: &'a str,
+}
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        self.dispatcher.experiment_ended(self.id);
+    }
+}
+
 /// Runs `job` to its end and records how it ended.
 pub async fn run(job: Job, registry: &Registry, dispatcher: &Dispatcher) {
     let id = job.id.clone();
     tracing::info!(%id, "experiment started");
+    let ended = Ended {
+        dispatcher,
+        id: &id,
+    };
     let outcome = match &job.spec {
         ExperimentSpec::Meta(spec) => meta::train(&job, spec, registry, dispatcher).await,
         ExperimentSpec::Mtl(spec) => mtl::train(&job, spec, registry, dispatcher).await,
     };
-    dispatcher.experiment_ended(&id);
+    drop(ended);
     if let Err(RunError::Stopping) = outcome {
         // Still running as far as the store knows: the next start queues it again and it
         // resumes from its checkpoint.
@@ -74,11 +91,20 @@ pub async fn run(job: Job, registry: &Registry, dispatcher: &Dispatcher) {
     let (state, error) = match &outcome {
         Ok(()) => (ExperimentState::Finished, None),
         Err(RunError::Cancelled) => (ExperimentState::Cancelled, None),
+        // The run itself is sound; the state directory is not (full, failing, read-only):
+        // nothing is lost, and once that is fixed the run continues from its checkpoint.
+        Err(e @ RunError::Io(_)) => (
+            ExperimentState::Paused,
+            Some(format!(
+                "{e}; paused: fix the state directory, then `outerloop resume {id}` continues from the last checkpoint"
+            )),
+        ),
         Err(e) => (ExperimentState::Failed, Some(e.to_string())),
     };
-    match &error {
-        Some(e) => tracing::error!(%id, error = %e, "experiment failed"),
-        None => tracing::info!(%id, %state, "experiment ended"),
+    match (&error, state) {
+        (Some(e), ExperimentState::Paused) => tracing::error!(%id, error = %e, "experiment paused"),
+        (Some(e), _) => tracing::error!(%id, error = %e, "experiment failed"),
+        (None, _) => tracing::info!(%id, %state, "experiment ended"),
     }
     if let Err(e) = registry.update(&id, true, |r| {
         r.state = state;
