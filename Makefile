@@ -24,7 +24,7 @@ else
   TEST_ENV := OUTERLOOP_PYTHON="$(PYTHON)"
 endif
 
-.PHONY: all setup build demo demo-fewshot test lint bench bench-full bench-fewshot bench-mtl bench-load clean-demo
+.PHONY: all setup build demo demo-fewshot test lint bench bench-full bench-fewshot bench-mtl bench-load bench-trust clean-demo
 all: build
 
 # The marker is written last, so an interrupted install is redone on the next run.
@@ -78,6 +78,10 @@ bench-mtl: build $(VENV_READY)
 # latency, memory, and no chunk lost or counted twice.
 bench-load: setup
 	$(TORCH_ENV) cargo run --release -p outerloop-coordinator --example load -- --sweep
+
+# One table: every fault in one run, every hostile call refused, load held, nothing lost.
+bench-trust: setup
+	$(TORCH_ENV) python3 bench/trust_report.py --workers 256 --seconds 20
 
 clean-demo:
 	rm -rf outerloop-demo $(DEMO_DATA)

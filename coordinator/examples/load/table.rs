@@ -51,6 +51,24 @@ impl Row {
     }
 }
 
+impl Row {
+    /// The row as JSON, for the trust report (`bench/trust_report.py`).
+    pub fn json(&self) -> serde_json::Value {
+        let ms = |q| percentile(&self.lease_round_trips, q).map(|d| d.as_secs_f64() * 1e3);
+        serde_json::json!({
+            "check": "load",
+            "workers": self.workers,
+            "chunks_per_s": self.chunks_per_s,
+            "steps_per_s": self.steps_per_s,
+            "lease_p50_ms": ms(50),
+            "lease_p99_ms": ms(99),
+            "peak_mib": self.peak_mib,
+            "lost": self.lost,
+            "counted_twice": self.counted_twice,
+        })
+    }
+}
+
 /// The nearest-rank `q`th percentile of sorted `values`.
 fn percentile(values: &[Duration], q: usize) -> Option<Duration> {
     let rank = (values.len() * q).div_ceil(100).max(1);
