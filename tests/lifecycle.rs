@@ -110,9 +110,21 @@ fn a_coordinator_killed_again_and_again_while_it_writes_ends_with_the_same_resul
         "eval.tasks=25",
         "eval.final_tasks=50",
     ];
+    // A second, shorter experiment runs beside it: it ends during the kills, and what it
+    // finished must never be touched again.
+    let short = [
+        "seed=2",
+        "meta.steps=400",
+        "meta.chunk_tasks=5",
+        "eval.every=100",
+        "eval.tasks=25",
+        "eval.final_tasks=50",
+    ];
     let mut cluster = Cluster::start_restartable(&[]);
     cluster.add_worker();
     let id = cluster.submit(SPEC, &overrides).unwrap();
+    let beside = cluster.submit(SPEC, &short).unwrap();
+    let mut finished_beside: Option<(Vec<u8>, std::time::SystemTime)> = None;
     let mut last_kill = 0;
     for kill in 0..6 {
         if kill % 2 == 0 {
@@ -139,6 +151,11 @@ fn a_coordinator_killed_again_and_again_while_it_writes_ends_with_the_same_resul
             "ended before kill {kill}: {status}"
         );
         last_kill = last_kill.max(status["step"].as_u64().unwrap());
+        if finished_beside.is_none() && cluster.status(&beside)["state"] == "finished" {
+            let path = cluster.experiment_dir(&beside).join("final.safetensors");
+            let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+            finished_beside = Some((std::fs::read(&path).unwrap(), modified));
+        }
         cluster.restart_coordinator();
     }
     let status = cluster.wait_finished(&id, Duration::from_secs(300));
@@ -148,11 +165,31 @@ fn a_coordinator_killed_again_and_again_while_it_writes_ends_with_the_same_resul
         train_steps(&cluster.metrics(&id)),
         (1..=1500).collect::<Vec<_>>()
     );
+    let status = cluster.wait_finished(&beside, Duration::from_secs(300));
+    assert_eq!(status["state"], "finished", "{status}");
+    assert_eq!(
+        train_steps(&cluster.metrics(&beside)),
+        (1..=400).collect::<Vec<_>>()
+    );
+    if let Some((bytes, modified)) = finished_beside {
+        let path = cluster.experiment_dir(&beside).join("final.safetensors");
+        assert!(
+            std::fs::read(&path).unwrap() == bytes,
+            "a finished result changed"
+        );
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().modified().unwrap(),
+            modified
+        );
+    }
     let mut reference = Cluster::start(&[]);
     reference.add_worker();
     let reference_id = reference.submit(SPEC, &overrides).unwrap();
+    let reference_beside = reference.submit(SPEC, &short).unwrap();
     reference.wait_finished(&reference_id, Duration::from_secs(300));
+    reference.wait_finished(&reference_beside, Duration::from_secs(300));
     assert!(final_parameters(&cluster, &id) == final_parameters(&reference, &reference_id));
+    assert!(final_parameters(&cluster, &beside) == final_parameters(&reference, &reference_beside));
 }
 
 #[test]
