@@ -252,8 +252,13 @@ impl Workers for WorkersService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatReply>, Status> {
-        let known = self.dispatcher.heartbeat(request.into_inner().worker_id);
-        Ok(Response::new(HeartbeatReply { known }))
+        let worker = request.into_inner().worker_id;
+        let known = self.dispatcher.heartbeat(worker);
+        let ended_experiments = self.dispatcher.ended_for(worker);
+        Ok(Response::new(HeartbeatReply {
+            known,
+            ended_experiments,
+        }))
     }
 
     async fn deregister(

@@ -184,7 +184,7 @@ async fn work_session(
                 tick.tick().await;
                 match client.heartbeat(HeartbeatRequest { worker_id }).await {
                     Ok(reply) if !reply.get_ref().known => return SessionEnd::Forgotten,
-                    Ok(_) => {}
+                    Ok(reply) => compute.end_experiments(reply.into_inner().ended_experiments),
                     Err(status) => return SessionEnd::Rpc(status),
                 }
             }

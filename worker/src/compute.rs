@@ -27,6 +27,9 @@ pub struct ComputeThread {
     /// What the engine holds after its last job (see [`Engine::held`]): what the next lease
     /// request tells the coordinator, so that it sends only what is missing.
     held: Arc<Mutex<Held>>,
+    /// Experiments the coordinator said have ended: their chunks still queued here are
+    /// skipped, and the engine drops their set-up before its next job.
+    ended: Arc<Mutex<Ended>>,
     /// Held by the compute thread while it runs a job: whoever holds it knows that no
     /// libtorch call is under way, nor will one start.
     busy: Arc<Mutex<()>>,
@@ -48,6 +51,8 @@ impl ComputeThread {
         let running = busy.clone();
         let held = Arc::new(Mutex::new(Vec::new()));
         let publish = held.clone();
+        let ended = Arc::new(Mutex::new(Ended::default()));
+        let ended_here = ended.clone();
         thread::Builder::new()
             .name("outerloop-compute".into())
             .spawn(move || {
@@ -58,14 +63,51 @@ impl ComputeThread {
                 let mut engine = Engine::new(device, path, data).with_cache_bytes(cache_bytes);
                 while let Some(job) = next_job(&receive) {
                     let _running = running.lock().unwrap_or_else(|e| e.into_inner());
-                    let results = run_job(&mut engine, &job);
+                    let (forget, skip) = {
+                        let mut ended = ended_here.lock().unwrap_or_else(|e| e.into_inner());
+                        let forget: Vec<String> = ended.newly_ended().map(String::from).collect();
+                        ended.mark_forgotten();
+                        // A set-up for an ended experiment means it runs again (resumed).
+                        if let Some(setup) = &job.setup {
+                            ended.remove(&setup.experiment_id);
+                        }
+                        let skip = job.chunks.iter().any(|c| ended.contains(&c.experiment_id));
+                        (forget, skip)
+                    };
+                    for experiment in &forget {
+                        engine.forget(experiment);
+                    }
+                    let results = if skip {
+                        skip_ended(&job)
+                    } else {
+                        run_job(&mut engine, &job)
+                    };
                     // Published before the results go: the request that follows them must
                     // say what the engine holds now.
                     *publish.lock().unwrap_or_else(|e| e.into_inner()) = engine.held();
                     let _ = job.reply.send(results);
                 }
             })?;
-        Ok(ComputeThread { jobs, busy, held })
+        Ok(ComputeThread {
+            jobs,
+            busy,
+            held,
+            ended,
+        })
+    }
+
+    /// Notes experiments that have ended: their chunks not yet computed are skipped (each
+    /// comes back as failed; the coordinator has dropped its round already), and their
+    /// set-ups leave the engine before its next job.
+    pub fn end_experiments(&self, experiments: Vec<String>) {
+        if experiments.is_empty() {
+            return;
+        }
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        for experiment in experiments {
+            tracing::info!(%experiment, "experiment ended; its chunks here are skipped");
+            ended.add(experiment);
+        }
     }
 
     /// The experiments the engine holds, least recently used first, with the parameter
@@ -105,6 +147,62 @@ impl ComputeThread {
         }
         receive.await.unwrap_or_else(|_| lost(ids))
     }
+}
+
+/// The experiments a worker was told have ended, the most recent [`Ended::KEPT`].
+#[derive(Debug, Default)]
+struct Ended {
+    ids: std::collections::VecDeque<String>,
+    /// How many of the newest `ids` the engine has not dropped yet.
+    not_forgotten: usize,
+}
+
+impl Ended {
+    const KEPT: usize = 64;
+
+    fn add(&mut self, experiment: String) {
+        if self.ids.contains(&experiment) {
+            return;
+        }
+        if self.ids.len() >= Self::KEPT {
+            self.ids.pop_front();
+        }
+        self.ids.push_back(experiment);
+        self.not_forgotten = (self.not_forgotten + 1).min(self.ids.len());
+    }
+
+    fn remove(&mut self, experiment: &str) {
+        if let Some(at) = self.ids.iter().position(|e| e == experiment) {
+            self.ids.remove(at);
+            self.not_forgotten = self.not_forgotten.min(self.ids.len());
+        }
+    }
+
+    fn contains(&self, experiment: &str) -> bool {
+        self.ids.iter().any(|e| e == experiment)
+    }
+
+    fn newly_ended(&self) -> impl Iterator<Item = &str> {
+        self.ids
+            .iter()
+            .skip(self.ids.len() - self.not_forgotten)
+            .map(String::as_str)
+    }
+
+    fn mark_forgotten(&mut self) {
+        self.not_forgotten = 0;
+    }
+}
+
+/// The results of a job whose experiment has ended: none is computed.
+fn skip_ended(job: &Job) -> Vec<ChunkResult> {
+    job.chunks
+        .iter()
+        .map(|c| {
+            let why = format!("experiment {} has ended; not computed", c.experiment_id);
+            failed_chunk(c.chunk_id, why)
+        })
+        .collect()
 }
 
 /// How long the compute thread keeps polling for the next job before it sleeps.
@@ -220,6 +318,42 @@ mod tests {
             tasks: vec![task],
         };
         (setup, params, vec![chunk])
+    }
+
+    #[tokio::test]
+    async fn an_ended_experiments_chunks_are_skipped_and_its_set_up_dropped() {
+        let compute = ComputeThread::spawn(
+            Device::Cpu,
+            1,
+            Path::Batched,
+            Arc::new(DataRoot::empty()),
+            crate::engine::DEFAULT_CACHE_BYTES,
+        )
+        .unwrap();
+        let (setup, params, chunks) = job(1);
+        let results = compute.run(Some(setup), Some(params), chunks.clone()).await;
+        assert_eq!(results[0].error, "");
+        assert_eq!(compute.held(), [("exp-1".to_string(), Some(0))]);
+        compute.end_experiments(vec!["exp-1".into()]);
+        let skipped = compute.run(None, None, chunks).await;
+        assert!(skipped[0].error.contains("exp-1 has ended"), "{skipped:?}");
+        assert!(compute.held().is_empty(), "its set-up left the engine");
+        // Its set-up coming again means it runs again (a paused experiment resumed).
+        let (setup, params, chunks) = job(1);
+        let again = compute.run(Some(setup), Some(params), chunks).await;
+        assert_eq!(again[0].error, "");
+        // Another experiment runs as before.
+        let (setup, params, chunks) = job(1);
+        let other = WorkChunk {
+            experiment_id: "exp-2".into(),
+            ..chunks[0].clone()
+        };
+        let setup = ExperimentSetup {
+            experiment_id: "exp-2".into(),
+            ..setup
+        };
+        let results = compute.run(Some(setup), Some(params), vec![other]).await;
+        assert_eq!(results[0].error, "");
     }
 
     #[tokio::test]

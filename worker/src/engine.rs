@@ -194,6 +194,11 @@ impl Engine {
         Ok(())
     }
 
+    /// Drops what is cached for `experiment` (it has ended).
+    pub fn forget(&mut self, experiment: &str) {
+        self.cached.retain(|c| c.loaded.id() != experiment);
+    }
+
     /// The cached `experiment`, marked as the most recently used.
     fn touch(&mut self, experiment: &str) -> Option<&mut Cached> {
         let at = self

@@ -207,7 +207,13 @@ struct WorkerInfo {
     last_seen: Instant,
     /// Results of this worker refused by a round's check.
     refused_results: u32,
+    /// Experiments that ended since its last heartbeat, for it to stop computing and forget.
+    ended: Vec<String>,
 }
+
+/// The most ended experiments kept for a worker to hear of (a worker silent that long has
+/// been dropped anyway, or hears of the most recent ones).
+const MAX_ENDED_TOLD: usize = 64;
 
 #[derive(Debug, Default)]
 struct State {
@@ -301,6 +307,7 @@ impl Dispatcher {
                 number,
                 last_seen: Instant::now(),
                 refused_results: 0,
+                ended: Vec::new(),
             },
         );
         drop(state);
@@ -350,6 +357,15 @@ impl Dispatcher {
             }
             None => false,
         }
+    }
+
+    /// The experiments that ended since `worker` last asked (with its heartbeat).
+    pub fn ended_for(&self, worker: u64) -> Vec<String> {
+        self.lock()
+            .workers
+            .get_mut(&worker)
+            .map(|info| std::mem::take(&mut info.ended))
+            .unwrap_or_default()
     }
 
     pub fn worker_count(&self) -> usize {
@@ -428,7 +444,14 @@ impl Dispatcher {
             );
             let prior_cost = state.costs.get(&kind).copied();
             state.abandon(&input.setup.experiment_id);
-            state.shares.join(&input.setup.experiment_id);
+            if state.shares.join(&input.setup.experiment_id) {
+                // Starting (again: a paused experiment resumed): whatever workers were about
+                // to hear of its end no longer holds.
+                let experiment = &input.setup.experiment_id;
+                for info in state.workers.values_mut() {
+                    info.ended.retain(|e| e != experiment);
+                }
+            }
             state.rounds.insert(
                 first_chunk_id,
                 Round {
@@ -458,11 +481,19 @@ impl Dispatcher {
         receive.await.unwrap_or(Err(RoundError::Abandoned))
     }
 
-    /// Drops an experiment that has ended (its round, if one is left, is abandoned: its leases
-    /// end at once) and forgets what workers said about it, so that the refusals of a
-    /// coordinator running for weeks do not pile up.
-    pub fn experiment_ended(&self, experiment_id: &str) {
+    /// Drops an experiment whose run has ended (its round, if one is left, is abandoned: its
+    /// leases end at once) and forgets what workers said about it, so that the refusals of a
+    /// coordinator running for weeks do not pile up. With `tell_workers`, workers hear of it
+    /// with their next heartbeat, to skip its chunks and drop its set-up (not when the run
+    /// only stops for the coordinator's shutdown, to resume at its next start).
+    pub fn experiment_ended(&self, experiment_id: &str, tell_workers: bool) {
         let mut state = self.lock();
+        for info in state.workers.values_mut().filter(|_| tell_workers) {
+            if info.ended.len() >= MAX_ENDED_TOLD {
+                info.ended.remove(0);
+            }
+            info.ended.push(experiment_id.to_string());
+        }
         if state.abandon(experiment_id) {
             // Its workers' room for other rounds' chunks has grown.
             self.work_ready.notify_waiters();
@@ -1055,8 +1086,20 @@ mod tests {
             "{leased:?}"
         );
         // Ending one experiment drops its round at once; the other goes on alone.
-        d.experiment_ended("exp-1");
+        d.experiment_ended("exp-1", true);
         assert_eq!(heavy.await.unwrap().unwrap_err(), RoundError::Abandoned);
+        // The worker hears of it once, to stop its chunks and drop its set-up; unless it runs
+        // again (a paused experiment resumed) before the worker heard of it.
+        assert_eq!(d.ended_for(w), ["exp-1"]);
+        assert!(d.ended_for(w).is_empty());
+        d.experiment_ended("exp-3", true);
+        d.experiment_ended("exp-4", false);
+        let _again = start_for(&d, "exp-3", 1.0, 1);
+        rounds_in_flight(&d, 2).await;
+        assert!(
+            d.ended_for(w).is_empty(),
+            "exp-3 runs again; exp-4 only stopped"
+        );
         let lease = d.lease(&ask(w, 64)).await;
         assert_eq!(lease.chunks.len(), 35, "the rest of exp-2's round");
         assert!(lease.chunks.iter().all(|c| c.experiment_id == "exp-2"));
@@ -1324,7 +1367,7 @@ mod tests {
         refuse(a).await;
         refuse(b).await;
         assert_eq!(d.lock().refusals.len(), 2);
-        d.experiment_ended("another");
+        d.experiment_ended("another", true);
         assert_eq!(
             d.lock().refusals.len(),
             2,
@@ -1339,7 +1382,7 @@ mod tests {
         let left: Vec<u64> = d.lock().refusals.keys().map(|(_, w)| *w).collect();
         assert_eq!(left, [b], "the dropped worker's refusal is forgotten");
         let experiment = d.lock().refusals.keys().next().unwrap().0.clone();
-        d.experiment_ended(&experiment);
+        d.experiment_ended(&experiment, true);
         assert!(d.lock().refusals.is_empty());
     }
 

@@ -22,13 +22,15 @@ impl Shares {
     /// An experiment starting a round. One new to the workers starts level with the least
     /// served of the others: it neither waits for them to catch up with it nor holds every
     /// worker until it has caught up with them.
-    pub(super) fn join(&mut self, experiment: &str) {
+    /// Returns whether the experiment is new (starting, or running again).
+    pub(super) fn join(&mut self, experiment: &str) -> bool {
         if self.used.contains_key(experiment) {
-            return;
+            return false;
         }
         let least = self.used.values().copied().fold(f64::INFINITY, f64::min);
         let start = if least.is_finite() { least } else { 0.0 };
         self.used.insert(experiment.to_string(), start);
+        true
     }
 
     /// An experiment that has ended.

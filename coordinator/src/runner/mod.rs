@@ -61,11 +61,13 @@ fn overflowed(step: u64, overflow: crate::optimizer::Overflow, hint: &'static st
 struct Ended<'a> {
     dispatcher: &'a Dispatcher,
     id: &'a str,
+    /// Whether workers hear of it (not when the run stops for the shutdown, to resume).
+    over: bool,
 }
 
 impl Drop for Ended<'_> {
     fn drop(&mut self) {
-        self.dispatcher.experiment_ended(self.id);
+        self.dispatcher.experiment_ended(self.id, self.over);
     }
 }
 
@@ -73,14 +75,16 @@ impl Drop for Ended<'_> {
 pub async fn run(job: Job, registry: &Registry, dispatcher: &Dispatcher) {
     let id = job.id.clone();
     tracing::info!(%id, "experiment started");
-    let ended = Ended {
+    let mut ended = Ended {
         dispatcher,
         id: &id,
+        over: true,
     };
     let outcome = match &job.spec {
         ExperimentSpec::Meta(spec) => meta::train(&job, spec, registry, dispatcher).await,
         ExperimentSpec::Mtl(spec) => mtl::train(&job, spec, registry, dispatcher).await,
     };
+    ended.over = !matches!(outcome, Err(RunError::Stopping));
     drop(ended);
     if let Err(RunError::Stopping) = outcome {
         // Still running as far as the store knows: the next start queues it again and it
