@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Cluster, SPEC};
-use outerloop_proto::v1::{ChunkResult, CompleteRequest, LeaseRequest};
+use outerloop_proto::v1::{ChunkResult, CompleteRequest};
 
 const SHORT: [&str; 5] = [
     "meta.steps=6",
@@ -19,28 +19,7 @@ const SHORT: [&str; 5] = [
 /// answers it with poison, twice; checks each answer is refused with INVALID_ARGUMENT.
 async fn poison(url: String) {
     let (mut client, me) = common::raw_worker(&url, "hostile").await;
-    let leaser = client.clone();
-    let lease = || {
-        let mut client = leaser.clone();
-        async move {
-            loop {
-                let lease = client
-                    .lease(LeaseRequest {
-                        worker_id: me,
-                        max_chunks: 1,
-                        wait_ms: 1000,
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                if let Some(chunk) = lease.chunks.into_iter().next() {
-                    return chunk;
-                }
-            }
-        }
-    };
-    let chunk = lease().await;
+    let chunk = common::lease_one(&mut client, me).await;
     // The first round is the evaluation at step 0: every chunk answers a loss per task.
     let tasks = chunk.tasks.len();
     let answer = |chunk_id, losses: Vec<f32>| ChunkResult {
@@ -72,7 +51,7 @@ async fn poison(url: String) {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("losses for"), "{refused:?}");
-    let again = lease().await;
+    let again = common::lease_one(&mut client, me).await;
     assert_eq!(
         again.chunk_id, chunk.chunk_id,
         "the refused chunk is leased again"

@@ -347,21 +347,7 @@ async fn every_rpc_refuses_whoever_may_not_call_it_and_what_it_must_not_accept()
         "a worker: for an id it was not given",
         lease.unknown_worker && lease.chunks.is_empty(),
     );
-    let chunk = loop {
-        let lease = worker
-            .lease(LeaseRequest {
-                worker_id: me,
-                max_chunks: 1,
-                wait_ms: 1000,
-                ..LeaseRequest::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if let Some(chunk) = lease.chunks.into_iter().next() {
-            break chunk;
-        }
-    };
+    let chunk = common::lease_one(&mut worker, me).await;
     let tasks = chunk.tasks.len();
     let answer = |chunk_id: u64, losses: Vec<f32>| ChunkResult {
         chunk_id,
@@ -405,21 +391,7 @@ async fn every_rpc_refuses_whoever_may_not_call_it_and_what_it_must_not_accept()
     );
     let mut nan = vec![0.5; tasks];
     nan[0] = f32::NAN;
-    let again = loop {
-        let lease = worker
-            .lease(LeaseRequest {
-                worker_id: me,
-                max_chunks: 1,
-                wait_ms: 1000,
-                ..LeaseRequest::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if let Some(chunk) = lease.chunks.into_iter().next() {
-            break chunk;
-        }
-    };
+    let again = common::lease_one(&mut worker, me).await;
     let poisoned = worker.complete(send(me, answer(again.chunk_id, nan))).await;
     table.refused(
         "Complete",

@@ -433,3 +433,31 @@ pub async fn raw_worker(
         .worker_id;
     (client, id)
 }
+
+/// Leases until a chunk comes, as worker `worker_id` (a test playing a worker by hand).
+pub async fn lease_one<T>(
+    client: &mut outerloop_proto::v1::workers_client::WorkersClient<T>,
+    worker_id: u64,
+) -> outerloop_proto::v1::WorkChunk
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    loop {
+        let lease = client
+            .lease(outerloop_proto::v1::LeaseRequest {
+                worker_id,
+                max_chunks: 1,
+                wait_ms: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(chunk) = lease.chunks.into_iter().next() {
+            return chunk;
+        }
+    }
+}

@@ -320,16 +320,21 @@ mod tests {
         (setup, params, vec![chunk])
     }
 
-    #[tokio::test]
-    async fn an_ended_experiments_chunks_are_skipped_and_its_set_up_dropped() {
-        let compute = ComputeThread::spawn(
+    /// A compute thread on the CPU, with one libtorch thread and no data.
+    fn spawn() -> ComputeThread {
+        ComputeThread::spawn(
             Device::Cpu,
             1,
             Path::Batched,
             Arc::new(DataRoot::empty()),
             crate::engine::DEFAULT_CACHE_BYTES,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_ended_experiments_chunks_are_skipped_and_its_set_up_dropped() {
+        let compute = spawn();
         let (setup, params, chunks) = job(1);
         let results = compute.run(Some(setup), Some(params), chunks.clone()).await;
         assert_eq!(results[0].error, "");
@@ -358,14 +363,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_libtorch_error_fails_the_chunks_and_the_thread_lives_on() {
-        let compute = ComputeThread::spawn(
-            Device::Cpu,
-            1,
-            Path::Batched,
-            Arc::new(DataRoot::empty()),
-            crate::engine::DEFAULT_CACHE_BYTES,
-        )
-        .unwrap();
+        let compute = spawn();
         // Sinusoid inputs are 1-wide; a 3-wide first layer makes libtorch raise a shape error.
         let (setup, params, chunks) = job(3);
         let results = compute.run(Some(setup), Some(params), chunks).await;
