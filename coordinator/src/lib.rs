@@ -49,6 +49,8 @@ pub struct CoordinatorConfig {
     /// The largest message the `Experiments` service accepts (a spec and its overrides):
     /// specs are kilobytes, and one of a gigabyte would tie up the coordinator parsing it.
     pub max_spec_bytes: usize,
+    /// The largest message the `Workers` service accepts (a chunk's results).
+    pub max_result_bytes: usize,
     /// Serve over TLS with these files (and require client certificates when they name an
     /// authority for them); plain HTTP/2 without.
     pub tls: Option<outerloop_proto::tls::ServerTls>,
@@ -167,7 +169,7 @@ pub async fn run(
         dispatcher,
         datasets,
     })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_decoding_message_size(config.max_result_bytes)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let workers = InterceptedService::new(workers, gate(auth::Role::Worker));
     // Every outer step is a few small request/reply exchanges: without TCP_NODELAY, Nagle's

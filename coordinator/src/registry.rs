@@ -35,13 +35,20 @@ pub struct SubmitLimits {
     /// Parameters of one experiment's model: the coordinator holds them, their gradients and
     /// the optimizer's state in memory.
     pub max_parameters: u64,
+    /// The largest message a worker may send: an experiment whose chunk results would not fit
+    /// is refused at submission rather than left to hang.
+    pub max_result_bytes: usize,
 }
+
+/// What a chunk's results carry beside their gradients (losses, accuracies, framing), at most.
+const RESULT_OVERHEAD_BYTES: u64 = 1 << 16;
 
 impl Default for SubmitLimits {
     fn default() -> Self {
         SubmitLimits {
             max_queued: 1000,
             max_parameters: 1 << 26,
+            max_result_bytes: outerloop_proto::transport::MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -171,17 +178,30 @@ impl Registry {
             }
             None => None,
         };
-        // A table's columns decide a multi-task model's size: counted with its manifest.
-        let parameters = match &spec {
-            ExperimentSpec::Meta(spec) => spec.layout().param_count(),
-            ExperimentSpec::Mtl(spec) => spec
-                .setup("", manifest.as_deref())
-                .map_or(0, |setup| setup.layout().param_count()),
-        } as u64;
+        // A table's columns decide a multi-task model's size: counted with its manifest. A
+        // chunk's results carry the gradient of every parameter, and in multi-task learning
+        // one of the shared layers per task.
+        let (parameters, gradient_values) = match &spec {
+            ExperimentSpec::Meta(spec) => {
+                let count = spec.layout().param_count() as u64;
+                (count, count)
+            }
+            ExperimentSpec::Mtl(spec) => spec.setup("", manifest.as_deref()).map_or((0, 0), |s| {
+                let (count, shared) = (s.layout().param_count() as u64, s.shared_len() as u64);
+                (count, s.tasks.len() as u64 * shared + (count - shared))
+            }),
+        };
         if parameters > self.limits.max_parameters {
             return Err(RegistryError::Limit(format!(
                 "the model has {parameters} parameters, more than this coordinator's limit of {} (--max-parameters)",
                 self.limits.max_parameters
+            )));
+        }
+        let result_bytes = gradient_values.saturating_mul(4) + RESULT_OVERHEAD_BYTES;
+        if result_bytes > self.limits.max_result_bytes as u64 {
+            return Err(RegistryError::Limit(format!(
+                "a chunk's results would be about {result_bytes} bytes (the gradients of {gradient_values} values), more than this coordinator accepts from a worker ({} bytes, --max-result-bytes)",
+                self.limits.max_result_bytes
             )));
         }
         let mut entries = self.lock();
@@ -351,6 +371,7 @@ mod tests {
         let registry = registry(dir.path()).with_limits(SubmitLimits {
             max_queued: 1,
             max_parameters: 1_000_000,
+            ..SubmitLimits::default()
         });
         registry.submit(SPEC, "a.toml", &[], &no_datasets).unwrap();
         let err = registry
@@ -364,6 +385,7 @@ mod tests {
         let registry = registry.with_limits(SubmitLimits {
             max_queued: 10,
             max_parameters: 100,
+            ..SubmitLimits::default()
         });
         let err = registry
             .submit(SPEC, "c.toml", &[], &no_datasets)
@@ -371,6 +393,22 @@ mod tests {
             .to_string();
         assert!(
             err.contains("more than this coordinator's limit of 100 (--max-parameters)"),
+            "{err}"
+        );
+        // The spec's 1,761 parameters make results of 7,044 bytes of gradients, and 64 KiB
+        // more at most: 70,000 bytes are too few.
+        let registry = registry.with_limits(SubmitLimits {
+            max_queued: 10,
+            max_result_bytes: 70_000,
+            ..SubmitLimits::default()
+        });
+        let err = registry
+            .submit(SPEC, "d.toml", &[], &no_datasets)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the gradients of 1761 values")
+                && err.contains("(70000 bytes, --max-result-bytes)"),
             "{err}"
         );
         assert_eq!(registry.status(None).unwrap().len(), 1);
