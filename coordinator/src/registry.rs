@@ -454,6 +454,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_paused_experiment_resumes_or_is_cancelled_and_survives_a_restart_paused() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(dir.path());
+        for name in ["a.toml", "b.toml"] {
+            registry.submit(SPEC, name, &[], &no_datasets).unwrap();
+        }
+        for _ in 0..2 {
+            registry.next_queued().await.unwrap();
+        }
+        for id in ["exp-1", "exp-2"] {
+            registry
+                .update(id, true, |r| {
+                    r.state = ExperimentState::Paused;
+                    r.step = 7;
+                    r.error = Some("could not write results: disk full".into());
+                })
+                .unwrap();
+        }
+        // Only a paused experiment resumes; it is queued again, from its checkpoint.
+        let state = |registry: &Registry, id| registry.status(Some(id)).unwrap()[0].state;
+        assert_eq!(registry.resume("exp-1").unwrap(), ExperimentState::Queued);
+        let record = registry.status(Some("exp-1")).unwrap().remove(0);
+        assert_eq!((record.step, record.error), (0, None));
+        assert!(matches!(
+            registry.resume("exp-1"),
+            Err(RegistryError::NotPaused {
+                state: ExperimentState::Queued,
+                ..
+            })
+        ));
+        assert_eq!(registry.next_queued().await.unwrap().id, "exp-1");
+        // A paused experiment stays paused across a restart, and can still be cancelled.
+        let registry = self::registry(dir.path());
+        assert_eq!(state(&registry, "exp-2"), ExperimentState::Paused);
+        assert_eq!(
+            registry.cancel("exp-2").unwrap(),
+            ExperimentState::Cancelled
+        );
+        assert!(matches!(
+            registry.resume("exp-2"),
+            Err(RegistryError::NotPaused { .. })
+        ));
+    }
+
+    #[tokio::test]
     async fn unknown_ids_are_named_with_the_known_ones() {
         let dir = tempfile::tempdir().unwrap();
         let registry = registry(dir.path());
