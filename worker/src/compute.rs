@@ -65,12 +65,11 @@ impl ComputeThread {
                     let _running = running.lock().unwrap_or_else(|e| e.into_inner());
                     let (forget, skip) = {
                         let mut ended = ended_here.lock().unwrap_or_else(|e| e.into_inner());
-                        let forget: Vec<String> = ended.newly_ended().map(String::from).collect();
-                        ended.mark_forgotten();
                         // A set-up for an ended experiment means it runs again (resumed).
                         if let Some(setup) = &job.setup {
                             ended.remove(&setup.experiment_id);
                         }
+                        let forget = std::mem::take(&mut ended.to_forget);
                         let skip = job.chunks.iter().any(|c| ended.contains(&c.experiment_id));
                         (forget, skip)
                     };
@@ -153,8 +152,8 @@ impl ComputeThread {
 #[derive(Debug, Default)]
 struct Ended {
     ids: std::collections::VecDeque<String>,
-    /// How many of the newest `ids` the engine has not dropped yet.
-    not_forgotten: usize,
+    /// Those the engine has not dropped yet.
+    to_forget: Vec<String>,
 }
 
 impl Ended {
@@ -167,30 +166,17 @@ impl Ended {
         if self.ids.len() >= Self::KEPT {
             self.ids.pop_front();
         }
-        self.ids.push_back(experiment);
-        self.not_forgotten = (self.not_forgotten + 1).min(self.ids.len());
+        self.ids.push_back(experiment.clone());
+        self.to_forget.push(experiment);
     }
 
     fn remove(&mut self, experiment: &str) {
-        if let Some(at) = self.ids.iter().position(|e| e == experiment) {
-            self.ids.remove(at);
-            self.not_forgotten = self.not_forgotten.min(self.ids.len());
-        }
+        self.ids.retain(|e| e != experiment);
+        self.to_forget.retain(|e| e != experiment);
     }
 
     fn contains(&self, experiment: &str) -> bool {
         self.ids.iter().any(|e| e == experiment)
-    }
-
-    fn newly_ended(&self) -> impl Iterator<Item = &str> {
-        self.ids
-            .iter()
-            .skip(self.ids.len() - self.not_forgotten)
-            .map(String::as_str)
-    }
-
-    fn mark_forgotten(&mut self) {
-        self.not_forgotten = 0;
     }
 }
 
