@@ -10,7 +10,7 @@ use outerloop_proto::v1::experiments_client::ExperimentsClient;
 use outerloop_proto::v1::workers_client::WorkersClient;
 use outerloop_proto::v1::{
     CancelRequest, ChunkResult, CompleteRequest, DeregisterRequest, HeartbeatRequest, LeaseRequest,
-    ListWorkersRequest, RegisterRequest, ResumeRequest, StatusRequest, SubmitRequest,
+    ListWorkersRequest, ResumeRequest, StatusRequest, SubmitRequest,
 };
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -123,12 +123,7 @@ async fn every_call(
     if worker_code == Code::Ok {
         return;
     }
-    let register = RegisterRequest {
-        name: "intruder".into(),
-        device: "cpu".into(),
-        threads: 1,
-        datasets: Vec::new(),
-    };
+    let register = common::registration("intruder");
     table.refused(
         "Register",
         caller,
@@ -314,12 +309,7 @@ async fn every_rpc_refuses_whoever_may_not_call_it_and_what_it_must_not_accept()
     // What a worker may not do: act for an id it was not given, deliver what it was not
     // leased, deliver wrong values.
     let me = worker
-        .register(RegisterRequest {
-            name: "hostile".into(),
-            device: "cpu".into(),
-            threads: 1,
-            datasets: Vec::new(),
-        })
+        .register(common::registration("hostile"))
         .await
         .unwrap()
         .into_inner()

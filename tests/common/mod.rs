@@ -407,6 +407,16 @@ pub fn resumed_step(log: &str) -> u64 {
         .unwrap_or_else(|| panic!("the coordinator did not resume from a checkpoint:\n{log}"))
 }
 
+/// The registration of a one-thread CPU worker named `name`, without datasets.
+pub fn registration(name: &str) -> outerloop_proto::v1::RegisterRequest {
+    outerloop_proto::v1::RegisterRequest {
+        name: name.into(),
+        device: "cpu".into(),
+        threads: 1,
+        datasets: Vec::new(),
+    }
+}
+
 /// A client of the Workers service registered as a worker named `name`, with its id: for
 /// tests that play a worker by hand.
 pub async fn raw_worker(
@@ -421,12 +431,7 @@ pub async fn raw_worker(
         .unwrap()
         .max_decoding_message_size(outerloop_proto::transport::MAX_MESSAGE_BYTES);
     let id = client
-        .register(outerloop_proto::v1::RegisterRequest {
-            name: name.into(),
-            device: "cpu".into(),
-            threads: 1,
-            datasets: Vec::new(),
-        })
+        .register(registration(name))
         .await
         .unwrap()
         .into_inner()
