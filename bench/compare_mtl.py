@@ -7,7 +7,10 @@ Runs, on this machine and in this one invocation:
      a. bench/mtl_torch.py: the workload written the usual way (one backward per task for each
         task's gradient of the shared layers, then the method), one thread;
      b. outerloop: a coordinator and one worker process (one libtorch thread);
-     c. outerloop with two worker processes (unless --skip-two-workers).
+     c. outerloop with two worker processes (unless --skip-two-workers);
+     each of b and c with the shared layers' gradients factored (what `auto` picks here:
+     each layer's input rows and every task's gradient at its outputs go to the coordinator)
+     and dense (every task's whole gradient), as --forms says.
 The workload is configs/mtl_gradnorm.toml's with larger shared layers: GradNorm's regression
 data with 10 tasks (250 inputs, 100 outputs each), shared layers 250 -> 1000 -> 750 with ReLU
 (about 1M parameters), one Linear head per task, MSE, 100 fresh rows per step, Adam 0.001,
@@ -34,6 +37,7 @@ from compare_fewshot import concurrent_matmul_scaling
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = os.path.join(ROOT, "configs", "mtl_gradnorm.toml")
 METHODS = ("pcgrad", "mgda")
+FORMS = ("factored", "dense")
 INPUTS = 250  # configs/mtl_gradnorm.toml's data.inputs
 HIDDEN = [1000, 750]
 BATCH = 100
@@ -48,12 +52,18 @@ def parse_args():
     p.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "outerloop"))
     p.add_argument("--methods", default=",".join(METHODS),
                    help="comma-separated, from " + ", ".join(METHODS))
+    p.add_argument("--forms", default=",".join(FORMS),
+                   help="train.shared_gradients to run, comma-separated, from "
+                        + ", ".join(FORMS))
     p.add_argument("--skip-two-workers", action="store_true")
     p.add_argument("--skip-reference", action="store_true")
     args = p.parse_args()
     args.methods = [m for m in args.methods.split(",") if m]
     if not args.methods or any(m not in METHODS for m in args.methods):
         p.error(f"--methods takes a comma-separated list from {', '.join(METHODS)}")
+    args.forms = [f for f in args.forms.split(",") if f]
+    if not args.forms or any(f not in FORMS for f in args.forms):
+        p.error(f"--forms takes a comma-separated list from {', '.join(FORMS)}")
     if args.steps <= WARMUP:
         p.error(f"--steps must be above the {WARMUP} warm-up steps")
     return args
@@ -80,9 +90,10 @@ def run_reference(args, method):
     }
 
 
-def run_outerloop(args, method, workers):
+def run_outerloop(args, method, workers, form):
     """Coordinator + `workers` worker processes on loopback; returns the step's timings."""
     overrides = [f'weighting.method="{method}"', f"model.hidden={HIDDEN}",
+                 f'train.shared_gradients="{form}"',
                  f"train.steps={args.steps}", f"train.batch={BATCH}",
                  f"train.chunk_rows={CHUNK_ROWS}", f"eval.every={args.steps}",
                  f"eval.rows={BATCH}", f"eval.final_rows={BATCH}"]
@@ -98,9 +109,10 @@ def run_outerloop(args, method, workers):
     round_, reduce = (train_mean(metrics, k, WARMUP) for k in ("round_seconds", "reduce_seconds"))
     last = [m for m in metrics if m["kind"] == "train"][-1]
     return {
-        "impl": f"outerloop ({workers} worker{'s' if workers > 1 else ''})",
+        "impl": f"outerloop ({workers} worker{'s' if workers > 1 else ''}, {form})",
         "method": method,
         "workers": workers,
+        "form": form,
         "workers_used": train_mean(metrics, "workers", WARMUP),
         "steps_per_s": 1 / step,
         "step_ms": step * 1e3,
@@ -124,10 +136,11 @@ def main():
             print(f"{method}: running the plain-PyTorch reference for {args.steps} steps...",
                   file=sys.stderr)
             rows.append(run_reference(args, method))
-        for workers in (1,) if args.skip_two_workers else (1, 2):
-            print(f"{method}: running outerloop, {workers} worker(s), for {args.steps} "
-                  "steps...", file=sys.stderr)
-            rows.append(run_outerloop(args, method, workers))
+        for form in args.forms:
+            for workers in (1,) if args.skip_two_workers else (1, 2):
+                print(f"{method}: running outerloop, {workers} worker(s), {form}, for "
+                      f"{args.steps} steps...", file=sys.stderr)
+                rows.append(run_outerloop(args, method, workers, form))
 
     widths = [INPUTS] + HIDDEN
     shared = sum((a + 1) * b for a, b in zip(widths, HIDDEN))
@@ -149,10 +162,12 @@ def main():
     if not args.skip_two_workers:
         print()
         for method in args.methods:
-            one, two = (next(r for r in rows if r["method"] == method and r["workers"] == n)
-                        for n in (1, 2))
-            print(f"{method} 2 workers / 1 worker: {two['steps_per_s'] / one['steps_per_s']:.2f}x "
-                  f"(two one-thread matrix multiplies at once: {matmul_scaling:.2f}x one)")
+            for form in args.forms:
+                one, two = (next(r for r in rows if r["method"] == method
+                                 and r["workers"] == n and r["form"] == form) for n in (1, 2))
+                print(f"{method} {form} 2 workers / 1 worker: "
+                      f"{two['steps_per_s'] / one['steps_per_s']:.2f}x "
+                      f"(two one-thread matrix multiplies at once: {matmul_scaling:.2f}x one)")
     print("targets: weighting under 10% of the step, 1 worker at least the reference's "
           "steps/s, 2 workers at least 1.7x one")
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)

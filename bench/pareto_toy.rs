@@ -19,7 +19,7 @@
 use std::fmt::Write as _;
 
 use outerloop_coordinator::mtl::weighting::adam::Adam;
-use outerloop_coordinator::mtl::weighting::{Method, StepInput};
+use outerloop_coordinator::mtl::weighting::{Method, StepInput, TaskGradients};
 use outerloop_worker::mtl::pareto_toy::{losses, LOSS_SHIFT};
 
 /// The paper's starting points.
@@ -77,7 +77,7 @@ fn run(method: &Method, start: [f64; 2], steps: usize, seed: u64) -> Run {
         let input = StepInput {
             step: step as u64,
             losses: &losses,
-            gradients: &gradients,
+            gradients: TaskGradients::Dense(&gradients),
             rng_key: seed ^ step as u64,
         };
         let combination = match weighting.combine(&input) {

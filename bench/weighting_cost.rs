@@ -3,11 +3,14 @@
 //! `cargo run --release --example weighting_cost [-- TASKS PARAMS]` (10 tasks of 1,000,000
 //! shared parameters by default, issue 6's benchmark size). Each method combines the same
 //! random gradients; the reference is one `memcpy` of all of them, the least any method that
-//! reads every gradient can cost. Prints the median of 7 repetitions.
+//! reads every gradient can cost. The last column is the same work on gradients of the same
+//! size kept factored (`train.shared_gradients = "factored"`). Prints the median of 7
+//! repetitions.
 
 use std::time::Instant;
 
-use outerloop_coordinator::mtl::weighting::{linalg, Method, StepInput};
+use outerloop_coordinator::mtl::factored::FactoredGradients;
+use outerloop_coordinator::mtl::weighting::{Method, StepInput, TaskGradients};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -48,66 +51,77 @@ fn main() {
             })
             .collect(),
     );
-    println!("{tasks} tasks x {params} shared parameters; median of {REPS}");
-    println!("{:<10} {:>10} {:>14}", "method", "ms", "x one memcpy");
-    println!("{:<10} {:>10.2} {:>14.1}", "memcpy", copy * 1e3, 1.0);
-    // The two kernels the gradient methods are made of.
-    let coefficients: Vec<f64> = (0..tasks).map(|t| 1.0 / (t + 1) as f64).collect();
-    let kernels: [(&str, &dyn Fn()); 2] = [
-        ("gram", &|| {
-            drop(std::hint::black_box(linalg::gram(&gradients)))
-        }),
-        ("combine", &|| {
-            drop(std::hint::black_box(linalg::combine(
-                &coefficients,
-                &gradients,
-            )))
-        }),
+    // The same tasks' gradients of issue 6's shared layers 250 -> 1000 -> 750 (1,001,750
+    // values each) kept factored, from a batch of 100 rows: what the coordinator holds when
+    // `train.shared_gradients` is factored.
+    let (layers, rows) = (vec![(250, 1000), (1000, 750)], 100);
+    let mut draw = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+    let inputs: Vec<Vec<f32>> = layers.iter().map(|l| draw(rows * l.0)).collect();
+    let deltas: Vec<Vec<Vec<f32>>> = (0..tasks)
+        .map(|_| layers.iter().map(|l| draw(rows * l.1)).collect())
+        .collect();
+    let factored = FactoredGradients::new(layers, rows, inputs, deltas).expect("the shapes fit");
+    let forms = [
+        TaskGradients::Dense(&gradients),
+        TaskGradients::Factored(&factored),
     ];
-    for (name, kernel) in kernels {
-        let seconds = median(
+    println!(
+        "{tasks} tasks x {params} shared parameters, and x {} kept factored (100 rows, layers \
+         250 -> 1000 -> 750); median of {REPS}",
+        factored.len()
+    );
+    println!(
+        "{:<10} {:>10} {:>14} {:>12}",
+        "method", "ms", "x one memcpy", "factored ms"
+    );
+    println!("{:<10} {:>10.2} {:>14.1}", "memcpy", copy * 1e3, 1.0);
+    let timed = |f: &mut dyn FnMut(usize)| {
+        median(
             (0..REPS)
-                .map(|_| {
+                .map(|rep| {
                     let start = Instant::now();
-                    kernel();
+                    f(rep);
                     start.elapsed().as_secs_f64()
                 })
                 .collect(),
-        );
+        )
+    };
+    let row = |name: &str, [dense, factored]: [f64; 2]| {
         println!(
-            "{name:<10} {:>10.2} {:>14.1}",
-            seconds * 1e3,
-            seconds / copy
+            "{name:<10} {:>10.2} {:>14.1} {:>12.2}",
+            dense * 1e3,
+            dense / copy,
+            factored * 1e3
         );
-    }
+    };
+    // The two kernels the gradient methods are made of.
+    let coefficients: Vec<f64> = (0..tasks).map(|t| 1.0 / (t + 1) as f64).collect();
+    row(
+        "gram",
+        forms.map(|g| timed(&mut |_| drop(std::hint::black_box(g.gram())))),
+    );
+    row(
+        "combine",
+        forms.map(|g| timed(&mut |_| drop(std::hint::black_box(g.combine(&coefficients))))),
+    );
     let names = [
         "ew", "uw", "dwa", "gradnorm", "rlw", "pcgrad", "mgda", "cagrad", "nash_mtl", "imtl_g",
         "gradvac", "famo",
     ];
     for name in names {
         let method: Method = toml::from_str(&format!("method = \"{name}\"")).expect("a method");
-        let mut weighting = method.build(tasks);
-        let seconds = median(
-            (0..REPS)
-                .map(|step| {
-                    let input = StepInput {
-                        step: step as u64,
-                        losses: &losses,
-                        gradients: &gradients,
-                        rng_key: step as u64,
-                    };
-                    let start = Instant::now();
-                    let combination = weighting.combine(&input);
-                    let elapsed = start.elapsed().as_secs_f64();
-                    std::hint::black_box(combination.expect("the method combines"));
-                    elapsed
-                })
-                .collect(),
-        );
-        println!(
-            "{name:<10} {:>10.2} {:>14.1}",
-            seconds * 1e3,
-            seconds / copy
-        );
+        let seconds = forms.map(|gradients| {
+            let mut weighting = method.build(tasks);
+            timed(&mut |step| {
+                let input = StepInput {
+                    step: step as u64,
+                    losses: &losses,
+                    gradients,
+                    rng_key: step as u64,
+                };
+                std::hint::black_box(weighting.combine(&input).expect("the method combines"));
+            })
+        });
+        row(name, seconds);
     }
 }

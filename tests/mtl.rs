@@ -229,9 +229,51 @@ fn an_mmoe_run_trains_every_task_and_is_bit_identical_on_one_and_two_workers() {
 }
 
 #[test]
+fn a_factored_run_is_bit_identical_on_one_and_two_workers_and_trains_as_the_dense_run_does() {
+    // MGDA reads the tasks' Gram matrix and combines their gradients: both from the factored
+    // form here, from the formed gradients in the dense run.
+    let run = |workers, form: &str| {
+        let form = format!("train.shared_gradients=\"{form}\"");
+        let extra = [
+            form.as_str(),
+            "weighting.method=\"mgda\"",
+            "train.steps=80",
+            "eval.every=80",
+        ];
+        run_on(workers, &extra, None)
+    };
+    let (one, one_metrics, _) = run(1, "factored");
+    let (two, two_metrics, sharing) = run(2, "factored");
+    assert!(sharing >= 2, "with 2 workers, steps were shared");
+    assert_eq!(
+        one_metrics, two_metrics,
+        "every loss and weight is identical"
+    );
+    assert!(
+        one == two,
+        "final.safetensors differs between 1 and 2 workers"
+    );
+    let (_, dense_metrics, _) = run(2, "dense");
+    let first = task_losses(lines(&two_metrics, "eval")[0]);
+    let last = task_losses(lines(&two_metrics, "final_eval")[0]);
+    let dense_last = task_losses(lines(&dense_metrics, "final_eval")[0]);
+    eprintln!("factored: {first:?} -> {last:?}; dense: {dense_last:?}");
+    for task in 0..3 {
+        assert!(last[task] < first[task], "task {task} trains");
+        let gap = (last[task] - dense_last[task]).abs() / dense_last[task];
+        assert!(
+            gap < 1e-5,
+            "task {task}: {} factored, {} dense",
+            last[task],
+            dense_last[task]
+        );
+    }
+}
+
+#[test]
 fn bad_multi_task_specs_are_refused_with_the_field_and_what_is_allowed() {
     let cluster = Cluster::start(&[]);
-    let cases: [(&[&str], &[&str]); 4] = [
+    let cases: [(&[&str], &[&str]); 5] = [
         (
             &["weighting.method=\"cagrad\"", "weighting.c=1.5"],
             &["weighting.c=1.5", "[0, 1)"],
@@ -247,6 +289,14 @@ fn bad_multi_task_specs_are_refused_with_the_field_and_what_is_allowed() {
         (
             &["weighting.method=\"fixed\"", "weighting.weights=[1.0, 2.0]"],
             &["one weight per task (10)"],
+        ),
+        (
+            &[
+                "model.kind=\"mmoe\"",
+                "model.experts=2",
+                "train.shared_gradients=\"factored\"",
+            ],
+            &["train.shared_gradients", "needs model kind \"mlp\""],
         ),
     ];
     for (overrides, expected) in cases {

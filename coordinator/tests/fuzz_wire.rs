@@ -5,7 +5,7 @@ mod fuzz_config;
 use std::collections::BTreeMap;
 
 use outerloop_coordinator::aggregate::{self, AggregateError};
-use outerloop_coordinator::mtl::reduce::{self as mtl_reduce, Expected};
+use outerloop_coordinator::mtl::reduce::{self as mtl_reduce, Expected, Factoring};
 use outerloop_coordinator::safetensors_file::{self, NamedTensor};
 use outerloop_proto::v1::{ChunkResult, TaskTotals};
 use proptest::prelude::*;
@@ -108,6 +108,7 @@ impl MtlShape {
             head_lens: &self.head_lens,
             train: self.train,
             shared_scale: self.shared_scale,
+            factored: None,
         }
     }
 }
@@ -144,6 +145,7 @@ fn task_totals(task: usize, shape: &MtlShape) -> impl Strategy<Value = TaskTotal
                 metric_sum,
                 shared_grad: shared_grad.into(),
                 head_grad: head_grad.into(),
+                shared_deltas: Default::default(),
             },
         )
 }
@@ -164,6 +166,46 @@ fn mtl_round() -> impl Strategy<Value = (MtlShape, Vec<ChunkResult>)> {
         let results = prop::collection::vec(mtl_result(&shape), 1..4);
         (Just(shape), results)
     })
+}
+
+/// A factored training round: the shared layers (inputs, outputs), each chunk's rows, the
+/// task count, and one result per chunk whose inputs and deltas are near their sizes.
+type FactoredRound = (Vec<(usize, usize)>, Vec<usize>, usize, Vec<ChunkResult>);
+
+fn factored_round() -> impl Strategy<Value = FactoredRound> {
+    (
+        prop::collection::vec((1usize..4, 1usize..4), 1..3),
+        prop::collection::vec(1usize..4, 1..4),
+        1usize..4,
+    )
+        .prop_flat_map(|(layers, chunk_rows, tasks)| {
+            let inputs: usize = layers.iter().map(|l| l.0).sum();
+            let outputs: usize = layers.iter().map(|l| l.1).sum();
+            let results: Vec<_> = chunk_rows
+                .iter()
+                .map(|&rows| {
+                    let deltas = near(4 * rows * outputs).prop_flat_map(gradient_bytes);
+                    (
+                        near(4 * rows * inputs).prop_flat_map(gradient_bytes),
+                        prop::collection::vec(deltas, tasks),
+                    )
+                        .prop_map(|(inputs, deltas)| ChunkResult {
+                            shared_inputs: inputs.into(),
+                            task_totals: deltas
+                                .into_iter()
+                                .enumerate()
+                                .map(|(task, deltas)| TaskTotals {
+                                    task: task as u32,
+                                    shared_deltas: deltas.into(),
+                                    ..Default::default()
+                                })
+                                .collect(),
+                            ..Default::default()
+                        })
+                })
+                .collect();
+            (Just(layers), Just(chunk_rows), Just(tasks), results)
+        })
 }
 
 /// A refusal names its chunk and says something.
@@ -320,6 +362,36 @@ proptest! {
         }
         if let Err(e) = mtl_reduce::reduce_tasks(&results, expected) {
             prop_assert!(matches!(e, AggregateError::Malformed { .. }), "{:?}", e);
+        }
+    }
+
+    #[test]
+    fn factored_results_that_pass_the_check_join_into_every_tasks_gradient(
+        (layers, chunk_rows, tasks, results) in factored_round()
+    ) {
+        let factoring = Factoring { layers: &layers, chunk_rows: &chunk_rows };
+        let head_lens = vec![0; tasks];
+        let expected = Expected {
+            shared_len: layers.iter().map(|(i, o)| (i + 1) * o).sum(),
+            head_lens: &head_lens,
+            train: true,
+            shared_scale: 0.5,
+            factored: Some(factoring),
+        };
+        let mut refused = false;
+        for (index, result) in results.iter().enumerate() {
+            if let Err(e) = mtl_reduce::check_chunk(index, result, &expected) {
+                check_refusal(index, &e)?;
+                refused = true;
+            }
+        }
+        if !refused {
+            let gradients = mtl_reduce::factored_gradients(&results, factoring, 0.5);
+            prop_assert!(gradients.is_ok(), "{:?}", gradients.err());
+            let gradients = gradients.unwrap();
+            prop_assert_eq!(gradients.tasks(), tasks);
+            prop_assert_eq!(gradients.gram().len(), tasks);
+            prop_assert_eq!(gradients.combine(&vec![1.0; tasks]).len(), expected.shared_len);
         }
     }
 

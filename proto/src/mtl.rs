@@ -12,6 +12,11 @@ pub struct MtlSetup {
     /// How the tasks share layers, which decides the representation each head reads.
     pub shared: Shared,
     pub tasks: Vec<MtlTask>,
+    /// Training chunks send the shared layers' gradients factored: each layer's input rows
+    /// once, and per task the gradient at each layer's output (`Shared::Hard` only). A task's
+    /// gradient of a layer's weight is `deltasᵀ inputs`: for batches narrower than the layers
+    /// that is far less to compute and send than every task's gradient.
+    pub factored: bool,
 }
 
 /// The multi-task architecture: what the tasks share and how each task's representation is
@@ -289,6 +294,7 @@ mod tests {
             outputs,
         };
         MtlSetup {
+            factored: false,
             experiment_id: "e".into(),
             data: MtlData::GradNorm(GradNormData {
                 seed: 1,

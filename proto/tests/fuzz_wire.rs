@@ -209,15 +209,19 @@ fn mtl_setup() -> BoxedStrategy<v1::MtlSetup> {
             (float(), float()).prop_map(|(x1, x2)| v1::Point { x1, x2 }),
         ),
         prop::option::weighted(0.3, conv4()),
+        any::<bool>(),
     )
-        .prop_map(|(data, shared, tasks, mmoe, point, conv4)| v1::MtlSetup {
-            data,
-            shared,
-            tasks,
-            mmoe,
-            point,
-            conv4,
-        })
+        .prop_map(
+            |(data, shared, tasks, mmoe, point, conv4, factored)| v1::MtlSetup {
+                data,
+                shared,
+                tasks,
+                mmoe,
+                point,
+                conv4,
+                factored,
+            },
+        )
         .boxed()
 }
 

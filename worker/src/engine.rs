@@ -43,7 +43,7 @@ pub enum EngineError {
 /// The experiment the engine holds: meta-learning or multi-task learning.
 enum Loaded {
     Meta(Experiment),
-    Mtl(MtlExperiment),
+    Mtl(Box<MtlExperiment>),
 }
 
 impl Loaded {
@@ -174,7 +174,7 @@ impl Engine {
         self.cached.retain(|c| c.loaded.id() != setup.experiment_id);
         let loaded = if setup.mtl.is_some() {
             let mtl = MtlSetup::try_from(setup)?;
-            Loaded::Mtl(MtlExperiment::new(mtl, &self.data)?)
+            Loaded::Mtl(Box::new(MtlExperiment::new(mtl, &self.data)?))
         } else {
             let setup = Setup::try_from(setup)?;
             Loaded::Meta(Experiment::new(&setup, &self.data, &self.images)?)
@@ -273,11 +273,7 @@ impl Engine {
         };
         match experiment {
             Loaded::Meta(experiment) => self.meta(experiment, theta, chunk),
-            Loaded::Mtl(experiment) => Ok(ChunkResult {
-                chunk_id: chunk.chunk_id,
-                task_totals: experiment.run(chunk, theta, self.path)?,
-                ..ChunkResult::default()
-            }),
+            Loaded::Mtl(experiment) => Ok(experiment.run(chunk, theta, self.path)?),
         }
     }
 
@@ -491,6 +487,7 @@ mod tests {
             outputs: 4,
         };
         MtlSetup {
+            factored: false,
             experiment_id: "mtl-1".into(),
             data: MtlData::GradNorm(GradNormData {
                 seed: 3,

@@ -1,5 +1,6 @@
 //! Multi-task learning on the coordinator: how the tasks' losses and gradients become one update.
 
 pub mod delta_m;
+pub mod factored;
 pub mod reduce;
 pub mod weighting;

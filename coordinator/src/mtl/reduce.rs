@@ -4,6 +4,7 @@ use outerloop_proto::v1::ChunkResult;
 
 use crate::aggregate::AggregateError;
 use crate::finite::all_finite_bytes;
+use crate::mtl::factored::FactoredGradients;
 
 /// One task's totals over a round's rows.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,6 +28,29 @@ pub struct Expected<'a> {
     /// Multiplies each task's summed shared-layer gradient once added (1 leaves it the sum):
     /// the mean over a batch is taken in the same pass as the last chunk's addition.
     pub shared_scale: f32,
+    /// Training with the shared layers' gradients factored: what each chunk's inputs and
+    /// deltas must hold (and `shared_grad` is then empty).
+    pub factored: Option<Factoring<'a>>,
+}
+
+/// The shapes of a factored round: the shared MLP's layers and each chunk's rows.
+#[derive(Clone, Copy, Debug)]
+pub struct Factoring<'a> {
+    /// Each Linear layer's (inputs, outputs), in order.
+    pub layers: &'a [(usize, usize)],
+    /// Rows of each chunk, in chunk order.
+    pub chunk_rows: &'a [usize],
+}
+
+impl Factoring<'_> {
+    /// Values of chunk `index`'s inputs (every layer's) and of each task's deltas; `None` for
+    /// a chunk the round does not have.
+    fn values(&self, index: usize) -> Option<(usize, usize)> {
+        let rows = *self.chunk_rows.get(index)?;
+        let inputs: usize = self.layers.iter().map(|l| l.0).sum();
+        let outputs: usize = self.layers.iter().map(|l| l.1).sum();
+        Some((rows * inputs, rows * outputs))
+    }
 }
 
 /// Adds each task's chunk totals in chunk order; refuses a chunk whose entries are missing,
@@ -75,6 +99,25 @@ fn check_sizes(
     let grad_len = |len: usize| if expected.train { len } else { 0 };
     let tasks = expected.head_lens.len();
     let malformed = |problem: String| AggregateError::Malformed { index, problem };
+    let factored = match expected.factored.filter(|_| expected.train) {
+        Some(factoring) => Some(
+            factoring
+                .values(index)
+                .ok_or_else(|| malformed("the round has no such chunk".into()))?,
+        ),
+        None => None,
+    };
+    let (shared_len, delta_len, input_len) = match factored {
+        Some((inputs, deltas)) => (0, deltas, inputs),
+        None => (grad_len(expected.shared_len), 0, 0),
+    };
+    if result.shared_inputs.len() != 4 * input_len {
+        return Err(malformed(format!(
+            "shared-layer inputs have {} bytes, expected {}",
+            result.shared_inputs.len(),
+            4 * input_len
+        )));
+    }
     if result.task_totals.len() != tasks {
         return Err(malformed(format!(
             "{} task totals for {tasks} tasks",
@@ -89,7 +132,8 @@ fn check_sizes(
             )));
         }
         for (what, bytes, len) in [
-            ("shared", &totals.shared_grad, grad_len(expected.shared_len)),
+            ("shared", &totals.shared_grad, shared_len),
+            ("shared-layer output", &totals.shared_deltas, delta_len),
             (
                 "head",
                 &totals.head_grad,
@@ -119,7 +163,9 @@ pub fn check_chunk(
     for (task, totals) in result.task_totals.iter().enumerate() {
         let bad = if !(totals.loss_sum.is_finite() && totals.metric_sum.is_finite()) {
             Some("loss or metric sum")
-        } else if !all_finite_bytes(&totals.shared_grad) {
+        } else if !(all_finite_bytes(&totals.shared_grad)
+            && all_finite_bytes(&totals.shared_deltas))
+        {
             Some("shared-layer gradient")
         } else if !all_finite_bytes(&totals.head_grad) {
             Some("head gradient")
@@ -133,7 +179,70 @@ pub fn check_chunk(
             });
         }
     }
+    if !all_finite_bytes(&result.shared_inputs) {
+        return Err(AggregateError::Malformed {
+            index,
+            problem: "shared-layer inputs are not finite".into(),
+        });
+    }
     Ok(())
+}
+
+/// Every task's shared-layer gradient of a factored training round, from its chunks (checked
+/// by [`check_chunk`] against `factoring`): each layer's inputs and each task's deltas, the
+/// chunks' rows one after the other in chunk order, the deltas times `scale` (the mean over
+/// the batch, as [`Expected::shared_scale`] for dense gradients).
+pub fn factored_gradients(
+    results: &[ChunkResult],
+    factoring: Factoring,
+    scale: f32,
+) -> Result<FactoredGradients, AggregateError> {
+    let layers = factoring.layers;
+    let tasks = results.first().map_or(0, |r| r.task_totals.len());
+    let rows: usize = factoring.chunk_rows.iter().sum();
+    let mut inputs: Vec<Vec<f32>> = layers
+        .iter()
+        .map(|l| Vec::with_capacity(rows * l.0))
+        .collect();
+    let mut deltas: Vec<Vec<Vec<f32>>> = (0..tasks)
+        .map(|_| {
+            layers
+                .iter()
+                .map(|l| Vec::with_capacity(rows * l.1))
+                .collect()
+        })
+        .collect();
+    for (result, &chunk_rows) in results.iter().zip(factoring.chunk_rows) {
+        let mut at = 0;
+        for (layer, &(width, _)) in layers.iter().enumerate() {
+            let end = at + 4 * chunk_rows * width;
+            extend_scaled(&mut inputs[layer], &result.shared_inputs[at..end], 1.0);
+            at = end;
+        }
+        for (task, totals) in result.task_totals.iter().enumerate() {
+            let mut at = 0;
+            for (layer, &(_, width)) in layers.iter().enumerate() {
+                let end = at + 4 * chunk_rows * width;
+                extend_scaled(
+                    &mut deltas[task][layer],
+                    &totals.shared_deltas[at..end],
+                    scale,
+                );
+                at = end;
+            }
+        }
+    }
+    FactoredGradients::new(layers.to_vec(), rows, inputs, deltas)
+        .map_err(|problem| AggregateError::Malformed { index: 0, problem })
+}
+
+/// Appends little-endian `f32` `bytes`, each value times `scale`.
+fn extend_scaled(out: &mut Vec<f32>, bytes: &[u8], scale: f32) {
+    out.extend(
+        bytes
+            .chunks_exact(4)
+            .map(|v| f32::from_le_bytes(v.try_into().expect("four bytes")) * scale),
+    );
 }
 
 /// The sum of little-endian `f32` vectors (all of one length, checked) added in the order
@@ -195,6 +304,7 @@ mod tests {
             metric_sum: 2.0 * loss,
             shared_grad: f32s_to_bytes(shared),
             head_grad: f32s_to_bytes(head),
+            shared_deltas: Default::default(),
         }
     }
 
@@ -210,6 +320,7 @@ mod tests {
         head_lens: &[1, 2],
         train: true,
         shared_scale: 1.0,
+        factored: None,
     };
 
     #[test]
@@ -276,6 +387,83 @@ mod tests {
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&total), bits(&expected), "{len} values, {parts} parts");
         }
+    }
+
+    /// A factored chunk of one layer (2 inputs -> 1 output) and two tasks with no heads.
+    fn factored_chunk(inputs: &[f32], deltas: [&[f32]; 2]) -> ChunkResult {
+        let entry = |task: u32, delta: &[f32]| TaskTotals {
+            task,
+            loss_sum: 1.0,
+            metric_sum: 1.0,
+            shared_deltas: f32s_to_bytes(delta),
+            ..Default::default()
+        };
+        ChunkResult {
+            task_totals: vec![entry(0, deltas[0]), entry(1, deltas[1])],
+            shared_inputs: f32s_to_bytes(inputs),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_factored_round_joins_its_chunks_rows_in_chunk_order_and_scales_the_deltas() {
+        let (layers, chunk_rows) = ([(2, 1)], [1, 2]);
+        let factoring = Factoring {
+            layers: &layers,
+            chunk_rows: &chunk_rows,
+        };
+        let expected = Expected {
+            shared_len: 3,
+            head_lens: &[0, 0],
+            train: true,
+            shared_scale: 0.5,
+            factored: Some(factoring),
+        };
+        // Rows (1, 2), (3, 4), (5, 6); task 0's deltas 1, 2, 3 and task 1's 0, 1, 0.
+        let results = [
+            factored_chunk(&[1.0, 2.0], [&[1.0], &[0.0]]),
+            factored_chunk(&[3.0, 4.0, 5.0, 6.0], [&[2.0, 3.0], &[1.0, 0.0]]),
+        ];
+        for (index, result) in results.iter().enumerate() {
+            assert_eq!(check_chunk(index, result, &expected), Ok(()));
+        }
+        let sums = reduce_tasks(&results, expected).unwrap();
+        assert!(sums.iter().all(|s| s.shared_grad.is_empty()));
+        let gradients = factored_gradients(&results, factoring, 0.5).unwrap();
+        // Task 0: ½ (1·(1, 2) + 2·(3, 4) + 3·(5, 6)) = (11, 14), bias ½ (1 + 2 + 3) = 3.
+        assert_eq!(gradients.materialize(0), vec![11.0, 14.0, 3.0]);
+        // Task 1: ½ (3, 4) and bias ½.
+        assert_eq!(gradients.materialize(1), vec![1.5, 2.0, 0.5]);
+        // A chunk whose inputs or deltas do not fit its rows, or that the round lacks.
+        let short = factored_chunk(&[1.0], [&[1.0], &[0.0]]);
+        let error = check_chunk(0, &short, &expected).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "chunk 0: shared-layer inputs have 4 bytes, expected 8"
+        );
+        let few_deltas = factored_chunk(&[3.0, 4.0, 5.0, 6.0], [&[2.0, 3.0], &[1.0]]);
+        let error = check_chunk(1, &few_deltas, &expected)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "chunk 1: task 1: shared-layer output gradient has 4 bytes, expected 8"
+        );
+        let error = check_chunk(2, &results[0], &expected)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(error, "chunk 2: the round has no such chunk");
+        let nan = factored_chunk(&[f32::NAN, 2.0], [&[1.0], &[0.0]]);
+        let error = check_chunk(0, &nan, &expected).unwrap_err().to_string();
+        assert_eq!(error, "chunk 0: shared-layer inputs are not finite");
+        // A dense gradient where deltas are expected is refused too.
+        let mut dense = results[0].clone();
+        dense.task_totals[1].shared_grad = f32s_to_bytes(&[1.0, 2.0, 3.0]);
+        let error = check_chunk(0, &dense, &expected).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "chunk 0: task 1: shared gradient has 12 bytes, expected 0"
+        );
     }
 
     #[test]

@@ -16,8 +16,10 @@ use super::{chunk_sizes, critical_compute, RunError};
 use crate::dispatch::{Dispatcher, ResultCheck, RoundInput, RoundOutput};
 use crate::finite::all_finite;
 use crate::mtl::delta_m::delta_m_percent;
-use crate::mtl::reduce::{check_chunk, reduce_tasks, Expected, TaskSums};
-use crate::mtl::weighting::{StepInput, Weighting, WeightingError};
+use crate::mtl::reduce::{
+    check_chunk, factored_gradients, reduce_tasks, Expected, Factoring, TaskSums,
+};
+use crate::mtl::weighting::{StepInput, TaskGradients, Weighting, WeightingError};
 use crate::optimizer::OuterOptimizer;
 use crate::registry::{Job, Registry};
 use crate::sampling::{self, Split};
@@ -49,6 +51,9 @@ struct Run<'a> {
     layout: ParamLayout,
     /// The values of each task's head, in task order.
     head_lens: Vec<usize>,
+    /// The shared MLP's layers (inputs, outputs) when training chunks send their gradients
+    /// factored (`MtlSetup::factored`).
+    factored_layers: Option<Vec<(usize, usize)>>,
     /// Rows of the validation and test splits when the data has an end (a table's).
     held_out_rows: Option<[u64; 2]>,
     params: Vec<f32>,
@@ -103,6 +108,10 @@ impl<'a> Run<'a> {
             head_lens: (0..setup.tasks.len())
                 .map(|t| setup.head_range(t).len())
                 .collect(),
+            factored_layers: setup.factored.then(|| {
+                let widths = setup.shared.mlp().widths();
+                widths.windows(2).map(|w| (w[0], w[1])).collect()
+            }),
             held_out_rows,
             params: start.params,
             optimizer: start.optimizer,
@@ -167,23 +176,31 @@ impl<'a> Run<'a> {
         let started = Instant::now();
         // Step s trains on rows [s * batch, (s + 1) * batch) of the training stream.
         let chunks = self.descriptors(Split::Train, self.step * batch, sizes);
-        let out = self.round(Phase::Train, chunks).await?;
+        let out = self.round(Phase::Train, chunks, sizes).await?;
         let round_seconds = started.elapsed().as_secs_f64();
         // The mean loss's gradients: every sum is over the batch's rows, and the reduction
         // divides the shared ones in its last pass over them.
         let scale = 1.0 / batch as f32;
-        let mut sums = reduce_tasks(&out.results, self.expected(true, scale))?;
+        let mut sums = reduce_tasks(&out.results, self.expected(true, scale, sizes))?;
+        let factored = match self.factoring(sizes) {
+            Some(factoring) => Some(factored_gradients(&out.results, factoring, scale)?),
+            None => None,
+        };
         let (losses, metrics) = means(&sums, batch);
         let reduce_seconds = started.elapsed().as_secs_f64() - round_seconds;
-        let gradients: Vec<Vec<f32>> = sums
+        let dense: Vec<Vec<f32>> = sums
             .iter_mut()
             .map(|s| std::mem::take(&mut s.shared_grad))
             .collect();
+        let gradients = match &factored {
+            Some(factored) => TaskGradients::Factored(factored),
+            None => TaskGradients::Dense(&dense),
+        };
         let weighting_started = Instant::now();
         let input = StepInput {
             step: self.step,
             losses: &losses,
-            gradients: &gradients,
+            gradients,
             rng_key: sampling::task_key(spec.seed, Split::Train, self.step, u64::MAX),
         };
         let combination = self
@@ -288,13 +305,22 @@ impl<'a> Run<'a> {
         grad
     }
 
-    fn expected(&self, train: bool, shared_scale: f32) -> Expected<'_> {
+    fn expected<'s>(&'s self, train: bool, shared_scale: f32, sizes: &'s [usize]) -> Expected<'s> {
         Expected {
             shared_len: self.setup.shared_len(),
             head_lens: &self.head_lens,
             train,
             shared_scale,
+            factored: self.factoring(sizes).filter(|_| train),
         }
+    }
+
+    /// The shapes of a factored training round of chunks of `sizes` rows.
+    fn factoring<'s>(&'s self, sizes: &'s [usize]) -> Option<Factoring<'s>> {
+        self.factored_layers.as_ref().map(|layers| Factoring {
+            layers,
+            chunk_rows: sizes,
+        })
     }
 
     /// Scores the validation rows (`Split::Eval`, the same rows every time) or the test rows
@@ -318,8 +344,8 @@ impl<'a> Run<'a> {
         };
         let sizes = chunk_sizes(rows, spec.eval.chunk_rows as u64);
         let chunks = self.descriptors(split, 0, &sizes);
-        let out = self.round(Phase::Eval, chunks).await?;
-        let sums = reduce_tasks(&out.results, self.expected(false, 1.0))?;
+        let out = self.round(Phase::Eval, chunks, &sizes).await?;
+        let sums = reduce_tasks(&out.results, self.expected(false, 1.0, &sizes))?;
         let (losses, metrics) = means(&sums, rows);
         let names = spec.task_names();
         let delta_m_percent = spec.eval.baselines.as_ref().map(|baselines| {
@@ -396,16 +422,22 @@ impl<'a> Run<'a> {
         &self,
         phase: Phase,
         chunks: Vec<Vec<v1::TaskDescriptor>>,
+        sizes: &[usize],
     ) -> Result<RoundOutput, RunError> {
         // Each result is checked as it arrives: what the reduction will read, finite values.
         let (shared_len, head_lens) = (self.setup.shared_len(), self.head_lens.clone());
         let train = phase == Phase::Train;
+        let (layers, chunk_rows) = (self.factored_layers.clone(), sizes.to_vec());
         let check = ResultCheck::new(move |index, result| {
             let expected = Expected {
                 shared_len,
                 head_lens: &head_lens,
                 train,
                 shared_scale: 1.0,
+                factored: layers.as_deref().map(|layers| Factoring {
+                    layers,
+                    chunk_rows: &chunk_rows,
+                }),
             };
             check_chunk(index, result, &expected).map_err(|e| e.to_string())
         });

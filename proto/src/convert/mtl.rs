@@ -65,6 +65,7 @@ impl From<&MtlSetup> for v1::ExperimentSetup {
                     _ => None,
                 },
                 mmoe,
+                factored: setup.factored,
                 point: match setup.shared {
                     Shared::Point { start: [x1, x2] } => Some(v1::Point { x1, x2 }),
                     _ => None,
@@ -150,7 +151,13 @@ impl TryFrom<&v1::ExperimentSetup> for MtlSetup {
                     "mtl.conv4 excludes mtl.shared, mtl.mmoe and mtl.point",
                 ));
             }
+            if mtl.factored {
+                return Err(WireError::Inconsistent(
+                    "mtl.factored needs hard sharing of an MLP, not conv4",
+                ));
+            }
             return checked_sizes(MtlSetup {
+                factored: false,
                 experiment_id: wire.experiment_id.clone(),
                 data,
                 shared: Shared::Conv4(conv),
@@ -183,7 +190,13 @@ impl TryFrom<&v1::ExperimentSetup> for MtlSetup {
                 mlp,
             },
         };
+        if mtl.factored && !matches!(shared, Shared::Hard(_)) {
+            return Err(WireError::Inconsistent(
+                "mtl.factored needs hard sharing of an MLP (no mmoe, no point)",
+            ));
+        }
         checked_sizes(MtlSetup {
+            factored: mtl.factored,
             experiment_id: wire.experiment_id.clone(),
             data,
             shared,
@@ -250,6 +263,7 @@ mod tests {
     #[test]
     fn a_multi_task_setup_survives_the_wire() {
         let setup = MtlSetup {
+            factored: false,
             experiment_id: "exp-9".into(),
             data: MtlData::GradNorm(GradNormData {
                 seed: 7,
@@ -288,6 +302,7 @@ mod tests {
             })
         );
         let table = MtlSetup {
+            factored: false,
             data: MtlData::Table(TableData {
                 dataset: "census".into(),
                 fingerprint: "ab12".into(),
@@ -315,6 +330,7 @@ mod tests {
         let wire = v1::ExperimentSetup::from(&table);
         assert_eq!(MtlSetup::try_from(&wire), Ok(table.clone()));
         let by_column = MtlSetup {
+            factored: false,
             data: MtlData::Table(TableData {
                 split: TableSplit::Column("fold".into()),
                 image_column: Some("photo".into()),
@@ -398,6 +414,7 @@ mod tests {
             output: 4,
         };
         let hard = MtlSetup {
+            factored: false,
             experiment_id: "exp-3".into(),
             data: MtlData::GradNorm(GradNormData {
                 seed: 1,
@@ -417,6 +434,7 @@ mod tests {
         assert_eq!(wire.mtl.as_ref().unwrap().mmoe, None);
         assert_eq!(MtlSetup::try_from(&wire), Ok(hard.clone()));
         let mmoe = MtlSetup {
+            factored: false,
             shared: Shared::Mmoe { experts: 3, mlp },
             ..hard
         };
@@ -427,6 +445,7 @@ mod tests {
         );
         assert_eq!(MtlSetup::try_from(&wire), Ok(mmoe.clone()));
         let toy = MtlSetup {
+            factored: false,
             data: MtlData::ParetoToy,
             shared: Shared::Point { start: [9.0, -8.5] },
             ..mmoe
@@ -436,6 +455,7 @@ mod tests {
             Ok(toy.clone())
         );
         let conv = MtlSetup {
+            factored: false,
             shared: Shared::Conv4(Conv4 {
                 channels: 1,
                 image_size: 16,

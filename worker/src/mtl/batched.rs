@@ -5,13 +5,15 @@ use tch::Tensor;
 use super::{loss, mmoe, trunk, Body, Scored, Totals};
 use crate::algorithms::without_grad;
 
-/// The totals of `tasks` on the rows `x`; gradients when `train`.
-pub fn run(body: &Body, x: &Tensor, tasks: &[Scored], train: bool) -> Totals {
+/// The totals of `tasks` on the rows `x`; gradients when `train`, the shared layers' factored
+/// when `factored` (hard sharing only: see [`Totals::shared_inputs`]).
+pub fn run(body: &Body, x: &Tensor, tasks: &[Scored], train: bool, factored: bool) -> Totals {
     without_grad(|| {
         if !train {
             return Totals::scores_only(&body.representations(x, tasks), tasks);
         }
         match body {
+            Body::Hard(shared) if factored => hard_factored(shared, x, tasks),
             Body::Hard(shared) => hard(shared, x, tasks),
             Body::Mmoe(experts) => mixture(experts, x, tasks),
             Body::Conv4(..) => {
@@ -30,6 +32,21 @@ fn hard(shared: &[Tensor], x: &Tensor, tasks: &[Scored]) -> Totals {
     let shared_grads = trunk::backward(&saved, shared, Head::deltas(&heads));
     let own = heads.iter().flat_map(|h| h.grads.iter());
     Head::totals(&heads, shared_grads, own)
+}
+
+/// [`hard`] without its last products: each layer's inputs and every task's deltas at its
+/// outputs, from which the coordinator works without forming every task's gradient.
+fn hard_factored(shared: &[Tensor], x: &Tensor, tasks: &[Scored]) -> Totals {
+    let saved = trunk::forward_saving(shared, x);
+    let heads: Vec<Head> = tasks
+        .iter()
+        .map(|task| Head::new(task, &saved.representation))
+        .collect();
+    let deltas = trunk::output_deltas(&saved, shared, Head::deltas(&heads));
+    let own = heads.iter().flat_map(|h| h.grads.iter());
+    let mut totals = Head::totals(&heads, deltas, own);
+    totals.shared_inputs = Some(saved.inputs().iter().map(Tensor::shallow_clone).collect());
+    totals
 }
 
 fn mixture(experts: &[&[Tensor]], x: &Tensor, tasks: &[Scored]) -> Totals {
@@ -102,6 +119,7 @@ impl Head {
             loss_sums: Tensor::stack(&loss_sums, 0),
             metric_sums: Tensor::stack(&metric_sums, 0),
             grads: Some((shared, Tensor::cat(&own, 0))),
+            shared_inputs: None,
         }
     }
 }

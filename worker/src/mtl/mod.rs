@@ -16,6 +16,7 @@ use outerloop_proto::model::{Conv4, ParamLayout};
 use outerloop_proto::mtl::{MtlSetup, RowBatch, Shared, TaskLoss};
 use outerloop_proto::v1::{self, Phase, WorkChunk};
 use outerloop_proto::work::{Task, TaskDescriptor};
+use prost::bytes::Bytes;
 use tch::Tensor;
 
 pub use gradnorm::GradNorm;
@@ -111,6 +112,10 @@ pub(crate) struct Totals {
     /// and with respect to its own parameters (its gate if it has one, then its head; weight
     /// then bias), flat and concatenated in task order.
     grads: Option<(Vec<Tensor>, Tensor)>,
+    /// Training with the shared layers' gradients factored: each layer's input rows `[rows,
+    /// in]`, and then the shared pieces of `grads` are each layer's deltas at its outputs,
+    /// `[tasks, rows, out]`, instead of every task's gradient.
+    shared_inputs: Option<Vec<Tensor>>,
 }
 
 impl Totals {
@@ -129,6 +134,7 @@ impl Totals {
             loss_sums: Tensor::stack(&loss_sums, 0),
             metric_sums: Tensor::stack(&metric_sums, 0),
             grads: None,
+            shared_inputs: None,
         }
     }
 }
@@ -158,17 +164,29 @@ impl MtlExperiment {
         &self.layout
     }
 
-    /// The totals of every task each of the chunk's descriptors names, descriptor after
-    /// descriptor, in the order each names its tasks. `params` are the layout's tensors (leaves
-    /// that require grad); `path` picks the batched backward or the per-task autograd loop.
+    /// The chunk's result: the totals of every task each of its descriptors names, descriptor
+    /// after descriptor, in the order each names its tasks (and, factored, the shared layers'
+    /// inputs). `params` are the layout's tensors (leaves that require grad); `path` picks the
+    /// batched backward or the per-task autograd loop.
     pub fn run(
         &self,
         chunk: &WorkChunk,
         params: &[Tensor],
         path: Path,
-    ) -> Result<Vec<v1::TaskTotals>, String> {
+    ) -> Result<v1::ChunkResult, String> {
         let train = chunk.phase == Phase::Train as i32;
-        let mut totals = Vec::new();
+        let factored = train && self.setup.factored;
+        if factored && chunk.tasks.len() != 1 {
+            return Err(format!(
+                "chunk {} holds {} batches of rows; a chunk whose gradients go factored holds one",
+                chunk.chunk_id,
+                chunk.tasks.len()
+            ));
+        }
+        let mut result = v1::ChunkResult {
+            chunk_id: chunk.chunk_id,
+            ..Default::default()
+        };
         for wire in &chunk.tasks {
             let descriptor = TaskDescriptor::try_from(wire).map_err(|e| {
                 format!(
@@ -183,9 +201,12 @@ impl MtlExperiment {
                 ));
             };
             let tasks = self.check(batch, descriptor.index)?;
-            totals.extend(self.rows(descriptor.data_seed, batch, &tasks, params, path, train)?);
+            let (totals, inputs) =
+                self.rows(descriptor.data_seed, batch, &tasks, params, path, train)?;
+            result.task_totals.extend(totals);
+            result.shared_inputs = inputs;
         }
-        Ok(totals)
+        Ok(result)
     }
 
     /// The batch's task indices, or what is wrong with it.
@@ -216,7 +237,8 @@ impl MtlExperiment {
         Ok(batch.tasks.iter().map(|&t| t as usize).collect())
     }
 
-    /// The totals of `tasks` on one batch of rows of `stream`.
+    /// The totals of `tasks` on one batch of rows of `stream`, and when the shared layers'
+    /// gradients go factored, the layers' inputs as wire bytes.
     fn rows(
         &self,
         stream: u64,
@@ -225,27 +247,44 @@ impl MtlExperiment {
         params: &[Tensor],
         path: Path,
         train: bool,
-    ) -> Result<Vec<v1::TaskTotals>, String> {
+    ) -> Result<(Vec<v1::TaskTotals>, Bytes), String> {
         if let Shared::Point { .. } = self.setup.shared {
-            return point_totals(params, batch.count, tasks, train);
+            return Ok((
+                point_totals(params, batch.count, tasks, train)?,
+                Bytes::new(),
+            ));
         }
+        let factored = train && self.setup.factored;
         let (kind, device) = (params[0].kind(), params[0].device());
         let rows = self.source.rows(stream, batch, tasks, kind, device)?;
         let (body, scored) = self.split(params, tasks, rows.targets);
         // The explicit batched backward covers MLPs; conv4 takes autograd, one task at a time.
+        // Factored gradients come from the batched path's last step; the set-up has them
+        // only for hard sharing of an MLP, which that path covers.
         let path = match body {
             Body::Conv4(..) => Path::PerTask,
+            _ if factored => Path::Batched,
             _ => path,
         };
         let totals = match path {
-            Path::Batched => batched::run(&body, &rows.x, &scored, train),
+            Path::Batched => batched::run(&body, &rows.x, &scored, train, factored),
             Path::PerTask => per_task::run(&body, &rows.x, &scored, train),
         };
         let head_lens: Vec<usize> = tasks
             .iter()
             .map(|&t| self.setup.head_range(t).len())
             .collect();
-        wire(totals, tasks, self.setup.shared_len(), &head_lens)
+        let shared_len = if factored {
+            // Each task's deltas: every row's gradient at every layer's outputs.
+            batch.count as usize * self.setup.shared.mlp().widths()[1..].iter().sum::<usize>()
+        } else {
+            self.setup.shared_len()
+        };
+        let inputs = match &totals.shared_inputs {
+            Some(inputs) => input_bytes(inputs).map_err(|e| e.to_string())?,
+            None => Bytes::new(),
+        };
+        Ok((wire(totals, tasks, shared_len, &head_lens)?, inputs))
     }
 
     /// The layout's tensors `params` as the shared body and, for each of `tasks` with its
@@ -290,8 +329,18 @@ impl MtlExperiment {
     }
 }
 
+/// The shared layers' inputs `[rows, in]`, layer after layer, as little-endian `f32` bytes.
+fn input_bytes(inputs: &[Tensor]) -> Result<Bytes, tch::TchError> {
+    let mut values = Vec::new();
+    for input in inputs {
+        append_values(&input.contiguous(), &mut values)?;
+    }
+    Ok(f32s_to_bytes(&values))
+}
+
 /// The wire form of `totals`, one entry per task in `tasks` order; each task's gradients are
-/// `shared_len` values and its entry of `head_lens`. Three copies off the device in all.
+/// `shared_len` values (its deltas, factored) and its entry of `head_lens`. Three copies off
+/// the device in all.
 fn wire(
     totals: Totals,
     tasks: &[usize],
@@ -327,7 +376,12 @@ fn wire(
         };
         if totals.grads.is_some() {
             let head_end = head_start + head_lens[i];
-            entry.shared_grad = shared.next().unwrap_or_default().into();
+            let shared = shared.next().unwrap_or_default().into();
+            if totals.shared_inputs.is_some() {
+                entry.shared_deltas = shared;
+            } else {
+                entry.shared_grad = shared;
+            }
             entry.head_grad = f32s_to_bytes(&heads[head_start..head_end]);
             head_start = head_end;
         }
@@ -370,8 +424,9 @@ fn point_totals(
         .collect()
 }
 
-/// Each task's shared-layer gradient as little-endian `f32` bytes, from `pieces` `[tasks,
-/// values]` laid side by side: one copy from the tensors into the bytes that go on the wire.
+/// Each task's shared-layer gradient (or deltas) as little-endian `f32` bytes, from `pieces`
+/// `[tasks, ...]` (each task's values row-major) laid side by side: one copy from the tensors
+/// into the bytes that go on the wire.
 fn shared_bytes(pieces: &[Tensor], tasks: usize) -> Result<Vec<Vec<u8>>, tch::TchError> {
     let pieces: Vec<Tensor> = pieces
         .iter()
@@ -379,6 +434,7 @@ fn shared_bytes(pieces: &[Tensor], tasks: usize) -> Result<Vec<Vec<u8>>, tch::Tc
             p.to_device(tch::Device::Cpu)
                 .to_kind(tch::Kind::Float)
                 .contiguous()
+                .reshape([tasks as i64, -1])
         })
         .collect();
     let len: usize = pieces.iter().map(|p| p.size()[1] as usize).sum();
@@ -434,6 +490,7 @@ mod tests {
             outputs: 3,
         };
         MtlSetup {
+            factored: false,
             experiment_id: "mtl-1".into(),
             data: MtlData::GradNorm(GradNormData {
                 seed: 17,
@@ -455,6 +512,7 @@ mod tests {
     fn mmoe_setup() -> MtlSetup {
         let setup = setup();
         MtlSetup {
+            factored: false,
             shared: Shared::Mmoe {
                 experts: 2,
                 mlp: setup.shared.mlp().clone(),
@@ -575,7 +633,7 @@ mod tests {
             let (shared, own) = self.params.split_at(self.shared_count());
             let (body, tasks) = (self.body(shared), self.scored(own, &[0, 1]));
             match path {
-                Path::Batched => batched::run(&body, &self.x, &tasks, true),
+                Path::Batched => batched::run(&body, &self.x, &tasks, true, false),
                 Path::PerTask => per_task::run(&body, &self.x, &tasks, true),
             }
         }
@@ -589,6 +647,7 @@ mod tests {
             outputs: 0,
         };
         let setup = MtlSetup {
+            factored: false,
             experiment_id: "mtl-1".into(),
             data: MtlData::ParetoToy,
             shared: Shared::Point { start: [2.0, 0.7] },
@@ -604,7 +663,8 @@ mod tests {
                 &params,
                 Path::Batched,
             )
-            .unwrap();
+            .unwrap()
+            .task_totals;
         let (f, g) = pareto_toy::losses([2.0f32 as f64, 0.7f32 as f64]);
         for (entry, t) in totals.iter().zip([1, 0]) {
             assert_eq!(entry.task, t as u32);
@@ -614,6 +674,81 @@ mod tests {
             assert_eq!(grad, g[t].map(|d| (3.0 * d) as f32));
             assert!(entry.head_grad.is_empty());
         }
+    }
+
+    #[test]
+    fn a_factored_chunk_carries_inputs_and_deltas_whose_products_are_the_dense_gradients() {
+        let dense_setup = setup();
+        let (dense, params) = experiment_and_params_of(dense_setup.clone());
+        let factored = MtlExperiment::new(
+            MtlSetup {
+                factored: true,
+                ..dense_setup.clone()
+            },
+            &DataRoot::empty(),
+        )
+        .unwrap();
+        let (tasks, count) = (vec![2, 0], 7usize);
+        for path in [Path::Batched, Path::PerTask] {
+            let train = chunk(Phase::Train, vec![rows(tasks.clone(), 3, count as u32)]);
+            let want = dense.run(&train, &params, path).unwrap();
+            let got = factored.run(&train, &params, path).unwrap();
+            // 4 -> 6 -> 5: inputs of 4 and 6 values per row, deltas of 6 and 5.
+            let inputs = f32s_from_bytes(&got.shared_inputs).unwrap();
+            assert_eq!(inputs.len(), count * (4 + 6));
+            assert!(want.shared_inputs.is_empty());
+            for (w, g) in want.task_totals.iter().zip(&got.task_totals) {
+                assert_eq!(
+                    (g.task, g.loss_sum, g.head_grad.clone()),
+                    (w.task, w.loss_sum, w.head_grad.clone())
+                );
+                assert!(g.shared_grad.is_empty() && w.shared_deltas.is_empty());
+                let deltas = f32s_from_bytes(&g.shared_deltas).unwrap();
+                assert_eq!(deltas.len(), count * (6 + 5));
+                // Per layer: weight[o][i] = Σ_r delta[r][o] input[r][i]; bias[o] = Σ_r delta[r][o].
+                let mut expanded = Vec::new();
+                let (mut input_at, mut delta_at) = (0, 0);
+                for (fan_in, fan_out) in [(4, 6), (6, 5)] {
+                    let input = &inputs[input_at..input_at + count * fan_in];
+                    let delta = &deltas[delta_at..delta_at + count * fan_out];
+                    for o in 0..fan_out {
+                        for i in 0..fan_in {
+                            expanded.push(
+                                (0..count)
+                                    .map(|r| {
+                                        delta[r * fan_out + o] as f64 * input[r * fan_in + i] as f64
+                                    })
+                                    .sum::<f64>(),
+                            );
+                        }
+                    }
+                    for o in 0..fan_out {
+                        expanded.push((0..count).map(|r| delta[r * fan_out + o] as f64).sum());
+                    }
+                    (input_at, delta_at) = (input_at + count * fan_in, delta_at + count * fan_out);
+                }
+                let dense_grad: Vec<f64> = f32s_from_bytes(&w.shared_grad)
+                    .unwrap()
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect();
+                assert_close(&expanded, &dense_grad, 1e-5);
+            }
+            // Evaluation carries no gradients in either form.
+            let eval = factored
+                .run(
+                    &chunk(Phase::Eval, vec![rows(tasks.clone(), 3, 4)]),
+                    &params,
+                    path,
+                )
+                .unwrap();
+            assert!(eval.shared_inputs.is_empty());
+            assert!(eval.task_totals.iter().all(|t| t.shared_deltas.is_empty()));
+        }
+        // One batch of rows per factored chunk: the inputs are the chunk's rows.
+        let two = chunk(Phase::Train, vec![rows(vec![0], 0, 2), rows(vec![0], 2, 2)]);
+        let error = factored.run(&two, &params, Path::Batched).unwrap_err();
+        assert!(error.contains("holds 2 batches of rows"), "{error}");
     }
 
     #[test]
@@ -769,7 +904,8 @@ mod tests {
                     &params,
                     path,
                 )
-                .unwrap();
+                .unwrap()
+                .task_totals;
             let parts = experiment
                 .run(
                     &chunk(
@@ -779,7 +915,8 @@ mod tests {
                     &params,
                     path,
                 )
-                .unwrap();
+                .unwrap()
+                .task_totals;
             assert_eq!(parts.len(), 4);
             for (i, w) in whole.iter().enumerate() {
                 let (a, b) = (&parts[i], &parts[i + 2]);
@@ -825,7 +962,8 @@ mod tests {
                     &params,
                     Path::Batched,
                 )
-                .unwrap();
+                .unwrap()
+                .task_totals;
             assert_eq!(train.iter().map(|t| t.task).collect::<Vec<_>>(), [1, 2]);
             for t in &train {
                 assert_eq!(
@@ -844,7 +982,8 @@ mod tests {
                     &params,
                     Path::Batched,
                 )
-                .unwrap();
+                .unwrap()
+                .task_totals;
             for (e, t) in eval.iter().zip(&train) {
                 assert!(e.shared_grad.is_empty() && e.head_grad.is_empty());
                 assert!((e.loss_sum - t.loss_sum).abs() < 1e-6 * t.loss_sum);

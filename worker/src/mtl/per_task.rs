@@ -47,5 +47,6 @@ pub fn run(body: &Body, x: &Tensor, tasks: &[Scored], train: bool) -> Totals {
             vec![Tensor::stack(&shared_grads, 0).detach()],
             Tensor::cat(&own_grads, 0).detach(),
         )),
+        shared_inputs: None,
     }
 }

@@ -510,6 +510,7 @@ mod tests {
             outputs,
         };
         MtlSetup {
+            factored: false,
             experiment_id: "e".into(),
             data: MtlData::Table(data.clone()),
             shared: Shared::Hard(Mlp {
@@ -665,6 +666,7 @@ mod tests {
             ..data(TableSplit::Column("fold".into()))
         };
         let setup = MtlSetup {
+            factored: false,
             shared: Shared::Conv4(Conv4 {
                 channels: 1,
                 image_size: 16,

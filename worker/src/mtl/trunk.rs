@@ -33,6 +33,37 @@ pub fn forward_saving(shared: &[Tensor], x: &Tensor) -> Saved {
     }
 }
 
+impl Saved {
+    /// Each layer's input rows, `[rows, in]`, in layer order: with [`output_deltas`], the
+    /// factored form of every task's gradient.
+    pub fn inputs(&self) -> &[Tensor] {
+        &self.inputs
+    }
+}
+
+/// Each task's gradient at every layer's output before its ReLU, `[tasks, rows, out]` in layer
+/// order, from `delta` `[tasks, rows, width]`: every task's gradient of its loss at the
+/// representation. A task's gradient of layer `l`'s weight is `deltas[l][t]ᵀ inputs[l]`, of its
+/// bias `deltas[l][t]` summed over the rows.
+pub fn output_deltas(saved: &Saved, shared: &[Tensor], delta: Tensor) -> Vec<Tensor> {
+    let layers = saved.inputs.len();
+    let mut deltas = Vec::with_capacity(layers);
+    let mut delta = delta;
+    for layer in (0..layers).rev() {
+        // dLoss/dz of this layer: ReLU passes the gradient where the unit was active.
+        let dz = delta * &saved.masks[layer];
+        if layer > 0 {
+            // [tasks * rows, out] x [out, in] as one product.
+            delta = dz.matmul(&shared[2 * layer]);
+        } else {
+            delta = Tensor::new();
+        }
+        deltas.push(dz);
+    }
+    deltas.reverse();
+    deltas
+}
+
 /// Each task's gradient with respect to the shared layers, from `delta` `[tasks, rows, width]`:
 /// every task's gradient of its loss at the representation. Returns one piece per parameter
 /// tensor in layout order (weight `[out, in]` then bias, layer after layer), each
@@ -45,26 +76,19 @@ pub fn forward_saving(shared: &[Tensor], x: &Tensor) -> Saved {
 /// product for the weight gradients, instead of one autograd backward per task.
 pub fn backward(saved: &Saved, shared: &[Tensor], delta: Tensor) -> Vec<Tensor> {
     let tasks = delta.size()[0];
-    let layers = saved.inputs.len();
-    let mut grads = Vec::with_capacity(2 * layers);
-    let mut delta = delta;
-    for layer in (0..layers).rev() {
-        // dLoss/dz of this layer: ReLU passes the gradient where the unit was active.
-        let dz = delta * &saved.masks[layer];
-        // [tasks, out, rows] x [rows, in]: the layer input is the same for every task.
-        let weight = dz.transpose(1, 2).matmul(&saved.inputs[layer]);
-        let bias = dz.sum_dim_intlist(1, false, None);
-        if layer > 0 {
-            // [tasks * rows, out] x [out, in] as one product.
-            delta = dz.matmul(&shared[2 * layer]);
-        } else {
-            delta = dz;
-        }
-        grads.push(bias);
-        grads.push(weight.reshape([tasks, -1]));
-    }
-    grads.reverse();
-    grads
+    let deltas = output_deltas(saved, shared, delta);
+    deltas
+        .iter()
+        .zip(&saved.inputs)
+        .flat_map(|(dz, input)| {
+            // [tasks, out, rows] x [rows, in]: the layer input is the same for every task.
+            let weight = dz.transpose(1, 2).matmul(input);
+            [
+                weight.reshape([tasks, -1]),
+                dz.sum_dim_intlist(1, false, None),
+            ]
+        })
+        .collect()
 }
 
 #[cfg(test)]

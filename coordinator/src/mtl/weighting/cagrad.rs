@@ -14,7 +14,7 @@
 //! `record`: `weights` (each task's coefficient `(1/T + λ wᵢ) / rescale` in `shared`), `w` (the
 //! dual's point on the simplex, what LibMTL returns) and `gap` (the solver's duality gap).
 
-use super::linalg::{combine, gram, mat_vec, quadratic};
+use super::linalg::{mat_vec, quadratic};
 use super::simplex::{frank_wolfe, Objective};
 use super::{check_input, Combination, StepInput, Weighting, WeightingError};
 
@@ -85,7 +85,7 @@ impl Weighting for CaGrad {
     fn combine(&mut self, input: &StepInput) -> Result<Combination, WeightingError> {
         let tasks = input.tasks();
         check_input(self.name(), input, tasks)?;
-        let m = gram(input.gradients);
+        let m = input.gradients.gram();
         let mean = vec![1.0 / tasks as f64; tasks];
         // gᵢ·g₀ for every task, and ‖g₀‖ = √(mean of the Gram matrix).
         let toward_mean = mat_vec(&m, &mean);
@@ -119,7 +119,7 @@ impl Weighting for CaGrad {
             .map(|(b, w)| (b + lambda * w) / rescale)
             .collect();
         Ok(Combination {
-            shared: combine(&weights, input.gradients),
+            shared: input.gradients.combine(&weights),
             head_scale: vec![1.0; tasks],
             record: vec![("weights", weights), ("w", w), ("gap", vec![solution.gap])],
         })

@@ -152,6 +152,7 @@ mod tests {
     use super::super::testing;
     use super::*;
     use crate::mtl::weighting::testing::saved;
+    use crate::mtl::weighting::TaskGradients;
 
     fn dwa(tasks: usize) -> Dwa {
         Dwa::new(Settings::default(), tasks)
@@ -249,7 +250,7 @@ mod tests {
             .combine(&StepInput {
                 step: 2,
                 losses: &[0.0, 1.0],
-                gradients: &g,
+                gradients: TaskGradients::Dense(&g),
                 rng_key: 0,
             })
             .unwrap_err();

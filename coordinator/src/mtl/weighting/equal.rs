@@ -24,6 +24,7 @@ impl Weighting for Equal {
 mod tests {
     use super::super::testing;
     use super::*;
+    use crate::mtl::weighting::TaskGradients;
 
     #[test]
     fn the_shared_direction_is_the_sum() {
@@ -67,7 +68,7 @@ mod tests {
             .combine(&StepInput {
                 step: 0,
                 losses: &[1.0, 1.0],
-                gradients: &[vec![1.0], vec![f32::NAN]],
+                gradients: TaskGradients::Dense(&[vec![1.0], vec![f32::NAN]]),
                 rng_key: 0,
             })
             .unwrap_err();
@@ -82,7 +83,7 @@ mod tests {
             .combine(&StepInput {
                 step: 0,
                 losses: &[1.0, 1.0],
-                gradients: &[vec![1.0]],
+                gradients: TaskGradients::Dense(&[vec![1.0]]),
                 rng_key: 0,
             })
             .unwrap_err();

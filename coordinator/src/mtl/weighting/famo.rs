@@ -177,6 +177,7 @@ mod tests {
     use super::super::testing;
     use super::*;
     use crate::mtl::weighting::testing::saved;
+    use crate::mtl::weighting::TaskGradients;
 
     fn famo(tasks: usize) -> Famo {
         Famo::new(Settings::default(), tasks)
@@ -273,7 +274,7 @@ mod tests {
             .combine(&StepInput {
                 step: 0,
                 losses: &[1.0, -0.5],
-                gradients: &[vec![1.0], vec![1.0]],
+                gradients: TaskGradients::Dense(&[vec![1.0], vec![1.0]]),
                 rng_key: 0,
             })
             .unwrap_err();

@@ -70,6 +70,7 @@ impl Weighting for Fixed {
 mod tests {
     use super::super::testing;
     use super::*;
+    use crate::mtl::weighting::TaskGradients;
 
     fn fixed(weights: &[f64]) -> Fixed {
         Fixed::new(
@@ -156,7 +157,7 @@ mod tests {
             .combine(&StepInput {
                 step: 0,
                 losses: &[1.0],
-                gradients: &[vec![1.0]],
+                gradients: TaskGradients::Dense(&[vec![1.0]]),
                 rng_key: 0,
             })
             .unwrap_err();

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 
 use super::adam::{Adam, AdamNames};
 use super::saved_state::{entry, entry_or_empty};
-use super::{check_input, linalg, Combination, StepInput, Weighting, WeightingError};
+use super::{check_input, Combination, StepInput, Weighting, WeightingError};
 
 #[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -159,7 +159,7 @@ impl Weighting for GradNorm {
         }
 
         let weights = task_weights(&self.logits);
-        let norms: Vec<f64> = input.gradients.iter().map(|g| linalg::norm(g)).collect();
+        let norms: Vec<f64> = input.gradients.norms();
         let mean_norm = weights.iter().zip(&norms).map(|(w, n)| w * n).sum::<f64>() / tasks as f64;
         let progress: Vec<f64> = input
             .losses
@@ -220,6 +220,7 @@ mod tests {
     use super::super::testing;
     use super::*;
     use crate::mtl::weighting::testing::saved;
+    use crate::mtl::weighting::TaskGradients;
 
     fn gradnorm(tasks: usize, lr: f64) -> GradNorm {
         GradNorm::new(Settings { alpha: 1.5, lr }, tasks)
@@ -377,7 +378,7 @@ mod tests {
             .combine(&StepInput {
                 step: 0,
                 losses: &[1.0, 0.0],
-                gradients: &[vec![1.0], vec![1.0]],
+                gradients: TaskGradients::Dense(&[vec![1.0], vec![1.0]]),
                 rng_key: 0,
             })
             .unwrap_err();

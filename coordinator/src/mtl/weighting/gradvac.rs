@@ -29,7 +29,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::linalg::{combine, gram, quadratic};
+use super::linalg::quadratic;
 use super::{check_input, Combination, StepInput, Weighting, WeightingError};
 
 #[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -80,7 +80,7 @@ impl Weighting for GradVac {
     fn combine(&mut self, input: &StepInput) -> Result<Combination, WeightingError> {
         let tasks = self.tasks;
         check_input(self.name(), input, tasks)?;
-        let m = gram(input.gradients);
+        let m = input.gradients.gram();
         let beta = self.settings.beta;
         let mut rng = ChaCha8Rng::seed_from_u64(input.rng_key);
         let mut weights = vec![0.0; tasks];
@@ -114,7 +114,7 @@ impl Weighting for GradVac {
             weights.iter_mut().zip(&row).for_each(|(w, c)| *w += c);
         }
         Ok(Combination {
-            shared: combine(&weights, input.gradients),
+            shared: input.gradients.combine(&weights),
             head_scale: vec![1.0; tasks],
             record: vec![("weights", weights)],
         })

@@ -17,7 +17,7 @@
 //!
 //! `record`: `weights`, the `α`.
 
-use super::linalg::{combine, gram, solve};
+use super::linalg::solve;
 use super::{check_input, Combination, StepInput, Weighting, WeightingError};
 
 pub struct ImtlG;
@@ -29,9 +29,9 @@ impl Weighting for ImtlG {
 
     fn combine(&mut self, input: &StepInput) -> Result<Combination, WeightingError> {
         check_input(self.name(), input, input.tasks())?;
-        let alpha = weights(&gram(input.gradients))?;
+        let alpha = weights(&input.gradients.gram())?;
         Ok(Combination {
-            shared: combine(&alpha, input.gradients),
+            shared: input.gradients.combine(&alpha),
             head_scale: vec![1.0; alpha.len()],
             record: vec![("weights", alpha)],
         })
@@ -94,6 +94,7 @@ mod tests {
     use super::*;
     use crate::mtl::weighting::testing::{assert_task_order_independent, combine as step};
     use crate::mtl::weighting::testing::{four_tasks, record};
+    use crate::mtl::weighting::TaskGradients;
 
     #[test]
     fn the_direction_projects_equally_onto_every_unit_gradient() {
@@ -152,7 +153,7 @@ mod tests {
                 .combine(&StepInput {
                     step: 0,
                     losses: &vec![1.0; g.len()],
-                    gradients: &g,
+                    gradients: TaskGradients::Dense(&g),
                     rng_key: 0,
                 })
                 .unwrap_err();

@@ -16,7 +16,6 @@
 //! normalised gradients, an upper bound on how far `‖v‖²` is above the minimum; rounding-level
 //! unless the gradients are nearly affinely dependent).
 
-use super::linalg::{combine, gram};
 use super::min_norm::min_norm;
 use super::{check_input, Combination, StepInput, Weighting, WeightingError};
 
@@ -113,7 +112,7 @@ impl Weighting for Mgda {
 
     fn combine(&mut self, input: &StepInput) -> Result<Combination, WeightingError> {
         check_input(self.name(), input, input.tasks())?;
-        let raw = gram(input.gradients);
+        let raw = input.gradients.gram();
         let inverse = self.inverse_normalisers(input.losses, &raw)?;
         let scaled: Vec<Vec<f64>> = raw
             .iter()
@@ -133,7 +132,7 @@ impl Weighting for Mgda {
             .map(|(a, s)| a * s)
             .collect();
         Ok(Combination {
-            shared: combine(&weights, input.gradients),
+            shared: input.gradients.combine(&weights),
             head_scale: vec![1.0; weights.len()],
             record: vec![
                 ("weights", weights),
@@ -150,6 +149,7 @@ mod tests {
     use crate::mtl::weighting::linalg::dot;
     use crate::mtl::weighting::testing::{assert_task_order_independent, combine as step};
     use crate::mtl::weighting::testing::{four_tasks, record};
+    use crate::mtl::weighting::TaskGradients;
 
     fn mgda(normalization: Normalization) -> Mgda {
         Mgda::new(Settings { normalization })
@@ -243,7 +243,7 @@ mod tests {
                 .combine(&StepInput {
                     step: 0,
                     losses: &[1.0, 0.0],
-                    gradients: &g,
+                    gradients: TaskGradients::Dense(&g),
                     rng_key: 0,
                 })
                 .unwrap_err();

@@ -28,6 +28,82 @@ mod uncertainty;
 use std::collections::BTreeMap;
 
 use crate::finite::all_finite;
+use crate::mtl::factored::FactoredGradients;
+
+/// Every task's gradient of its mean training loss with respect to the shared parameters, in
+/// task order, as the methods read them: through their Gram matrix, norms and combinations,
+/// never entry by entry, so that the factored form never has to be expanded.
+#[derive(Clone, Copy, Debug)]
+pub enum TaskGradients<'a> {
+    /// One flat vector per task, all of one length.
+    Dense(&'a [Vec<f32>]),
+    /// Each shared MLP layer's inputs and every task's gradient at its outputs.
+    Factored(&'a FactoredGradients),
+}
+
+impl TaskGradients<'_> {
+    pub fn tasks(&self) -> usize {
+        match self {
+            TaskGradients::Dense(g) => g.len(),
+            TaskGradients::Factored(f) => f.tasks(),
+        }
+    }
+
+    /// The Gram matrix of the gradients (tasks × tasks).
+    pub fn gram(&self) -> Vec<Vec<f64>> {
+        match self {
+            TaskGradients::Dense(g) => linalg::gram(g),
+            TaskGradients::Factored(f) => f.gram(),
+        }
+    }
+
+    /// `Σ coefficients[t] · gradient[t]`, one value per shared parameter.
+    pub fn combine(&self, coefficients: &[f64]) -> Vec<f32> {
+        match self {
+            TaskGradients::Dense(g) => linalg::combine(coefficients, g),
+            TaskGradients::Factored(f) => f.combine(coefficients),
+        }
+    }
+
+    /// Each task's Euclidean norm.
+    pub fn norms(&self) -> Vec<f64> {
+        match self {
+            TaskGradients::Dense(g) => g.iter().map(|g| linalg::norm(g)).collect(),
+            TaskGradients::Factored(f) => f
+                .gram()
+                .iter()
+                .enumerate()
+                .map(|(t, row)| row[t].sqrt())
+                .collect(),
+        }
+    }
+
+    /// The first task whose gradient is not all one length with task 0's, with both lengths.
+    fn mismatched_length(&self) -> Option<(usize, usize, usize)> {
+        let TaskGradients::Dense(gradients) = self else {
+            // Checked when the factored form was built.
+            return None;
+        };
+        let first = gradients.first()?;
+        gradients
+            .iter()
+            .enumerate()
+            .find(|(_, g)| g.len() != first.len())
+            .map(|(task, g)| (task, g.len(), first.len()))
+    }
+
+    /// The first task whose gradient holds a NaN or infinity.
+    fn first_non_finite(&self) -> Option<usize> {
+        match self {
+            TaskGradients::Dense(gradients) => {
+                let large = crate::parallel::worth_it(gradients.iter().map(Vec::len).sum());
+                let finite = crate::parallel::map(gradients, large, |g| all_finite(g));
+                finite.iter().position(|f| !f)
+            }
+            TaskGradients::Factored(f) => f.first_non_finite(),
+        }
+    }
+}
 
 /// One step's measurements, every slice in task order.
 #[derive(Clone, Copy, Debug)]
@@ -36,9 +112,8 @@ pub struct StepInput<'a> {
     pub step: u64,
     /// Each task's mean training loss at this step.
     pub losses: &'a [f64],
-    /// Each task's gradient of its mean training loss with respect to the shared parameters,
-    /// all of one length.
-    pub gradients: &'a [Vec<f32>],
+    /// Each task's gradient of its mean training loss with respect to the shared parameters.
+    pub gradients: TaskGradients<'a>,
     /// The step's counter-based key: the only source of randomness a method may use
     /// (`rand_chacha::ChaCha8Rng::seed_from_u64(rng_key)`), so runs are reproducible.
     pub rng_key: u64,
@@ -70,13 +145,13 @@ impl Combination {
     /// recorded first, before whatever else the method recorded.
     pub fn weighted(
         weights: Vec<f64>,
-        gradients: &[Vec<f32>],
+        gradients: TaskGradients,
         also: Vec<(&'static str, Vec<f64>)>,
     ) -> Combination {
         let mut record = vec![("weights", weights.clone())];
         record.extend(also);
         Combination {
-            shared: linalg::combine(&weights, gradients),
+            shared: gradients.combine(&weights),
             head_scale: weights,
             record,
         }
@@ -216,41 +291,30 @@ pub fn check_input(
     input: &StepInput,
     tasks: usize,
 ) -> Result<(), WeightingError> {
-    if input.losses.len() != tasks || input.gradients.len() != tasks {
+    if input.losses.len() != tasks || input.gradients.tasks() != tasks {
         return Err(WeightingError::Shape {
             method,
             detail: format!(
                 "expected {tasks} tasks, given {} losses and {} gradients",
                 input.losses.len(),
-                input.gradients.len()
+                input.gradients.tasks()
             ),
         });
     }
-    if let Some(first) = input.gradients.first() {
-        if let Some((task, gradient)) = input
-            .gradients
-            .iter()
-            .enumerate()
-            .find(|(_, g)| g.len() != first.len())
-        {
-            return Err(WeightingError::Shape {
-                method,
-                detail: format!(
-                    "task {task}'s shared-layer gradient has length {}, task 0's has length {}",
-                    gradient.len(),
-                    first.len()
-                ),
-            });
-        }
+    if let Some((task, len, first)) = input.gradients.mismatched_length() {
+        return Err(WeightingError::Shape {
+            method,
+            detail: format!(
+                "task {task}'s shared-layer gradient has length {len}, task 0's has length {first}"
+            ),
+        });
     }
     for (task, loss) in input.losses.iter().enumerate() {
         if !loss.is_finite() {
             return Err(WeightingError::NonFinite { task, what: "loss" });
         }
     }
-    let large = crate::parallel::worth_it(input.gradients.iter().map(Vec::len).sum());
-    let finite = crate::parallel::map(input.gradients, large, |g| all_finite(g));
-    if let Some(task) = finite.iter().position(|f| !f) {
+    if let Some(task) = input.gradients.first_non_finite() {
         return Err(WeightingError::NonFinite {
             task,
             what: "shared-layer gradient",
@@ -272,7 +336,7 @@ mod tests {
             &StepInput {
                 step: 0,
                 losses,
-                gradients,
+                gradients: TaskGradients::Dense(gradients),
                 rng_key: 0,
             },
             tasks,
@@ -359,6 +423,60 @@ mod tests {
 
     fn parse(text: &str) -> Result<Method, String> {
         toml::from_str(text).map_err(|e| e.message().to_string())
+    }
+
+    #[test]
+    fn every_method_decides_the_same_from_factored_gradients_as_from_the_formed_ones() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let (layers, rows, tasks) = (vec![(5, 4), (4, 3)], 6, 3);
+        let mut draw =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+        let inputs: Vec<Vec<f32>> = layers.iter().map(|l| draw(rows * l.0)).collect();
+        let deltas: Vec<Vec<Vec<f32>>> = (0..tasks)
+            .map(|_| layers.iter().map(|l| draw(rows * l.1)).collect())
+            .collect();
+        let factored = FactoredGradients::new(layers, rows, inputs, deltas).unwrap();
+        let formed: Vec<Vec<f32>> = (0..tasks).map(|t| factored.materialize(t)).collect();
+        let names = [
+            "ew", "uw", "dwa", "gradnorm", "rlw", "pcgrad", "mgda", "cagrad", "nash_mtl", "imtl_g",
+            "gradvac", "famo",
+        ];
+        let methods = names
+            .iter()
+            .map(|name| parse(&format!("method = \"{name}\"")).unwrap())
+            .chain([parse("method = \"fixed\"\nweights = [1.0, 0.5, 2.0]").unwrap()]);
+        for method in methods {
+            let (mut a, mut b) = (method.build(tasks), method.build(tasks));
+            for step in 0..3u64 {
+                let losses: Vec<f64> = (0..tasks)
+                    .map(|t| 1.0 + (t as f64 + 1.0) / (step as f64 + 1.0))
+                    .collect();
+                let input = |gradients| StepInput {
+                    step,
+                    losses: &losses,
+                    gradients,
+                    rng_key: step,
+                };
+                let want = a.combine(&input(TaskGradients::Dense(&formed))).unwrap();
+                let got = b
+                    .combine(&input(TaskGradients::Factored(&factored)))
+                    .unwrap();
+                let norm = linalg::norm(&want.shared).max(1e-12);
+                for (x, y) in got.shared.iter().zip(&want.shared) {
+                    assert!(
+                        f64::from(x - y).abs() <= 1e-4 * norm,
+                        "{}: step {step}: {:?} against {:?}",
+                        a.name(),
+                        got.shared,
+                        want.shared
+                    );
+                }
+                for (x, y) in got.head_scale.iter().zip(&want.head_scale) {
+                    assert!((x - y).abs() <= 1e-4 * y.abs().max(1.0), "{}", a.name());
+                }
+            }
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@
 
 use std::collections::BTreeMap;
 
-use super::linalg::{combine, gram, mat_vec, norm, solve};
+use super::linalg::{mat_vec, norm, solve};
 use super::{check_input, Combination, StepInput, Weighting, WeightingError};
 
 /// Newton iterations before the solver gives up; a solvable problem needs a few dozen at most.
@@ -104,7 +104,7 @@ impl Weighting for NashMtl {
             .step
             .is_multiple_of(self.settings.update_weights_every.max(1))
         {
-            let mut m = gram(input.gradients);
+            let mut m = input.gradients.gram();
             // A zero gradient, or the origin in the gradients' hull (a Pareto-stationary
             // point, which training approaches), leaves the bargaining problem without a
             // solution; the previous weights stay, as the official code keeps its last ones.
@@ -126,7 +126,7 @@ impl Weighting for NashMtl {
             }
         }
         let alpha = self.alpha.clone();
-        let direction = combine(&alpha, input.gradients);
+        let direction = input.gradients.combine(&alpha);
         let clip = if self.settings.max_norm > 0.0 {
             (self.settings.max_norm / (norm(&direction) + 1e-6)).min(1.0)
         } else {
@@ -134,7 +134,7 @@ impl Weighting for NashMtl {
         };
         let (shared, weights) = if clip < 1.0 {
             let weights: Vec<f64> = alpha.iter().map(|a| a * clip).collect();
-            (combine(&weights, input.gradients), weights)
+            (input.gradients.combine(&weights), weights)
         } else {
             (direction, alpha.clone())
         };
@@ -258,6 +258,7 @@ fn settled(alpha: Vec<f64>, worst: f64) -> Result<Vec<f64>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mtl::weighting::linalg::gram;
     use crate::mtl::weighting::linalg::{dot, quadratic};
     use crate::mtl::weighting::testing::{assert_task_order_independent, combine as step};
     use crate::mtl::weighting::testing::{four_tasks, record};

@@ -18,7 +18,6 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::linalg::{combine, gram};
 use super::{check_input, Combination, StepInput, Weighting, WeightingError};
 
 pub struct PcGrad;
@@ -30,7 +29,7 @@ impl Weighting for PcGrad {
 
     fn combine(&mut self, input: &StepInput) -> Result<Combination, WeightingError> {
         check_input(self.name(), input, input.tasks())?;
-        let m = gram(input.gradients);
+        let m = input.gradients.gram();
         let tasks = m.len();
         let mut rng = ChaCha8Rng::seed_from_u64(input.rng_key);
         let mut weights = vec![0.0; tasks];
@@ -50,7 +49,7 @@ impl Weighting for PcGrad {
             weights.iter_mut().zip(&row).for_each(|(w, c)| *w += c);
         }
         Ok(Combination {
-            shared: combine(&weights, input.gradients),
+            shared: input.gradients.combine(&weights),
             head_scale: vec![1.0; tasks],
             record: vec![("weights", weights)],
         })

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Combination, StepInput, Weighting};
+use super::{Combination, StepInput, TaskGradients, Weighting};
 
 /// Runs one step of `method` on `losses` and `gradients` at `step` with key `rng_key`.
 pub fn combine(
@@ -17,7 +17,7 @@ pub fn combine(
         .combine(&StepInput {
             step,
             losses,
-            gradients,
+            gradients: TaskGradients::Dense(gradients),
             rng_key,
         })
         .unwrap_or_else(|e| panic!("{}: {e}", method.name()))

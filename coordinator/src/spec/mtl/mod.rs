@@ -309,6 +309,25 @@ pub struct TrainSpec {
     pub betas: [f32; 2],
     #[serde(default = "default_eps")]
     pub eps: f32,
+    /// How workers send each task's gradient of the shared layers.
+    #[serde(default)]
+    pub shared_gradients: SharedGradients,
+}
+
+/// `train.shared_gradients`: the form in which a training chunk's per-task shared-layer
+/// gradients travel from the workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SharedGradients {
+    /// `factored` where it is cheaper (see [`MtlSpec::factored`]), else `dense`.
+    #[default]
+    Auto,
+    /// Every task's gradient, one value per shared parameter.
+    Dense,
+    /// Each layer's input rows once, and per task its gradient at each layer's output: the
+    /// coordinator forms the Gram matrix and the combined direction from these (hard sharing
+    /// of an MLP only).
+    Factored,
 }
 
 fn default_chunk_rows() -> u32 {
@@ -638,6 +657,15 @@ impl MtlSpec {
                 "must be at least 1",
             ));
         }
+        if train.shared_gradients == SharedGradients::Factored
+            && !matches!(self.model, SharedSpec::Mlp { .. })
+        {
+            return Err((
+                "train.shared_gradients".into(),
+                "\"factored\" needs model kind \"mlp\" (hard sharing of an MLP); use \"auto\" or \"dense\""
+                    .into(),
+            ));
+        }
         let tasks = self.task_names();
         self.weighting.check(tasks.len()).map_err(|message| {
             // Methods name the setting they refuse in backticks: blame that key.
@@ -790,6 +818,7 @@ impl MtlSpec {
                     })
                     .collect();
                 return Ok(MtlSetup {
+                    factored: false,
                     experiment_id: experiment_id.to_string(),
                     data: MtlData::ParetoToy,
                     shared: Shared::Point { start: *start },
@@ -816,6 +845,7 @@ impl MtlSpec {
                 ));
             }
             return Ok(MtlSetup {
+                factored: false,
                 experiment_id: experiment_id.to_string(),
                 data,
                 shared: Shared::Conv4(conv),
@@ -839,11 +869,34 @@ impl MtlSpec {
             SharedSpec::Conv4 { .. } => unreachable!("returned above"),
         };
         Ok(MtlSetup {
+            factored: self.factored(&shared),
             experiment_id: experiment_id.to_string(),
             data,
             shared,
             tasks,
         })
+    }
+
+    /// Whether training chunks send the shared layers' gradients factored (`shared` is the
+    /// architecture [`MtlSpec::setup`] built): as `train.shared_gradients` says, and under
+    /// `auto` for hard sharing of an MLP each of whose layers reads at least twice as many
+    /// inputs as a step has rows. Then a task's gradient of a layer, `deltasᵀ inputs`, takes
+    /// the workers `rows · inputs` multiply-adds per output that they no longer do, the
+    /// coordinator's Gram matrix `rows · rows` (at most half as many), and the wire carries
+    /// `rows · (inputs + tasks · outputs)` values instead of `tasks · outputs · inputs`.
+    pub fn factored(&self, shared: &Shared) -> bool {
+        let Shared::Hard(mlp) = shared else {
+            return false;
+        };
+        match self.train.shared_gradients {
+            SharedGradients::Dense => false,
+            SharedGradients::Factored => true,
+            SharedGradients::Auto => {
+                let widths = mlp.widths();
+                let narrowest_input = widths[..widths.len() - 1].iter().min().copied();
+                narrowest_input.is_some_and(|w| 2 * self.train.batch as usize <= w)
+            }
+        }
     }
 
     /// Shared layers, then each task's own (gate and head), of generated data (a table's layout depends on

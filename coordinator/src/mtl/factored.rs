@@ -1,0 +1,809 @@
+//! Every task's gradient of the shared MLP layers kept factored, as layer inputs and output gradients: their Gram matrix and weighted sums without forming each task's gradient.
+//!
+//! A Linear layer's weight gradient over a batch is `Δᵀ A`: `A` the layer's input rows, the
+//! same for every task, and `Δ` a task's gradient at the layer's output. With a hundred rows
+//! and layers of a thousand units, `A` and the `Δ`s are a tenth of the gradients' size, and
+//! what the weighting methods need follows from them. Inner products of two tasks' gradients
+//! (weight and bias) are `<Δ_s, K Δ_t>` with `K = A Aᵀ + 1` (the all-ones matrix is the
+//! bias); factoring `K = L Lᵀ` makes them the inner products of the small `Lᵀ Δ_t`, at half
+//! the cost of forming `K Δ_t`. Weighted sums of gradients are `(Σ_t c_t Δ_t)ᵀ A`.
+//!
+//! The products are `f32` loops written for the vector units, every sum in one fixed order,
+//! and the work is spread over the cores by whole items (blocks of a layer's outputs, rows of
+//! a sum) whose results are combined in item order, so the results are the same on every
+//! machine and with any number of threads.
+
+use std::ops::Range;
+
+use crate::finite::all_finite;
+use crate::parallel;
+use crate::simd::with_avx2;
+
+/// Independent accumulators per `f64` dot product: a sum per lane vectorises, one running sum
+/// cannot (its additions must happen in order).
+const LANES: usize = 8;
+/// Rows of a [`product`] (and of `K`) formed together: each load of the other operand's row
+/// serves all of them.
+const ROW_BLOCK: usize = 4;
+/// Columns of a [`product`] formed together: [`ROW_BLOCK`] rows of 16 `f32` accumulators fill
+/// eight AVX2 registers and stay there over the whole inner sum.
+const TILE: usize = 16;
+/// Weight values per piece of a formed gradient: pieces of about equal work, so the cores get
+/// even shares however wide the layers are, each with enough rows that a column strip of the
+/// inputs, copied once, serves many.
+const PIECE_VALUES: usize = 64 * 1024;
+/// Output columns of a layer per item of [`FactoredGradients::gram`]: enough items to share
+/// among the cores, each long enough to be worth its scratch space.
+const GRAM_COLUMNS: usize = 128;
+
+/// Every task's gradient of the shared MLP layers, kept as the layers' input rows and each
+/// task's gradient at every layer's output: the weight gradient of layer `l` for task `t` is
+/// `Δ_t,lᵀ A_l` and its bias gradient `Σ_rows Δ_t,l`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FactoredGradients {
+    /// Each Linear layer's (inputs, outputs), in order.
+    layers: Vec<(usize, usize)>,
+    /// Rows of the batch.
+    rows: usize,
+    /// `inputs[l]`: layer `l`'s input rows, `[rows, inputs]` row-major.
+    inputs: Vec<Vec<f32>>,
+    /// `deltas[t][l]`: task `t`'s gradient at layer `l`'s output, `[rows, outputs]` row-major.
+    deltas: Vec<Vec<Vec<f32>>>,
+    /// Values of one task's gradient.
+    len: usize,
+}
+
+/// Output rows `first..first + bias.len()` of one layer's gradient, formed alone.
+struct Piece<'a> {
+    layer: usize,
+    first: usize,
+    /// Their weight rows, `[bias.len(), inputs]` row-major.
+    weight: &'a mut [f32],
+    bias: &'a mut [f32],
+}
+
+/// A layer's `K = A Aᵀ + 1`, factored with its rows in pivot order: `K[order][:, order] = L Lᵀ`.
+struct Factor {
+    /// `Lᵀ`, `[rank, rows]` row-major; row `c` is zero before column `c`.
+    upper: Vec<f32>,
+    /// The row of `K` (and of `Δ`) at each position of the pivot order.
+    order: Vec<usize>,
+    /// Columns of `L`: `K`'s rank, as far as `f64` can tell.
+    rank: usize,
+}
+
+impl FactoredGradients {
+    /// `layers`: each Linear layer's (inputs, outputs) in order; `rows`: the batch's rows;
+    /// `inputs[l]`: `[rows, layers[l].0]` row-major; `deltas[t][l]`: `[rows, layers[l].1]`
+    /// row-major. Refuses, naming the layer and task, any length that does not fit.
+    pub fn new(
+        layers: Vec<(usize, usize)>,
+        rows: usize,
+        inputs: Vec<Vec<f32>>,
+        deltas: Vec<Vec<Vec<f32>>>,
+    ) -> Result<Self, String> {
+        // `checked_mul` so that absurd sizes are refused rather than wrapped into a match.
+        let fits = |len: usize, width: usize| Some(len) == rows.checked_mul(width);
+        if inputs.len() != layers.len() {
+            return Err(format!(
+                "inputs for {} layers, but there are {} layers",
+                inputs.len(),
+                layers.len()
+            ));
+        }
+        for (l, (a, &(width, _))) in inputs.iter().zip(&layers).enumerate() {
+            if !fits(a.len(), width) {
+                return Err(format!(
+                    "layer {l}'s inputs hold {} values, not {rows} rows × {width} inputs",
+                    a.len()
+                ));
+            }
+        }
+        for (t, task) in deltas.iter().enumerate() {
+            if task.len() != layers.len() {
+                return Err(format!(
+                    "task {t} has deltas for {} layers, but there are {} layers",
+                    task.len(),
+                    layers.len()
+                ));
+            }
+            for (l, (d, &(_, width))) in task.iter().zip(&layers).enumerate() {
+                if !fits(d.len(), width) {
+                    return Err(format!(
+                        "task {t}'s deltas at layer {l} hold {} values, \
+                         not {rows} rows × {width} outputs",
+                        d.len()
+                    ));
+                }
+            }
+        }
+        let len = layers
+            .iter()
+            .try_fold(0usize, |len, &(i, o)| {
+                len.checked_add(o.checked_mul(i.checked_add(1)?)?)
+            })
+            .ok_or("the layers have more parameters than memory can address")?;
+        Ok(Self {
+            layers,
+            rows,
+            inputs,
+            deltas,
+            len,
+        })
+    }
+
+    /// Number of tasks.
+    pub fn tasks(&self) -> usize {
+        self.deltas.len()
+    }
+
+    /// Rows of the batch.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Values of one task's gradient: `Σ_l outputs_l · inputs_l + outputs_l`.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether a task's gradient has no values (no layers, or only empty ones).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The first task whose gradient may hold a NaN or an infinity: the first with a
+    /// non-finite delta, or task 0 when an input is non-finite (the inputs are every task's).
+    /// `None` when all are finite; the other results mean nothing otherwise.
+    pub fn first_non_finite(&self) -> Option<usize> {
+        if self.tasks() > 0 && !self.inputs.iter().all(|a| all_finite(a)) {
+            return Some(0);
+        }
+        self.deltas
+            .iter()
+            .position(|task| !task.iter().all(|d| all_finite(d)))
+    }
+
+    /// The Gram matrix of the tasks' gradients (tasks × tasks, symmetric): the inner
+    /// products, in `f64`, of the `Lᵀ Δ_t` formed in `f32`. An entry's error is that of `f32`
+    /// sums over the rows, relative to `‖g_s‖ ‖g_t‖`.
+    pub fn gram(&self) -> Vec<Vec<f64>> {
+        let outputs: usize = self.layers.iter().map(|&(_, o)| o).sum();
+        let multiply_adds = [self.tasks(), self.rows, self.rows, outputs]
+            .into_iter()
+            .fold(1usize, usize::saturating_mul);
+        self.gram_spread(parallel::worth_it(multiply_adds))
+    }
+
+    /// `Σ_t coefficients[t] · g_t`, in the layout of [`materialize`](Self::materialize):
+    /// `S_l = Σ_t c_t Δ_t,l` summed in `f64` and rounded once, then `S_lᵀ A_l` in `f32`.
+    ///
+    /// # Panics
+    /// When there is not one coefficient per task.
+    pub fn combine(&self, coefficients: &[f64]) -> Vec<f32> {
+        assert_eq!(coefficients.len(), self.tasks(), "one coefficient per task");
+        let spread = self.worth_forming_spread();
+        self.form(&self.weighted_sums(coefficients, spread), spread)
+    }
+
+    /// Task `task`'s gradient: for each layer in order, the weight `[outputs, inputs]`
+    /// row-major, then the bias `[outputs]`.
+    pub fn materialize(&self, task: usize) -> Vec<f32> {
+        self.form(&self.deltas[task], self.worth_forming_spread())
+    }
+
+    /// [`gram`](Self::gram), spread over the cores when `spread`.
+    ///
+    /// The items are blocks of [`GRAM_COLUMNS`] output columns of a layer. Each forms every
+    /// task's `Lᵀ Δ_t` a tile of columns at a time, takes their inner products while they are
+    /// still in cache, and moves on, so no task's `Lᵀ Δ_t` is ever held whole; the blocks'
+    /// Gram matrices are added in block order.
+    fn gram_spread(&self, spread: bool) -> Vec<Vec<f64>> {
+        let tasks = self.tasks();
+        let kernels: Vec<Vec<f64>> = (self.inputs.iter().zip(&self.layers))
+            .map(|(a, &(width, _))| kernel(a, self.rows, width, spread))
+            .collect();
+        let factors = parallel::map(&kernels, spread, |k| factor(k, self.rows));
+        let blocks: Vec<(usize, Range<usize>)> = (self.layers.iter().enumerate())
+            .flat_map(|(layer, &(_, outputs))| {
+                (0..outputs)
+                    .step_by(GRAM_COLUMNS)
+                    .map(move |start| (layer, start..(start + GRAM_COLUMNS).min(outputs)))
+            })
+            .collect();
+        let partials = parallel::map(&blocks, spread, |(layer, columns)| {
+            let f = &factors[*layer];
+            let mut strip = vec![0.0; self.rows * TILE];
+            // Every task's `Lᵀ Δ_t` in the tile of columns at hand.
+            let mut lt_deltas = vec![vec![0.0; f.rank * TILE]; tasks];
+            let mut lanes = vec![[0.0; LANES]; tasks * tasks];
+            for start in columns.clone().step_by(TILE) {
+                let cols = start..(start + TILE).min(columns.end);
+                for (lt_delta, task) in lt_deltas.iter_mut().zip(&self.deltas) {
+                    let p = Product {
+                        left: &f.upper,
+                        right: &task[*layer],
+                        order: &f.order,
+                        upper: true,
+                        m: f.rank,
+                        n: self.layers[*layer].1,
+                    };
+                    product_wide(p, cols.clone(), &mut strip, lt_delta);
+                }
+                pair_lanes(&lt_deltas, f.rank * cols.len(), &mut lanes);
+            }
+            lanes
+        });
+        let mut gram = vec![vec![0.0; tasks]; tasks];
+        for lanes in partials {
+            for s in 0..tasks {
+                for t in s..tasks {
+                    gram[s][t] += lanes[s * tasks + t].iter().sum::<f64>();
+                    gram[t][s] = gram[s][t];
+                }
+            }
+        }
+        gram
+    }
+
+    /// Whether forming a gradient, a multiply-add per weight and row, is worth spreading.
+    fn worth_forming_spread(&self) -> bool {
+        parallel::worth_it(self.rows.saturating_mul(self.len))
+    }
+
+    /// Every layer's `S = Σ_t c_t Δ_t` (`[rows, outputs]`), each row summed on its own.
+    fn weighted_sums(&self, coefficients: &[f64], spread: bool) -> Vec<Vec<f32>> {
+        let mut sums: Vec<Vec<f32>> = (self.layers.iter())
+            .map(|&(_, outputs)| vec![0.0; self.rows * outputs])
+            .collect();
+        let mut rows: Vec<(usize, usize, &mut [f32])> = (sums.iter_mut().zip(&self.layers))
+            .enumerate()
+            .flat_map(|(layer, (s, &(_, outputs)))| {
+                (s.chunks_mut(outputs.max(1)).enumerate())
+                    .map(move |(r, row)| (layer, r * outputs, row))
+            })
+            .collect();
+        parallel::for_each_mut(&mut rows, spread, |_, (layer, at, row)| {
+            weighted_sum(coefficients, &self.deltas, *layer, *at, row)
+        });
+        sums
+    }
+
+    /// The gradient whose gradients at the layers' outputs are `s` (`s[l]`: `[rows,
+    /// outputs]`), piece by piece, the pieces spread over the cores when `spread`.
+    fn form(&self, s: &[Vec<f32>], spread: bool) -> Vec<f32> {
+        let mut gradient = vec![0.0f32; self.len];
+        let mut pieces = Vec::new();
+        let mut rest = gradient.as_mut_slice();
+        for (layer, &(inputs, outputs)) in self.layers.iter().enumerate() {
+            let (mut weight, tail) = rest.split_at_mut(outputs * inputs);
+            let (bias, tail) = tail.split_at_mut(outputs);
+            rest = tail;
+            let per_piece = (PIECE_VALUES / inputs.max(1) / ROW_BLOCK * ROW_BLOCK).max(ROW_BLOCK);
+            for (index, bias) in bias.chunks_mut(per_piece).enumerate() {
+                let (piece_weight, tail) =
+                    std::mem::take(&mut weight).split_at_mut(bias.len() * inputs);
+                weight = tail;
+                pieces.push(Piece {
+                    layer,
+                    first: index * per_piece,
+                    weight: piece_weight,
+                    bias,
+                });
+            }
+        }
+        parallel::for_each_mut(&mut pieces, spread, |_, piece| {
+            self.form_piece(&s[piece.layer], piece)
+        });
+        gradient
+    }
+
+    /// Forms one piece from its layer's `s`: `sᵀ` of the piece's outputs, then their weight
+    /// rows `sᵀ A` and biases `Σ_rows s` (in `f64`).
+    fn form_piece(&self, s: &[f32], piece: &mut Piece) {
+        let (inputs, outputs) = self.layers[piece.layer];
+        let (rows, count) = (self.rows, piece.bias.len());
+        let mut transposed = vec![0.0f32; count * rows];
+        for r in 0..rows {
+            let row = &s[r * outputs + piece.first..][..count];
+            for (o, &x) in row.iter().enumerate() {
+                transposed[o * rows + r] = x;
+            }
+        }
+        let order: Vec<usize> = (0..rows).collect();
+        let st_a = Product {
+            left: &transposed,
+            right: &self.inputs[piece.layer],
+            order: &order,
+            upper: false,
+            m: count,
+            n: inputs,
+        };
+        let mut strip = vec![0.0; rows * TILE];
+        product(st_a, 0..inputs, &mut strip, piece.weight);
+        for (o, bias) in piece.bias.iter_mut().enumerate() {
+            let s = &transposed[o * rows..][..rows];
+            *bias = s.iter().map(|&x| f64::from(x)).sum::<f64>() as f32;
+        }
+    }
+}
+
+/// `K = A Aᵀ + 1` of a layer's input rows, `[rows, rows]` row-major, each entry summed in
+/// `f64` (the products of `f32` are exact). Row `i` has `i + 1` entries on and below the
+/// diagonal, so each item forms rows `i` and `rows - 1 - i`: the items have equal work.
+fn kernel(inputs: &[f32], rows: usize, width: usize, spread: bool) -> Vec<f64> {
+    let wide: Vec<f64> = inputs.iter().map(|&x| f64::from(x)).collect();
+    let items: Vec<usize> = (0..rows.div_ceil(2)).collect();
+    let lower = parallel::map(&items, spread, |&i| {
+        let mine = if 2 * i + 1 == rows {
+            vec![i]
+        } else {
+            vec![i, rows - 1 - i]
+        };
+        mine.into_iter()
+            .map(|r| {
+                let mut lanes = vec![[0.0; LANES]; r + 1];
+                kernel_row(&wide, width, r, &mut lanes);
+                (r, lanes)
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut k = vec![0.0; rows * rows];
+    for (r, entries) in lower.into_iter().flatten() {
+        for (j, lanes) in entries.iter().enumerate() {
+            let value = lanes.iter().sum::<f64>() + 1.0;
+            k[r * rows + j] = value;
+            k[j * rows + r] = value;
+        }
+    }
+    k
+}
+
+with_avx2! {
+    /// The lanes of the sums `<a_r, a_j>`, `j ≤ r` (`lanes` holds `r + 1`), from the input
+    /// rows widened to `f64`. The caller adds the lanes up: in the same function, the compiler
+    /// vectorises the loop across the rows rather than the lanes, several times slower.
+    fn kernel_row(wide: &[f64], width: usize, r: usize, lanes: &mut [[f64; LANES]]) {
+        let row = |i: usize| &wide[i * width..][..width];
+        let blocked = (r + 1) / ROW_BLOCK * ROW_BLOCK;
+        for j in (0..blocked).step_by(ROW_BLOCK) {
+            let others = std::array::from_fn(|k| row(j + k));
+            let zeros = [[0.0; LANES]; ROW_BLOCK];
+            lanes[j..j + ROW_BLOCK].copy_from_slice(&dot_lanes(row(r), others, zeros));
+        }
+        for (j, lane) in lanes.iter_mut().enumerate().skip(blocked) {
+            *lane = dot_lanes(row(r), [row(j)], [[0.0; LANES]])[0];
+        }
+    }
+}
+
+/// Adds the products of `x` with each of `M` rows to their [`LANES`] lanes in `acc`, `x`
+/// loaded once for all; each row's lanes are its own, so their bits do not depend on `M`.
+#[inline(always)]
+fn dot_lanes<const M: usize>(
+    x: &[f64],
+    ys: [&[f64]; M],
+    mut acc: [[f64; LANES]; M],
+) -> [[f64; LANES]; M] {
+    let full = x.len() / LANES * LANES;
+    for start in (0..full).step_by(LANES) {
+        let x = &x[start..start + LANES];
+        for (acc, y) in acc.iter_mut().zip(&ys) {
+            let y = &y[start..start + LANES];
+            for lane in 0..LANES {
+                acc[lane] += x[lane] * y[lane];
+            }
+        }
+    }
+    for (i, &x) in x.iter().enumerate().skip(full) {
+        for (acc, y) in acc.iter_mut().zip(&ys) {
+            acc[0] += x * y[i];
+        }
+    }
+    acc
+}
+
+with_avx2! {
+    /// Adds the products of the first `len` values of every pair `s ≤ t` of `q` to the lanes
+    /// `lanes[s * q.len() + t]`, [`ROW_BLOCK`] pairs at a time.
+    fn pair_lanes(q: &[Vec<f64>], len: usize, lanes: &mut [[f64; LANES]]) {
+        let n = q.len();
+        let row = |t: usize| &q[t][..len];
+        for s in 0..n {
+            let blocked = s + (n - s) / ROW_BLOCK * ROW_BLOCK;
+            for t in (s..blocked).step_by(ROW_BLOCK) {
+                let at = s * n + t..s * n + t + ROW_BLOCK;
+                let acc: [_; ROW_BLOCK] = lanes[at.clone()].try_into().expect("a block of pairs");
+                let others = std::array::from_fn(|k| row(t + k));
+                lanes[at].copy_from_slice(&dot_lanes(row(s), others, acc));
+            }
+            for t in blocked..n {
+                lanes[s * n + t] = dot_lanes(row(s), [row(t)], [lanes[s * n + t]])[0];
+            }
+        }
+    }
+}
+
+with_avx2! {
+    /// Factors a kernel `k` (`[rows, rows]`, symmetric positive semi-definite) by Cholesky with
+    /// diagonal pivoting in `f64`, stopping where what is left is rounding: `K`'s rank is at most
+    /// the layer's inputs + 1, below the rows when the layer is narrow or rows repeat, and the
+    /// pivoting keeps such a `K` from dividing by a pivot that is only rounding.
+    fn factor(k: &[f64], rows: usize) -> Factor {
+        // Row `c < rank` becomes column `c` of `L` (from the diagonal on); the rows below hold
+        // what is left of `K` once those columns are taken out, kept whole (both triangles, the
+        // same bits in each) so that every update is a contiguous row.
+        let mut a = k.to_vec();
+        let mut order: Vec<usize> = (0..rows).collect();
+        let diagonal = |a: &[f64], i: usize| a[i * rows + i];
+        let largest = (0..rows).map(|i| diagonal(&a, i)).fold(0.0, f64::max);
+        let floor = rows as f64 * f64::EPSILON * largest;
+        let mut rank = 0;
+        while rank < rows {
+            let c = rank;
+            let pivot = (c..rows)
+                .max_by(|&x, &y| diagonal(&a, x).total_cmp(&diagonal(&a, y)))
+                .expect("a row is left");
+            let d = diagonal(&a, pivot);
+            // A NaN comes from non-finite inputs: nothing useful is left either.
+            if d.is_nan() || d <= floor {
+                break;
+            }
+            for j in 0..rows {
+                a.swap(c * rows + j, pivot * rows + j);
+            }
+            for i in 0..rows {
+                a.swap(i * rows + c, i * rows + pivot);
+            }
+            order.swap(c, pivot);
+            let root = d.sqrt();
+            let (done, rest) = a.split_at_mut((c + 1) * rows);
+            let column = &mut done[c * rows..];
+            column[c] = root;
+            for x in &mut column[c + 1..] {
+                *x /= root;
+            }
+            for row in rest.chunks_exact_mut(rows) {
+                let l = row[c] / root;
+                for (x, &y) in row[c + 1..].iter_mut().zip(&column[c + 1..]) {
+                    *x -= l * y;
+                }
+            }
+            rank += 1;
+        }
+        let upper = a[..rank * rows]
+            .chunks_exact(rows.max(1))
+            .enumerate()
+            .flat_map(|(c, row)| {
+                row.iter()
+                    .enumerate()
+                    .map(move |(i, &x)| if i < c { 0.0 } else { x as f32 })
+            })
+            .collect();
+        Factor { upper, order, rank }
+    }
+}
+
+/// The product `left · right[order]` of `f32` matrices, row-major: `left` is `[m, inner]` and
+/// `right` `n` wide, its row `order[j]` taken as the `j`-th (`inner = order.len()`). When
+/// `upper`, row `i` of `left` is zero before column `i` and those products are skipped.
+#[derive(Clone, Copy)]
+struct Product<'a> {
+    left: &'a [f32],
+    right: &'a [f32],
+    order: &'a [usize],
+    upper: bool,
+    m: usize,
+    n: usize,
+}
+
+with_avx2! {
+    /// Columns `columns` of `p` into `out` (`[m, columns.len()]` row-major); `strip` holds
+    /// `inner` rows of a tile.
+    fn product(p: Product, columns: Range<usize>, strip: &mut [f32], out: &mut [f32]) {
+        product_into(p, columns, strip, out)
+    }
+}
+
+with_avx2! {
+    /// [`product`] written out in `f64`, for inner products that need no widening.
+    fn product_wide(p: Product, columns: Range<usize>, strip: &mut [f32], out: &mut [f64]) {
+        product_into(p, columns, strip, out)
+    }
+}
+
+/// Columns `columns` of `p` into `out` (`[m, columns.len()]` row-major). Every entry is its own
+/// sum over `inner` in order, so any grouping of rows and columns gives the same bits.
+#[inline(always)]
+fn product_into<T: From<f32>>(p: Product, columns: Range<usize>, strip: &mut [f32], out: &mut [T]) {
+    let (inner, width) = (p.order.len(), columns.len());
+    let blocked = p.m / ROW_BLOCK * ROW_BLOCK;
+    for start in columns.clone().step_by(TILE) {
+        let cols = start..(start + TILE).min(columns.end);
+        // The tile's columns of `right`, copied in `order` into one contiguous block that stays
+        // in cache while every row of `left` passes over it. A last tile narrower than the
+        // rest leaves its padding as it was: those columns are summed and dropped.
+        for (packed, &j) in strip.chunks_exact_mut(TILE).zip(p.order) {
+            let source = &p.right[j * p.n + cols.start..j * p.n + cols.end];
+            // A whole tile is a copy of known length, two vector moves rather than a call.
+            match <&[f32; TILE]>::try_from(source) {
+                Ok(whole) => packed.copy_from_slice(whole),
+                Err(_) => packed[..source.len()].copy_from_slice(source),
+            }
+        }
+        let strip = &strip[..inner * TILE];
+        let within = cols.start - columns.start..cols.end - columns.start;
+        for row in (0..blocked).step_by(ROW_BLOCK) {
+            let from = if p.upper { row } else { 0 };
+            let rows =
+                std::array::from_fn(|r| &p.left[(row + r) * inner + from..(row + r + 1) * inner]);
+            let out = &mut out[row * width..];
+            tile::<T, ROW_BLOCK>(rows, &strip[from * TILE..], out, width, within.clone());
+        }
+        for row in blocked..p.m {
+            let from = if p.upper { row } else { 0 };
+            let rows = [&p.left[row * inner + from..(row + 1) * inner]];
+            let out = &mut out[row * width..];
+            tile::<T, 1>(rows, &strip[from * TILE..], out, width, within.clone());
+        }
+    }
+}
+
+/// Columns `cols` (at most a tile) of `M` rows of a [`Product`], summed in registers: `left`
+/// holds the rows' coefficients and `strip` the matching rows of those columns, a tile wide;
+/// `out`'s rows are `n` apart.
+#[inline(always)]
+fn tile<T: From<f32>, const M: usize>(
+    left: [&[f32]; M],
+    strip: &[f32],
+    out: &mut [T],
+    n: usize,
+    cols: Range<usize>,
+) {
+    let mut acc = [[0.0f32; TILE]; M];
+    for (j, b) in strip.chunks_exact(TILE).enumerate() {
+        let b: &[f32; TILE] = b.try_into().expect("a tile");
+        for (acc, left) in acc.iter_mut().zip(&left) {
+            let k = left[j];
+            for (a, &x) in acc.iter_mut().zip(b) {
+                *a += k * x;
+            }
+        }
+    }
+    for (r, acc) in acc.into_iter().enumerate() {
+        let out = &mut out[r * n + cols.start..r * n + cols.end];
+        // A whole tile is a store of known length, vector moves rather than a call.
+        match <&mut [T; TILE]>::try_from(&mut *out) {
+            Ok(whole) => *whole = acc.map(T::from),
+            Err(_) => {
+                for (o, a) in out.iter_mut().zip(acc) {
+                    *o = T::from(a);
+                }
+            }
+        }
+    }
+}
+
+with_avx2! {
+    /// Sets `out` to `Σ_t coefficients[t] · deltas[t][layer][at..]`, summed in `f64` in task
+    /// order and rounded once.
+    fn weighted_sum(
+        coefficients: &[f64],
+        deltas: &[Vec<Vec<f32>>],
+        layer: usize,
+        at: usize,
+        out: &mut [f32],
+    ) {
+        let mut sums = vec![0.0f64; out.len()];
+        for (&c, task) in coefficients.iter().zip(deltas) {
+            for (s, &x) in sums.iter_mut().zip(&task[layer][at..]) {
+                *s += c * f64::from(x);
+            }
+        }
+        for (o, s) in out.iter_mut().zip(sums) {
+            *o = s as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Random factored gradients, inputs and deltas uniform in [-1, 1).
+    fn random(
+        layers: &[(usize, usize)],
+        rows: usize,
+        tasks: usize,
+        seed: u64,
+    ) -> FactoredGradients {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut values =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+        let inputs = layers.iter().map(|&(i, _)| values(rows * i)).collect();
+        let deltas = (0..tasks)
+            .map(|_| layers.iter().map(|&(_, o)| values(rows * o)).collect())
+            .collect();
+        FactoredGradients::new(layers.to_vec(), rows, inputs, deltas).unwrap()
+    }
+
+    /// Task `t`'s gradient straight from its definition, in `f64`: weight `[o][k] = Σ_r
+    /// Δ[r][o] A[r][k]` and bias `[o] = Σ_r Δ[r][o]`, layer after layer.
+    fn reference(g: &FactoredGradients, t: usize) -> Vec<f64> {
+        let mut gradient = Vec::new();
+        for (l, &(inputs, outputs)) in g.layers.iter().enumerate() {
+            let (a, delta) = (&g.inputs[l], &g.deltas[t][l]);
+            let d = |r: usize, o: usize| f64::from(delta[r * outputs + o]);
+            for o in 0..outputs {
+                for k in 0..inputs {
+                    gradient.push(
+                        (0..g.rows)
+                            .map(|r| d(r, o) * f64::from(a[r * inputs + k]))
+                            .sum(),
+                    );
+                }
+            }
+            gradient.extend((0..outputs).map(|o| (0..g.rows).map(|r| d(r, o)).sum::<f64>()));
+        }
+        gradient
+    }
+
+    fn dot(a: &[f64], b: &[f64]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    fn distance(a: &[f32], b: &[f64]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(&x, y)| (f64::from(x) - y).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    }
+
+    #[test]
+    fn a_tiny_gradient_is_laid_out_weight_then_bias_layer_by_layer() {
+        // Layer 0 (2 inputs → 1 output), rows A = [1 2; 3 4], Δ = [5; 6]:
+        //   weight = Δᵀ A = [5·1 + 6·3, 5·2 + 6·4] = [23, 34], bias = 5 + 6 = 11.
+        // Layer 1 (1 input → 2 outputs), rows A = [7; 8], Δ = [1 -1; 2 0]:
+        //   weight = Δᵀ A = [1·7 + 2·8; -1·7 + 0·8] = [23; -7], bias = [1 + 2, -1 + 0] = [3, -1].
+        let g = FactoredGradients::new(
+            vec![(2, 1), (1, 2)],
+            2,
+            vec![vec![1.0, 2.0, 3.0, 4.0], vec![7.0, 8.0]],
+            vec![vec![vec![5.0, 6.0], vec![1.0, -1.0, 2.0, 0.0]]],
+        )
+        .unwrap();
+        assert_eq!(
+            (g.tasks(), g.rows(), g.len(), g.is_empty()),
+            (1, 2, 7, false)
+        );
+        assert_eq!(
+            g.materialize(0),
+            vec![23.0, 34.0, 11.0, 23.0, -7.0, 3.0, -1.0]
+        );
+        // 23² + 34² + 11² + 23² + 7² + 3² + 1² = 2394, to rounding (the factoring takes roots).
+        let gram = g.gram();
+        assert!((gram[0][0] - 2394.0).abs() <= 1e-6 * 2394.0, "{gram:?}");
+        assert_eq!(
+            g.combine(&[-0.5]),
+            vec![-11.5, -17.0, -5.5, -11.5, 3.5, -1.5, 0.5]
+        );
+    }
+
+    #[test]
+    fn gram_and_combine_match_the_gradients_formed_in_f64() {
+        // Layer 0 has 3 inputs for 9 rows, so its K has rank 4 of 9; 19 and 6 outputs are not
+        // whole tiles, 9 rows not whole row blocks.
+        let g = random(&[(3, 19), (19, 6)], 9, 3, 7);
+        let expected: Vec<Vec<f64>> = (0..3).map(|t| reference(&g, t)).collect();
+        for (t, e) in expected.iter().enumerate() {
+            let formed = g.materialize(t);
+            assert_eq!(formed.len(), g.len());
+            assert!(distance(&formed, e) <= 1e-6 * dot(e, e).sqrt(), "task {t}");
+        }
+        let gram = g.gram();
+        for s in 0..3 {
+            for t in 0..3 {
+                let exact = dot(&expected[s], &expected[t]);
+                let scale =
+                    (dot(&expected[s], &expected[s]) * dot(&expected[t], &expected[t])).sqrt();
+                assert!(
+                    (gram[s][t] - exact).abs() <= 1e-6 * scale,
+                    "G[{s}][{t}] = {} but the gradients give {exact}",
+                    gram[s][t]
+                );
+                assert_eq!(gram[s][t].to_bits(), gram[t][s].to_bits());
+            }
+        }
+        let c = [0.5, -2.0, 3.0];
+        let sum: Vec<f64> = (0..g.len())
+            .map(|i| (0..3).map(|t| c[t] * expected[t][i]).sum())
+            .collect();
+        assert!(distance(&g.combine(&c), &sum) <= 1e-6 * dot(&sum, &sum).sqrt());
+        for t in 0..3 {
+            let mut one = [0.0; 3];
+            one[t] = 1.0;
+            assert_eq!(g.combine(&one), g.materialize(t), "task {t} alone");
+        }
+    }
+
+    #[test]
+    fn a_narrow_layers_kernel_is_factored_to_its_rank() {
+        // 3 inputs and the bias make K = [A 1][A 1]ᵀ of rank 4 for 9 rows.
+        let g = random(&[(3, 2)], 9, 1, 5);
+        let k = kernel(&g.inputs[0], 9, 3, false);
+        let f = factor(&k, 9);
+        assert_eq!(f.rank, 4);
+        let largest = k.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        for i in 0..9 {
+            for j in 0..9 {
+                let l = |row: usize, c: usize| f64::from(f.upper[c * 9 + row]);
+                let rebuilt: f64 = (0..f.rank).map(|c| l(i, c) * l(j, c)).sum();
+                let exact = k[f.order[i] * 9 + f.order[j]];
+                assert!((rebuilt - exact).abs() <= 1e-6 * largest, "K[{i}][{j}]");
+            }
+        }
+    }
+
+    #[test]
+    fn spreading_over_the_cores_changes_no_bit() {
+        // Several pieces per layer, and more tasks than cores.
+        let g = random(&[(300, 70), (70, 45)], 10, 5, 11);
+        assert_eq!(g.gram_spread(true), g.gram_spread(false));
+        let c = [0.3, -1.0, 2.5, 0.0, 1e-3];
+        let sums = g.weighted_sums(&c, true);
+        assert_eq!(sums, g.weighted_sums(&c, false));
+        for s in [&sums, &g.deltas[3]] {
+            assert_eq!(g.form(s, true), g.form(s, false));
+        }
+    }
+
+    #[test]
+    fn an_empty_batch_has_zero_gradients() {
+        let g =
+            FactoredGradients::new(vec![(2, 3)], 0, vec![vec![]], vec![vec![vec![]]; 2]).unwrap();
+        assert_eq!(g.materialize(1), vec![0.0; 9]);
+        assert_eq!(g.combine(&[1.0, 2.0]), vec![0.0; 9]);
+        assert_eq!(g.gram(), vec![vec![0.0; 2]; 2]);
+    }
+
+    #[test]
+    fn wrong_lengths_are_refused_naming_the_layer_and_task() {
+        let layers = vec![(2, 3), (3, 1)];
+        let inputs = || vec![vec![0.0; 4], vec![0.0; 6]];
+        let task = || vec![vec![0.0; 6], vec![0.0; 2]];
+        let new = |inputs, deltas| FactoredGradients::new(layers.clone(), 2, inputs, deltas);
+        assert!(new(inputs(), vec![task(); 3]).is_ok());
+        let error = new(vec![vec![0.0; 4], vec![0.0; 5]], vec![task()]).unwrap_err();
+        assert!(error.contains("layer 1's inputs hold 5 values"), "{error}");
+        let error = new(vec![vec![0.0; 4]], vec![task()]).unwrap_err();
+        assert!(error.contains("inputs for 1 layers"), "{error}");
+        let mut deltas = vec![task(); 3];
+        deltas[2][1].push(0.0);
+        let error = new(inputs(), deltas).unwrap_err();
+        assert!(
+            error.contains("task 2's deltas at layer 1 hold 3 values"),
+            "{error}"
+        );
+        let error = new(inputs(), vec![task(), vec![vec![0.0; 6]]]).unwrap_err();
+        assert!(error.contains("task 1 has deltas for 1 layers"), "{error}");
+    }
+
+    #[test]
+    fn the_first_task_with_a_non_finite_value_is_named() {
+        let mut g = random(&[(4, 3), (3, 2)], 5, 4, 3);
+        assert_eq!(g.first_non_finite(), None);
+        g.deltas[2][1][7] = f32::NAN;
+        g.deltas[3][0][0] = f32::INFINITY;
+        assert_eq!(g.first_non_finite(), Some(2));
+        g.inputs[1][0] = f32::NEG_INFINITY;
+        assert_eq!(g.first_non_finite(), Some(0), "the inputs are every task's");
+    }
+
+    #[test]
+    #[should_panic(expected = "one coefficient per task")]
+    fn combine_wants_one_coefficient_per_task() {
+        random(&[(2, 2)], 3, 2, 1).combine(&[1.0]);
+    }
+}
