@@ -180,6 +180,25 @@ fn a_multi_task_run_is_bit_identical_on_one_and_two_workers_and_after_a_restart(
     );
 }
 
+/// Runs `run` on one and on two workers, asserts that the two shared steps and that final
+/// parameters and metrics are identical, and returns the two-worker run's.
+fn same_on_one_and_two_workers(
+    run: impl Fn(usize) -> (Vec<u8>, Vec<Value>, u64),
+) -> (Vec<u8>, Vec<Value>) {
+    let (one, one_metrics, _) = run(1);
+    let (two, two_metrics, sharing) = run(2);
+    assert!(sharing >= 2, "with 2 workers, steps were shared");
+    assert_eq!(
+        one_metrics, two_metrics,
+        "every loss and weight is identical"
+    );
+    assert!(
+        one == two,
+        "final.safetensors differs between 1 and 2 workers"
+    );
+    (two, two_metrics)
+}
+
 #[test]
 fn an_mmoe_run_trains_every_task_and_is_bit_identical_on_one_and_two_workers() {
     let extra = [
@@ -191,17 +210,7 @@ fn an_mmoe_run_trains_every_task_and_is_bit_identical_on_one_and_two_workers() {
         "eval.every=80",
         "train.lr=0.01",
     ];
-    let (one, one_metrics, _) = run_on(1, &extra, None);
-    let (two, two_metrics, sharing) = run_on(2, &extra, None);
-    assert!(sharing >= 2, "with 2 workers, steps were shared");
-    assert_eq!(
-        one_metrics, two_metrics,
-        "every loss and weight is identical"
-    );
-    assert!(
-        one == two,
-        "final.safetensors differs between 1 and 2 workers"
-    );
+    let (two, two_metrics) = same_on_one_and_two_workers(|workers| run_on(workers, &extra, None));
     let first = task_losses(lines(&two_metrics, "eval")[0]);
     let last = task_losses(lines(&two_metrics, "final_eval")[0]);
     eprintln!("mmoe: {first:?} -> {last:?}");
@@ -242,17 +251,7 @@ fn a_factored_run_is_bit_identical_on_one_and_two_workers_and_trains_as_the_dens
         ];
         run_on(workers, &extra, None)
     };
-    let (one, one_metrics, _) = run(1, "factored");
-    let (two, two_metrics, sharing) = run(2, "factored");
-    assert!(sharing >= 2, "with 2 workers, steps were shared");
-    assert_eq!(
-        one_metrics, two_metrics,
-        "every loss and weight is identical"
-    );
-    assert!(
-        one == two,
-        "final.safetensors differs between 1 and 2 workers"
-    );
+    let (_, two_metrics) = same_on_one_and_two_workers(|workers| run(workers, "factored"));
     let (_, dense_metrics, _) = run(2, "dense");
     let first = task_losses(lines(&two_metrics, "eval")[0]);
     let last = task_losses(lines(&two_metrics, "final_eval")[0]);

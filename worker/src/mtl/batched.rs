@@ -13,8 +13,7 @@ pub fn run(body: &Body, x: &Tensor, tasks: &[Scored], train: bool, factored: boo
             return Totals::scores_only(&body.representations(x, tasks), tasks);
         }
         match body {
-            Body::Hard(shared) if factored => hard_factored(shared, x, tasks),
-            Body::Hard(shared) => hard(shared, x, tasks),
+            Body::Hard(shared) => hard(shared, x, tasks, factored),
             Body::Mmoe(experts) => mixture(experts, x, tasks),
             Body::Conv4(..) => {
                 unreachable!("`MtlExperiment::rows` sends conv4 down the per-task path")
@@ -23,29 +22,26 @@ pub fn run(body: &Body, x: &Tensor, tasks: &[Scored], train: bool, factored: boo
     })
 }
 
-fn hard(shared: &[Tensor], x: &Tensor, tasks: &[Scored]) -> Totals {
+/// Hard sharing; `factored` stops before the products that form each task's gradient and
+/// gives each layer's inputs and every task's deltas at its outputs instead, from which the
+/// coordinator works without forming them.
+fn hard(shared: &[Tensor], x: &Tensor, tasks: &[Scored], factored: bool) -> Totals {
     let saved = trunk::forward_saving(shared, x);
     let heads: Vec<Head> = tasks
         .iter()
         .map(|task| Head::new(task, &saved.representation))
         .collect();
-    let shared_grads = trunk::backward(&saved, shared, Head::deltas(&heads));
+    let delta = Head::deltas(&heads);
+    let shared_grads = if factored {
+        trunk::output_deltas(&saved, shared, delta)
+    } else {
+        trunk::backward(&saved, shared, delta)
+    };
     let own = heads.iter().flat_map(|h| h.grads.iter());
-    Head::totals(&heads, shared_grads, own)
-}
-
-/// [`hard`] without its last products: each layer's inputs and every task's deltas at its
-/// outputs, from which the coordinator works without forming every task's gradient.
-fn hard_factored(shared: &[Tensor], x: &Tensor, tasks: &[Scored]) -> Totals {
-    let saved = trunk::forward_saving(shared, x);
-    let heads: Vec<Head> = tasks
-        .iter()
-        .map(|task| Head::new(task, &saved.representation))
-        .collect();
-    let deltas = trunk::output_deltas(&saved, shared, Head::deltas(&heads));
-    let own = heads.iter().flat_map(|h| h.grads.iter());
-    let mut totals = Head::totals(&heads, deltas, own);
-    totals.shared_inputs = Some(saved.inputs().iter().map(Tensor::shallow_clone).collect());
+    let mut totals = Head::totals(&heads, shared_grads, own);
+    if factored {
+        totals.shared_inputs = Some(saved.inputs().iter().map(Tensor::shallow_clone).collect());
+    }
     totals
 }
 
