@@ -16,12 +16,10 @@
 use std::ops::Range;
 
 use crate::finite::all_finite;
+use crate::mtl::weighting::linalg::{dot_wide_rows, LANES};
 use crate::parallel;
 use crate::simd::with_avx2;
 
-/// Independent accumulators per `f64` dot product: a sum per lane vectorises, one running sum
-/// cannot (its additions must happen in order).
-const LANES: usize = 8;
 /// Rows of a [`product`] (and of `K`) formed together: each load of the other operand's row
 /// serves all of them.
 const ROW_BLOCK: usize = 4;
@@ -366,41 +364,16 @@ with_avx2! {
     fn kernel_row(wide: &[f64], width: usize, r: usize, lanes: &mut [[f64; LANES]]) {
         let row = |i: usize| &wide[i * width..][..width];
         let blocked = (r + 1) / ROW_BLOCK * ROW_BLOCK;
+        lanes.fill([0.0; LANES]);
         for j in (0..blocked).step_by(ROW_BLOCK) {
-            let others = std::array::from_fn(|k| row(j + k));
-            let zeros = [[0.0; LANES]; ROW_BLOCK];
-            lanes[j..j + ROW_BLOCK].copy_from_slice(&dot_lanes(row(r), others, zeros));
+            let others: [_; ROW_BLOCK] = std::array::from_fn(|k| row(j + k));
+            let block = (&mut lanes[j..j + ROW_BLOCK]).try_into().expect("a block of rows");
+            dot_wide_rows(row(r), others, block);
         }
         for (j, lane) in lanes.iter_mut().enumerate().skip(blocked) {
-            *lane = dot_lanes(row(r), [row(j)], [[0.0; LANES]])[0];
+            dot_wide_rows(row(r), [row(j)], std::array::from_mut(lane));
         }
     }
-}
-
-/// Adds the products of `x` with each of `M` rows to their [`LANES`] lanes in `acc`, `x`
-/// loaded once for all; each row's lanes are its own, so their bits do not depend on `M`.
-#[inline(always)]
-fn dot_lanes<const M: usize>(
-    x: &[f64],
-    ys: [&[f64]; M],
-    mut acc: [[f64; LANES]; M],
-) -> [[f64; LANES]; M] {
-    let full = x.len() / LANES * LANES;
-    for start in (0..full).step_by(LANES) {
-        let x = &x[start..start + LANES];
-        for (acc, y) in acc.iter_mut().zip(&ys) {
-            let y = &y[start..start + LANES];
-            for lane in 0..LANES {
-                acc[lane] += x[lane] * y[lane];
-            }
-        }
-    }
-    for (i, &x) in x.iter().enumerate().skip(full) {
-        for (acc, y) in acc.iter_mut().zip(&ys) {
-            acc[0] += x * y[i];
-        }
-    }
-    acc
 }
 
 with_avx2! {
@@ -413,12 +386,12 @@ with_avx2! {
             let blocked = s + (n - s) / ROW_BLOCK * ROW_BLOCK;
             for t in (s..blocked).step_by(ROW_BLOCK) {
                 let at = s * n + t..s * n + t + ROW_BLOCK;
-                let acc: [_; ROW_BLOCK] = lanes[at.clone()].try_into().expect("a block of pairs");
-                let others = std::array::from_fn(|k| row(t + k));
-                lanes[at].copy_from_slice(&dot_lanes(row(s), others, acc));
+                let block = (&mut lanes[at]).try_into().expect("a block of pairs");
+                let others: [_; ROW_BLOCK] = std::array::from_fn(|k| row(t + k));
+                dot_wide_rows(row(s), others, block);
             }
             for t in blocked..n {
-                lanes[s * n + t] = dot_lanes(row(s), [row(t)], [lanes[s * n + t]])[0];
+                dot_wide_rows(row(s), [row(t)], std::array::from_mut(&mut lanes[s * n + t]));
             }
         }
     }

@@ -11,7 +11,7 @@ use crate::simd::with_avx2;
 
 /// Independent accumulators per dot product: a sum per lane vectorises, one running sum
 /// cannot (its additions must happen in order).
-const LANES: usize = 8;
+pub(crate) const LANES: usize = 8;
 /// Entries per block in [`gram`] and [`combine`]: every task's slice of a block (32 KiB of
 /// f32 each) stays in cache while the block is used.
 const BLOCK: usize = 8192;
@@ -56,7 +56,11 @@ fn dot_lanes(a: &[f32], b: &[f32], acc: &mut [f64; LANES]) {
 /// (the products are exact): `a` is loaded once for `K` products. Each accumulator still adds
 /// its own products in entry order, so the bits are those of `K` separate dot products.
 #[inline(always)]
-fn dot_wide_rows<const K: usize>(a: &[f64], rows: [&[f64]; K], acc: &mut [[f64; LANES]; K]) {
+pub(crate) fn dot_wide_rows<const K: usize>(
+    a: &[f64],
+    rows: [&[f64]; K],
+    acc: &mut [[f64; LANES]; K],
+) {
     let full = a.len() / LANES * LANES;
     let mut sums = *acc;
     for start in (0..full).step_by(LANES) {
