@@ -108,22 +108,17 @@ impl OuterOptimizer {
             grad.len(),
             "gradient and parameters differ in length"
         );
-        // The same arithmetic twice: first only to look, then to write.
         match self {
             OuterOptimizer::Sgd { momentum, velocity } => {
-                let update = |p: f32, g: f32, v: f32| {
-                    // torch.optim.SGD: v = momentum * v + g; p -= lr * v.
-                    let v = *momentum * v + g;
-                    (p - lr * v, v)
+                let rule = Momentum {
+                    momentum: *momentum,
+                    lr,
                 };
-                for (i, ((&p, &g), &v)) in params.iter().zip(grad).zip(velocity.iter()).enumerate()
-                {
-                    let (p, v) = update(p, g, v);
-                    Overflow::check(i, [("the momentum", v), ("the parameter", p)])?;
+                // The same arithmetic twice: first only to look, then to write.
+                if !sgd_stays_finite(rule, params, grad, velocity) {
+                    return Err(rule.first_overflow(params, grad, velocity));
                 }
-                for ((p, &g), v) in params.iter_mut().zip(grad).zip(velocity.iter_mut()) {
-                    (*p, *v) = update(*p, g, *v);
-                }
+                sgd_write(rule, params, grad, velocity);
                 Ok(())
             }
             OuterOptimizer::Adam(adam) => adam.step(params, grad, lr),
@@ -152,46 +147,154 @@ impl Overflow {
     }
 }
 
-impl Adam {
-    fn step(&mut self, params: &mut [f32], grad: &[f32], lr: f32) -> Result<(), Overflow> {
-        let t = self.step + 1;
-        let bias1 = 1.0 - self.beta1.powi(t);
-        let bias2_sqrt = (1.0 - self.beta2.powi(t)).sqrt();
-        let step_size = lr / bias1;
-        let (beta1, beta2, eps) = (self.beta1, self.beta2, self.eps);
-        let update = |p: f32, g: f32, m: f32, v: f32| {
-            let m = beta1 * m + (1.0 - beta1) * g;
-            let v = beta2 * v + (1.0 - beta2) * g * g;
-            // torch.optim.Adam: denom = sqrt(v) / sqrt(1 - beta2^t) + eps.
-            let denom = v.sqrt() / bias2_sqrt + eps;
-            (p - step_size * m / denom, m, v)
-        };
-        for (i, (((&p, &g), &m), &v)) in params
-            .iter()
-            .zip(grad)
-            .zip(&self.m)
-            .zip(&self.v)
-            .enumerate()
-        {
-            let (p, m, v) = update(p, g, m, v);
-            Overflow::check(
-                i,
-                [
+/// Values per block of the look before an update: it stops at the first block that would
+/// overflow, and within a block it `or`s flags, which vectorises where stopping at the first
+/// value cannot (a tenth of a multi-task step's coordinator time at 1M parameters).
+const BLOCK: usize = 4096;
+
+/// The exponent bits of an `f32`: all ones for infinities and NaNs.
+const EXPONENT: u32 = 0x7f80_0000;
+
+/// 1 when `x` is infinite or NaN, 0 otherwise, without a branch.
+#[inline(always)]
+fn not_finite(x: f32) -> u32 {
+    u32::from(x.to_bits() & EXPONENT == EXPONENT)
+}
+
+/// torch.optim.SGD's update with momentum at one learning rate.
+#[derive(Clone, Copy)]
+struct Momentum {
+    momentum: f32,
+    lr: f32,
+}
+
+impl Momentum {
+    /// `v = momentum * v + g; p -= lr * v`: the new (p, v).
+    #[inline(always)]
+    fn update(self, p: f32, g: f32, v: f32) -> (f32, f32) {
+        let v = self.momentum * v + g;
+        (p - self.lr * v, v)
+    }
+
+    /// The first value the update would make non-finite, found one value at a time: only
+    /// called once [`sgd_stays_finite`] said there is one.
+    fn first_overflow(self, params: &[f32], grad: &[f32], velocity: &[f32]) -> Overflow {
+        let mut values = params.iter().zip(grad).zip(velocity).enumerate();
+        values
+            .find_map(|(i, ((&p, &g), &v))| {
+                let (p, v) = self.update(p, g, v);
+                Overflow::check(i, [("the momentum", v), ("the parameter", p)]).err()
+            })
+            .expect("a value that overflows")
+    }
+}
+
+crate::simd::with_avx2! {
+    /// Whether `rule` keeps every parameter and velocity finite.
+    fn sgd_stays_finite(rule: Momentum, params: &[f32], grad: &[f32], velocity: &[f32]) -> bool {
+        let blocks = params.chunks(BLOCK).zip(grad.chunks(BLOCK)).zip(velocity.chunks(BLOCK));
+        blocks.into_iter().all(|((p, g), v)| {
+            let bad = p.iter().zip(g).zip(v).fold(0u32, |bad, ((&p, &g), &v)| {
+                let (p, v) = rule.update(p, g, v);
+                bad | not_finite(p) | not_finite(v)
+            });
+            bad == 0
+        })
+    }
+}
+
+crate::simd::with_avx2! {
+    /// Applies `rule` to every parameter and velocity.
+    fn sgd_write(rule: Momentum, params: &mut [f32], grad: &[f32], velocity: &mut [f32]) {
+        for ((p, &g), v) in params.iter_mut().zip(grad).zip(velocity.iter_mut()) {
+            (*p, *v) = rule.update(*p, g, *v);
+        }
+    }
+}
+
+/// torch.optim.Adam's update at one step and learning rate.
+#[derive(Clone, Copy)]
+struct AdamRule {
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    /// `lr / (1 - beta1^t)`.
+    step_size: f32,
+    /// `sqrt(1 - beta2^t)`.
+    bias2_sqrt: f32,
+}
+
+impl AdamRule {
+    /// The new (p, m, v).
+    #[inline(always)]
+    fn update(self, p: f32, g: f32, m: f32, v: f32) -> (f32, f32, f32) {
+        let m = self.beta1 * m + (1.0 - self.beta1) * g;
+        let v = self.beta2 * v + (1.0 - self.beta2) * g * g;
+        // torch.optim.Adam: denom = sqrt(v) / sqrt(1 - beta2^t) + eps.
+        let denom = v.sqrt() / self.bias2_sqrt + self.eps;
+        (p - self.step_size * m / denom, m, v)
+    }
+
+    /// The first value the update would make non-finite, found one value at a time: only
+    /// called once [`adam_stays_finite`] said there is one.
+    fn first_overflow(self, params: &[f32], grad: &[f32], m: &[f32], v: &[f32]) -> Overflow {
+        let mut values = params.iter().zip(grad).zip(m).zip(v).enumerate();
+        values
+            .find_map(|(i, (((&p, &g), &m), &v))| {
+                let (p, m, v) = self.update(p, g, m, v);
+                let named = [
                     ("Adam's first moment", m),
                     ("Adam's second moment", v),
                     ("the parameter", p),
-                ],
-            )?;
+                ];
+                Overflow::check(i, named).err()
+            })
+            .expect("a value that overflows")
+    }
+}
+
+crate::simd::with_avx2! {
+    /// Whether `rule` keeps every parameter and moment finite.
+    fn adam_stays_finite(rule: AdamRule, params: &[f32], grad: &[f32], m: &[f32], v: &[f32]) -> bool {
+        let blocks = (params.chunks(BLOCK).zip(grad.chunks(BLOCK)))
+            .zip(m.chunks(BLOCK).zip(v.chunks(BLOCK)));
+        blocks.into_iter().all(|((p, g), (m, v))| {
+            let values = p.iter().zip(g).zip(m.iter().zip(v));
+            let bad = values.fold(0u32, |bad, ((&p, &g), (&m, &v))| {
+                let (p, m, v) = rule.update(p, g, m, v);
+                bad | not_finite(p) | not_finite(m) | not_finite(v)
+            });
+            bad == 0
+        })
+    }
+}
+
+crate::simd::with_avx2! {
+    /// Applies `rule` to every parameter and moment.
+    fn adam_write(rule: AdamRule, params: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let values = (params.iter_mut().zip(grad)).zip(m.iter_mut().zip(v.iter_mut()));
+        for ((p, &g), (m, v)) in values {
+            (*p, *m, *v) = rule.update(*p, g, *m, *v);
+        }
+    }
+}
+
+impl Adam {
+    fn step(&mut self, params: &mut [f32], grad: &[f32], lr: f32) -> Result<(), Overflow> {
+        let t = self.step + 1;
+        let rule = AdamRule {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            step_size: lr / (1.0 - self.beta1.powi(t)),
+            bias2_sqrt: (1.0 - self.beta2.powi(t)).sqrt(),
+        };
+        // The same arithmetic twice: first only to look, then to write.
+        if !adam_stays_finite(rule, params, grad, &self.m, &self.v) {
+            return Err(rule.first_overflow(params, grad, &self.m, &self.v));
         }
         self.step = t;
-        for (((p, &g), m), v) in params
-            .iter_mut()
-            .zip(grad)
-            .zip(&mut self.m)
-            .zip(&mut self.v)
-        {
-            (*p, *m, *v) = update(*p, g, *m, *v);
-        }
+        adam_write(rule, params, grad, &mut self.m, &mut self.v);
         Ok(())
     }
 }
@@ -278,6 +381,78 @@ mod tests {
                 .unwrap_err()
                 .contains("expected 3"));
         }
+    }
+
+    /// torch.optim.Adam's update written out one value at a time, as the reference for the
+    /// blocked, vectorised loops.
+    fn adam_by_value(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], lr: f32, t: i32) {
+        let (beta1, beta2, eps) = (0.9f32, 0.999f32, 1e-8f32);
+        for i in 0..p.len() {
+            m[i] = beta1 * m[i] + (1.0 - beta1) * g[i];
+            v[i] = beta2 * v[i] + (1.0 - beta2) * g[i] * g[i];
+            let denom = v[i].sqrt() / (1.0 - beta2.powi(t)).sqrt() + eps;
+            p[i] -= lr / (1.0 - beta1.powi(t)) * m[i] / denom;
+        }
+    }
+
+    #[test]
+    fn updates_of_many_blocks_have_the_bits_of_the_update_value_by_value() {
+        // Three blocks and a partial one, values over many magnitudes.
+        let n = 3 * BLOCK + 17;
+        let value = |i: usize, salt: usize| {
+            let x = ((i * 2654435761 + salt) % 20011) as f32 / 20011.0 - 0.5;
+            x * 10f32.powi((i % 9) as i32 - 4)
+        };
+        let grads: Vec<Vec<f32>> = (0..3)
+            .map(|s| (0..n).map(|i| value(i, s + 1)).collect())
+            .collect();
+        let mut opt = OuterOptimizer::new(&meta(OptimizerKind::Adam, 0.01, 0.0), n);
+        let mut p: Vec<f32> = (0..n).map(|i| value(i, 0)).collect();
+        let (mut q, mut m, mut v) = (p.clone(), vec![0.0; n], vec![0.0; n]);
+        for (t, g) in grads.iter().enumerate() {
+            opt.step(&mut p, g, 0.01).unwrap();
+            adam_by_value(&mut q, g, &mut m, &mut v, 0.01, t as i32 + 1);
+            let bits = |x: &[f32]| x.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&p), bits(&q), "parameters after step {}", t + 1);
+            let (_, state) = opt.state();
+            assert_eq!((bits(state[0].1), bits(state[1].1)), (bits(&m), bits(&v)));
+        }
+        let mut sgd = OuterOptimizer::new(&meta(OptimizerKind::Sgd, 0.1, 0.9), n);
+        let (mut p, mut q, mut velocity) = (p.clone(), p, vec![0.0f32; n]);
+        for g in &grads {
+            sgd.step(&mut p, g, 0.1).unwrap();
+            for i in 0..n {
+                velocity[i] = 0.9 * velocity[i] + g[i];
+                q[i] -= 0.1 * velocity[i];
+            }
+            assert_eq!(p, q);
+        }
+    }
+
+    #[test]
+    fn the_first_overflow_is_named_even_blocks_after_the_start() {
+        let n = 2 * BLOCK + 5;
+        let mut adam = OuterOptimizer::new(&meta(OptimizerKind::Adam, 0.1, 0.0), n);
+        let mut p = vec![1.0f32; n];
+        let mut g = vec![0.5f32; n];
+        g[BLOCK + 3] = f32::NAN;
+        g[2 * BLOCK + 1] = 1e30;
+        let overflow = adam.step(&mut p, &g, 0.1).unwrap_err();
+        assert_eq!(
+            (overflow.what, overflow.index),
+            ("Adam's first moment", BLOCK + 3)
+        );
+        assert!(overflow.value.is_nan());
+        assert_eq!(p, vec![1.0; n], "nothing was written");
+        let mut sgd = OuterOptimizer::new(&meta(OptimizerKind::Sgd, 0.1, 0.9), n);
+        g[BLOCK + 3] = 0.5;
+        g[2 * BLOCK + 1] = f32::INFINITY;
+        let overflow = sgd.step(&mut p, &g, 0.1).unwrap_err();
+        assert_eq!(
+            (overflow.what, overflow.index),
+            ("the momentum", 2 * BLOCK + 1)
+        );
+        assert_eq!(p, vec![1.0; n]);
     }
 
     #[test]
