@@ -30,18 +30,22 @@ pub fn map<T: Sync, R: Send>(items: &[T], parallel: bool, f: impl Fn(&T) -> R + 
         return items.iter().map(f).collect();
     }
     let per_thread = items.len().div_ceil(threads);
+    let (first, rest) = items.split_at(per_thread);
     thread::scope(|scope| {
-        let handles: Vec<_> = items
+        let handles: Vec<_> = rest
             .chunks(per_thread)
             .map(|group| {
                 let f = &f;
                 scope.spawn(move || group.iter().map(f).collect::<Vec<R>>())
             })
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("a parallel map's thread panicked"))
-            .collect()
+        // The calling thread takes the first group rather than waiting idle: one thread fewer
+        // to start, and a core that is already awake.
+        let mut results: Vec<R> = first.iter().map(&f).collect();
+        for handle in handles {
+            results.extend(handle.join().expect("a parallel map's thread panicked"));
+        }
+        results
     })
 }
 
@@ -56,15 +60,19 @@ pub fn for_each_mut<T: Send>(items: &mut [T], parallel: bool, f: impl Fn(usize, 
         return;
     }
     let per_thread = items.len().div_ceil(threads);
-    thread::scope(|scope| {
-        for (group_index, group) in items.chunks_mut(per_thread).enumerate() {
-            let f = &f;
-            scope.spawn(move || {
-                for (i, item) in group.iter_mut().enumerate() {
-                    f(group_index * per_thread + i, item);
-                }
-            });
+    let run = |group_index: usize, group: &mut [T]| {
+        for (i, item) in group.iter_mut().enumerate() {
+            f(group_index * per_thread + i, item);
         }
+    };
+    let (first, rest) = items.split_at_mut(per_thread);
+    thread::scope(|scope| {
+        for (group_index, group) in rest.chunks_mut(per_thread).enumerate() {
+            let run = &run;
+            scope.spawn(move || run(group_index + 1, group));
+        }
+        // The calling thread takes the first group, as in `map`.
+        run(0, first);
     });
 }
 

@@ -26,6 +26,14 @@ const ROW_BLOCK: usize = 4;
 /// Columns of a [`product`] formed together: [`ROW_BLOCK`] rows of 16 `f32` accumulators fill
 /// eight AVX2 registers and stay there over the whole inner sum.
 const TILE: usize = 16;
+
+/// One row of a tile of columns, packed for a [`product`]: a cache line, aligned as one, so
+/// that no vector load of it straddles two lines (an allocator's 16-byte alignment made every
+/// other load do so, and the products up to three times slower, by where the heap happened
+/// to place the strip).
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct TileRow([f32; TILE]);
 /// Weight values per piece of a formed gradient: pieces of about equal work, so the cores get
 /// even shares however wide the layers are, each with enough rows that a column strip of the
 /// inputs, copied once, serves many.
@@ -211,7 +219,7 @@ impl FactoredGradients {
             .collect();
         let partials = parallel::map(&blocks, spread, |(layer, columns)| {
             let f = &factors[*layer];
-            let mut strip = vec![0.0; self.rows * TILE];
+            let mut strip = vec![TileRow::default(); self.rows];
             // Every task's `Lᵀ Δ_t` in the tile of columns at hand.
             let mut lt_deltas = vec![vec![0.0; f.rank * TILE]; tasks];
             let mut lanes = vec![[0.0; LANES]; tasks * tasks];
@@ -317,7 +325,7 @@ impl FactoredGradients {
             m: count,
             n: inputs,
         };
-        let mut strip = vec![0.0; rows * TILE];
+        let mut strip = vec![TileRow::default(); rows];
         product(st_a, 0..inputs, &mut strip, piece.weight);
         for (o, bias) in piece.bias.iter_mut().enumerate() {
             let s = &transposed[o * rows..][..rows];
@@ -473,14 +481,14 @@ struct Product<'a> {
 with_avx2! {
     /// Columns `columns` of `p` into `out` (`[m, columns.len()]` row-major); `strip` holds
     /// `inner` rows of a tile.
-    fn product(p: Product, columns: Range<usize>, strip: &mut [f32], out: &mut [f32]) {
+    fn product(p: Product, columns: Range<usize>, strip: &mut [TileRow], out: &mut [f32]) {
         product_into(p, columns, strip, out)
     }
 }
 
 with_avx2! {
     /// [`product`] written out in `f64`, for inner products that need no widening.
-    fn product_wide(p: Product, columns: Range<usize>, strip: &mut [f32], out: &mut [f64]) {
+    fn product_wide(p: Product, columns: Range<usize>, strip: &mut [TileRow], out: &mut [f64]) {
         product_into(p, columns, strip, out)
     }
 }
@@ -488,7 +496,12 @@ with_avx2! {
 /// Columns `columns` of `p` into `out` (`[m, columns.len()]` row-major). Every entry is its own
 /// sum over `inner` in order, so any grouping of rows and columns gives the same bits.
 #[inline(always)]
-fn product_into<T: From<f32>>(p: Product, columns: Range<usize>, strip: &mut [f32], out: &mut [T]) {
+fn product_into<T: From<f32>>(
+    p: Product,
+    columns: Range<usize>,
+    strip: &mut [TileRow],
+    out: &mut [T],
+) {
     let (inner, width) = (p.order.len(), columns.len());
     let blocked = p.m / ROW_BLOCK * ROW_BLOCK;
     for start in columns.clone().step_by(TILE) {
@@ -496,28 +509,28 @@ fn product_into<T: From<f32>>(p: Product, columns: Range<usize>, strip: &mut [f3
         // The tile's columns of `right`, copied in `order` into one contiguous block that stays
         // in cache while every row of `left` passes over it. A last tile narrower than the
         // rest leaves its padding as it was: those columns are summed and dropped.
-        for (packed, &j) in strip.chunks_exact_mut(TILE).zip(p.order) {
+        for (TileRow(packed), &j) in strip.iter_mut().zip(p.order) {
             let source = &p.right[j * p.n + cols.start..j * p.n + cols.end];
             // A whole tile is a copy of known length, two vector moves rather than a call.
             match <&[f32; TILE]>::try_from(source) {
-                Ok(whole) => packed.copy_from_slice(whole),
+                Ok(whole) => *packed = *whole,
                 Err(_) => packed[..source.len()].copy_from_slice(source),
             }
         }
-        let strip = &strip[..inner * TILE];
+        let strip = &strip[..inner];
         let within = cols.start - columns.start..cols.end - columns.start;
         for row in (0..blocked).step_by(ROW_BLOCK) {
             let from = if p.upper { row } else { 0 };
             let rows =
                 std::array::from_fn(|r| &p.left[(row + r) * inner + from..(row + r + 1) * inner]);
             let out = &mut out[row * width..];
-            tile::<T, ROW_BLOCK>(rows, &strip[from * TILE..], out, width, within.clone());
+            tile::<T, ROW_BLOCK>(rows, &strip[from..], out, width, within.clone());
         }
         for row in blocked..p.m {
             let from = if p.upper { row } else { 0 };
             let rows = [&p.left[row * inner + from..(row + 1) * inner]];
             let out = &mut out[row * width..];
-            tile::<T, 1>(rows, &strip[from * TILE..], out, width, within.clone());
+            tile::<T, 1>(rows, &strip[from..], out, width, within.clone());
         }
     }
 }
@@ -528,18 +541,18 @@ fn product_into<T: From<f32>>(p: Product, columns: Range<usize>, strip: &mut [f3
 #[inline(always)]
 fn tile<T: From<f32>, const M: usize>(
     left: [&[f32]; M],
-    strip: &[f32],
+    strip: &[TileRow],
     out: &mut [T],
     n: usize,
     cols: Range<usize>,
 ) {
     let mut acc = [[0.0f32; TILE]; M];
-    for (j, b) in strip.chunks_exact(TILE).enumerate() {
-        let b: &[f32; TILE] = b.try_into().expect("a tile");
+    for (j, TileRow(b)) in strip.iter().enumerate() {
         for (acc, left) in acc.iter_mut().zip(&left) {
             let k = left[j];
+            // Fused: one rounding per multiply-add, and the FMA unit's throughput.
             for (a, &x) in acc.iter_mut().zip(b) {
-                *a += k * x;
+                *a = k.mul_add(x, *a);
             }
         }
     }
