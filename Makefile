@@ -72,7 +72,7 @@ bench-fewshot: build $(VENV_READY)
 
 # A multi-task step (10 tasks, 1M shared parameters, PCGrad and MGDA) against PyTorch.
 bench-mtl: build $(VENV_READY)
-	$(PYTHON) bench/compare_mtl.py --steps 200
+	$(PYTHON) bench/compare_mtl.py --steps 100 --repeat 3
 
 # The coordinator under 16 to 1024 in-process workers that answer at once: throughput, lease
 # latency, memory, and no chunk lost or counted twice.

@@ -15,8 +15,11 @@ The workload is configs/mtl_gradnorm.toml's with larger shared layers: GradNorm'
 data with 10 tasks (250 inputs, 100 outputs each), shared layers 250 -> 1000 -> 750 with ReLU
 (about 1M parameters), one Linear head per task, MSE, 100 fresh rows per step, Adam 0.001,
 for --steps steps. outerloop cuts each step's rows into chunks of 50 (one per worker with two
-workers). Prints steps/s (the first steps left out as warm-up), the ratio against the
-reference, the step's time, the slowest worker's compute time in it, the round (chunks leased
+workers). With --repeat N every configuration runs N times, the configurations taking turns
+(the reference, one worker, two workers, then again), so that a machine whose speed drifts
+over minutes slows all of them alike; each figure is then the median of its N runs, and the
+table adds the range of steps/s. Prints steps/s (the first steps left out as warm-up), the
+ratio against the reference, the step's time, the slowest worker's compute time in it, the round (chunks leased
 until the last result is in), the reduction of the results, and the time in the weighting
 method with its share of the step; then 2 workers against 1 beside the matrix
 multiplies' scaling. Targets: the method under 10% of the step, 1 worker at least as fast as
@@ -24,10 +27,12 @@ the reference, 2 workers at least 1.7x one. Writes the figures to bench/results/
 
 Usage (from the repository root, after `make build`):
     python bench/compare_mtl.py --steps 200
+    python bench/compare_mtl.py --steps 100 --repeat 3 --forms factored
 """
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -57,7 +62,11 @@ def parse_args():
                         + ", ".join(FORMS))
     p.add_argument("--skip-two-workers", action="store_true")
     p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs of every configuration, taking turns; figures are medians")
     args = p.parse_args()
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
     args.methods = [m for m in args.methods.split(",") if m]
     if not args.methods or any(m not in METHODS for m in args.methods):
         p.error(f"--methods takes a comma-separated list from {', '.join(METHODS)}")
@@ -125,30 +134,60 @@ def run_outerloop(args, method, workers, form):
     }
 
 
-def main():
-    args = parse_args()
-    matmul_scaling = concurrent_matmul_scaling()
-    print(f"two one-thread matrix multiplies at once, in two processes: {matmul_scaling:.2f}x "
-          "one", file=sys.stderr)
-    rows = []
+def configurations(args):
+    """(label, run) for every configuration, in the order they take turns."""
+    configs = []
     for method in args.methods:
         if not args.skip_reference:
-            print(f"{method}: running the plain-PyTorch reference for {args.steps} steps...",
-                  file=sys.stderr)
-            rows.append(run_reference(args, method))
+            configs.append((f"{method}: the plain-PyTorch reference",
+                            lambda m=method: run_reference(args, m)))
         for form in args.forms:
             for workers in (1,) if args.skip_two_workers else (1, 2):
-                print(f"{method}: running outerloop, {workers} worker(s), {form}, for "
-                      f"{args.steps} steps...", file=sys.stderr)
-                rows.append(run_outerloop(args, method, workers, form))
+                configs.append((f"{method}: outerloop, {workers} worker(s), {form}",
+                                lambda m=method, w=workers, f=form: run_outerloop(args, m, w, f)))
+    return configs
+
+
+def median_row(runs):
+    """One row from a configuration's runs: the median of every figure, and the runs' range
+    of steps/s."""
+    row = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "workers":
+            row[key] = statistics.median(r[key] for r in runs)
+    row["steps_per_s_range"] = (min(r["steps_per_s"] for r in runs),
+                                max(r["steps_per_s"] for r in runs))
+    row["final_losses"] = runs[-1]["final_losses"]
+    return row
+
+
+def main():
+    args = parse_args()
+    configs = configurations(args)
+    runs = [[] for _ in configs]
+    scalings = []
+    for rep in range(args.repeat):
+        scalings.append(concurrent_matmul_scaling())
+        print(f"two one-thread matrix multiplies at once, in two processes: {scalings[-1]:.2f}x "
+              "one", file=sys.stderr)
+        for (label, run), done in zip(configs, runs):
+            print(f"{label}, {args.steps} steps (run {rep + 1} of {args.repeat})...",
+                  file=sys.stderr)
+            done.append(run())
+    matmul_scaling = statistics.median(scalings)
+    rows = [median_row(r) for r in runs]
 
     widths = [INPUTS] + HIDDEN
     shared = sum((a + 1) * b for a, b in zip(widths, HIDDEN))
     print(f"\nMTL step: GradNorm regression, 10 tasks, shared layers "
           f"{'-'.join(map(str, widths))} ({shared / 1e6:.2f}M parameters), batch {BATCH}, "
           f"{args.steps} steps (first {WARMUP} left out), 1 libtorch thread per process")
+    if args.repeat > 1:
+        print(f"medians of {args.repeat} runs each, the configurations taking turns; range: the "
+              "runs' lowest and highest steps/s")
     print(f"{'method':<7} {'implementation':<38} {'steps/s':>8} {'ratio':>6} {'step ms':>8} "
-          f"{'compute':>8} {'round':>6} {'reduce':>6} {'weighting ms':>12} {'share':>6}")
+          f"{'compute':>8} {'round':>6} {'reduce':>6} {'weighting ms':>12} {'share':>6}"
+          + (f" {'range':>13}" if args.repeat > 1 else ""))
     for method in args.methods:
         mine = [r for r in rows if r["method"] == method]
         base = None if args.skip_reference else mine[0]["steps_per_s"]
@@ -158,7 +197,9 @@ def main():
             print(f"{method:<7} {r['impl']:<38} {r['steps_per_s']:>8.2f} {ratio:>6} "
                   f"{r['step_ms']:>8.1f} {ms('worker_compute_ms'):>8} {ms('round_ms'):>6} "
                   f"{ms('reduce_ms'):>6} {r['weighting_ms']:>12.2f} "
-                  f"{100 * r['weighting_share']:>5.1f}%")
+                  f"{100 * r['weighting_share']:>5.1f}%"
+                  + (" {:>6.2f}-{:<6.2f}".format(*r["steps_per_s_range"])
+                     if args.repeat > 1 else ""))
     if not args.skip_two_workers:
         print()
         for method in args.methods:
@@ -167,15 +208,19 @@ def main():
                                  and r["workers"] == n and r["form"] == form) for n in (1, 2))
                 print(f"{method} {form} 2 workers / 1 worker: "
                       f"{two['steps_per_s'] / one['steps_per_s']:.2f}x "
-                      f"(two one-thread matrix multiplies at once: {matmul_scaling:.2f}x one)")
+                      f"(two one-thread matrix multiplies at once: {matmul_scaling:.2f}x one"
+                      + (f", {min(scalings):.2f}-{max(scalings):.2f}x over the runs"
+                         if args.repeat > 1 else "") + ")")
     print("targets: weighting under 10% of the step, 1 worker at least the reference's "
           "steps/s, 2 workers at least 1.7x one")
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
     out = os.path.join(ROOT, "bench", "results", f"mtl-{args.steps}.json")
     with open(out, "w") as f:
         json.dump({"steps": args.steps, "warmup": WARMUP, "batch": BATCH, "hidden": HIDDEN,
-                   "chunk_rows": CHUNK_ROWS, "matmul_two_process_scaling": matmul_scaling,
-                   "rows": rows}, f, indent=2)
+                   "chunk_rows": CHUNK_ROWS, "repeat": args.repeat,
+                   "matmul_two_process_scaling": matmul_scaling,
+                   "matmul_two_process_scaling_runs": scalings,
+                   "rows": rows, "runs": runs}, f, indent=2)
     print(f"\nwritten to {os.path.relpath(out, ROOT)}")
 
 
