@@ -2,12 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::ops::Range;
+use std::sync::Arc;
 use std::time::Instant;
 
 use outerloop_proto::f32s_to_bytes;
 use outerloop_proto::model::ParamLayout;
 use outerloop_proto::mtl::{MtlSetup, RowBatch, RowSplit};
-use outerloop_proto::v1::{self, ExperimentSetup, Phase};
+use outerloop_proto::v1::{self, ChunkResult, ExperimentSetup, Phase};
 use outerloop_proto::work::{Task, TaskDescriptor};
 use serde_json::json;
 
@@ -49,16 +51,12 @@ struct Run<'a> {
     /// The set-up in its wire form, built once: every round carries it.
     wire_setup: ExperimentSetup,
     layout: ParamLayout,
-    /// The values of each task's head, in task order.
-    head_lens: Vec<usize>,
-    /// The shared MLP's layers (inputs, outputs) when training chunks send their gradients
-    /// factored (`MtlSetup::factored`).
-    factored_layers: Option<Vec<(usize, usize)>>,
+    /// Where each part of the model sits, shared with the checks of results and the updates.
+    shape: Arc<Shape>,
     /// Rows of the validation and test splits when the data has an end (a table's).
     held_out_rows: Option<[u64; 2]>,
-    params: Vec<f32>,
-    optimizer: OuterOptimizer,
-    weighting: Box<dyn Weighting>,
+    /// Away only while a step's update runs on a blocking thread.
+    learner: Option<Learner>,
     /// Steps done; also the parameter version workers cache by.
     step: u64,
     train_seconds: f64,
@@ -105,17 +103,13 @@ impl<'a> Run<'a> {
             registry,
             dispatcher,
             wire_setup: (&setup).into(),
-            head_lens: (0..setup.tasks.len())
-                .map(|t| setup.head_range(t).len())
-                .collect(),
-            factored_layers: setup.factored.then(|| {
-                let widths = setup.shared.mlp().widths();
-                widths.windows(2).map(|w| (w[0], w[1])).collect()
-            }),
+            shape: Arc::new(Shape::of(&setup, &layout)),
             held_out_rows,
-            params: start.params,
-            optimizer: start.optimizer,
-            weighting: start.weighting,
+            learner: Some(Learner {
+                params: start.params,
+                optimizer: start.optimizer,
+                weighting: start.weighting,
+            }),
             step: start.step,
             train_seconds: start.train_seconds,
             checkpointed_at: start.train_seconds,
@@ -178,81 +172,46 @@ impl<'a> Run<'a> {
         let chunks = self.descriptors(Split::Train, self.step * batch, sizes);
         let out = self.round(Phase::Train, chunks, sizes).await?;
         let round_seconds = started.elapsed().as_secs_f64();
-        // The mean loss's gradients: every sum is over the batch's rows, and the reduction
-        // divides the shared ones in its last pass over them.
-        let scale = 1.0 / batch as f32;
-        let mut sums = reduce_tasks(&out.results, self.expected(true, scale, sizes))?;
-        let factored = match self.factoring(sizes) {
-            Some(factoring) => Some(factored_gradients(&out.results, factoring, scale)?),
-            None => None,
-        };
-        let (losses, metrics) = means(&sums, batch);
-        let reduce_seconds = started.elapsed().as_secs_f64() - round_seconds;
-        let dense: Vec<Vec<f32>> = sums
-            .iter_mut()
-            .map(|s| std::mem::take(&mut s.shared_grad))
-            .collect();
-        let gradients = match &factored {
-            Some(factored) => TaskGradients::Factored(factored),
-            None => TaskGradients::Dense(&dense),
-        };
-        let weighting_started = Instant::now();
-        let input = StepInput {
+        let (workers, critical) = critical_compute(&out);
+        let compute_seconds = out.results.iter().map(|r| r.compute_seconds).sum::<f64>();
+        // The update is tens of milliseconds of vector work at 1M shared parameters and
+        // seconds at tens of millions: on a blocking thread, the async runtime meanwhile
+        // answers heartbeats and leases (other experiments' rounds go on).
+        let plan = UpdatePlan {
+            shape: self.shape.clone(),
+            sizes: sizes.to_vec(),
             step: self.step,
-            losses: &losses,
-            gradients,
+            lr: spec.train.lr,
+            batch,
             rng_key: sampling::task_key(spec.seed, Split::Train, self.step, u64::MAX),
         };
-        let combination = self
-            .weighting
-            .combine(&input)
-            .map_err(|source| RunError::Weighting {
-                step: self.step + 1,
-                source,
-            })?;
-        let weighting_seconds = weighting_started.elapsed().as_secs_f64();
-        let (shared_len, tasks) = (self.setup.shared_len(), sums.len());
-        if combination.shared.len() != shared_len || combination.head_scale.len() != tasks {
-            // A method's bug, refused before it could shift the heads' gradients.
-            return Err(RunError::Weighting {
-                step: self.step + 1,
-                source: WeightingError::Shape {
-                    method: self.weighting.name(),
-                    detail: format!(
-                        "returned a direction of {} values and {} head scales for {shared_len} shared values and {tasks} tasks",
-                        combination.shared.len(),
-                        combination.head_scale.len()
-                    ),
-                },
-            });
-        }
-        let grad = self.full_gradient(combination.shared, &combination.head_scale, &sums, scale);
-        // Checked before the update, so that diverged values never reach the parameters.
-        if !all_finite(&grad) {
-            let bad = grad.iter().find(|g| !g.is_finite()).copied();
-            return Err(RunError::Diverged {
-                step: self.step + 1,
-                what: "the combined gradient".into(),
-                value: bad.unwrap_or(f32::NAN) as f64,
-                hint: "try a smaller train.lr",
-            });
-        }
-        self.optimizer
-            .step(&mut self.params, &grad, spec.train.lr)
-            .map_err(|o| {
-                super::overflowed(
-                    self.step + 1,
-                    o,
-                    "an absurd gradient, or try a smaller train.lr",
-                )
-            })?;
+        let mut learner = self
+            .learner
+            .take()
+            .expect("the learner is home between steps");
+        let joined = tokio::task::spawn_blocking(move || {
+            let updated = plan.apply(&mut learner, &out.results);
+            (learner, updated)
+        })
+        .await;
+        let (learner, updated) = match joined {
+            Ok(done) => done,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => return Err(RunError::Io(io::Error::other(e))),
+        };
+        self.learner = Some(learner);
+        let Updated {
+            losses,
+            metrics,
+            record,
+            reduce_seconds,
+            weighting_seconds,
+        } = updated?;
         self.step += 1;
         let step_seconds = started.elapsed().as_secs_f64();
         self.train_seconds += step_seconds;
-        let (workers, critical) = critical_compute(&out);
         let mean_loss = losses.iter().sum::<f64>() / losses.len() as f64;
-        let record: serde_json::Map<String, serde_json::Value> = combination
-            .record
+        let record: serde_json::Map<String, serde_json::Value> = record
             .iter()
             .map(|(name, values)| (name.to_string(), json!(values)))
             .collect();
@@ -269,7 +228,7 @@ impl<'a> Run<'a> {
             "round_seconds": round_seconds,
             "reduce_seconds": reduce_seconds,
             "weighting_seconds": weighting_seconds,
-            "compute_seconds": out.results.iter().map(|r| r.compute_seconds).sum::<f64>(),
+            "compute_seconds": compute_seconds,
             "critical_compute_seconds": critical,
             "workers": workers,
         }))?;
@@ -283,44 +242,10 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// The update's gradient in layout order: the weighting's shared direction, then each
-    /// task's head gradient (a mean over the batch) scaled as the method says.
-    fn full_gradient(
-        &self,
-        shared: Vec<f32>,
-        head_scale: &[f64],
-        sums: &[TaskSums],
-        scale: f32,
-    ) -> Vec<f32> {
-        // The shared layers come first in the layout: the heads extend their gradient.
-        let mut grad = shared;
-        grad.resize(self.layout.param_count(), 0.0);
-        for (task, (sum, &weight)) in sums.iter().zip(head_scale).enumerate() {
-            let range = self.setup.head_range(task);
-            let factor = (weight * scale as f64) as f32;
-            for (g, &h) in grad[range].iter_mut().zip(&sum.head_grad) {
-                *g = h * factor;
-            }
-        }
-        grad
-    }
-
-    fn expected<'s>(&'s self, train: bool, shared_scale: f32, sizes: &'s [usize]) -> Expected<'s> {
-        Expected {
-            shared_len: self.setup.shared_len(),
-            head_lens: &self.head_lens,
-            train,
-            shared_scale,
-            factored: self.factoring(sizes).filter(|_| train),
-        }
-    }
-
-    /// The shapes of a factored training round of chunks of `sizes` rows.
-    fn factoring<'s>(&'s self, sizes: &'s [usize]) -> Option<Factoring<'s>> {
-        self.factored_layers.as_ref().map(|layers| Factoring {
-            layers,
-            chunk_rows: sizes,
-        })
+    fn learner(&self) -> &Learner {
+        self.learner
+            .as_ref()
+            .expect("the learner is home between steps")
     }
 
     /// Scores the validation rows (`Split::Eval`, the same rows every time) or the test rows
@@ -345,7 +270,7 @@ impl<'a> Run<'a> {
         let sizes = chunk_sizes(rows, spec.eval.chunk_rows as u64);
         let chunks = self.descriptors(split, 0, &sizes);
         let out = self.round(Phase::Eval, chunks, &sizes).await?;
-        let sums = reduce_tasks(&out.results, self.expected(false, 1.0, &sizes))?;
+        let sums = reduce_tasks(&out.results, self.shape.expected(false, 1.0, &sizes))?;
         let (losses, metrics) = means(&sums, rows);
         let names = spec.task_names();
         let delta_m_percent = spec.eval.baselines.as_ref().map(|baselines| {
@@ -425,19 +350,12 @@ impl<'a> Run<'a> {
         sizes: &[usize],
     ) -> Result<RoundOutput, RunError> {
         // Each result is checked as it arrives: what the reduction will read, finite values.
-        let (shared_len, head_lens) = (self.setup.shared_len(), self.head_lens.clone());
         let train = phase == Phase::Train;
-        let (layers, chunk_rows) = (self.factored_layers.clone(), sizes.to_vec());
+        let (shape, chunk_rows) = (self.shape.clone(), sizes.to_vec());
         let check = ResultCheck::new(move |index, result| {
             let expected = Expected {
-                shared_len,
-                head_lens: &head_lens,
-                train,
-                shared_scale: 1.0,
-                factored: layers.as_deref().map(|layers| Factoring {
-                    layers,
-                    chunk_rows: &chunk_rows,
-                }),
+                factored: shape.factoring(&chunk_rows),
+                ..shape.expected(train, 1.0, &chunk_rows)
             };
             check_chunk(index, result, &expected).map_err(|e| e.to_string())
         });
@@ -445,7 +363,7 @@ impl<'a> Run<'a> {
             setup: self.wire_setup.clone(),
             dataset: None,
             version: self.step,
-            params: f32s_to_bytes(&self.params),
+            params: f32s_to_bytes(&self.learner().params),
             phase,
             inner_steps: 0,
             chunks,
@@ -460,8 +378,7 @@ impl<'a> Run<'a> {
         // Metrics up to this step must be on disk before the checkpoint claims them.
         self.metrics.flush()?;
         // The weighting state is f64 and must resume bit-exactly: its values travel as bits.
-        let weighting: BTreeMap<&str, Vec<u64>> = self
-            .weighting
+        let weighting: BTreeMap<&str, Vec<u64>> = (self.learner().weighting)
             .state()
             .into_iter()
             .map(|(name, values)| (name, values.iter().map(|v| v.to_bits()).collect()))
@@ -483,11 +400,191 @@ impl<'a> Run<'a> {
     fn state(&self) -> RunState<'_> {
         RunState {
             layout: &self.layout,
-            params: &self.params,
-            optimizer: &self.optimizer,
+            params: &self.learner().params,
+            optimizer: &self.learner().optimizer,
             step: self.step,
             train_seconds: self.train_seconds,
         }
+    }
+}
+
+/// What every step changes: the parameters, the outer optimizer's state and the weighting
+/// method's.
+struct Learner {
+    params: Vec<f32>,
+    optimizer: OuterOptimizer,
+    weighting: Box<dyn Weighting>,
+}
+
+/// Where each part of a multi-task model sits, fixed for the run.
+struct Shape {
+    shared_len: usize,
+    /// The values of each task's head, in task order.
+    head_lens: Vec<usize>,
+    /// Where each task's head sits in the parameters.
+    head_ranges: Vec<Range<usize>>,
+    param_count: usize,
+    /// The shared MLP's layers (inputs, outputs) when training chunks send their gradients
+    /// factored (`MtlSetup::factored`).
+    factored_layers: Option<Vec<(usize, usize)>>,
+}
+
+impl Shape {
+    fn of(setup: &MtlSetup, layout: &ParamLayout) -> Shape {
+        let head_ranges: Vec<Range<usize>> = (0..setup.tasks.len())
+            .map(|t| setup.head_range(t))
+            .collect();
+        Shape {
+            shared_len: setup.shared_len(),
+            head_lens: head_ranges.iter().map(Range::len).collect(),
+            head_ranges,
+            param_count: layout.param_count(),
+            factored_layers: setup.factored.then(|| {
+                let widths = setup.shared.mlp().widths();
+                widths.windows(2).map(|w| (w[0], w[1])).collect()
+            }),
+        }
+    }
+
+    /// What a round's chunks of `sizes` rows must hold; training factored when the run is.
+    fn expected<'s>(&'s self, train: bool, shared_scale: f32, sizes: &'s [usize]) -> Expected<'s> {
+        Expected {
+            shared_len: self.shared_len,
+            head_lens: &self.head_lens,
+            train,
+            shared_scale,
+            factored: self.factoring(sizes).filter(|_| train),
+        }
+    }
+
+    /// The shapes of a factored training round of chunks of `sizes` rows.
+    fn factoring<'s>(&'s self, sizes: &'s [usize]) -> Option<Factoring<'s>> {
+        self.factored_layers.as_ref().map(|layers| Factoring {
+            layers,
+            chunk_rows: sizes,
+        })
+    }
+}
+
+/// One step's update, with everything it reads of the run owned, so that it can run on a
+/// blocking thread.
+struct UpdatePlan {
+    shape: Arc<Shape>,
+    /// Rows of each chunk of the step.
+    sizes: Vec<usize>,
+    /// The step being taken (0-based).
+    step: u64,
+    lr: f32,
+    batch: u64,
+    /// The step's counter-based key, the weighting method's only randomness.
+    rng_key: u64,
+}
+
+/// What a step's update leaves for the metrics.
+struct Updated {
+    losses: Vec<f64>,
+    metrics: Vec<f64>,
+    record: Vec<(&'static str, Vec<f64>)>,
+    reduce_seconds: f64,
+    weighting_seconds: f64,
+}
+
+impl UpdatePlan {
+    /// Reduces the round's `results` per task, combines the tasks by the weighting method and
+    /// applies the outer optimizer to `learner`. Diverged values never reach the parameters.
+    fn apply(&self, learner: &mut Learner, results: &[ChunkResult]) -> Result<Updated, RunError> {
+        let started = Instant::now();
+        let failed = |source| RunError::Weighting {
+            step: self.step + 1,
+            source,
+        };
+        // The mean loss's gradients: every sum is over the batch's rows, and the reduction
+        // divides the shared ones in its last pass over them.
+        let scale = 1.0 / self.batch as f32;
+        let mut sums = reduce_tasks(results, self.shape.expected(true, scale, &self.sizes))?;
+        let factored = match self.shape.factoring(&self.sizes) {
+            Some(factoring) => Some(factored_gradients(results, factoring, scale)?),
+            None => None,
+        };
+        let (losses, metrics) = means(&sums, self.batch);
+        let reduce_seconds = started.elapsed().as_secs_f64();
+        let dense: Vec<Vec<f32>> = sums
+            .iter_mut()
+            .map(|s| std::mem::take(&mut s.shared_grad))
+            .collect();
+        let gradients = match &factored {
+            Some(factored) => TaskGradients::Factored(factored),
+            None => TaskGradients::Dense(&dense),
+        };
+        let weighting_started = Instant::now();
+        let input = StepInput {
+            step: self.step,
+            losses: &losses,
+            gradients,
+            rng_key: self.rng_key,
+        };
+        let combination = learner.weighting.combine(&input).map_err(failed)?;
+        let weighting_seconds = weighting_started.elapsed().as_secs_f64();
+        let (shared_len, tasks) = (self.shape.shared_len, sums.len());
+        if combination.shared.len() != shared_len || combination.head_scale.len() != tasks {
+            // A method's bug, refused before it could shift the heads' gradients.
+            return Err(failed(WeightingError::Shape {
+                method: learner.weighting.name(),
+                detail: format!(
+                    "returned a direction of {} values and {} head scales for {shared_len} shared values and {tasks} tasks",
+                    combination.shared.len(),
+                    combination.head_scale.len()
+                ),
+            }));
+        }
+        let grad = self.full_gradient(combination.shared, &combination.head_scale, &sums, scale);
+        // Checked before the update, so that diverged values never reach the parameters.
+        if !all_finite(&grad) {
+            let bad = grad.iter().find(|g| !g.is_finite()).copied();
+            return Err(RunError::Diverged {
+                step: self.step + 1,
+                what: "the combined gradient".into(),
+                value: bad.unwrap_or(f32::NAN) as f64,
+                hint: "try a smaller train.lr",
+            });
+        }
+        (learner.optimizer)
+            .step(&mut learner.params, &grad, self.lr)
+            .map_err(|o| {
+                super::overflowed(
+                    self.step + 1,
+                    o,
+                    "an absurd gradient, or try a smaller train.lr",
+                )
+            })?;
+        Ok(Updated {
+            losses,
+            metrics,
+            record: combination.record,
+            reduce_seconds,
+            weighting_seconds,
+        })
+    }
+
+    /// The update's gradient in layout order: the weighting's shared direction, then each
+    /// task's head gradient (a mean over the batch) scaled as the method says.
+    fn full_gradient(
+        &self,
+        shared: Vec<f32>,
+        head_scale: &[f64],
+        sums: &[TaskSums],
+        scale: f32,
+    ) -> Vec<f32> {
+        // The shared layers come first in the layout: the heads extend their gradient.
+        let mut grad = shared;
+        grad.resize(self.shape.param_count, 0.0);
+        for ((sum, &weight), range) in sums.iter().zip(head_scale).zip(&self.shape.head_ranges) {
+            let factor = (weight * scale as f64) as f32;
+            for (g, &h) in grad[range.clone()].iter_mut().zip(&sum.head_grad) {
+                *g = h * factor;
+            }
+        }
+        grad
     }
 }
 
