@@ -180,8 +180,9 @@ fn a_multi_task_run_is_bit_identical_on_one_and_two_workers_and_after_a_restart(
     );
 }
 
-/// Runs `run` on one and on two workers, asserts that the two shared steps and that final
-/// parameters and metrics are identical, and returns the two-worker run's.
+/// Runs `run` on one and on two workers, asserts that the two workers shared the steps and
+/// that the final parameters and the metrics of both runs are identical, and returns the
+/// two-worker run's.
 fn same_on_one_and_two_workers(
     run: impl Fn(usize) -> (Vec<u8>, Vec<Value>, u64),
 ) -> (Vec<u8>, Vec<Value>) {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::finite::not_finite;
 use crate::spec::{MetaSpec, OptimizerKind};
 
 /// An outer optimizer: one update of `params` from the meta-gradient `grad`. The learning rate
@@ -151,15 +152,6 @@ impl Overflow {
 /// overflow, and within a block it `or`s flags, which vectorises where stopping at the first
 /// value cannot (a tenth of a multi-task step's coordinator time at 1M parameters).
 const BLOCK: usize = 4096;
-
-/// The exponent bits of an `f32`: all ones for infinities and NaNs.
-const EXPONENT: u32 = 0x7f80_0000;
-
-/// 1 when `x` is infinite or NaN, 0 otherwise, without a branch.
-#[inline(always)]
-fn not_finite(x: f32) -> u32 {
-    u32::from(x.to_bits() & EXPONENT == EXPONENT)
-}
 
 /// torch.optim.SGD's update with momentum at one learning rate.
 #[derive(Clone, Copy)]

@@ -9,8 +9,8 @@
 //! aarch64), from libm's exact `fma` otherwise, which is slow but gives the same bits.
 
 /// Defines `fn NAME(ARGS) -> RET { BODY }` that runs `BODY` compiled for AVX2 and FMA when the
-/// CPU has both, and for baseline x86-64 (or any other target) otherwise. Helpers the body calls must be
-/// `#[inline(always)]` to be compiled for AVX2 with it.
+/// CPU has both, and for baseline x86-64 (or any other target) otherwise. Helpers the body
+/// calls must be `#[inline(always)]` to be compiled for AVX2 with it.
 macro_rules! with_avx2 {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*

@@ -29,8 +29,8 @@ const TILE: usize = 16;
 
 /// One row of a tile of columns, packed for a [`product`]: a cache line, aligned as one, so
 /// that no vector load of it straddles two lines (an allocator's 16-byte alignment made every
-/// other load do so, and the products up to three times slower, by where the heap happened
-/// to place the strip).
+/// other load do so, and the products about 2.5 times slower, by where the heap happened to
+/// place the strip).
 #[derive(Clone, Copy, Default)]
 #[repr(C, align(64))]
 struct TileRow([f32; TILE]);
