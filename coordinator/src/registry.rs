@@ -332,6 +332,16 @@ impl Registry {
         }
         Ok(())
     }
+
+    /// Writes an experiment's record, as it is now, to the store (again, after a failed
+    /// [`update`](Self::update)).
+    pub fn persist(&self, id: &str) -> io::Result<()> {
+        let mut entries = self.lock();
+        match entry_mut(&mut entries, id) {
+            Ok(entry) => self.store.save(&entry.record),
+            Err(_) => Ok(()),
+        }
+    }
 }
 
 /// The entry of experiment `id`, or the error that names the known ids.

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use outerloop_proto::dataset::Manifest;
@@ -255,12 +255,7 @@ impl Store {
         } else {
             OpenOptions::new().append(true).open(&path)?
         };
-        Ok((
-            MetricsWriter {
-                out: BufWriter::new(file),
-            },
-            last_eval,
-        ))
+        Ok((MetricsWriter::new(Box::new(file)), last_eval))
     }
 
     /// Writes F32 tensors as the safetensors file `file_name` in the experiment's directory.
@@ -297,19 +292,69 @@ impl Store {
     }
 }
 
-/// Appends JSON lines to `metrics.jsonl`, buffered; flushed at evaluations and at the end.
+/// Lines of `metrics.jsonl` pending before [`MetricsWriter::write_if_full`] writes them.
+const METRICS_BUFFER: usize = 8 * 1024;
+
+/// Appends JSON lines to `metrics.jsonl`: they wait in memory until a buffer's worth is pending
+/// or [`flush`](Self::flush) (at evaluations, checkpoints and the end). A failed write keeps
+/// every byte it did not write, so that writing again neither loses nor repeats a line.
 pub struct MetricsWriter {
-    out: BufWriter<File>,
+    file: Box<dyn Write + Send + Sync>,
+    pending: Vec<u8>,
 }
 
 impl MetricsWriter {
-    pub fn append(&mut self, line: &serde_json::Value) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, line)?;
-        self.out.write_all(b"\n")
+    fn new(file: Box<dyn Write + Send + Sync>) -> Self {
+        Self {
+            file,
+            pending: Vec::new(),
+        }
     }
 
+    /// Adds `line`, whole, to the lines pending.
+    pub fn push(&mut self, line: &serde_json::Value) {
+        // A `Value` always serialises (its keys are strings); `to_writer` into the pending
+        // bytes could have left half a line there had it failed.
+        let mut bytes = serde_json::to_vec(line).expect("a JSON value serialises");
+        bytes.push(b'\n');
+        self.pending.extend_from_slice(&bytes);
+    }
+
+    /// Writes the pending lines once a buffer's worth waits.
+    pub fn write_if_full(&mut self) -> io::Result<()> {
+        if self.pending.len() >= METRICS_BUFFER {
+            self.flush()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Writes every pending line; on an error, what was not written stays pending.
     pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+        let mut written = 0;
+        let outcome = loop {
+            if written == self.pending.len() {
+                break self.file.flush();
+            }
+            match self.file.write(&self.pending[written..]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.pending.drain(..written);
+        outcome
+    }
+}
+
+impl Drop for MetricsWriter {
+    /// However a run ends (failed, cancelled), the lines of the steps it took reach the file;
+    /// one last try, as `BufWriter` makes.
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::warn!(error = %e, "cannot write the last lines of metrics.jsonl");
+        }
     }
 }
 
@@ -398,13 +443,11 @@ mod tests {
             let (mut metrics, last) = store.metrics_writer("exp-1", 0).unwrap();
             assert_eq!(last, None);
             for step in 1..=5 {
-                metrics
-                    .append(&serde_json::json!({"kind": "train", "step": step}))
-                    .unwrap();
+                metrics.push(&serde_json::json!({"kind": "train", "step": step}));
                 if step % 2 == 0 {
                     let eval = serde_json::json!({"kind": "eval", "step": step, "loss_mean": step as f64,
                         "loss_ci95": 0.1, "tasks": 10, "loss_before_mean": 3.0});
-                    metrics.append(&eval).unwrap();
+                    metrics.push(&eval);
                 }
             }
             metrics.flush().unwrap();
@@ -418,9 +461,7 @@ mod tests {
 
         let (mut metrics, last) = store.metrics_writer("exp-1", 4).unwrap();
         assert_eq!(last.map(|e| (e.step, e.loss_mean)), Some((4, 4.0)));
-        metrics
-            .append(&serde_json::json!({"kind": "train", "step": 5}))
-            .unwrap();
+        metrics.push(&serde_json::json!({"kind": "train", "step": 5}));
         metrics.flush().unwrap();
         let steps: Vec<(String, u64)> = fs::read_to_string(&path)
             .unwrap()
@@ -443,5 +484,66 @@ mod tests {
             ("train", 5),
         ];
         assert_eq!(steps, expected.map(|(k, s)| (k.to_string(), s)));
+    }
+
+    /// A file that takes `room` more bytes, then fails (a full disk) until given more room.
+    #[derive(Clone, Default)]
+    struct Cramped(std::sync::Arc<std::sync::Mutex<(Vec<u8>, usize)>>);
+
+    impl Write for Cramped {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let mut disk = self.0.lock().unwrap();
+            let (written, room) = &mut *disk;
+            if *room == 0 {
+                return Err(io::Error::other("No space left on device"));
+            }
+            let n = buf.len().min(*room);
+            written.extend_from_slice(&buf[..n]);
+            *room -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_metrics_write_neither_loses_nor_repeats_a_line_when_written_again() {
+        let disk = Cramped::default();
+        // Room for the first line and part of the second (each is 37 bytes).
+        disk.0.lock().unwrap().1 = 50;
+        let mut metrics = MetricsWriter::new(Box::new(disk.clone()));
+        let lines: Vec<serde_json::Value> = (1..=3)
+            .map(|step| serde_json::json!({"kind": "train", "step": step, "loss": 0.5}))
+            .collect();
+        for line in &lines {
+            metrics.push(line);
+            metrics.write_if_full().unwrap();
+        }
+        assert!(
+            disk.0.lock().unwrap().0.is_empty(),
+            "below a buffer's worth, nothing is written"
+        );
+        assert!(metrics.flush().is_err(), "the disk fills mid-line");
+        assert_eq!(disk.0.lock().unwrap().0.len(), 50);
+        assert!(metrics.flush().is_err(), "and stays full");
+        disk.0.lock().unwrap().1 = usize::MAX;
+        metrics.flush().unwrap();
+        metrics.flush().unwrap();
+        let text = String::from_utf8(disk.0.lock().unwrap().0.clone()).unwrap();
+        let read: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(read, lines, "every line once, whole, in order");
+        metrics.push(&serde_json::json!({"kind": "train", "step": 4}));
+        drop(metrics);
+        let text = String::from_utf8(disk.0.lock().unwrap().0.clone()).unwrap();
+        assert_eq!(
+            text.lines().count(),
+            4,
+            "a writer dropped writes what is pending"
+        );
     }
 }

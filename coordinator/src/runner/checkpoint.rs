@@ -7,6 +7,7 @@ use std::path::Path;
 
 use outerloop_proto::model::ParamLayout;
 
+use super::retry;
 use crate::optimizer::OuterOptimizer;
 use crate::safetensors_file::{self, model_tensors, Decoded, NamedTensor};
 use crate::spec::CheckpointSpec;
@@ -24,14 +25,10 @@ pub(super) struct RunState<'a> {
     pub train_seconds: f64,
 }
 
-/// Tries of a checkpoint write before the run fails: a full disk or a descriptor shortage may
-/// pass, and failing a long run over one write would lose more than waiting.
-const WRITE_TRIES: u32 = 4;
-
 /// Writes experiment `id`'s checkpoint: `state`, and `extra` metadata entries of the kind's own.
 /// The state is encoded here (a copy); writing and the fsync run on a blocking thread, off the
 /// async runtime (a large model's would otherwise hold up heartbeats until workers are
-/// dropped). A failed write is tried again, with growing pauses, before its error is returned.
+/// dropped). A failed write is tried again ([`retry`]) before its error is returned.
 /// With `keep` above one, the checkpoint is also kept as `checkpoint-STEP.safetensors`, and
 /// the oldest numbered ones past `keep` are deleted.
 pub(super) async fn write(
@@ -45,22 +42,10 @@ pub(super) async fn write(
     let bytes = encode(state, extra);
     let (store, id) = (store.clone(), id.to_string());
     tokio::task::spawn_blocking(move || {
-        let mut pause = std::time::Duration::from_millis(500);
-        for try_ in 1.. {
-            let written = store
-                .write_file(&id, CHECKPOINT, &bytes)
-                .and_then(|latest| keep_numbered(&latest, step, keep));
-            match written {
-                Ok(()) => return Ok(()),
-                Err(e) if try_ < WRITE_TRIES => {
-                    tracing::warn!(%id, error = %e, try_, "cannot write the checkpoint; trying again");
-                    std::thread::sleep(pause);
-                    pause *= 2;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        unreachable!("the loop returns")
+        retry::retrying_blocking(&id, "the checkpoint", || {
+            let latest = store.write_file(&id, CHECKPOINT, &bytes)?;
+            keep_numbered(&latest, step, keep)
+        })
     })
     .await
     .map_err(io::Error::other)?

@@ -4,13 +4,14 @@ use std::time::Instant;
 
 use outerloop_proto::f32s_to_bytes;
 use outerloop_proto::model::ParamLayout;
-use outerloop_proto::v1::{self, ExperimentSetup, Phase};
+use outerloop_proto::v1::{self, ChunkResult, ExperimentSetup, Phase};
 use serde_json::json;
 
 use super::checkpoint::{self, Checkpoint, RunState};
 use super::{chunk_sizes, critical_compute, RunError};
-use crate::aggregate::{check_chunk, reduce};
+use crate::aggregate::{check_chunk, reduce, RoundTotals};
 use crate::dispatch::{DatasetVersion, Dispatcher, ResultCheck, RoundInput};
+use crate::finite::all_finite;
 use crate::optimizer::OuterOptimizer;
 use crate::registry::{Job, Registry};
 use crate::sampling::{self, Sampler, Split};
@@ -40,8 +41,8 @@ struct Run<'a> {
     setup: ExperimentSetup,
     /// The dataset (and version) a worker must hold to compute this experiment's rounds.
     dataset: Option<DatasetVersion>,
-    params: Vec<f32>,
-    optimizer: OuterOptimizer,
+    /// Away on a blocking thread while a step's update runs, home otherwise.
+    learner: Option<Learner>,
     /// Outer steps done; also the parameter version workers cache by.
     step: u64,
     train_seconds: f64,
@@ -102,8 +103,10 @@ impl<'a> Run<'a> {
                 fingerprint: i.fingerprint.clone().unwrap_or_default(),
             }),
             sampler,
-            params: start.params,
-            optimizer: start.optimizer,
+            learner: Some(Learner {
+                params: start.params,
+                optimizer: start.optimizer,
+            }),
             step: start.step,
             train_seconds: start.train_seconds,
             checkpointed_at: start.train_seconds,
@@ -140,37 +143,31 @@ impl<'a> Run<'a> {
                 }
                 out => out?,
             };
-            let totals = reduce(&out.results, &sizes, Some(self.layout.param_count()))?;
-            // The meta-gradient is the mean over the meta-batch, as in MAML's outer update
-            // (for Reptile, the mean of the tasks' updates `theta - adapted`).
-            let scale = 1.0 / meta_batch as f32;
-            let grad: Vec<f32> = totals.grad_sum.iter().map(|g| g * scale).collect();
-            let meta_loss = MeanCi::of(&totals.loss_after).mean;
-            // Checked before the update, so diverged values never reach the parameters.
-            if !meta_loss.is_finite() || grad.iter().any(|g| !g.is_finite()) {
-                return Err(RunError::Diverged {
-                    step: self.step + 1,
-                    what: "meta-loss".into(),
-                    value: meta_loss,
-                    hint: "try a smaller meta.meta_lr or meta.inner_lr",
-                });
-            }
+            let (workers, critical) = critical_compute(&out);
             let lr = spec.meta.lr_at(self.step);
-            self.optimizer
-                .step(&mut self.params, &grad, lr)
-                .map_err(|o| {
-                    super::overflowed(
-                        self.step + 1,
-                        o,
-                        "an absurd gradient, or try a smaller meta.meta_lr",
-                    )
-                })?;
+            let update = OuterUpdate {
+                sizes: sizes.clone(),
+                param_count: self.layout.param_count(),
+                meta_batch,
+                step: self.step,
+                lr,
+            };
+            let mut learner = self
+                .learner
+                .take()
+                .expect("the learner is home between steps");
+            let (learner, stepped) = super::off_runtime(move || {
+                let stepped = update.apply(&mut learner, &out.results);
+                (learner, stepped)
+            })
+            .await?;
+            self.learner = Some(learner);
+            let Stepped { totals, meta_loss } = stepped?;
             self.step += 1;
             let step_seconds = started.elapsed().as_secs_f64();
             self.train_seconds += step_seconds;
             let meta_accuracy = (!totals.accuracy_after.is_empty())
                 .then(|| MeanCi::of(&totals.accuracy_after).mean);
-            let (workers, critical) = critical_compute(&out);
             let mut line = json!({
                 "kind": "train",
                 "step": self.step,
@@ -186,7 +183,7 @@ impl<'a> Run<'a> {
                 line["accuracy"] = json!(accuracy);
                 line["accuracy_before"] = json!(MeanCi::of(&totals.accuracy_before).mean);
             }
-            self.metrics.append(&line)?;
+            super::append_metrics(&mut self.metrics, &self.job.id, &line).await?;
             let (step, train_seconds) = (self.step, self.train_seconds);
             self.registry.update(&self.job.id, false, |r| {
                 r.step = step;
@@ -216,14 +213,21 @@ impl<'a> Run<'a> {
             &last,
             extra,
         )
+        .await
+    }
+
+    fn learner(&self) -> &Learner {
+        self.learner
+            .as_ref()
+            .expect("the learner is home between steps")
     }
 
     /// Where the run is: what a checkpoint and the final export write.
     fn state(&self) -> RunState<'_> {
         RunState {
             layout: &self.layout,
-            params: &self.params,
-            optimizer: &self.optimizer,
+            params: &self.learner().params,
+            optimizer: &self.learner().optimizer,
             step: self.step,
             train_seconds: self.train_seconds,
         }
@@ -232,7 +236,7 @@ impl<'a> Run<'a> {
     /// Saves what resuming needs: parameters, optimizer state, step and training time.
     async fn checkpoint(&mut self) -> Result<(), RunError> {
         // Metrics up to this step must be on disk before the checkpoint claims them.
-        self.metrics.flush()?;
+        super::flush_metrics(&mut self.metrics, &self.job.id).await?;
         let keep = self.spec.checkpoint.keep;
         checkpoint::write(self.registry.store(), &self.job.id, self.state(), keep, []).await?;
         self.checkpointed_at = self.train_seconds;
@@ -267,7 +271,7 @@ impl<'a> Run<'a> {
             delta_m_percent: None,
         };
         tracing::info!(id = %self.job.id, step, loss = record.loss_mean, ci95 = record.loss_ci95, accuracy = ?record.accuracy_mean, tasks, final_eval = record.r#final, "evaluated");
-        super::record_eval(&mut self.metrics, self.registry, &self.job.id, &record)?;
+        super::record_eval(&mut self.metrics, self.registry, &self.job.id, &record).await?;
         Ok(record)
     }
 
@@ -307,7 +311,7 @@ impl<'a> Run<'a> {
             setup: self.setup.clone(),
             dataset: self.dataset.clone(),
             version: self.step,
-            params: f32s_to_bytes(&self.params),
+            params: f32s_to_bytes(&self.learner().params),
             phase,
             inner_steps,
             chunks,
@@ -315,6 +319,66 @@ impl<'a> Run<'a> {
             weight: self.job.spec.weight(),
         };
         super::round(self.job, self.dispatcher, input).await
+    }
+}
+
+/// What every step changes: the meta-parameters and the outer optimizer's state.
+struct Learner {
+    params: Vec<f32>,
+    optimizer: OuterOptimizer,
+}
+
+/// One outer update, with everything it reads of the run owned, so that it can run on a
+/// blocking thread.
+struct OuterUpdate {
+    /// Tasks of each chunk of the meta-batch.
+    sizes: Vec<usize>,
+    param_count: usize,
+    meta_batch: u64,
+    /// The step being taken (0-based).
+    step: u64,
+    lr: f32,
+}
+
+/// What an outer update leaves for the metrics: the round's totals (their gradient spent) and
+/// the meta-loss.
+struct Stepped {
+    totals: RoundTotals,
+    meta_loss: f64,
+}
+
+impl OuterUpdate {
+    /// Reduces the round's `results` and applies the mean meta-gradient to `learner`.
+    /// Diverged values never reach the parameters.
+    fn apply(&self, learner: &mut Learner, results: &[ChunkResult]) -> Result<Stepped, RunError> {
+        let mut totals = reduce(results, &self.sizes, Some(self.param_count))?;
+        // The meta-gradient is the mean over the meta-batch, as in MAML's outer update (for
+        // Reptile, the mean of the tasks' updates `theta - adapted`).
+        let scale = 1.0 / self.meta_batch as f32;
+        let mut grad = std::mem::take(&mut totals.grad_sum);
+        for g in &mut grad {
+            *g *= scale;
+        }
+        let meta_loss = MeanCi::of(&totals.loss_after).mean;
+        // Checked before the update, so diverged values never reach the parameters.
+        if !meta_loss.is_finite() || !all_finite(&grad) {
+            return Err(RunError::Diverged {
+                step: self.step + 1,
+                what: "meta-loss".into(),
+                value: meta_loss,
+                hint: "try a smaller meta.meta_lr or meta.inner_lr",
+            });
+        }
+        (learner.optimizer)
+            .step(&mut learner.params, &grad, self.lr)
+            .map_err(|o| {
+                super::overflowed(
+                    self.step + 1,
+                    o,
+                    "an absurd gradient, or try a smaller meta.meta_lr",
+                )
+            })?;
+        Ok(Stepped { totals, meta_loss })
     }
 }
 

@@ -3,6 +3,7 @@
 mod checkpoint;
 mod meta;
 mod mtl;
+mod retry;
 
 use std::collections::HashMap;
 use std::io;
@@ -118,6 +119,21 @@ pub async fn run(job: Job, registry: &Registry, dispatcher: &Dispatcher) {
     }
 }
 
+/// Runs `work` on a blocking thread and returns what it returns: a step's update is vector
+/// work over every parameter (tens of milliseconds at a million, seconds at tens of
+/// millions), and the async runtime must meanwhile answer heartbeats and leases and run other
+/// experiments' rounds. A panic in `work` goes on unwinding here, as if it had run inline.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RunError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => Ok(done),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: the runtime is shutting down.
+        Err(e) => Err(RunError::Io(io::Error::other(e))),
+    }
+}
+
 /// Dispatches one round of `job`; stops early when the job is cancelled.
 async fn round(
     job: &Job,
@@ -144,10 +160,26 @@ async fn round(
     }
 }
 
+/// Adds `line` to experiment `id`'s `metrics.jsonl`, written once a buffer's worth is
+/// pending; a failed write is tried again before its error is returned.
+async fn append_metrics(
+    metrics: &mut MetricsWriter,
+    id: &str,
+    line: &serde_json::Value,
+) -> io::Result<()> {
+    metrics.push(line);
+    retry::retrying(id, "metrics.jsonl", || metrics.write_if_full()).await
+}
+
+/// Writes every pending line of experiment `id`'s `metrics.jsonl`, tried again on failure.
+async fn flush_metrics(metrics: &mut MetricsWriter, id: &str) -> io::Result<()> {
+    retry::retrying(id, "metrics.jsonl", || metrics.flush()).await
+}
+
 /// Records an evaluation: a `metrics.jsonl` line of kind `eval` or `final_eval` (flushed, so
 /// that `watch` sees it at once), then the experiment's record (`last_eval`, and `final_eval`
-/// for the final one).
-fn record_eval(
+/// for the final one). Failed writes are tried again.
+async fn record_eval(
     metrics: &mut MetricsWriter,
     registry: &Registry,
     id: &str,
@@ -156,26 +188,28 @@ fn record_eval(
     let mut line = serde_json::to_value(record).map_err(io::Error::other)?;
     line["kind"] = serde_json::json!(if record.r#final { "final_eval" } else { "eval" });
     line.as_object_mut().map(|l| l.remove("final"));
-    metrics.append(&line)?;
-    metrics.flush()?;
+    metrics.push(&line);
+    flush_metrics(metrics, id).await?;
     let stored = record.clone();
-    registry.update(id, true, |r| {
+    registry.update(id, false, |r| {
         if stored.r#final {
             r.final_eval = Some(stored.clone());
         }
         r.last_eval = Some(stored);
     })?;
+    retry::retrying(id, "state.json", || registry.persist(id)).await?;
     Ok(())
 }
 
 /// Writes the final parameters of `state` to `final.safetensors`, their metadata saying which
 /// experiment and step they are and how the final evaluation went (its mean loss, and the
-/// kind's own headline figure in `extra`).
-fn export_final(
+/// kind's own headline figure in `extra`). The file is written on a blocking thread (it is
+/// the model's size), tried again on failure.
+async fn export_final(
     registry: &Registry,
     id: &str,
     name: &str,
-    state: &checkpoint::RunState,
+    state: &checkpoint::RunState<'_>,
     last: &EvalRecord,
     extra: Option<(&str, String)>,
 ) -> Result<(), RunError> {
@@ -192,9 +226,14 @@ fn export_final(
         metadata.insert(key.to_string(), value);
     }
     let tensors = crate::safetensors_file::model_tensors(state.layout, state.params);
-    let path = registry
-        .store()
-        .write_tensors(id, "final.safetensors", &tensors, &metadata)?;
+    let bytes = crate::safetensors_file::encode(&tensors, &metadata);
+    let (store, owned_id) = (registry.store().clone(), id.to_string());
+    let path = off_runtime(move || {
+        retry::retrying_blocking(&owned_id, "final.safetensors", || {
+            store.write_file(&owned_id, "final.safetensors", &bytes)
+        })
+    })
+    .await??;
     tracing::info!(%id, path = %path.display(), "final parameters written");
     Ok(())
 }

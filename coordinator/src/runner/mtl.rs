@@ -158,8 +158,8 @@ impl<'a> Run<'a> {
             &self.state(),
             &last,
             extra,
-        )?;
-        Ok(())
+        )
+        .await
     }
 
     /// One step: the batch's chunks computed, each task's sums reduced, the tasks combined by
@@ -174,9 +174,6 @@ impl<'a> Run<'a> {
         let round_seconds = started.elapsed().as_secs_f64();
         let (workers, critical) = critical_compute(&out);
         let compute_seconds = out.results.iter().map(|r| r.compute_seconds).sum::<f64>();
-        // The update is tens of milliseconds of vector work at 1M shared parameters and
-        // seconds at tens of millions: on a blocking thread, the async runtime meanwhile
-        // answers heartbeats and leases (other experiments' rounds go on).
         let plan = UpdatePlan {
             shape: self.shape.clone(),
             sizes: sizes.to_vec(),
@@ -189,16 +186,11 @@ impl<'a> Run<'a> {
             .learner
             .take()
             .expect("the learner is home between steps");
-        let joined = tokio::task::spawn_blocking(move || {
+        let (learner, updated) = super::off_runtime(move || {
             let updated = plan.apply(&mut learner, &out.results);
             (learner, updated)
         })
-        .await;
-        let (learner, updated) = match joined {
-            Ok(done) => done,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => return Err(RunError::Io(io::Error::other(e))),
-        };
+        .await?;
         self.learner = Some(learner);
         let Updated {
             losses,
@@ -215,7 +207,7 @@ impl<'a> Run<'a> {
             .iter()
             .map(|(name, values)| (name.to_string(), json!(values)))
             .collect();
-        self.metrics.append(&json!({
+        let line = json!({
             "kind": "train",
             "step": self.step,
             "loss": mean_loss,
@@ -231,7 +223,8 @@ impl<'a> Run<'a> {
             "compute_seconds": compute_seconds,
             "critical_compute_seconds": critical,
             "workers": workers,
-        }))?;
+        });
+        super::append_metrics(&mut self.metrics, &self.job.id, &line).await?;
         let (step, train_seconds) = (self.step, self.train_seconds);
         self.registry.update(&self.job.id, false, |r| {
             r.step = step;
@@ -304,7 +297,7 @@ impl<'a> Run<'a> {
             delta_m_percent,
         };
         tracing::info!(id = %self.job.id, step = self.step, loss = mean_loss, delta_m = ?delta_m_percent, rows, final_eval = record.r#final, "evaluated");
-        super::record_eval(&mut self.metrics, self.registry, &self.job.id, &record)?;
+        super::record_eval(&mut self.metrics, self.registry, &self.job.id, &record).await?;
         Ok(record)
     }
 
@@ -376,7 +369,7 @@ impl<'a> Run<'a> {
     /// Saves what resuming needs: parameters, optimizer and weighting state, step and time.
     async fn checkpoint(&mut self) -> Result<(), RunError> {
         // Metrics up to this step must be on disk before the checkpoint claims them.
-        self.metrics.flush()?;
+        super::flush_metrics(&mut self.metrics, &self.job.id).await?;
         // The weighting state is f64 and must resume bit-exactly: its values travel as bits.
         let weighting: BTreeMap<&str, Vec<u64>> = (self.learner().weighting)
             .state()
