@@ -5,7 +5,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use outerloop_proto::model::ParamLayout;
+use outerloop_proto::model::{ParamLayout, ParamSlot};
 use outerloop_proto::mtl::MtlSetup;
 use outerloop_proto::v1::{ChunkResult, ExperimentSetup, Parameters, Phase, WorkChunk};
 use outerloop_proto::work::{Setup, TaskDescriptor};
@@ -346,20 +346,9 @@ impl Engine {
 /// The flat parameter buffer `values`, cut by `layout` into named-slot tensors of their own
 /// shapes on `device`, each a leaf that autograd differentiates with respect to.
 pub fn leaf_parameters(layout: &ParamLayout, values: &[f32], device: Device) -> Vec<Tensor> {
-    layout
-        .slots
-        .iter()
-        .map(|slot| {
-            let shape: Vec<i64> = slot.shape.iter().map(|&d| d as i64).collect();
-            let tensor = Tensor::from_slice(slot.values(values)).view(shape.as_slice());
-            let tensor = if device == Device::Cpu {
-                tensor
-            } else {
-                tensor.to_device(device)
-            };
-            tensor.set_requires_grad(true)
-        })
-        .collect()
+    leaves(layout, device, |slot, shape| {
+        Tensor::from_slice(slot.values(values)).view(shape)
+    })
 }
 
 /// [`leaf_parameters`] of little-endian `f32` bytes (`4 × param_count` of them, checked by the
@@ -373,22 +362,35 @@ pub fn leaf_parameters_from_wire(
     device: Device,
 ) -> Vec<Tensor> {
     const { assert!(cfg!(target_endian = "little")) };
+    leaves(layout, device, |slot, shape| {
+        let values = &bytes[4 * slot.offset..4 * (slot.offset + slot.len())];
+        let tensor = Tensor::empty(shape, (Kind::Float, Device::Cpu));
+        // SAFETY: a new contiguous `f32` tensor of the slot's shape holds exactly
+        // `values.len()` bytes, and nothing else refers to it yet.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                values.as_ptr(),
+                tensor.data_ptr().cast::<u8>(),
+                values.len(),
+            );
+        }
+        tensor
+    })
+}
+
+/// Every slot of `layout` as a leaf on `device` that autograd differentiates with respect to,
+/// from the CPU tensor `make` gives for the slot and its shape.
+fn leaves(
+    layout: &ParamLayout,
+    device: Device,
+    make: impl Fn(&ParamSlot, &[i64]) -> Tensor,
+) -> Vec<Tensor> {
     layout
         .slots
         .iter()
         .map(|slot| {
             let shape: Vec<i64> = slot.shape.iter().map(|&d| d as i64).collect();
-            let values = &bytes[4 * slot.offset..4 * (slot.offset + slot.len())];
-            let tensor = Tensor::empty(shape.as_slice(), (Kind::Float, Device::Cpu));
-            // SAFETY: a new contiguous `f32` tensor of the slot's shape holds exactly
-            // `values.len()` bytes, and nothing else refers to it yet.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    values.as_ptr(),
-                    tensor.data_ptr().cast::<u8>(),
-                    values.len(),
-                );
-            }
+            let tensor = make(slot, &shape);
             let tensor = if device == Device::Cpu {
                 tensor
             } else {
