@@ -16,10 +16,11 @@ import time
 
 
 class Cluster:
-    def __init__(self, binary, workers=1, worker_args=(), device="cpu"):
+    def __init__(self, binary, workers=1, worker_args=(), device="cpu", coordinator_args=()):
         self.binary = binary
         self.workers = workers
         self.worker_args = list(worker_args)
+        self.coordinator_args = list(coordinator_args)
         self.device = device
         self.procs = []
 
@@ -29,7 +30,7 @@ class Cluster:
         port_file = os.path.join(self.state, "addr")
         self._log = open(os.path.join(self.state, "processes.log"), "w")
         self._start("coordinator", "--listen", "127.0.0.1:0", "--state-dir", self.state,
-                    "--port-file", port_file)
+                    "--port-file", port_file, *self.coordinator_args)
         deadline = time.monotonic() + 60
         while not os.path.exists(port_file):
             if self.procs[0].poll() is not None or time.monotonic() > deadline:

@@ -64,6 +64,9 @@ def parse_args():
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--repeat", type=int, default=1,
                    help="runs of every configuration, taking turns; figures are medians")
+    p.add_argument("--coordinator-arg", action="append", default=[], metavar="ARG",
+                   help="an extra argument for `outerloop coordinator` (repeatable), e.g. "
+                        "--coordinator-arg=--runtime-threads=2")
     args = p.parse_args()
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
@@ -106,7 +109,7 @@ def run_outerloop(args, method, workers, form):
                  f"train.steps={args.steps}", f"train.batch={BATCH}",
                  f"train.chunk_rows={CHUNK_ROWS}", f"eval.every={args.steps}",
                  f"eval.rows={BATCH}", f"eval.final_rows={BATCH}"]
-    with Cluster(args.binary, workers) as cluster:
+    with Cluster(args.binary, workers, coordinator_args=args.coordinator_arg) as cluster:
         exp = cluster.submit(SPEC, overrides)
         cluster.watch(exp)
         status, metrics = cluster.status(exp), cluster.metrics(exp)
