@@ -313,11 +313,10 @@ impl MetricsWriter {
 
     /// Adds `line`, whole, to the lines pending.
     pub fn push(&mut self, line: &serde_json::Value) {
-        // A `Value` always serialises (its keys are strings); `to_writer` into the pending
-        // bytes could have left half a line there had it failed.
-        let mut bytes = serde_json::to_vec(line).expect("a JSON value serialises");
-        bytes.push(b'\n');
-        self.pending.extend_from_slice(&bytes);
+        // A `Value` always serialises (its keys are strings) and writing to memory cannot
+        // fail, so no half line is ever left pending.
+        serde_json::to_writer(&mut self.pending, line).expect("a JSON value serialises");
+        self.pending.push(b'\n');
     }
 
     /// Writes the pending lines once a buffer's worth waits.

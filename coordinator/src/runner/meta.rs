@@ -152,16 +152,10 @@ impl<'a> Run<'a> {
                 step: self.step,
                 lr,
             };
-            let mut learner = self
-                .learner
-                .take()
-                .expect("the learner is home between steps");
-            let (learner, stepped) = super::off_runtime(move || {
-                let stepped = update.apply(&mut learner, &out.results);
-                (learner, stepped)
+            let stepped = super::update_off_runtime(&mut self.learner, move |learner| {
+                update.apply(learner, &out.results)
             })
             .await?;
-            self.learner = Some(learner);
             let Stepped { totals, meta_loss } = stepped?;
             self.step += 1;
             let step_seconds = started.elapsed().as_secs_f64();

@@ -134,6 +134,22 @@ async fn off_runtime<T: Send + 'static>(
     }
 }
 
+/// Runs `update` on the learner in `slot` with [`off_runtime`], the learner moved to the
+/// blocking thread and back: it is home again whenever a step is not under way.
+async fn update_off_runtime<L: Send + 'static, R: Send + 'static>(
+    slot: &mut Option<L>,
+    update: impl FnOnce(&mut L) -> R + Send + 'static,
+) -> Result<R, RunError> {
+    let mut learner = slot.take().expect("the learner is home between steps");
+    let (learner, updated) = off_runtime(move || {
+        let updated = update(&mut learner);
+        (learner, updated)
+    })
+    .await?;
+    *slot = Some(learner);
+    Ok(updated)
+}
+
 /// Dispatches one round of `job`; stops early when the job is cancelled.
 async fn round(
     job: &Job,

@@ -16,16 +16,13 @@ pub(super) async fn retrying<T>(
     what: &str,
     mut write: impl FnMut() -> io::Result<T>,
 ) -> io::Result<T> {
-    let mut pause = FIRST_PAUSE;
-    let mut try_ = 1;
+    let mut tries = Tries::new(FIRST_PAUSE, id, what);
     loop {
         match write() {
-            Err(e) if try_ < TRIES => {
-                tracing::warn!(%id, error = %e, try_, "cannot write {what}; trying again");
-                tokio::time::sleep(pause).await;
-                pause *= 2;
-                try_ += 1;
-            }
+            Err(e) => match tries.after(&e) {
+                Some(pause) => tokio::time::sleep(pause).await,
+                None => return Err(e),
+            },
             done => return done,
         }
     }
@@ -42,22 +39,53 @@ pub(super) fn retrying_blocking<T>(
 
 /// [`retrying_blocking`] whose first pause is `pause`.
 fn blocking_from<T>(
-    mut pause: Duration,
+    pause: Duration,
     id: &str,
     what: &str,
     mut write: impl FnMut() -> io::Result<T>,
 ) -> io::Result<T> {
-    let mut try_ = 1;
+    let mut tries = Tries::new(pause, id, what);
     loop {
         match write() {
-            Err(e) if try_ < TRIES => {
-                tracing::warn!(%id, error = %e, try_, "cannot write {what}; trying again");
-                std::thread::sleep(pause);
-                pause *= 2;
-                try_ += 1;
-            }
+            Err(e) => match tries.after(&e) {
+                Some(pause) => std::thread::sleep(pause),
+                None => return Err(e),
+            },
             done => return done,
         }
+    }
+}
+
+/// The schedule both forms follow: [`TRIES`] tries, each failure but the last warned of and
+/// followed by a pause twice the one before.
+struct Tries<'a> {
+    id: &'a str,
+    what: &'a str,
+    done: u32,
+    pause: Duration,
+}
+
+impl<'a> Tries<'a> {
+    fn new(first_pause: Duration, id: &'a str, what: &'a str) -> Self {
+        Tries {
+            id,
+            what,
+            done: 0,
+            pause: first_pause,
+        }
+    }
+
+    /// After a failed try with `error`: the pause before the next, or `None` after the last.
+    fn after(&mut self, error: &io::Error) -> Option<Duration> {
+        self.done += 1;
+        if self.done >= TRIES {
+            return None;
+        }
+        let (id, what, try_) = (self.id, self.what, self.done);
+        tracing::warn!(%id, %error, try_, "cannot write {what}; trying again");
+        let pause = self.pause;
+        self.pause *= 2;
+        Some(pause)
     }
 }
 
