@@ -89,8 +89,12 @@ enum Command {
         /// The largest submission accepted (the spec with its overrides), in bytes.
         #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)))]
         max_spec_bytes: u64,
-        /// The largest message a worker may send (a chunk's results: its gradients, per task
-        /// for multi-task learning), in bytes; set it near your models' size.
+        /// The largest message a worker may send other than results (a registration with its
+        /// datasets' manifests, heartbeats, lease requests), in bytes.
+        #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(1 << 16..=(1 << 30)))]
+        max_worker_request_bytes: u64,
+        /// The largest results message a worker may send (a chunk's results: its gradients,
+        /// per task for multi-task learning), in bytes; set it near your models' size.
         #[arg(long, value_name = "BYTES", default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1 << 16..=(1 << 30)))]
         max_result_bytes: u64,
         /// Try a chunk a worker failed to compute (a libtorch error, out of memory) this many
@@ -295,6 +299,7 @@ async fn run(
             runtime_threads: _,
             tokens,
             max_spec_bytes,
+            max_worker_request_bytes,
             max_result_bytes,
             server_cert,
             server_key,
@@ -362,6 +367,7 @@ async fn run(
                 max_running: max_running as usize,
                 tokens: std::sync::Arc::new(tokens),
                 max_spec_bytes: max_spec_bytes as usize,
+                max_worker_request_bytes: max_worker_request_bytes as usize,
                 max_result_bytes: max_result_bytes as usize,
                 tls: server_cert.zip(server_key).map(|(cert, key)| {
                     outerloop_proto::tls::ServerTls {

@@ -39,7 +39,7 @@ fn send_one_poisoned_result(url: &str) {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (mut client, me) = common::raw_worker(url, "poisoner").await;
+        let (mut client, mut results, me) = common::raw_worker(url, "poisoner").await;
         let (chunk, parameters) = loop {
             let lease = client
                 .lease(LeaseRequest {
@@ -64,7 +64,7 @@ fn send_one_poisoned_result(url: &str) {
             grad_sum: nan.repeat(parameters.values.len() / 4).into(),
             ..Default::default()
         };
-        let refused = client
+        let refused = results
             .complete(CompleteRequest {
                 worker_id: me,
                 results: vec![poisoned],

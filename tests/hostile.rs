@@ -18,7 +18,7 @@ const SHORT: [&str; 5] = [
 /// Registers a worker of its own, takes a chunk of the running experiment's first round and
 /// answers it with poison, twice; checks each answer is refused with INVALID_ARGUMENT.
 async fn poison(url: String) {
-    let (mut client, me) = common::raw_worker(&url, "hostile").await;
+    let (mut client, mut results, me) = common::raw_worker(&url, "hostile").await;
     let chunk = common::lease_one(&mut client, me).await;
     // The first round is the evaluation at step 0: every chunk answers a loss per task.
     let tasks = chunk.tasks.len();
@@ -35,17 +35,17 @@ async fn poison(url: String) {
     };
     // A chunk id nobody was leased, and an id that never registered: nothing counts.
     let stray = answer(chunk.chunk_id + 1000, vec![0.5; tasks]);
-    let reply = client.complete(complete(vec![stray], me)).await.unwrap();
+    let reply = results.complete(complete(vec![stray], me)).await.unwrap();
     assert_eq!(reply.into_inner().accepted, 0);
     let forged = answer(chunk.chunk_id, vec![0.5; tasks]);
-    let reply = client
+    let reply = results
         .complete(complete(vec![forged], me + 777))
         .await
         .unwrap();
     assert_eq!(reply.into_inner().accepted, 0);
     // Its own chunk, answered with a loss too few; leased again, with a NaN loss.
     let short = answer(chunk.chunk_id, vec![0.5; tasks - 1]);
-    let refused = client
+    let refused = results
         .complete(complete(vec![short], me))
         .await
         .unwrap_err();
@@ -58,7 +58,7 @@ async fn poison(url: String) {
     );
     let mut nan = vec![0.5; tasks];
     nan[tasks / 2] = f32::NAN;
-    let refused = client
+    let refused = results
         .complete(complete(vec![answer(again.chunk_id, nan)], me))
         .await
         .unwrap_err();
@@ -108,6 +108,42 @@ fn an_oversized_submission_is_refused_and_the_coordinator_keeps_serving() {
     assert!(error.contains("65536"), "{error}");
     // The coordinator answers the next call, and a spec of normal size goes through.
     assert!(cluster.submit(SPEC, &SHORT).is_ok());
+}
+
+#[test]
+fn a_worker_whose_registration_is_too_large_stops_and_names_the_flag() {
+    let mut cluster = Cluster::start(&["--max-worker-request-bytes", "65536"]);
+    // A table of 800 columns with long names: its manifest, sent with the registration, is
+    // about 100 KB.
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("wide")).unwrap();
+    let names: Vec<String> = (0..800)
+        .map(|i| format!("column_{i}_{}", "w".repeat(100)))
+        .collect();
+    let row = vec!["1"; names.len()].join(",");
+    std::fs::write(
+        root.path().join("wide/data.csv"),
+        format!("{}\n{row}\n{row}\n", names.join(",")),
+    )
+    .unwrap();
+    cluster.add_worker_with(&["--data-root", root.path().to_str().unwrap()]);
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = cluster.workers[0].try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the worker kept running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let log = std::fs::read_to_string(cluster.dir.path().join("worker-0.log")).unwrap();
+    assert!(log.contains("--max-worker-request-bytes"), "{log}");
+    // A worker with a small registration is welcome.
+    cluster.add_worker();
+    cluster.wait_workers(1);
 }
 
 #[test]

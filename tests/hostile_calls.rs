@@ -7,6 +7,7 @@ use std::time::Duration;
 use common::{Cluster, SPEC, TINY};
 use outerloop_proto::auth::ClientAuth;
 use outerloop_proto::v1::experiments_client::ExperimentsClient;
+use outerloop_proto::v1::results_client::ResultsClient;
 use outerloop_proto::v1::workers_client::WorkersClient;
 use outerloop_proto::v1::{
     CancelRequest, ChunkResult, CompleteRequest, DeregisterRequest, HeartbeatRequest, LeaseRequest,
@@ -22,6 +23,7 @@ const NOBODYS_TOKEN: &str = "x-0000000000000000dead";
 
 type Experiments = ExperimentsClient<InterceptedService<Channel, ClientAuth>>;
 type Workers = WorkersClient<InterceptedService<Channel, ClientAuth>>;
+type Results = ResultsClient<InterceptedService<Channel, ClientAuth>>;
 
 /// The refusals seen: (call, caller, expected status, status it got).
 #[derive(Default)]
@@ -57,12 +59,13 @@ async fn channel(url: &str) -> Channel {
         .unwrap()
 }
 
-async fn clients(url: &str, token: Option<&str>) -> (Experiments, Workers) {
+async fn clients(url: &str, token: Option<&str>) -> (Experiments, Workers, Results) {
     let auth = ClientAuth::new(token).unwrap();
     let channel = channel(url).await;
     (
         ExperimentsClient::with_interceptor(channel.clone(), auth.clone()),
-        WorkersClient::with_interceptor(channel, auth),
+        WorkersClient::with_interceptor(channel.clone(), auth.clone()),
+        ResultsClient::with_interceptor(channel, auth),
     )
 }
 
@@ -75,7 +78,7 @@ fn submit_request() -> SubmitRequest {
 }
 
 /// Calls every RPC as `caller` and expects each of the Experiments service to be refused
-/// with `user_code` and each of the Workers service with `worker_code` (`Ok`: the caller may
+/// with `user_code` and each of the Workers and Results services with `worker_code` (`Ok`: the caller may
 /// make those calls, and they are not made).
 async fn every_call(
     table: &mut Table,
@@ -85,7 +88,7 @@ async fn every_call(
     user_code: Code,
     worker_code: Code,
 ) {
-    let (mut experiments, mut workers) = clients(url, token).await;
+    let (mut experiments, mut workers, mut results) = clients(url, token).await;
     let id = || "exp-1".to_string();
     // The calls the caller may make are not made: they would change what follows.
     if user_code != Code::Ok {
@@ -151,7 +154,7 @@ async fn every_call(
         "Complete",
         caller,
         worker_code,
-        workers.complete(complete).await,
+        results.complete(complete).await,
     );
     table.refused(
         "Deregister",
@@ -174,6 +177,8 @@ async fn every_rpc_refuses_whoever_may_not_call_it_and_what_it_must_not_accept()
         "--tokens",
         tokens.to_str().unwrap(),
         "--max-spec-bytes",
+        "65536",
+        "--max-worker-request-bytes",
         "65536",
     ]);
     let url = cluster.url.clone();
@@ -224,8 +229,8 @@ async fn every_rpc_refuses_whoever_may_not_call_it_and_what_it_must_not_accept()
         .retain(|(_, _, expected, _)| *expected != Code::Ok);
 
     // Nothing changed: no experiment, no worker.
-    let (mut user, _) = clients(&url, Some(USER_TOKEN)).await;
-    let (_, mut worker) = clients(&url, Some(WORKER_TOKEN)).await;
+    let (mut user, _, _) = clients(&url, Some(USER_TOKEN)).await;
+    let (_, mut worker, mut results) = clients(&url, Some(WORKER_TOKEN)).await;
     let listed = user
         .status(StatusRequest::default())
         .await
@@ -306,8 +311,18 @@ async fn every_rpc_refuses_whoever_may_not_call_it_and_what_it_must_not_accept()
         user.resume(ResumeRequest { id: id.clone() }).await,
     );
 
-    // What a worker may not do: act for an id it was not given, deliver what it was not
-    // leased, deliver wrong values.
+    // What a worker may not do: send the model's size of anything but results, act for an id
+    // it was not given, deliver what it was not leased, deliver wrong values.
+    let oversized = outerloop_proto::v1::RegisterRequest {
+        name: "x".repeat(100_000),
+        ..common::registration("hostile")
+    };
+    table.refused(
+        "Register",
+        "a worker: a 100 KB registration (limit 64 KiB)",
+        Code::OutOfRange,
+        worker.register(oversized).await,
+    );
     let me = worker
         .register(common::registration("hostile"))
         .await
@@ -354,15 +369,23 @@ async fn every_rpc_refuses_whoever_may_not_call_it_and_what_it_must_not_accept()
         tonic::Response<outerloop_proto::v1::CompleteReply>,
         tonic::Status,
     >| { reply.unwrap().into_inner().accepted };
-    let stray = worker
-        .complete(send(me, answer(chunk.chunk_id + 1000, vec![0.5; tasks])))
+    // Results may be as large as --max-result-bytes (1 GiB here): 100 KB is decoded, and
+    // checked like any result.
+    let stray = results
+        .complete(send(
+            me,
+            ChunkResult {
+                grad_sum: vec![0; 100_000].into(),
+                ..answer(chunk.chunk_id + 1000, vec![0.5; tasks])
+            },
+        ))
         .await;
     table.ignored(
         "Complete",
-        "a worker: a chunk id never leased",
+        "a worker: 100 KB of results for a chunk id never leased",
         accepted(stray) == 0,
     );
-    let not_its = worker
+    let not_its = results
         .complete(send(forged, answer(chunk.chunk_id, vec![0.5; tasks])))
         .await;
     table.ignored(
@@ -370,7 +393,7 @@ async fn every_rpc_refuses_whoever_may_not_call_it_and_what_it_must_not_accept()
         "a worker: another id's lease",
         accepted(not_its) == 0,
     );
-    let short = worker
+    let short = results
         .complete(send(me, answer(chunk.chunk_id, vec![0.5; tasks - 1])))
         .await;
     table.refused(
@@ -382,7 +405,9 @@ async fn every_rpc_refuses_whoever_may_not_call_it_and_what_it_must_not_accept()
     let mut nan = vec![0.5; tasks];
     nan[0] = f32::NAN;
     let again = common::lease_one(&mut worker, me).await;
-    let poisoned = worker.complete(send(me, answer(again.chunk_id, nan))).await;
+    let poisoned = results
+        .complete(send(me, answer(again.chunk_id, nan)))
+        .await;
     table.refused(
         "Complete",
         "a worker: a NaN",
@@ -391,11 +416,11 @@ async fn every_rpc_refuses_whoever_may_not_call_it_and_what_it_must_not_accept()
     );
     // A correct result from a worker the chunk was leased to counts (it passes the check like
     // anyone's); sent again, it is a replay, and nothing counts twice.
-    let correct = worker
+    let correct = results
         .complete(send(me, answer(again.chunk_id, vec![0.5; tasks])))
         .await;
     assert_eq!(accepted(correct), 1);
-    let replayed = worker
+    let replayed = results
         .complete(send(me, answer(again.chunk_id, vec![0.5; tasks])))
         .await;
     table.ignored(

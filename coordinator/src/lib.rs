@@ -25,6 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use outerloop_proto::v1::experiments_server::ExperimentsServer;
+use outerloop_proto::v1::results_server::ResultsServer;
 use outerloop_proto::v1::workers_server::WorkersServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +35,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::datasets::Catalog;
 use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::registry::Registry;
-use crate::service::{ExperimentsService, WorkersService};
+use crate::service::{ExperimentsService, ResultsService, WorkersService};
 use crate::store::Store;
 
 pub use outerloop_proto::transport::{MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, WINDOW_BYTES};
@@ -49,7 +50,11 @@ pub struct CoordinatorConfig {
     /// The largest message the `Experiments` service accepts (a spec and its overrides):
     /// specs are kilobytes, and one of a gigabyte would tie up the coordinator parsing it.
     pub max_spec_bytes: usize,
-    /// The largest message the `Workers` service accepts (a chunk's results).
+    /// The largest message the `Workers` service accepts (a registration with its dataset
+    /// manifests, heartbeats, lease requests): all small, so a caller cannot make the
+    /// coordinator buffer and decode the model's size of anything but results.
+    pub max_worker_request_bytes: usize,
+    /// The largest message the `Results` service accepts (a chunk's results).
     pub max_result_bytes: usize,
     /// Serve over TLS with these files (and require client certificates when they name an
     /// authority for them); plain HTTP/2 without.
@@ -166,12 +171,16 @@ pub async fn run(
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let experiments = InterceptedService::new(experiments, gate(auth::Role::User));
     let workers = WorkersServer::new(WorkersService {
-        dispatcher,
+        dispatcher: dispatcher.clone(),
         datasets,
     })
-    .max_decoding_message_size(config.max_result_bytes)
+    .max_decoding_message_size(config.max_worker_request_bytes)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let workers = InterceptedService::new(workers, gate(auth::Role::Worker));
+    let results = ResultsServer::new(ResultsService { dispatcher })
+        .max_decoding_message_size(config.max_result_bytes)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let results = InterceptedService::new(results, gate(auth::Role::Worker));
     // Every outer step is a few small request/reply exchanges: without TCP_NODELAY, Nagle's
     // algorithm and delayed ACKs add tens of milliseconds to each.
     let incoming = connections::LimitedIncoming::new(
@@ -192,6 +201,7 @@ pub async fn run(
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(experiments)
         .add_service(workers)
+        .add_service(results)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     stop.cancel();

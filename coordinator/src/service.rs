@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use outerloop_proto::dataset::Manifest;
 use outerloop_proto::v1::experiments_server::Experiments;
+use outerloop_proto::v1::results_server::Results;
 use outerloop_proto::v1::workers_server::Workers;
 use outerloop_proto::v1::{
     self, CancelReply, CancelRequest, CompleteReply, CompleteRequest, DeregisterReply,
@@ -26,10 +27,15 @@ pub struct ExperimentsService {
     pub datasets: Arc<Catalog>,
 }
 
-/// The worker-facing service: registration, heartbeats, leases and results.
+/// The worker-facing service: registration, heartbeats and leases.
 pub struct WorkersService {
     pub dispatcher: Arc<Dispatcher>,
     pub datasets: Arc<Catalog>,
+}
+
+/// Where workers hand results back: the one worker call that carries the model's size.
+pub struct ResultsService {
+    pub dispatcher: Arc<Dispatcher>,
 }
 
 fn to_status(e: RegistryError) -> Status {
@@ -274,7 +280,10 @@ impl Workers for WorkersService {
             self.dispatcher.lease(&request.into_inner()).await,
         ))
     }
+}
 
+#[tonic::async_trait]
+impl Results for ResultsService {
     async fn complete(
         &self,
         request: Request<CompleteRequest>,

@@ -417,18 +417,24 @@ pub fn registration(name: &str) -> outerloop_proto::v1::RegisterRequest {
     }
 }
 
-/// A client of the Workers service registered as a worker named `name`, with its id: for
-/// tests that play a worker by hand.
+/// Clients of the Workers and Results services, registered as a worker named `name`, with
+/// its id: for tests that play a worker by hand.
 pub async fn raw_worker(
     url: &str,
     name: &str,
 ) -> (
     outerloop_proto::v1::workers_client::WorkersClient<tonic::transport::Channel>,
+    outerloop_proto::v1::results_client::ResultsClient<tonic::transport::Channel>,
     u64,
 ) {
-    let mut client = outerloop_proto::v1::workers_client::WorkersClient::connect(url.to_string())
-        .await
+    let channel = tonic::transport::Channel::from_shared(url.to_string())
         .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = outerloop_proto::v1::workers_client::WorkersClient::new(channel.clone())
+        .max_decoding_message_size(outerloop_proto::transport::MAX_MESSAGE_BYTES);
+    let results = outerloop_proto::v1::results_client::ResultsClient::new(channel)
         .max_decoding_message_size(outerloop_proto::transport::MAX_MESSAGE_BYTES);
     let id = client
         .register(registration(name))
@@ -436,7 +442,7 @@ pub async fn raw_worker(
         .unwrap()
         .into_inner()
         .worker_id;
-    (client, id)
+    (client, results, id)
 }
 
 /// Leases until a chunk comes, as worker `worker_id` (a test playing a worker by hand).

@@ -8,6 +8,7 @@ use outerloop_proto::auth::ClientAuth;
 use outerloop_proto::dataset::Manifest;
 use outerloop_proto::transport::{MAX_MESSAGE_BYTES, WINDOW_BYTES};
 use outerloop_proto::v1;
+use outerloop_proto::v1::results_client::ResultsClient;
 use outerloop_proto::v1::workers_client::WorkersClient;
 use outerloop_proto::v1::{
     CompleteRequest, DeregisterRequest, HeartbeatRequest, LeaseRequest, RegisterRequest,
@@ -44,8 +45,16 @@ pub struct WorkerIdentity {
     pub tls: outerloop_proto::tls::ClientTls,
 }
 
-/// The client of the `Workers` service, each call carrying the worker's token.
-type Client = WorkersClient<InterceptedService<Channel, ClientAuth>>;
+/// A channel to the coordinator whose every call carries the worker's token.
+type Authed = InterceptedService<Channel, ClientAuth>;
+
+/// The coordinator's two worker services over one connection: `workers` for registration,
+/// heartbeats and leases, `results` for handing results back.
+#[derive(Clone)]
+struct Client {
+    workers: WorkersClient<Authed>,
+    results: ResultsClient<Authed>,
+}
 
 /// Why a session with the coordinator ended.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +107,7 @@ pub async fn serve(
             if let Some((mut client, worker_id)) = current {
                 // Hands back its chunks at once rather than when its heartbeats are missed;
                 // a coordinator that does not answer soon finds out that way instead.
-                let bye = client.deregister(DeregisterRequest { worker_id });
+                let bye = client.workers.deregister(DeregisterRequest { worker_id });
                 match tokio::time::timeout(Duration::from_secs(2), bye).await {
                     Ok(Ok(_)) => tracing::info!("deregistered; leased chunks handed back"),
                     Ok(Err(e)) => tracing::warn!(error = %e, "could not deregister"),
@@ -151,10 +160,16 @@ async fn work_session(
         .connect()
         .await?;
     let auth = ClientAuth::new(identity.token.as_deref()).map_err(SessionEnd::Refused)?;
-    let mut client = WorkersClient::with_interceptor(channel, auth)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let mut client = Client {
+        workers: WorkersClient::with_interceptor(channel.clone(), auth.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        results: ResultsClient::with_interceptor(channel, auth)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    };
     let registered_reply = client
+        .workers
         .register(RegisterRequest {
             name: identity.name.clone(),
             device: identity.device.clone(),
@@ -167,6 +182,12 @@ async fn work_session(
             tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
                 SessionEnd::Refused(status.message().to_string())
             }
+            // The same registration stays too large: stop, and say which flag bounds it.
+            tonic::Code::OutOfRange => SessionEnd::Refused(format!(
+                "{} (a registration lists the worker's datasets: raise the coordinator's \
+                 --max-worker-request-bytes, or put fewer datasets under this worker's --data-root)",
+                status.message()
+            )),
             _ => SessionEnd::Rpc(status),
         })?
         .into_inner();
@@ -176,7 +197,7 @@ async fn work_session(
 
     // Heartbeats run beside the lease loop, so a long inner loop never looks like a dead worker.
     let heartbeats = {
-        let mut client = client.clone();
+        let mut client = client.workers.clone();
         let interval = Duration::from_millis(registered_reply.heartbeat_interval_ms.max(50) as u64);
         async move {
             let mut tick = tokio::time::interval(interval);
@@ -221,6 +242,7 @@ async fn work_session(
             }
         };
         let mut lease = client
+            .workers
             .lease(lease_request(&from_this_session))
             .await?
             .into_inner();
@@ -230,6 +252,7 @@ async fn work_session(
             }
             if lease.chunks.is_empty() {
                 lease = client
+                    .workers
                     .lease(lease_request(&from_this_session))
                     .await?
                     .into_inner();
@@ -253,6 +276,7 @@ async fn work_session(
             // Hand the last results back and ask for more in one call.
             let next = Some(lease_request(&from_this_session));
             let reply = client
+                .results
                 .complete(CompleteRequest {
                     worker_id,
                     results,
@@ -327,7 +351,7 @@ async fn run_streaming(
         if sent.len() >= MAX_SENDS_IN_FLIGHT {
             finish(sent.pop_front().expect("non-empty")).await?;
         }
-        let mut sender = client.clone();
+        let mut sender = client.results.clone();
         let results = std::mem::take(&mut ready);
         sent.push_back(tokio::spawn(async move {
             sender

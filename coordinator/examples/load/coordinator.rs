@@ -117,6 +117,7 @@ fn config(state_dir: std::path::PathBuf, workers: usize) -> CoordinatorConfig {
     CoordinatorConfig {
         max_running: 4,
         max_result_bytes: outerloop_coordinator::MAX_MESSAGE_BYTES,
+        max_worker_request_bytes: outerloop_coordinator::MAX_MESSAGE_BYTES,
         state_dir,
         dispatch: DispatchConfig {
             max_workers: dispatch.max_workers.max(workers + HEADROOM),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outerloop_proto::transport::{MAX_MESSAGE_BYTES, WINDOW_BYTES};
+use outerloop_proto::v1::results_client::ResultsClient;
 use outerloop_proto::v1::workers_client::WorkersClient;
 use outerloop_proto::v1::{
     ChunkResult, CompleteRequest, DeregisterRequest, HeartbeatRequest, LeaseReply, LeaseRequest,
@@ -62,9 +63,14 @@ pub async fn run(
 ) -> Tally {
     let mut tally = Tally::default();
     let mut client = match connect(&url).await {
-        Ok(channel) => WorkersClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        Ok(channel) => Client {
+            workers: WorkersClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            results: ResultsClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        },
         Err(e) => {
             tally.errors.push(format!("connect: {e}"));
             return tally;
@@ -75,7 +81,7 @@ pub async fn run(
             SessionEnd::Stopped(None) => break,
             SessionEnd::Stopped(Some(worker_id)) => {
                 // As the real worker does: its leases go back at once, not at its timeout.
-                let bye = client.deregister(DeregisterRequest { worker_id });
+                let bye = client.workers.deregister(DeregisterRequest { worker_id });
                 if let Ok(Err(status)) = tokio::time::timeout(Duration::from_secs(2), bye).await {
                     tally.errors.push(format!("deregister: {status}"));
                 }
@@ -106,7 +112,11 @@ async fn connect(url: &str) -> Result<Channel, tonic::transport::Error> {
         .await
 }
 
-type Client = WorkersClient<Channel>;
+/// The coordinator's two worker services over one connection.
+struct Client {
+    workers: WorkersClient<Channel>,
+    results: ResultsClient<Channel>,
+}
 
 /// One registration: heartbeats beside the lease loop, as the real worker runs them.
 async fn session(
@@ -124,7 +134,7 @@ async fn session(
     };
     let reply = tokio::select! {
         () = stop.cancelled() => return SessionEnd::Stopped(None),
-        reply = client.register(request) => match reply {
+        reply = client.workers.register(request) => match reply {
             Ok(reply) => reply.into_inner(),
             Err(status) => return SessionEnd::Failed(format!("register: {status}")),
         },
@@ -135,7 +145,7 @@ async fn session(
     tally.registrations += 1;
     let worker_id = reply.worker_id;
     let heartbeats = {
-        let mut client = client.clone();
+        let mut client = client.workers.clone();
         let interval = Duration::from_millis(reply.heartbeat_interval_ms.max(50) as u64);
         async move {
             let mut tick = tokio::time::interval(interval);
@@ -176,7 +186,7 @@ async fn lease_loop(
 ) -> SessionEnd {
     let mut cache = Cache::default();
     let mut sent = Instant::now();
-    let mut lease = match client.lease(cache.request(worker_id)).await {
+    let mut lease = match client.workers.lease(cache.request(worker_id)).await {
         Ok(reply) => reply.into_inner(),
         Err(status) => return SessionEnd::Failed(format!("lease: {status}")),
     };
@@ -189,7 +199,7 @@ async fn lease_loop(
         }
         if lease.chunks.is_empty() {
             sent = Instant::now();
-            lease = match client.lease(cache.request(worker_id)).await {
+            lease = match client.workers.lease(cache.request(worker_id)).await {
                 Ok(reply) => reply.into_inner(),
                 Err(status) => return SessionEnd::Failed(format!("lease: {status}")),
             };
@@ -215,7 +225,7 @@ async fn lease_loop(
             results,
             next: Some(cache.request(worker_id)),
         };
-        let done = match client.complete(request).await {
+        let done = match client.results.complete(request).await {
             Ok(reply) => reply.into_inner(),
             Err(status) => return SessionEnd::Failed(format!("complete: {status}")),
         };
