@@ -26,7 +26,10 @@ pub(super) async fn train(
     registry: &Registry,
     dispatcher: &Dispatcher,
 ) -> Result<(), RunError> {
-    Run::new(job, spec, registry, dispatcher)?.train().await
+    Run::new(job, spec, registry, dispatcher)
+        .await?
+        .train()
+        .await
 }
 
 /// The state of one experiment's outer loop.
@@ -60,7 +63,7 @@ struct Start {
 }
 
 impl<'a> Run<'a> {
-    fn new(
+    async fn new(
         job: &'a Job,
         spec: &'a Spec,
         registry: &'a Registry,
@@ -84,14 +87,14 @@ impl<'a> Run<'a> {
         };
         let manifest = registry.store().manifest(&job.id)?;
         let sampler = sampling::for_spec(spec, manifest.as_ref()).map_err(RunError::Sampling)?;
-        let (metrics, last_eval) = registry.store().metrics_writer(&job.id, start.step)?;
         let meta_batch = spec.meta.meta_batch as u64;
-        registry.update(&job.id, true, |r| {
+        let metrics = super::begin(registry, &job.id, start.step, |r, last_eval| {
             r.step = start.step;
             r.tasks_done = start.step * meta_batch;
             r.train_seconds = start.train_seconds;
             r.last_eval = last_eval;
-        })?;
+        })
+        .await?;
         Ok(Run {
             job,
             spec,

@@ -14,7 +14,7 @@ use crate::aggregate::AggregateError;
 use crate::dispatch::{Dispatcher, RoundError, RoundInput, RoundOutput};
 use crate::registry::{Job, Registry};
 use crate::spec::ExperimentSpec;
-use crate::store::{EvalRecord, MetricsWriter};
+use crate::store::{EvalRecord, ExperimentRecord, MetricsWriter};
 
 #[derive(Debug, thiserror::Error)]
 enum RunError {
@@ -176,6 +176,24 @@ async fn round(
     }
 }
 
+/// Opens experiment `id`'s `metrics.jsonl` for a run that starts at `step` (keeping the lines
+/// up to it), then records where the run starts: `start` sets the record, given the last
+/// evaluation kept. Each write is tried again before the run pauses, as every later one is.
+async fn begin(
+    registry: &Registry,
+    id: &str,
+    step: u64,
+    start: impl FnOnce(&mut ExperimentRecord, Option<EvalRecord>),
+) -> Result<MetricsWriter, RunError> {
+    let (metrics, last_eval) = retry::retrying(id, "metrics.jsonl", || {
+        registry.store().metrics_writer(id, step)
+    })
+    .await?;
+    registry.update(id, false, |r| start(r, last_eval))?;
+    retry::retrying(id, "state.json", || registry.persist(id)).await?;
+    Ok(metrics)
+}
+
 /// Adds `line` to experiment `id`'s `metrics.jsonl`, written once a buffer's worth is
 /// pending; a failed write is tried again before its error is returned.
 async fn append_metrics(
@@ -276,6 +294,38 @@ fn chunk_sizes(items: u64, chunk: u64) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::tests::SPEC;
+    use crate::store::Store;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_begins_once_its_first_writes_succeed_on_a_later_try() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(Store::open(dir.path()).unwrap()).unwrap();
+        let no_datasets = |name: &str, _: Option<&str>| Err(format!("no dataset {name}"));
+        let id = registry.submit(SPEC, "a.toml", &[], &no_datasets).unwrap();
+        // While a directory stands where `metrics.jsonl` goes, the file cannot be created.
+        let blocked = registry.store().dir(&id).join("metrics.jsonl");
+        std::fs::create_dir(&blocked).unwrap();
+        let cleared = async {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            std::fs::remove_dir(&blocked).unwrap();
+        };
+        let begun = begin(&registry, &id, 0, |r, last_eval| {
+            r.train_seconds = 7.0;
+            r.last_eval = last_eval;
+        });
+        let (begun, ()) = tokio::join!(begun, cleared);
+        let mut metrics = begun.unwrap();
+        assert!(blocked.is_file());
+        metrics.push(&serde_json::json!({"step": 1}));
+        metrics.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&blocked).unwrap(), "{\"step\":1}\n");
+        let stored: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(registry.store().dir(&id).join("state.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(stored["train_seconds"], 7.0);
+    }
 
     #[test]
     fn batches_are_cut_into_fixed_size_chunks() {

@@ -38,7 +38,10 @@ pub(super) async fn train(
     registry: &Registry,
     dispatcher: &Dispatcher,
 ) -> Result<(), RunError> {
-    Run::new(job, spec, registry, dispatcher)?.train().await
+    Run::new(job, spec, registry, dispatcher)
+        .await?
+        .train()
+        .await
 }
 
 /// The state of one multi-task run.
@@ -66,7 +69,7 @@ struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    fn new(
+    async fn new(
         job: &'a Job,
         spec: &'a MtlSpec,
         registry: &'a Registry,
@@ -89,14 +92,14 @@ impl<'a> Run<'a> {
                 Start::fresh(spec, &layout)
             }
         };
-        let (metrics, last_eval) = registry.store().metrics_writer(&job.id, start.step)?;
         let (step, seconds, rows) = (start.step, start.train_seconds, spec.train.batch as u64);
-        registry.update(&job.id, true, |r| {
+        let metrics = super::begin(registry, &job.id, step, |r, last_eval| {
             r.step = step;
             r.tasks_done = step * rows;
             r.train_seconds = seconds;
             r.last_eval = last_eval;
-        })?;
+        })
+        .await?;
         Ok(Run {
             job,
             spec,
