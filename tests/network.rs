@@ -1,7 +1,7 @@
 //! Workers across a network: latency, jitter and a bandwidth cap, and a link cut and restored.
 //!
-//! The link is a proxy in the test process (`common::proxy`): `tc netem` between network
-//! namespaces needs a kernel module this project's machines lack, and a proxy needs no root.
+//! The link is a proxy in the test process (`common::proxy`), which needs no root;
+//! `tests/namespaces.rs` runs the same checks with each process on a host of its own.
 
 mod common;
 

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod proxy;
 pub mod report;
 
@@ -39,11 +40,26 @@ pub struct Cluster {
     /// The proxy workers reach the coordinator through, when it may restart: a restarted
     /// coordinator listens on a port of its own choosing, and the proxy follows it there.
     front: Option<proxy::Proxy>,
+    /// The command prefix the coordinator and the CLI run under (`ip netns exec HOST`, for a
+    /// coordinator on a host of its own); empty on this machine's own network.
+    launcher: Vec<String>,
 }
 
-fn spawn(args: &[&str], log: &Path) -> Child {
+/// `outerloop ARGS`, run under `launcher` (a command prefix; none when empty).
+fn command(launcher: &[String]) -> Command {
+    match launcher.split_first() {
+        None => Command::new(BIN),
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(BIN);
+            command
+        }
+    }
+}
+
+fn spawn(launcher: &[String], args: &[&str], log: &Path) -> Child {
     let log = std::fs::File::create(log).expect("log file");
-    Command::new(BIN)
+    command(launcher)
         .args(args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -56,10 +72,16 @@ fn spawn(args: &[&str], log: &Path) -> Child {
 impl Cluster {
     /// Starts a coordinator on a loopback port of its choosing with `extra` flags.
     pub fn start(extra: &[&str]) -> Cluster {
+        Self::start_on(Vec::new(), "127.0.0.1", extra)
+    }
+
+    /// Starts a coordinator under `launcher` (on another host: `ip netns exec HOST`) listening
+    /// on `address`, on a port of its choosing, with `extra` flags; the CLI runs there too.
+    pub fn start_on(launcher: Vec<String>, address: &str, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let mut coordinator_args: Vec<String> = vec!["--listen".into(), "127.0.0.1:0".into()];
+        let mut coordinator_args: Vec<String> = vec!["--listen".into(), format!("{address}:0")];
         coordinator_args.extend(extra.iter().map(|s| s.to_string()));
-        let (coordinator, url) = Self::start_coordinator(dir.path(), &coordinator_args);
+        let (coordinator, url) = Self::start_coordinator(dir.path(), &launcher, &coordinator_args);
         Cluster {
             dir,
             url,
@@ -68,6 +90,7 @@ impl Cluster {
             coordinator_args,
             cli_args: Vec::new(),
             front: None,
+            launcher,
         }
     }
 
@@ -79,14 +102,14 @@ impl Cluster {
         cluster
     }
 
-    fn start_coordinator(dir: &Path, extra: &[String]) -> (Child, String) {
+    fn start_coordinator(dir: &Path, launcher: &[String], extra: &[String]) -> (Child, String) {
         let port_file = dir.join("coordinator.addr");
         let _ = std::fs::remove_file(&port_file);
         let state = dir.join("state");
         let mut args = vec!["coordinator", "--state-dir", state.to_str().unwrap()];
         args.extend(["--port-file", port_file.to_str().unwrap()]);
         args.extend(extra.iter().map(String::as_str));
-        let mut child = spawn(&args, &dir.join("coordinator.log"));
+        let mut child = spawn(launcher, &args, &dir.join("coordinator.log"));
         let started = Instant::now();
         loop {
             if let Ok(addr) = std::fs::read_to_string(&port_file) {
@@ -122,6 +145,12 @@ impl Cluster {
 
     /// Starts a worker that reaches the coordinator at `url` (a proxy's); returns its name.
     pub fn add_worker_via(&mut self, url: &str, extra: &[&str]) -> String {
+        self.add_worker_on(&[], url, extra)
+    }
+
+    /// Starts a worker under `launcher` (on another host: `ip netns exec HOST`) that reaches
+    /// the coordinator at `url`; returns its name.
+    pub fn add_worker_on(&mut self, launcher: &[String], url: &str, extra: &[&str]) -> String {
         let name = format!("worker-{}", self.workers.len());
         let log = self.dir.path().join(format!("{name}.log"));
         let mut args = vec![
@@ -136,7 +165,7 @@ impl Cluster {
             &name,
         ];
         args.extend(extra);
-        let child = spawn(&args, &log);
+        let child = spawn(launcher, &args, &log);
         self.workers.push(child);
         name
     }
@@ -203,7 +232,8 @@ impl Cluster {
 
     /// Starts the coordinator again (after it exited) with the same flags and state directory.
     pub fn start_coordinator_again(&mut self) {
-        let (child, url) = Self::start_coordinator(self.dir.path(), &self.coordinator_args);
+        let (child, url) =
+            Self::start_coordinator(self.dir.path(), &self.launcher, &self.coordinator_args);
         self.coordinator = child;
         self.follow(url);
     }
@@ -225,7 +255,8 @@ impl Cluster {
     pub fn restart_coordinator(&mut self) {
         self.coordinator.kill().unwrap();
         self.coordinator.wait().unwrap();
-        let (child, url) = Self::start_coordinator(self.dir.path(), &self.coordinator_args);
+        let (child, url) =
+            Self::start_coordinator(self.dir.path(), &self.launcher, &self.coordinator_args);
         self.coordinator = child;
         self.follow(url);
     }
@@ -236,7 +267,7 @@ impl Cluster {
 
     /// Runs `outerloop ARGS --coordinator URL` and returns its output.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        command(&self.launcher)
             .args(args)
             .args(["--coordinator", &self.url])
             .args(&self.cli_args)

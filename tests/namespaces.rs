@@ -1,0 +1,189 @@
+//! Workers on hosts of their own: the coordinator and each worker in a network namespace, joined by veth links to a bridge, the links capped in the kernel, delayed and cut for real; results bit-identical to loopback.
+//!
+//! Needs root and iproute2 (as this project's machines have); elsewhere each test says why it
+//! skips. Latency and jitter come from a proxy on each worker's host (`tc netem` needs a
+//! kernel module these machines lack, and with it goes packet loss).
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::netns::Network;
+use common::proxy::Link;
+use common::{final_parameters, train_steps, Cluster, SPEC, TINY};
+
+const WORKER_TOKEN: &str = "w-5b0e8d13c4a97f26e0d1";
+const USER_TOKEN: &str = "u-a3f61c07e2d948b5c1f4";
+
+/// The namespaces' bridge, or `None` (and why, on stderr) where they cannot be made.
+fn network_or_skip() -> Option<Network> {
+    match Network::new() {
+        Ok(network) => Some(network),
+        Err(why) => {
+            eprintln!("skipped: network namespaces cannot be made here: {why}");
+            None
+        }
+    }
+}
+
+/// A coordinator on a host of its own (host 0) with tokens, since it listens beyond loopback,
+/// and `workers` workers on hosts 1..=workers, each reaching it through a proxy with `link`
+/// on its own host when there is one; waits until they are registered. Returns the proxies
+/// too (they stop when dropped).
+fn cluster_across(
+    network: &mut Network,
+    files: &Path,
+    workers: usize,
+    link: Option<Link>,
+    extra: &[&str],
+) -> (Cluster, Vec<common::proxy::Proxy>) {
+    let tokens = files.join("tokens");
+    std::fs::write(
+        &tokens,
+        format!("worker {WORKER_TOKEN}\nuser {USER_TOKEN}\n"),
+    )
+    .unwrap();
+    let (user_token, worker_token) = (files.join("user.token"), files.join("worker.token"));
+    std::fs::write(&user_token, USER_TOKEN).unwrap();
+    std::fs::write(&worker_token, WORKER_TOKEN).unwrap();
+    let (host, address) = network.add_host().unwrap();
+    let mut args = vec!["--tokens", tokens.to_str().unwrap()];
+    args.extend(extra);
+    let mut cluster = Cluster::start_on(network.launcher(&host), &address, &args);
+    cluster.cli_args = vec!["--token-file".into(), user_token.to_str().unwrap().into()];
+    let mut proxies = Vec::new();
+    for _ in 0..workers {
+        let (host, _) = network.add_host().unwrap();
+        let url = match link {
+            Some(link) => {
+                proxies.push(network.proxy(&host, &cluster.url, link));
+                proxies.last().unwrap().url.clone()
+            }
+            None => cluster.url.clone(),
+        };
+        cluster.add_worker_on(
+            &network.launcher(&host),
+            &url,
+            &["--token-file", worker_token.to_str().unwrap()],
+        );
+    }
+    cluster.wait_workers(workers);
+    (cluster, proxies)
+}
+
+/// Runs `overrides` of `SPEC` on `cluster` to its end; the final parameters and the training
+/// steps per second.
+fn run(cluster: &Cluster, overrides: &[&str]) -> (Vec<u8>, f64) {
+    let id = cluster.submit(SPEC, overrides).unwrap();
+    let status = cluster.wait_finished(&id, Duration::from_secs(300));
+    let steps = status["step"].as_f64().unwrap();
+    let seconds = status["train_seconds"].as_f64().unwrap();
+    (final_parameters(cluster, &id), steps / seconds)
+}
+
+#[test]
+fn workers_on_hosts_of_their_own_over_slow_capped_links_give_the_loopback_result() {
+    let Some(mut network) = network_or_skip() else {
+        return;
+    };
+    let files = tempfile::tempdir().unwrap();
+    // Machines in one region: 20 ms each way, up to 5 ms of jitter, 100 Mbit/s each way on
+    // both workers' links (shaped by the kernel).
+    let wan = Link {
+        delay: Duration::from_millis(20),
+        jitter: Duration::from_millis(5),
+        bytes_per_s: None,
+    };
+    let (cluster, _proxies) = cluster_across(&mut network, files.path(), 2, Some(wan), &[]);
+    network.cap(1, 100).unwrap();
+    network.cap(2, 100).unwrap();
+    let (across, across_rate) = run(&cluster, &TINY);
+
+    let mut loopback = Cluster::start(&[]);
+    loopback.add_worker();
+    loopback.add_worker();
+    loopback.wait_workers(2);
+    let (local, local_rate) = run(&loopback, &TINY);
+    eprintln!(
+        "steps/s: loopback {local_rate:.1}, hosts of their own, 20 ms ± 5 ms at 100 Mbit/s \
+         {across_rate:.1}"
+    );
+    assert!(across == local, "the network changed the result");
+}
+
+/// Waits until `done` holds of the coordinator's log, or fails after `limit`.
+fn wait_log(cluster: &Cluster, limit: Duration, what: &str, done: impl Fn(&str) -> bool) {
+    let started = Instant::now();
+    while !done(&cluster.coordinator_log()) {
+        assert!(
+            started.elapsed() < limit,
+            "waited for {what}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_worker_whose_link_goes_down_past_its_timeout_is_replaced_then_rejoins() {
+    let Some(mut network) = network_or_skip() else {
+        return;
+    };
+    const OVERRIDES: &[&str] = &[
+        "meta.steps=600",
+        "meta.chunk_tasks=5",
+        "eval.every=300",
+        "eval.tasks=50",
+        "eval.final_tasks=50",
+    ];
+    let files = tempfile::tempdir().unwrap();
+    let (cluster, _) = cluster_across(
+        &mut network,
+        files.path(),
+        2,
+        None,
+        &["--worker-timeout-ms", "1500", "--heartbeat-ms", "200"],
+    );
+    let id = cluster.submit(SPEC, OVERRIDES).unwrap();
+    // Cut once both workers share steps: the cut worker holds leases, or soon asks for one.
+    let before = cluster.wait_for(&id, Duration::from_secs(120), |s| {
+        s["step"].as_u64() >= Some(50) && s["workers"] == 2
+    });
+    network.set_link(2, false);
+    wait_log(
+        &cluster,
+        Duration::from_secs(60),
+        "the cut worker to be dropped",
+        |log| log.contains("missed its heartbeats"),
+    );
+    // The run goes on without it: its chunks are redone by the other worker.
+    let cut_step = before["step"].as_u64().unwrap();
+    cluster.wait_for(&id, Duration::from_secs(120), |s| {
+        s["step"].as_u64() >= Some(cut_step + 30) && s["workers"] == 1
+    });
+    network.set_link(2, true);
+    // Its link back, it hears it was forgotten and registers again (its old id's late
+    // traffic is refused).
+    wait_log(
+        &cluster,
+        Duration::from_secs(120),
+        "the cut worker to register again",
+        |log| log.matches("worker registered").count() >= 3,
+    );
+    let status = cluster.wait_finished(&id, Duration::from_secs(300));
+    assert_eq!(status["state"], "finished", "{status}");
+    assert_eq!(
+        train_steps(&cluster.metrics(&id)),
+        (1..=600).collect::<Vec<_>>()
+    );
+
+    let mut reference = Cluster::start(&[]);
+    reference.add_worker();
+    let reference_id = reference.submit(SPEC, OVERRIDES).unwrap();
+    reference.wait_finished(&reference_id, Duration::from_secs(300));
+    assert!(
+        final_parameters(&cluster, &id) == final_parameters(&reference, &reference_id),
+        "a chunk was lost or counted twice"
+    );
+}
