@@ -1,8 +1,9 @@
 //! Workers on hosts of their own: the coordinator and each worker in a network namespace, joined by veth links to a bridge, the links capped in the kernel, delayed and cut for real; results bit-identical to loopback.
 //!
 //! Needs root and iproute2 (as this project's machines have); elsewhere each test says why it
-//! skips. Latency and jitter come from a proxy on each worker's host (`tc netem` needs a
-//! kernel module these machines lack, and with it goes packet loss).
+//! skips. Where the kernel has `tc netem`, it delays, jitters, drops and caps the links;
+//! this project's machines lack its module, and there the kernel caps the links and a proxy
+//! on each worker's host delays them (and no packet is lost).
 
 mod common;
 
@@ -89,15 +90,28 @@ fn workers_on_hosts_of_their_own_over_slow_capped_links_give_the_loopback_result
     };
     let files = tempfile::tempdir().unwrap();
     // Machines in one region: 20 ms each way, up to 5 ms of jitter, 100 Mbit/s each way on
-    // both workers' links (shaped by the kernel).
-    let wan = Link {
+    // both workers' links; with netem, 1% of the packets lost too.
+    let netem = network.has_netem();
+    let proxied = Link {
         delay: Duration::from_millis(20),
         jitter: Duration::from_millis(5),
         bytes_per_s: None,
     };
-    let (cluster, _proxies) = cluster_across(&mut network, files.path(), 2, Some(wan), &[]);
-    network.cap(1, 100).unwrap();
-    network.cap(2, 100).unwrap();
+    let (cluster, _proxies) = cluster_across(
+        &mut network,
+        files.path(),
+        2,
+        (!netem).then_some(proxied),
+        &[],
+    );
+    for worker in [1, 2] {
+        if netem {
+            let wan = ["delay", "20ms", "5ms", "loss", "1%", "rate", "100mbit"];
+            network.netem(worker, &wan).unwrap();
+        } else {
+            network.cap(worker, 100).unwrap();
+        }
+    }
     let (across, across_rate) = run(&cluster, &TINY);
 
     let mut loopback = Cluster::start(&[]);
@@ -107,7 +121,12 @@ fn workers_on_hosts_of_their_own_over_slow_capped_links_give_the_loopback_result
     let (local, local_rate) = run(&loopback, &TINY);
     eprintln!(
         "steps/s: loopback {local_rate:.1}, hosts of their own, 20 ms ± 5 ms at 100 Mbit/s \
-         {across_rate:.1}"
+         ({}) {across_rate:.1}",
+        if netem {
+            "tc netem, 1% loss"
+        } else {
+            "kernel cap, proxy delays"
+        }
     );
     assert!(across == local, "the network changed the result");
 }

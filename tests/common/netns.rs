@@ -5,9 +5,10 @@
 //! and two sets can run at once. A link's bandwidth is capped by an HTB qdisc on both ends
 //! (each shapes what leaves it); a cut takes the bridge's end down, so packets are dropped
 //! with no reset and TCP sees a silent peer, as when a cable or a switch fails.
-//! Latency and jitter come from a proxy (`common::proxy`) running on the worker's host, in
-//! front of its link: `tc netem` would add them in the kernel, but needs the `sch_netem`
-//! module, which this project's machines lack (and with it packet loss).
+//! Where the kernel has `sch_netem`, `netem` shapes a link with latency, jitter, loss and a
+//! rate; this project's machines lack the module, and there latency and jitter come from a
+//! proxy (`common::proxy`) running on the worker's host, in front of its link, and no packet
+//! is lost.
 
 use std::os::fd::AsRawFd;
 use std::process::Command;
@@ -112,14 +113,44 @@ impl Network {
             .collect()
     }
 
+    /// Whether the kernel has `tc netem` (a qdisc tried on the bridge namespace's loopback).
+    pub fn has_netem(&self) -> bool {
+        let bridge = self.bridge_namespace();
+        let added = run(
+            "tc",
+            &[
+                "-n", &bridge, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms",
+            ],
+        );
+        let _ = run("tc", &["-n", &bridge, "qdisc", "del", "dev", "lo", "root"]);
+        added.is_ok()
+    }
+
+    /// Shapes host `index`'s link in each direction with `tc netem` and `options` (e.g.
+    /// `delay 20ms 5ms loss 1% rate 100mbit`), where [`Network::has_netem`].
+    pub fn netem(&self, index: usize, options: &[&str]) -> Result<(), String> {
+        for (namespace, device) in self.ends(index) {
+            let mut args = vec![
+                "-n", &namespace, "qdisc", "add", "dev", &device, "root", "netem",
+            ];
+            args.extend(options);
+            run("tc", &args)?;
+        }
+        Ok(())
+    }
+
+    /// Host `index`'s link's two ends, as (namespace, device).
+    fn ends(&self, index: usize) -> [(String, String); 2] {
+        [
+            (self.hosts[index].clone(), format!("eth{index}")),
+            (self.bridge_namespace(), format!("port{index}")),
+        ]
+    }
+
     /// Caps host `index`'s link at `mbit` megabits per second in each direction.
     pub fn cap(&self, index: usize, mbit: u32) -> Result<(), String> {
         let rate = format!("{mbit}mbit");
-        let ends = [
-            (self.hosts[index].clone(), format!("eth{index}")),
-            (self.bridge_namespace(), format!("port{index}")),
-        ];
-        for (namespace, device) in &ends {
+        for (namespace, device) in &self.ends(index) {
             run(
                 "tc",
                 &[
