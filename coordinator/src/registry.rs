@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use outerloop_proto::dataset::Manifest;
 use outerloop_proto::ExperimentState;
@@ -80,18 +80,106 @@ struct Entry {
     record: ExperimentRecord,
     spec: ExperimentSpec,
     cancel: CancellationToken,
+    /// Held while the record is written: the experiment's writes take turns.
+    turn: Arc<Mutex<()>>,
 }
 
+impl Entry {
+    fn new(record: ExperimentRecord, spec: ExperimentSpec) -> Entry {
+        Entry {
+            record,
+            spec,
+            cancel: CancellationToken::new(),
+            turn: Arc::default(),
+        }
+    }
+}
+
+type Entries = Arc<Mutex<BTreeMap<u64, Entry>>>;
+
 /// All experiments, in memory and mirrored to the store on every change of state.
+///
+/// The `entries` lock is only ever held for moments, never while a file is written: the async
+/// runtime takes it (status, a run's progress), and a write that waits on a slow disk (an
+/// fsync behind a large checkpoint's) would stall every call. Writes happen on blocking
+/// threads through a [`RecordWriter`], one experiment's writes taking turns.
 #[derive(Debug)]
 pub struct Registry {
     store: Store,
-    entries: Mutex<BTreeMap<u64, Entry>>,
-    /// Sequence number of the next submission (ids are `exp-{seq}`); advanced under the
-    /// `entries` lock.
+    entries: Entries,
+    /// Sequence number of the next submission (ids are `exp-{seq}`); advanced under
+    /// `submitting`.
     next_seq: AtomicU64,
+    /// Held by a submission from its limit check until its experiment is in `entries`, so
+    /// that submissions take turns without holding `entries` while they write.
+    submitting: Mutex<()>,
     submitted: Notify,
     limits: SubmitLimits,
+}
+
+/// Locks `mutex`, whose data stays sound even if a holder panicked (every change to it is
+/// one assignment).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes one experiment's record to the store, without holding the registry's lock while it
+/// writes. The experiment's writes take turns, each with the record as it is when its turn
+/// comes, so the last write leaves the latest record on disk. It blocks on the disk: call it
+/// from a blocking thread.
+#[derive(Clone, Debug)]
+pub struct RecordWriter {
+    id: String,
+    store: Store,
+    entries: Entries,
+    turn: Arc<Mutex<()>>,
+}
+
+impl RecordWriter {
+    /// The record as it is now (`None` once the experiment is gone: never, today).
+    fn snapshot(&self) -> Option<ExperimentRecord> {
+        let mut entries = lock(&self.entries);
+        entry_mut(&mut entries, &self.id)
+            .ok()
+            .map(|e| e.record.clone())
+    }
+
+    /// Writes the record as it is now.
+    pub fn persist(&self) -> io::Result<()> {
+        let _turn = lock(&self.turn);
+        match self.snapshot() {
+            Some(record) => self.store.save(&record),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies `change` to a copy of the record and writes the copy, then applies it to the
+    /// record everyone sees: a failed write changes nothing. Between the two, a run may have
+    /// moved its progress fields (never its state: every change of state is written, and
+    /// writes take turns), so `change` must set what it sets the same way both times. Returns
+    /// what its first application returned; an error from it writes nothing.
+    pub fn change<R>(
+        &self,
+        change: impl Fn(&mut ExperimentRecord) -> Result<R, RegistryError>,
+    ) -> Result<R, RegistryError> {
+        let _turn = lock(&self.turn);
+        let Some(current) = self.snapshot() else {
+            return Err(RegistryError::UnknownId {
+                id: self.id.clone(),
+                known: Vec::new(),
+            });
+        };
+        let mut updated = current.clone();
+        let out = change(&mut updated)?;
+        if updated != current {
+            self.store.save(&updated)?;
+            let mut entries = lock(&self.entries);
+            if let Ok(entry) = entry_mut(&mut entries, &self.id) {
+                change(&mut entry.record)?;
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl Registry {
@@ -118,20 +206,14 @@ impl Registry {
                     ExperimentRecord::queued(record.seq, &record.name, record.kind, record.steps);
                 store.save(&record)?;
             }
-            entries.insert(
-                record.seq,
-                Entry {
-                    record,
-                    spec,
-                    cancel: CancellationToken::new(),
-                },
-            );
+            entries.insert(record.seq, Entry::new(record, spec));
         }
         let next_seq = AtomicU64::new(store.highest_seq()? + 1);
         Ok(Registry {
             store,
-            entries: Mutex::new(entries),
+            entries: Arc::new(Mutex::new(entries)),
             next_seq,
+            submitting: Mutex::new(()),
             submitted: Notify::new(),
             limits: SubmitLimits::default(),
         })
@@ -145,14 +227,26 @@ impl Registry {
         &self.store
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Entry>> {
+        lock(&self.entries)
+    }
+
+    /// What writes experiment `id`'s record (from a blocking thread).
+    pub fn writer(&self, id: &str) -> Result<RecordWriter, RegistryError> {
+        let mut entries = self.lock();
+        let turn = entry_mut(&mut entries, id)?.turn.clone();
+        Ok(RecordWriter {
+            id: id.to_string(),
+            store: self.store.clone(),
+            entries: self.entries.clone(),
+            turn,
+        })
     }
 
     /// Validates and queues a spec; a refused spec leaves no trace. A spec on a dataset is
     /// checked against the dataset's manifest, which `datasets` finds by name (and pinned
     /// fingerprint, if the spec has one): the experiment is pinned to that version and keeps
-    /// the manifest beside its results.
+    /// the manifest beside its results. It writes: call it from a blocking thread.
     pub fn submit(
         &self,
         text: &str,
@@ -204,9 +298,8 @@ impl Registry {
                 self.limits.max_result_bytes
             )));
         }
-        let mut entries = self.lock();
-        let queued = entries
-            .values()
+        let _submitting = lock(&self.submitting);
+        let queued = (self.lock().values())
             .filter(|e| e.record.state == ExperimentState::Queued)
             .count();
         if queued >= self.limits.max_queued {
@@ -221,15 +314,7 @@ impl Registry {
         self.next_seq.store(seq + 1, Ordering::Relaxed);
         let id = record.id.clone();
         tracing::info!(%id, name = %spec.name(), "experiment queued");
-        entries.insert(
-            seq,
-            Entry {
-                record,
-                spec,
-                cancel: CancellationToken::new(),
-            },
-        );
-        drop(entries);
+        self.lock().insert(seq, Entry::new(record, spec));
         self.submitted.notify_waiters();
         Ok(id)
     }
@@ -244,101 +329,101 @@ impl Registry {
     }
 
     /// Cancels a queued or running experiment; returns its state afterwards. A running one
-    /// becomes `cancelled` once its runner has stopped at the current round.
+    /// becomes `cancelled` once its runner has stopped at the current round. A failed write
+    /// changes nothing. It writes: call it from a blocking thread.
     pub fn cancel(&self, id: &str) -> Result<ExperimentState, RegistryError> {
-        let mut entries = self.lock();
-        let entry = entry_mut(&mut entries, id)?;
-        // Persist first, then change what others see: a failed write changes nothing.
-        let mut updated = entry.record.clone();
-        if matches!(
-            updated.state,
-            ExperimentState::Queued | ExperimentState::Paused
-        ) {
-            updated.state = ExperimentState::Cancelled;
-        } else if updated.state == ExperimentState::Running {
-            updated.cancel_requested = true;
+        let state = self.writer(id)?.change(|r| {
+            match r.state {
+                ExperimentState::Queued | ExperimentState::Paused => {
+                    r.state = ExperimentState::Cancelled
+                }
+                ExperimentState::Running => r.cancel_requested = true,
+                _ => {}
+            }
+            Ok(r.state)
+        })?;
+        if let Ok(entry) = entry_mut(&mut self.lock(), id) {
+            entry.cancel.cancel();
         }
-        if updated != entry.record {
-            self.store.save(&updated)?;
-            entry.record = updated;
-        }
-        entry.cancel.cancel();
-        Ok(entry.record.state)
+        Ok(state)
     }
 
     /// Queues a paused experiment again (it continues from its last checkpoint); returns its
-    /// state afterwards. Any other state is left as it is and said so.
+    /// state afterwards. Any other state is left as it is and said so. A failed write changes
+    /// nothing. It writes: call it from a blocking thread.
     pub fn resume(&self, id: &str) -> Result<ExperimentState, RegistryError> {
-        let mut entries = self.lock();
-        let entry = entry_mut(&mut entries, id)?;
-        if entry.record.state != ExperimentState::Paused {
-            return Err(RegistryError::NotPaused {
-                id: id.to_string(),
-                state: entry.record.state,
-            });
-        }
-        let record = &entry.record;
-        let queued = ExperimentRecord::queued(record.seq, &record.name, record.kind, record.steps);
-        // Persist first, then change what others see: a failed write changes nothing.
-        self.store.save(&queued)?;
-        entry.record = queued;
+        self.writer(id)?.change(|r| {
+            if r.state != ExperimentState::Paused {
+                return Err(RegistryError::NotPaused {
+                    id: id.to_string(),
+                    state: r.state,
+                });
+            }
+            *r = ExperimentRecord::queued(r.seq, &r.name, r.kind, r.steps);
+            Ok(())
+        })?;
         tracing::info!(%id, "paused experiment queued again");
-        drop(entries);
         self.submitted.notify_waiters();
         Ok(ExperimentState::Queued)
     }
 
-    /// Waits for the oldest queued experiment and marks it running.
+    /// Waits for the oldest queued experiment and marks it running (written on a blocking
+    /// thread first, as every change of state is).
     pub async fn next_queued(&self) -> io::Result<Job> {
         loop {
             let submitted = self.submitted.notified();
             tokio::pin!(submitted);
             submitted.as_mut().enable();
-            {
-                let mut entries = self.lock();
-                if let Some(entry) = entries
-                    .values_mut()
-                    .find(|e| e.record.state == ExperimentState::Queued)
-                {
-                    let mut running = entry.record.clone();
-                    running.state = ExperimentState::Running;
-                    self.store.save(&running)?;
-                    entry.record = running;
+            let oldest = (self.lock().values())
+                .find(|e| e.record.state == ExperimentState::Queued)
+                .map(|e| e.record.id.clone());
+            let Some(id) = oldest else {
+                submitted.await;
+                continue;
+            };
+            let writer = self.writer(&id).map_err(io::Error::other)?;
+            let started = tokio::task::spawn_blocking(move || {
+                // Cancelled meanwhile: it stays so, and the next one is looked for.
+                writer.change(|r| {
+                    let queued = r.state == ExperimentState::Queued;
+                    if queued {
+                        r.state = ExperimentState::Running;
+                    }
+                    Ok(queued)
+                })
+            })
+            .await
+            .map_err(io::Error::other)?;
+            match started {
+                Ok(true) => {
+                    let mut entries = self.lock();
+                    let entry = entry_mut(&mut entries, &id).map_err(io::Error::other)?;
                     return Ok(Job {
-                        id: entry.record.id.clone(),
+                        id,
                         spec: entry.spec.clone(),
                         cancel: entry.cancel.clone(),
                         stop: CancellationToken::new(),
                     });
                 }
+                Ok(false) => continue,
+                Err(RegistryError::Storage(e)) => return Err(e),
+                Err(e) => return Err(io::Error::other(e)),
             }
-            submitted.await;
         }
     }
 
-    /// Applies `change` to an experiment's record; `persist` also writes it to the store.
-    pub fn update(
-        &self,
-        id: &str,
-        persist: bool,
-        change: impl FnOnce(&mut ExperimentRecord),
-    ) -> io::Result<()> {
-        let mut entries = self.lock();
-        if let Ok(entry) = entry_mut(&mut entries, id) {
+    /// Applies `change` to an experiment's record in memory; a [`RecordWriter`] writes it.
+    pub fn update(&self, id: &str, change: impl FnOnce(&mut ExperimentRecord)) {
+        if let Ok(entry) = entry_mut(&mut self.lock(), id) {
             change(&mut entry.record);
-            if persist {
-                self.store.save(&entry.record)?;
-            }
         }
-        Ok(())
     }
 
-    /// Writes an experiment's record, as it is now, to the store (again, after a failed
-    /// [`update`](Self::update)).
+    /// Writes an experiment's record, as it is now, to the store. It blocks on the disk: call
+    /// it from a blocking thread.
     pub fn persist(&self, id: &str) -> io::Result<()> {
-        let mut entries = self.lock();
-        match entry_mut(&mut entries, id) {
-            Ok(entry) => self.store.save(&entry.record),
+        match self.writer(id) {
+            Ok(writer) => writer.persist(),
             Err(_) => Ok(()),
         }
     }
@@ -474,13 +559,12 @@ mod tests {
             registry.next_queued().await.unwrap();
         }
         for id in ["exp-1", "exp-2"] {
-            registry
-                .update(id, true, |r| {
-                    r.state = ExperimentState::Paused;
-                    r.step = 7;
-                    r.error = Some("could not write results: disk full".into());
-                })
-                .unwrap();
+            registry.update(id, |r| {
+                r.state = ExperimentState::Paused;
+                r.step = 7;
+                r.error = Some("could not write results: disk full".into());
+            });
+            registry.persist(id).unwrap();
         }
         // Only a paused experiment resumes; it is queued again, from its checkpoint.
         let state = |registry: &Registry, id| registry.status(Some(id)).unwrap()[0].state;
@@ -506,6 +590,84 @@ mod tests {
             registry.resume("exp-2"),
             Err(RegistryError::NotPaused { .. })
         ));
+    }
+
+    /// Waits until a thread of this process waits in `open` of a FIFO for its other end.
+    fn wait_for_a_thread_in_fifo_open() {
+        let started = std::time::Instant::now();
+        loop {
+            let waiting = std::fs::read_dir("/proc/self/task").unwrap().any(|task| {
+                let wchan = task.unwrap().path().join("wchan");
+                std::fs::read_to_string(wchan).is_ok_and(|w| w == "wait_for_partner")
+            });
+            if waiting {
+                return;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "no thread ever waited on the FIFO"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_write_that_hangs_holds_up_no_reader_and_a_failed_one_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(registry(dir.path()));
+        registry.submit(SPEC, "a.toml", &[], &no_datasets).unwrap();
+        // `state.json` is written through `state.tmp`: a FIFO there makes the write wait
+        // until something reads it (a disk that hangs), then fail (a FIFO cannot be synced).
+        let tmp = dir.path().join("experiments/exp-1/state.tmp");
+        let made = std::process::Command::new("mkfifo").arg(&tmp).status();
+        assert!(made.unwrap().success());
+        let cancelling = {
+            let registry = registry.clone();
+            std::thread::spawn(move || registry.cancel("exp-1"))
+        };
+        wait_for_a_thread_in_fifo_open();
+        // The write waits; reading the experiments does not (it would wait with the write if
+        // the write held the registry's lock), nor does a run's progress.
+        let (answered, answer) = std::sync::mpsc::channel();
+        {
+            let registry = registry.clone();
+            std::thread::spawn(move || {
+                registry.update("exp-1", |r| r.train_seconds = 3.0);
+                answered.send(registry.status(None).unwrap()).unwrap();
+            });
+        }
+        let listed = answer
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the status was held up by a write");
+        assert_eq!(listed[0].state, ExperimentState::Queued);
+        // The write goes through to the FIFO and fails: the cancellation changes nothing.
+        std::io::Read::read_to_end(&mut std::fs::File::open(&tmp).unwrap(), &mut Vec::new())
+            .unwrap();
+        let failed = cancelling.join().unwrap();
+        assert!(
+            matches!(failed, Err(RegistryError::Storage(_))),
+            "{failed:?}"
+        );
+        let record = registry.status(Some("exp-1")).unwrap().remove(0);
+        assert_eq!(
+            (record.state, record.train_seconds),
+            (ExperimentState::Queued, 3.0)
+        );
+        // With the disk back, it goes through, and the progress made meanwhile is kept.
+        std::fs::remove_file(&tmp).unwrap();
+        assert_eq!(
+            registry.cancel("exp-1").unwrap(),
+            ExperimentState::Cancelled
+        );
+        let stored = Registry::open(Store::open(dir.path()).unwrap())
+            .unwrap()
+            .status(Some("exp-1"))
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            (stored.state, stored.train_seconds),
+            (ExperimentState::Cancelled, 3.0)
+        );
     }
 
     #[tokio::test]
@@ -544,7 +706,8 @@ mod tests {
                 registry.submit(SPEC, "a.toml", &[], &no_datasets).unwrap();
             }
             let job = registry.next_queued().await.unwrap();
-            registry.update(&job.id, true, |r| r.step = 40).unwrap();
+            registry.update(&job.id, |r| r.step = 40);
+            registry.persist(&job.id).unwrap();
             registry.cancel("exp-3").unwrap();
         }
         let registry = registry(dir.path());
@@ -632,9 +795,8 @@ mod tests {
             task_scores: None,
             delta_m_percent: None,
         };
-        registry
-            .update("exp-1", true, |r| r.last_eval = Some(eval))
-            .unwrap();
+        registry.update("exp-1", |r| r.last_eval = Some(eval));
+        registry.persist("exp-1").unwrap();
         drop(registry);
         let loaded = Registry::open(Store::open(dir.path()).unwrap())
             .unwrap()

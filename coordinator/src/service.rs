@@ -199,9 +199,12 @@ impl Experiments for ExperimentsService {
         &self,
         request: Request<CancelRequest>,
     ) -> Result<Response<CancelReply>, Status> {
-        let state = self
-            .registry
-            .cancel(&request.into_inner().id)
+        let registry = self.registry.clone();
+        let id = request.into_inner().id;
+        // Off the async runtime: it writes the record.
+        let state = tokio::task::spawn_blocking(move || registry.cancel(&id))
+            .await
+            .map_err(|e| Status::internal(format!("the cancellation was not processed: {e}")))?
             .map_err(to_status)?;
         Ok(Response::new(CancelReply {
             state: state.to_string(),
@@ -212,9 +215,12 @@ impl Experiments for ExperimentsService {
         &self,
         request: Request<ResumeRequest>,
     ) -> Result<Response<ResumeReply>, Status> {
-        let state = self
-            .registry
-            .resume(&request.into_inner().id)
+        let registry = self.registry.clone();
+        let id = request.into_inner().id;
+        // Off the async runtime: it writes the record.
+        let state = tokio::task::spawn_blocking(move || registry.resume(&id))
+            .await
+            .map_err(|e| Status::internal(format!("the resumption was not processed: {e}")))?
             .map_err(to_status)?;
         Ok(Response::new(ResumeReply {
             state: state.to_string(),

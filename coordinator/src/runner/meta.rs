@@ -182,13 +182,13 @@ impl<'a> Run<'a> {
             }
             super::append_metrics(&mut self.metrics, &self.job.id, &line).await?;
             let (step, train_seconds) = (self.step, self.train_seconds);
-            self.registry.update(&self.job.id, false, |r| {
+            self.registry.update(&self.job.id, |r| {
                 r.step = step;
                 r.tasks_done = step * meta_batch;
                 r.train_seconds = train_seconds;
                 r.meta_loss = Some(meta_loss);
                 r.meta_accuracy = meta_accuracy;
-            })?;
+            });
             let evaluated = self.step.is_multiple_of(every);
             if evaluated {
                 self.evaluate(Split::Eval, spec.eval.tasks).await?;

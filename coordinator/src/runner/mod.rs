@@ -111,12 +111,22 @@ pub async fn run(job: Job, registry: &Registry, dispatcher: &Dispatcher) {
         (Some(e), _) => tracing::error!(%id, error = %e, "experiment failed"),
         (None, _) => tracing::info!(%id, %state, "experiment ended"),
     }
-    if let Err(e) = registry.update(&id, true, |r| {
+    registry.update(&id, |r| {
         r.state = state;
         r.error = error;
-    }) {
+    });
+    if let Err(e) = persist_record(registry, &id).await {
         tracing::error!(%id, error = %e, "could not record the end of the experiment");
     }
+}
+
+/// Writes experiment `id`'s record as it is now, on a blocking thread (its fsync may wait
+/// behind a large checkpoint's), tried again on failure.
+async fn persist_record(registry: &Registry, id: &str) -> Result<(), RunError> {
+    let writer = registry.writer(id).map_err(io::Error::other)?;
+    let id = id.to_string();
+    off_runtime(move || retry::retrying_blocking(&id, "state.json", || writer.persist())).await??;
+    Ok(())
 }
 
 /// Runs `work` on a blocking thread and returns what it returns: a step's update is vector
@@ -189,8 +199,8 @@ async fn begin(
         registry.store().metrics_writer(id, step)
     })
     .await?;
-    registry.update(id, false, |r| start(r, last_eval))?;
-    retry::retrying(id, "state.json", || registry.persist(id)).await?;
+    registry.update(id, |r| start(r, last_eval));
+    persist_record(registry, id).await?;
     Ok(metrics)
 }
 
@@ -225,14 +235,13 @@ async fn record_eval(
     metrics.push(&line);
     flush_metrics(metrics, id).await?;
     let stored = record.clone();
-    registry.update(id, false, |r| {
+    registry.update(id, |r| {
         if stored.r#final {
             r.final_eval = Some(stored.clone());
         }
         r.last_eval = Some(stored);
-    })?;
-    retry::retrying(id, "state.json", || registry.persist(id)).await?;
-    Ok(())
+    });
+    persist_record(registry, id).await
 }
 
 /// Writes the final parameters of `state` to `final.safetensors`, their metadata saying which

@@ -223,12 +223,12 @@ impl<'a> Run<'a> {
         });
         super::append_metrics(&mut self.metrics, &self.job.id, &line).await?;
         let (step, train_seconds) = (self.step, self.train_seconds);
-        self.registry.update(&self.job.id, false, |r| {
+        self.registry.update(&self.job.id, |r| {
             r.step = step;
             r.tasks_done = step * batch;
             r.train_seconds = train_seconds;
             r.meta_loss = Some(mean_loss);
-        })?;
+        });
         Ok(())
     }
 
