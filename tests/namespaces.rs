@@ -38,7 +38,7 @@ fn cluster_across(
     workers: usize,
     link: Option<Link>,
     extra: &[&str],
-) -> (Cluster, Vec<common::proxy::Proxy>) {
+) -> (Cluster, Vec<common::netns::HostProxy>) {
     let tokens = files.join("tokens");
     std::fs::write(
         &tokens,

@@ -15,7 +15,7 @@ pub const USER_TOKEN_ENV: &str = "OUTERLOOP_USER_TOKEN";
 /// What a token lets its holder call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// The `Workers` service: register, heart-beat, lease, complete.
+    /// The `Workers` service (register, heart-beat, lease) and the `Results` service (complete).
     Worker,
     /// The `Experiments` service: submit, status, cancel, list workers.
     User,

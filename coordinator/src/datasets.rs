@@ -66,31 +66,44 @@ impl Catalog {
         self.known.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records the manifests a worker reported, storing versions not seen before.
-    pub fn report(&self, manifests: &[Manifest]) {
+    /// Records the manifests a worker reported; returns the versions not seen before, which
+    /// [`Catalog::store`] keeps for the next start (it writes: from a blocking thread, and
+    /// not under this catalog's lock, which the async runtime takes).
+    pub fn report(&self, manifests: &[Manifest]) -> Vec<Arc<Manifest>> {
         let mut known = self.lock();
         let next = known.values().map(|k| k.reported).max().unwrap_or(0) + 1;
+        let mut new = Vec::new();
         for manifest in manifests {
             let key = (manifest.name.clone(), manifest.fingerprint.clone());
             if let Some(k) = known.get_mut(&key) {
                 k.reported = next;
                 continue;
             }
-            if let Err(e) = self.store(manifest) {
-                tracing::error!(dataset = %manifest.summary(), error = %e, "could not store the dataset manifest");
-            }
             tracing::info!(dataset = %manifest.summary(), "new dataset version");
+            let manifest = Arc::new(manifest.clone());
+            new.push(manifest.clone());
             known.insert(
                 key,
                 Known {
-                    manifest: Arc::new(manifest.clone()),
+                    manifest,
                     reported: next,
                 },
             );
         }
+        new
     }
 
-    fn store(&self, manifest: &Manifest) -> io::Result<()> {
+    /// Writes `manifests` to the catalog's directory, logging any that cannot be written
+    /// (they are known until the coordinator stops, and reported again by their workers).
+    pub fn store(&self, manifests: &[Arc<Manifest>]) {
+        for manifest in manifests {
+            if let Err(e) = self.write(manifest) {
+                tracing::error!(dataset = %manifest.summary(), error = %e, "could not store the dataset manifest");
+            }
+        }
+    }
+
+    fn write(&self, manifest: &Manifest) -> io::Result<()> {
         let name = format!("{}-{}.json", manifest.name, manifest.fingerprint);
         let json = serde_json::to_vec(manifest).map_err(io::Error::other)?;
         crate::store::write_atomically(&self.dir.join(name), &json)
@@ -205,9 +218,14 @@ mod tests {
     #[test]
     fn manifests_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        Catalog::open(dir.path())
-            .unwrap()
-            .report(&[manifest("mini", "aa")]);
+        let catalog = Catalog::open(dir.path()).unwrap();
+        let new = catalog.report(&[manifest("mini", "aa")]);
+        assert_eq!(new.len(), 1);
+        assert!(
+            catalog.report(&[manifest("mini", "aa")]).is_empty(),
+            "known"
+        );
+        catalog.store(&new);
         std::fs::write(dir.path().join("datasets/junk.json"), "{").unwrap();
         let reopened = Catalog::open(dir.path()).unwrap();
         let m = reopened.resolve("mini", None, &BTreeMap::new()).unwrap();

@@ -153,11 +153,22 @@ impl RecordWriter {
         }
     }
 
+    /// Applies `change` to the record everyone sees, in its turn among the writes (so never
+    /// between a [`RecordWriter::change`]'s write and its application), without writing it:
+    /// for a change that stands even if it cannot be written (a run's end: the run is over
+    /// either way); [`RecordWriter::persist`] writes it.
+    pub fn apply(&self, change: impl FnOnce(&mut ExperimentRecord)) {
+        let _turn = lock(&self.turn);
+        if let Ok(entry) = entry_mut(&mut lock(&self.entries), &self.id) {
+            change(&mut entry.record);
+        }
+    }
+
     /// Applies `change` to a copy of the record and writes the copy, then applies it to the
     /// record everyone sees: a failed write changes nothing. Between the two, a run may have
-    /// moved its progress fields (never its state: every change of state is written, and
-    /// writes take turns), so `change` must set what it sets the same way both times. Returns
-    /// what its first application returned; an error from it writes nothing.
+    /// moved its progress fields, never its state (every change of state happens in a turn
+    /// among the writes), so `change` sets what it sets the same way both times. Returns what
+    /// its first application returned; an error from it writes nothing.
     pub fn change<R>(
         &self,
         change: impl Fn(&mut ExperimentRecord) -> Result<R, RegistryError>,
@@ -175,7 +186,8 @@ impl RecordWriter {
             self.store.save(&updated)?;
             let mut entries = lock(&self.entries);
             if let Ok(entry) = entry_mut(&mut entries, &self.id) {
-                change(&mut entry.record)?;
+                // The same state as the copy's, so the same outcome: it was written.
+                let _ = change(&mut entry.record);
             }
         }
         Ok(out)
@@ -592,22 +604,25 @@ mod tests {
         ));
     }
 
-    /// Waits until a thread of this process waits in `open` of a FIFO for its other end.
+    /// Waits until a thread of this process waits in `open` of a FIFO for its other end (the
+    /// kernel function it waits in, by name: `wait_for_partner`, or `fifo_open` where that is
+    /// inlined).
     fn wait_for_a_thread_in_fifo_open() {
         let started = std::time::Instant::now();
         loop {
             let waiting = std::fs::read_dir("/proc/self/task").unwrap().any(|task| {
                 let wchan = task.unwrap().path().join("wchan");
-                std::fs::read_to_string(wchan).is_ok_and(|w| w == "wait_for_partner")
+                std::fs::read_to_string(wchan)
+                    .is_ok_and(|w| w == "wait_for_partner" || w == "fifo_open")
             });
             if waiting {
                 return;
             }
             assert!(
                 started.elapsed() < std::time::Duration::from_secs(60),
-                "no thread ever waited on the FIFO"
+                "no thread ever waited on the FIFO (or this kernel does not show where threads wait)"
             );
-            std::thread::yield_now();
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 

@@ -241,7 +241,12 @@ impl Workers for WorkersService {
             .map(Manifest::try_from)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Status::invalid_argument(format!("a dataset manifest is invalid: {e}")))?;
-        self.datasets.report(&manifests);
+        let new = self.datasets.report(&manifests);
+        if !new.is_empty() {
+            // Off the async runtime: it writes files.
+            let datasets = self.datasets.clone();
+            let _ = tokio::task::spawn_blocking(move || datasets.store(&new)).await;
+        }
         let registration = Registration {
             name: printable(&r.name, 128),
             device: printable(&r.device, 64),

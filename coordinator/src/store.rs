@@ -198,12 +198,20 @@ impl Store {
     ) -> io::Result<()> {
         let dir = self.dir(&record.id);
         fs::create_dir(&dir)?;
-        write_atomically(&dir.join("spec.toml"), spec_toml.as_bytes())?;
-        if let Some(manifest) = manifest {
-            let json = serde_json::to_vec_pretty(manifest).map_err(io::Error::other)?;
-            write_atomically(&dir.join(MANIFEST), &json)?;
+        let written = (|| {
+            write_atomically(&dir.join("spec.toml"), spec_toml.as_bytes())?;
+            if let Some(manifest) = manifest {
+                let json = serde_json::to_vec_pretty(manifest).map_err(io::Error::other)?;
+                write_atomically(&dir.join(MANIFEST), &json)?;
+            }
+            self.save(record)
+        })();
+        if written.is_err() {
+            // Half an experiment would be skipped at the next start, and its id taken by the
+            // next submission's directory until then.
+            let _ = fs::remove_dir_all(&dir);
         }
-        self.save(record)
+        written
     }
 
     /// The manifest stored with an experiment at submission: its episodes are drawn from it,
@@ -234,7 +242,15 @@ impl Store {
         let path = self.dir(id).join("metrics.jsonl");
         let mut last_eval = None;
         if from_step > 0 {
-            let text = fs::read_to_string(&path).unwrap_or_default();
+            // Only a missing file is an empty one: any other failure to read (a descriptor
+            // shortage, an I/O error) must not cut the history to nothing. Bytes, not text: a
+            // line torn inside a character is dropped like any torn line.
+            let bytes = match fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(e),
+            };
+            let text = String::from_utf8_lossy(&bytes);
             let mut kept = String::new();
             for line in text.lines() {
                 let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {

@@ -10,6 +10,7 @@
 //! proxy (`common::proxy`) running on the worker's host, in front of its link, and no packet
 //! is lost.
 
+use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +19,41 @@ use super::proxy::{Link, Proxy};
 
 /// Namespace sets made by this process, for unique names.
 static SETS: AtomicUsize = AtomicUsize::new(0);
+
+/// Set to make a test that cannot create namespaces fail rather than skip.
+pub const REQUIRE: &str = "OUTERLOOP_REQUIRE_NETNS";
+
+/// A proxy running on a host of its own; stopped there when dropped (its accept loop is woken
+/// by a connection made inside the host's namespace, where it listens).
+pub struct HostProxy {
+    proxy: Option<Proxy>,
+    namespace: File,
+    pub url: String,
+}
+
+/// Runs `work` on a thread that has entered the network namespace `namespace`: the sockets it
+/// makes, and the threads it starts (which inherit the namespace), all live there.
+fn in_namespace<T: Send + 'static>(
+    namespace: &File,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let namespace = namespace.try_clone().unwrap();
+    std::thread::spawn(move || {
+        // SAFETY: setns on this thread only, with a descriptor that outlives the call.
+        let entered = unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+        work()
+    })
+    .join()
+    .unwrap()
+}
+
+impl Drop for HostProxy {
+    fn drop(&mut self) {
+        let proxy = self.proxy.take();
+        in_namespace(&self.namespace, move || drop(proxy));
+    }
+}
 
 /// A bridge and the hosts on it; every namespace is deleted when this is dropped.
 pub struct Network {
@@ -43,21 +79,37 @@ fn run(program: &str, args: &[&str]) -> Result<(), String> {
 }
 
 impl Network {
-    /// A bridge in a namespace of its own, or why one cannot be made here (not root, no
-    /// iproute2, no veth or bridge support): callers skip then, saying so.
+    /// A bridge in a namespace of its own, or why namespaces cannot be made here (not root,
+    /// no iproute2): callers skip then, saying so, unless [`REQUIRE`] is set. Any other
+    /// failure is a failure.
     pub fn new() -> Result<Network, String> {
         let set = SETS.fetch_add(1, Ordering::Relaxed);
+        // The process id and the time: a set left by a killed run of a process with the same
+        // id does not collide.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
         let network = Network {
-            prefix: format!("ol{}x{set}", std::process::id()),
+            prefix: format!("ol{}x{set}x{:x}", std::process::id(), nanos % 0xfff),
             hosts: Vec::new(),
         };
         let bridge = network.bridge_namespace();
-        run("ip", &["netns", "add", &bridge])?;
+        if let Err(why) = run("ip", &["netns", "add", &bridge]) {
+            let unavailable = why.starts_with("cannot run")
+                || why.contains("Operation not permitted")
+                || why.contains("Permission denied");
+            if unavailable && std::env::var_os(REQUIRE).is_none() {
+                return Err(why);
+            }
+            panic!("cannot create a network namespace: {why}");
+        }
         run(
             "ip",
             &["-n", &bridge, "link", "add", "br0", "type", "bridge"],
-        )?;
-        run("ip", &["-n", &bridge, "link", "set", "br0", "up"])?;
+        )
+        .unwrap();
+        run("ip", &["-n", &bridge, "link", "set", "br0", "up"]).unwrap();
         Ok(network)
     }
 
@@ -172,19 +224,15 @@ impl Network {
     /// Starts a proxy with `link` on `host` (listening on its loopback) to the coordinator at
     /// `upstream_url`: a worker on that host that connects to the proxy's URL reaches the
     /// coordinator with `link`'s delays, over the host's own link.
-    pub fn proxy(&self, host: &str, upstream_url: &str, link: Link) -> Proxy {
-        let namespace = std::fs::File::open(format!("/var/run/netns/{host}")).unwrap();
+    pub fn proxy(&self, host: &str, upstream_url: &str, link: Link) -> HostProxy {
+        let namespace = File::open(format!("/var/run/netns/{host}")).unwrap();
         let upstream_url = upstream_url.to_string();
-        // A thread that enters the host's namespace: the proxy's sockets, and the threads it
-        // starts (which inherit the namespace), all live there.
-        std::thread::spawn(move || {
-            // SAFETY: setns on this thread only, with a descriptor that outlives the call.
-            let entered = unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
-            Proxy::start(&upstream_url, link)
-        })
-        .join()
-        .unwrap()
+        let proxy = in_namespace(&namespace, move || Proxy::start(&upstream_url, link));
+        HostProxy {
+            url: proxy.url.clone(),
+            proxy: Some(proxy),
+            namespace,
+        }
     }
 
     /// Cuts host `index`'s link (its bridge port goes down), or restores it.

@@ -91,6 +91,14 @@ pub async fn serve(
                     backoff = Duration::from_millis(100);
                 }
                 refused @ SessionEnd::Refused(_) => return refused.to_string(),
+                // A call the coordinator does not have stays missing: another version.
+                SessionEnd::Rpc(status) if status.code() == tonic::Code::Unimplemented => {
+                    return format!(
+                        "the coordinator does not serve a call this worker makes ({}): are the \
+                         worker and the coordinator the same version of outerloop?",
+                        status.message()
+                    );
+                }
                 e => {
                     tracing::warn!(coordinator = %identity.coordinator, error = %e, retry_in = ?backoff, "coordinator unreachable");
                     tokio::time::sleep(backoff).await;

@@ -111,11 +111,23 @@ pub async fn run(job: Job, registry: &Registry, dispatcher: &Dispatcher) {
         (Some(e), _) => tracing::error!(%id, error = %e, "experiment failed"),
         (None, _) => tracing::info!(%id, %state, "experiment ended"),
     }
-    registry.update(&id, |r| {
-        r.state = state;
-        r.error = error;
-    });
-    if let Err(e) = persist_record(registry, &id).await {
+    // The state changes in its turn among the record's writes (a cancellation's, say), and
+    // stands even if it cannot be written: the run is over either way.
+    let ended = async {
+        let writer = registry.writer(&id).map_err(io::Error::other)?;
+        let owned_id = id.clone();
+        off_runtime(move || {
+            writer.apply(|r| {
+                r.state = state;
+                r.error = error;
+            });
+            retry::retrying_blocking(&owned_id, "state.json", || writer.persist())
+        })
+        .await??;
+        Ok::<(), RunError>(())
+    }
+    .await;
+    if let Err(e) = ended {
         tracing::error!(%id, error = %e, "could not record the end of the experiment");
     }
 }
@@ -188,17 +200,30 @@ async fn round(
 
 /// Opens experiment `id`'s `metrics.jsonl` for a run that starts at `step` (keeping the lines
 /// up to it), then records where the run starts: `start` sets the record, given the last
-/// evaluation kept. Each write is tried again before the run pauses, as every later one is.
+/// evaluation kept. Each write runs on a blocking thread (cutting `metrics.jsonl` back on a
+/// resume rewrites it) and is tried again before the run pauses, as every later one is.
 async fn begin(
     registry: &Registry,
     id: &str,
     step: u64,
     start: impl FnOnce(&mut ExperimentRecord, Option<EvalRecord>),
 ) -> Result<MetricsWriter, RunError> {
-    let (metrics, last_eval) = retry::retrying(id, "metrics.jsonl", || {
-        registry.store().metrics_writer(id, step)
-    })
-    .await?;
+    let (store, owned_id) = (registry.store().clone(), id.to_string());
+    let open = move || store.metrics_writer(&owned_id, step);
+    begin_with(registry, id, open, start).await
+}
+
+/// [`begin`], with `open` opening `metrics.jsonl`.
+async fn begin_with(
+    registry: &Registry,
+    id: &str,
+    mut open: impl FnMut() -> io::Result<(MetricsWriter, Option<EvalRecord>)> + Send + 'static,
+    start: impl FnOnce(&mut ExperimentRecord, Option<EvalRecord>),
+) -> Result<MetricsWriter, RunError> {
+    let owned_id = id.to_string();
+    let (metrics, last_eval) =
+        off_runtime(move || retry::retrying_blocking(&owned_id, "metrics.jsonl", &mut open))
+            .await??;
     registry.update(id, |r| start(r, last_eval));
     persist_record(registry, id).await?;
     Ok(metrics)
@@ -306,29 +331,31 @@ mod tests {
     use crate::spec::tests::SPEC;
     use crate::store::Store;
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_run_begins_once_its_first_writes_succeed_on_a_later_try() {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::open(Store::open(dir.path()).unwrap()).unwrap();
         let no_datasets = |name: &str, _: Option<&str>| Err(format!("no dataset {name}"));
         let id = registry.submit(SPEC, "a.toml", &[], &no_datasets).unwrap();
-        // While a directory stands where `metrics.jsonl` goes, the file cannot be created.
-        let blocked = registry.store().dir(&id).join("metrics.jsonl");
-        std::fs::create_dir(&blocked).unwrap();
-        let cleared = async {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            std::fs::remove_dir(&blocked).unwrap();
+        // The first try to open `metrics.jsonl` fails (a descriptor shortage, say).
+        let (store, owned_id) = (registry.store().clone(), id.clone());
+        let mut tries = 0;
+        let open = move || {
+            tries += 1;
+            match tries {
+                1 => Err(io::Error::other("too many open files")),
+                _ => store.metrics_writer(&owned_id, 0),
+            }
         };
-        let begun = begin(&registry, &id, 0, |r, last_eval| {
+        let begun = begin_with(&registry, &id, open, |r, last_eval| {
             r.train_seconds = 7.0;
             r.last_eval = last_eval;
         });
-        let (begun, ()) = tokio::join!(begun, cleared);
-        let mut metrics = begun.unwrap();
-        assert!(blocked.is_file());
+        let mut metrics = begun.await.unwrap();
         metrics.push(&serde_json::json!({"step": 1}));
         metrics.flush().unwrap();
-        assert_eq!(std::fs::read_to_string(&blocked).unwrap(), "{\"step\":1}\n");
+        let written = registry.store().dir(&id).join("metrics.jsonl");
+        assert_eq!(std::fs::read_to_string(&written).unwrap(), "{\"step\":1}\n");
         let stored: serde_json::Value = serde_json::from_slice(
             &std::fs::read(registry.store().dir(&id).join("state.json")).unwrap(),
         )
