@@ -8,11 +8,11 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::netns::Network;
 use common::proxy::Link;
-use common::{final_parameters, train_steps, Cluster, SPEC, TINY};
+use common::{final_parameters, Cluster, SPEC, TINY};
 
 const WORKER_TOKEN: &str = "w-5b0e8d13c4a97f26e0d1";
 const USER_TOKEN: &str = "u-a3f61c07e2d948b5c1f4";
@@ -131,31 +131,11 @@ fn workers_on_hosts_of_their_own_over_slow_capped_links_give_the_loopback_result
     assert!(across == local, "the network changed the result");
 }
 
-/// Waits until `done` holds of the coordinator's log, or fails after `limit`.
-fn wait_log(cluster: &Cluster, limit: Duration, what: &str, done: impl Fn(&str) -> bool) {
-    let started = Instant::now();
-    while !done(&cluster.coordinator_log()) {
-        assert!(
-            started.elapsed() < limit,
-            "waited for {what}\n{}",
-            cluster.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_worker_whose_link_goes_down_past_its_timeout_is_replaced_then_rejoins() {
     let Some(mut network) = network_or_skip() else {
         return;
     };
-    const OVERRIDES: &[&str] = &[
-        "meta.steps=600",
-        "meta.chunk_tasks=5",
-        "eval.every=300",
-        "eval.tasks=50",
-        "eval.final_tasks=50",
-    ];
     let files = tempfile::tempdir().unwrap();
     let (cluster, _) = cluster_across(
         &mut network,
@@ -164,45 +144,10 @@ fn a_worker_whose_link_goes_down_past_its_timeout_is_replaced_then_rejoins() {
         None,
         &["--worker-timeout-ms", "1500", "--heartbeat-ms", "200"],
     );
-    let id = cluster.submit(SPEC, OVERRIDES).unwrap();
-    // Cut once both workers share steps: the cut worker holds leases, or soon asks for one.
-    let before = cluster.wait_for(&id, Duration::from_secs(120), |s| {
-        s["step"].as_u64() >= Some(50) && s["workers"] == 2
-    });
-    network.set_link(2, false);
-    wait_log(
+    // Its bridge port goes down: its packets vanish, with no reset.
+    common::a_cut_worker_is_replaced_then_rejoins(
         &cluster,
-        Duration::from_secs(60),
-        "the cut worker to be dropped",
-        |log| log.contains("missed its heartbeats"),
-    );
-    // The run goes on without it: its chunks are redone by the other worker.
-    let cut_step = before["step"].as_u64().unwrap();
-    cluster.wait_for(&id, Duration::from_secs(120), |s| {
-        s["step"].as_u64() >= Some(cut_step + 30) && s["workers"] == 1
-    });
-    network.set_link(2, true);
-    // Its link back, it hears it was forgotten and registers again (its old id's late
-    // traffic is refused).
-    wait_log(
-        &cluster,
-        Duration::from_secs(120),
-        "the cut worker to register again",
-        |log| log.matches("worker registered").count() >= 3,
-    );
-    let status = cluster.wait_finished(&id, Duration::from_secs(300));
-    assert_eq!(status["state"], "finished", "{status}");
-    assert_eq!(
-        train_steps(&cluster.metrics(&id)),
-        (1..=600).collect::<Vec<_>>()
-    );
-
-    let mut reference = Cluster::start(&[]);
-    reference.add_worker();
-    let reference_id = reference.submit(SPEC, OVERRIDES).unwrap();
-    reference.wait_finished(&reference_id, Duration::from_secs(300));
-    assert!(
-        final_parameters(&cluster, &id) == final_parameters(&reference, &reference_id),
-        "a chunk was lost or counted twice"
+        || network.set_link(2, false),
+        || network.set_link(2, true),
     );
 }

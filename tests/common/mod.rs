@@ -316,6 +316,34 @@ impl Cluster {
         }
     }
 
+    /// Waits until `done` holds of the coordinator's log, or fails after `limit`.
+    pub fn wait_log(&self, limit: Duration, what: &str, done: impl Fn(&str) -> bool) {
+        let started = Instant::now();
+        while !done(&self.coordinator_log()) {
+            assert!(
+                started.elapsed() < limit,
+                "waited for {what}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for worker `index` to exit (within two minutes) and returns how it exited.
+    pub fn wait_worker_exit(&mut self, index: usize) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.workers[index].try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "worker {index} kept running"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn wait_finished(&self, id: &str, timeout: Duration) -> Value {
         let status = self.wait_for(id, timeout, |s| {
             matches!(
@@ -502,4 +530,63 @@ where
             return chunk;
         }
     }
+}
+
+/// `SPEC` long enough to cut a worker off mid-run, in chunks small enough that both workers
+/// hold some.
+pub const CUT_RUN: &[&str] = &[
+    "meta.steps=600",
+    "meta.chunk_tasks=5",
+    "eval.every=300",
+    "eval.tasks=50",
+    "eval.final_tasks=50",
+];
+
+/// Runs `CUT_RUN` on `cluster` (two workers, the coordinator started with a short worker
+/// timeout) and cuts the second worker's link with `cut` once both share steps, past its
+/// timeout, then restores it with `restore`: the run goes on without it, it registers again,
+/// every step is done once and the final parameters equal a one-worker run's.
+pub fn a_cut_worker_is_replaced_then_rejoins(
+    cluster: &Cluster,
+    cut: impl FnOnce(),
+    restore: impl FnOnce(),
+) {
+    let id = cluster.submit(SPEC, CUT_RUN).unwrap();
+    // Cut once both workers share steps: the cut worker holds leases, or soon asks for one.
+    let before = cluster.wait_for(&id, Duration::from_secs(120), |s| {
+        s["step"].as_u64() >= Some(50) && s["workers"] == 2
+    });
+    cut();
+    cluster.wait_log(
+        Duration::from_secs(60),
+        "the cut worker to be dropped",
+        |log| log.contains("missed its heartbeats"),
+    );
+    // The run goes on without it: its chunks are redone by the other worker.
+    let cut_step = before["step"].as_u64().unwrap();
+    cluster.wait_for(&id, Duration::from_secs(120), |s| {
+        s["step"].as_u64() >= Some(cut_step + 30) && s["workers"] == 1
+    });
+    restore();
+    // It rejoins under a new registration (its old id's late traffic is refused).
+    cluster.wait_log(
+        Duration::from_secs(120),
+        "the cut worker to register again",
+        |log| log.matches("worker registered").count() >= 3,
+    );
+    let status = cluster.wait_finished(&id, Duration::from_secs(300));
+    assert_eq!(status["state"], "finished", "{status}");
+    assert_eq!(
+        train_steps(&cluster.metrics(&id)),
+        (1..=600).collect::<Vec<_>>()
+    );
+
+    let mut reference = Cluster::start(&[]);
+    reference.add_worker();
+    let reference_id = reference.submit(SPEC, CUT_RUN).unwrap();
+    reference.wait_finished(&reference_id, Duration::from_secs(300));
+    assert!(
+        final_parameters(cluster, &id) == final_parameters(&reference, &reference_id),
+        "a chunk was lost or counted twice"
+    );
 }
