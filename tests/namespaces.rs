@@ -83,18 +83,17 @@ fn run(cluster: &Cluster, overrides: &[&str]) -> (Vec<u8>, f64) {
     (final_parameters(cluster, &id), steps / seconds)
 }
 
-#[test]
-fn workers_on_hosts_of_their_own_over_slow_capped_links_give_the_loopback_result() {
-    let Some(mut network) = network_or_skip() else {
-        return;
-    };
+/// Runs `TINY` on two workers on hosts of their own whose links are `delay_ms` each way (up
+/// to a quarter of it more, jitter) at 100 Mbit/s each way; with netem, 1% of the packets
+/// are lost too. Returns the final parameters, the steps per second, and how the links were
+/// shaped; `None` where namespaces cannot be made.
+fn run_across(delay_ms: u64) -> Option<(Vec<u8>, f64, &'static str)> {
+    let mut network = network_or_skip()?;
     let files = tempfile::tempdir().unwrap();
-    // Machines in one region: 20 ms each way, up to 5 ms of jitter, 100 Mbit/s each way on
-    // both workers' links; with netem, 1% of the packets lost too.
     let netem = network.has_netem();
     let proxied = Link {
-        delay: Duration::from_millis(20),
-        jitter: Duration::from_millis(5),
+        delay: Duration::from_millis(delay_ms),
+        jitter: Duration::from_millis(delay_ms / 4),
         bytes_per_s: None,
     };
     let (cluster, _proxies) = cluster_across(
@@ -106,29 +105,41 @@ fn workers_on_hosts_of_their_own_over_slow_capped_links_give_the_loopback_result
     );
     for worker in [1, 2] {
         if netem {
-            let wan = ["delay", "20ms", "5ms", "loss", "1%", "rate", "100mbit"];
+            let (delay, jitter) = (format!("{delay_ms}ms"), format!("{}ms", delay_ms / 4));
+            let wan = ["delay", &delay, &jitter, "loss", "1%", "rate", "100mbit"];
             network.netem(worker, &wan).unwrap();
         } else {
             network.cap(worker, 100).unwrap();
         }
     }
-    let (across, across_rate) = run(&cluster, &TINY);
+    let (parameters, rate) = run(&cluster, &TINY);
+    let shaping = if netem {
+        "tc netem, 1% loss"
+    } else {
+        "kernel cap, proxy delays"
+    };
+    Some((parameters, rate, shaping))
+}
 
+#[test]
+fn workers_on_hosts_of_their_own_over_slow_capped_links_give_the_loopback_result() {
     let mut loopback = Cluster::start(&[]);
     loopback.add_worker();
     loopback.add_worker();
     loopback.wait_workers(2);
     let (local, local_rate) = run(&loopback, &TINY);
-    eprintln!(
-        "steps/s: loopback {local_rate:.1}, hosts of their own, 20 ms ± 5 ms at 100 Mbit/s \
-         ({}) {across_rate:.1}",
-        if netem {
-            "tc netem, 1% loss"
-        } else {
-            "kernel cap, proxy delays"
-        }
-    );
-    assert!(across == local, "the network changed the result");
+    // Machines in one region, then across a continent.
+    for delay_ms in [20, 100] {
+        let Some((across, rate, shaping)) = run_across(delay_ms) else {
+            return;
+        };
+        eprintln!(
+            "steps/s: loopback {local_rate:.1}, hosts of their own, {delay_ms} ms ± {} ms at \
+             100 Mbit/s ({shaping}) {rate:.1}",
+            delay_ms / 4
+        );
+        assert!(across == local, "a {delay_ms} ms link changed the result");
+    }
 }
 
 #[test]
