@@ -430,15 +430,6 @@ impl Registry {
             change(&mut entry.record);
         }
     }
-
-    /// Writes an experiment's record, as it is now, to the store. It blocks on the disk: call
-    /// it from a blocking thread.
-    pub fn persist(&self, id: &str) -> io::Result<()> {
-        match self.writer(id) {
-            Ok(writer) => writer.persist(),
-            Err(_) => Ok(()),
-        }
-    }
 }
 
 /// The entry of experiment `id`, or the error that names the known ids.
@@ -576,7 +567,7 @@ mod tests {
                 r.step = 7;
                 r.error = Some("could not write results: disk full".into());
             });
-            registry.persist(id).unwrap();
+            registry.writer(id).unwrap().persist().unwrap();
         }
         // Only a paused experiment resumes; it is queued again, from its checkpoint.
         let state = |registry: &Registry, id| registry.status(Some(id)).unwrap()[0].state;
@@ -722,7 +713,7 @@ mod tests {
             }
             let job = registry.next_queued().await.unwrap();
             registry.update(&job.id, |r| r.step = 40);
-            registry.persist(&job.id).unwrap();
+            registry.writer(&job.id).unwrap().persist().unwrap();
             registry.cancel("exp-3").unwrap();
         }
         let registry = registry(dir.path());
@@ -811,7 +802,7 @@ mod tests {
             delta_m_percent: None,
         };
         registry.update("exp-1", |r| r.last_eval = Some(eval));
-        registry.persist("exp-1").unwrap();
+        registry.writer("exp-1").unwrap().persist().unwrap();
         drop(registry);
         let loaded = Registry::open(Store::open(dir.path()).unwrap())
             .unwrap()

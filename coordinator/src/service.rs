@@ -74,6 +74,20 @@ fn eval_summary(e: &EvalRecord) -> EvalSummary {
 }
 
 impl ExperimentsService {
+    /// Runs `call` on the registry on a blocking thread, off the async runtime: it writes an
+    /// experiment's record. `what` names the call if the thread is lost.
+    async fn writing<T: Send + 'static>(
+        &self,
+        what: &str,
+        call: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let registry = self.registry.clone();
+        tokio::task::spawn_blocking(move || call(&registry))
+            .await
+            .map_err(|e| Status::internal(format!("the {what} was not processed: {e}")))?
+            .map_err(to_status)
+    }
+
     fn status_of(&self, r: &ExperimentRecord, workers: u32) -> ExperimentStatus {
         let dir = self.registry.store().dir(&r.id);
         ExperimentStatus {
@@ -199,13 +213,8 @@ impl Experiments for ExperimentsService {
         &self,
         request: Request<CancelRequest>,
     ) -> Result<Response<CancelReply>, Status> {
-        let registry = self.registry.clone();
         let id = request.into_inner().id;
-        // Off the async runtime: it writes the record.
-        let state = tokio::task::spawn_blocking(move || registry.cancel(&id))
-            .await
-            .map_err(|e| Status::internal(format!("the cancellation was not processed: {e}")))?
-            .map_err(to_status)?;
+        let state = self.writing("cancellation", move |r| r.cancel(&id)).await?;
         Ok(Response::new(CancelReply {
             state: state.to_string(),
         }))
@@ -215,13 +224,8 @@ impl Experiments for ExperimentsService {
         &self,
         request: Request<ResumeRequest>,
     ) -> Result<Response<ResumeReply>, Status> {
-        let registry = self.registry.clone();
         let id = request.into_inner().id;
-        // Off the async runtime: it writes the record.
-        let state = tokio::task::spawn_blocking(move || registry.resume(&id))
-            .await
-            .map_err(|e| Status::internal(format!("the resumption was not processed: {e}")))?
-            .map_err(to_status)?;
+        let state = self.writing("resumption", move |r| r.resume(&id)).await?;
         Ok(Response::new(ResumeReply {
             state: state.to_string(),
         }))

@@ -88,10 +88,11 @@ impl<'a> Run<'a> {
         let manifest = registry.store().manifest(&job.id)?;
         let sampler = sampling::for_spec(spec, manifest.as_ref()).map_err(RunError::Sampling)?;
         let meta_batch = spec.meta.meta_batch as u64;
-        let metrics = super::begin(registry, &job.id, start.step, |r, last_eval| {
-            r.step = start.step;
-            r.tasks_done = start.step * meta_batch;
-            r.train_seconds = start.train_seconds;
+        let (step, seconds) = (start.step, start.train_seconds);
+        let metrics = super::begin(registry, &job.id, step, move |r, last_eval| {
+            r.step = step;
+            r.tasks_done = step * meta_batch;
+            r.train_seconds = seconds;
             r.last_eval = last_eval;
         })
         .await?;

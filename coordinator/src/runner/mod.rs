@@ -111,33 +111,32 @@ pub async fn run(job: Job, registry: &Registry, dispatcher: &Dispatcher) {
         (Some(e), _) => tracing::error!(%id, error = %e, "experiment failed"),
         (None, _) => tracing::info!(%id, %state, "experiment ended"),
     }
-    // The state changes in its turn among the record's writes (a cancellation's, say), and
-    // stands even if it cannot be written: the run is over either way.
-    let ended = async {
-        let writer = registry.writer(&id).map_err(io::Error::other)?;
-        let owned_id = id.clone();
-        off_runtime(move || {
-            writer.apply(|r| {
-                r.state = state;
-                r.error = error;
-            });
-            retry::retrying_blocking(&owned_id, "state.json", || writer.persist())
-        })
-        .await??;
-        Ok::<(), RunError>(())
-    }
-    .await;
-    if let Err(e) = ended {
+    // The run is over either way: its end stands even if it cannot be written.
+    let ended = write_record(registry, &id, move |r| {
+        r.state = state;
+        r.error = error;
+    });
+    if let Err(e) = ended.await {
         tracing::error!(%id, error = %e, "could not record the end of the experiment");
     }
 }
 
-/// Writes experiment `id`'s record as it is now, on a blocking thread (its fsync may wait
-/// behind a large checkpoint's), tried again on failure.
-async fn persist_record(registry: &Registry, id: &str) -> Result<(), RunError> {
+/// Applies `change` to experiment `id`'s record in its turn among the record's writes (never
+/// between a cancellation's write and its application), then writes the record, on a
+/// blocking thread (its fsync may wait behind a large checkpoint's), tried again on failure.
+/// The change stands even if the write fails.
+async fn write_record(
+    registry: &Registry,
+    id: &str,
+    change: impl FnOnce(&mut ExperimentRecord) + Send + 'static,
+) -> Result<(), RunError> {
     let writer = registry.writer(id).map_err(io::Error::other)?;
     let id = id.to_string();
-    off_runtime(move || retry::retrying_blocking(&id, "state.json", || writer.persist())).await??;
+    off_runtime(move || {
+        writer.apply(change);
+        retry::retrying_blocking(&id, "state.json", || writer.persist())
+    })
+    .await??;
     Ok(())
 }
 
@@ -206,7 +205,7 @@ async fn begin(
     registry: &Registry,
     id: &str,
     step: u64,
-    start: impl FnOnce(&mut ExperimentRecord, Option<EvalRecord>),
+    start: impl FnOnce(&mut ExperimentRecord, Option<EvalRecord>) + Send + 'static,
 ) -> Result<MetricsWriter, RunError> {
     let (store, owned_id) = (registry.store().clone(), id.to_string());
     let open = move || store.metrics_writer(&owned_id, step);
@@ -218,14 +217,13 @@ async fn begin_with(
     registry: &Registry,
     id: &str,
     mut open: impl FnMut() -> io::Result<(MetricsWriter, Option<EvalRecord>)> + Send + 'static,
-    start: impl FnOnce(&mut ExperimentRecord, Option<EvalRecord>),
+    start: impl FnOnce(&mut ExperimentRecord, Option<EvalRecord>) + Send + 'static,
 ) -> Result<MetricsWriter, RunError> {
     let owned_id = id.to_string();
     let (metrics, last_eval) =
         off_runtime(move || retry::retrying_blocking(&owned_id, "metrics.jsonl", &mut open))
             .await??;
-    registry.update(id, |r| start(r, last_eval));
-    persist_record(registry, id).await?;
+    write_record(registry, id, move |r| start(r, last_eval)).await?;
     Ok(metrics)
 }
 
@@ -260,13 +258,13 @@ async fn record_eval(
     metrics.push(&line);
     flush_metrics(metrics, id).await?;
     let stored = record.clone();
-    registry.update(id, |r| {
+    write_record(registry, id, move |r| {
         if stored.r#final {
             r.final_eval = Some(stored.clone());
         }
         r.last_eval = Some(stored);
-    });
-    persist_record(registry, id).await
+    })
+    .await
 }
 
 /// Writes the final parameters of `state` to `final.safetensors`, their metadata saying which

@@ -93,7 +93,7 @@ impl<'a> Run<'a> {
             }
         };
         let (step, seconds, rows) = (start.step, start.train_seconds, spec.train.batch as u64);
-        let metrics = super::begin(registry, &job.id, step, |r, last_eval| {
+        let metrics = super::begin(registry, &job.id, step, move |r, last_eval| {
             r.step = step;
             r.tasks_done = step * rows;
             r.train_seconds = seconds;
