@@ -60,6 +60,9 @@ def parse_args():
     p.add_argument("--forms", default=",".join(FORMS),
                    help="train.shared_gradients to run, comma-separated, from "
                         + ", ".join(FORMS))
+    p.add_argument("--batch", type=int, default=BATCH, help="rows per step")
+    p.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS,
+                   help="rows per chunk (train.chunk_rows)")
     p.add_argument("--skip-two-workers", action="store_true")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--repeat", type=int, default=1,
@@ -83,7 +86,7 @@ def parse_args():
 
 def run_reference(args, method):
     cmd = [sys.executable, os.path.join(ROOT, "bench", "mtl_torch.py"), "--method", method,
-           "--steps", str(args.steps), "--warmup", str(WARMUP), "--batch", str(BATCH),
+           "--steps", str(args.steps), "--warmup", str(WARMUP), "--batch", str(args.batch),
            "--hidden", ",".join(map(str, HIDDEN)), "--threads", "1"]
     out = json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE,
                                     text=True).stdout.strip().splitlines()[-1])
@@ -106,9 +109,9 @@ def run_outerloop(args, method, workers, form):
     """Coordinator + `workers` worker processes on loopback; returns the step's timings."""
     overrides = [f'weighting.method="{method}"', f"model.hidden={HIDDEN}",
                  f'train.shared_gradients="{form}"',
-                 f"train.steps={args.steps}", f"train.batch={BATCH}",
-                 f"train.chunk_rows={CHUNK_ROWS}", f"eval.every={args.steps}",
-                 f"eval.rows={BATCH}", f"eval.final_rows={BATCH}"]
+                 f"train.steps={args.steps}", f"train.batch={args.batch}",
+                 f"train.chunk_rows={args.chunk_rows}", f"eval.every={args.steps}",
+                 f"eval.rows={args.batch}", f"eval.final_rows={args.batch}"]
     with Cluster(args.binary, workers, coordinator_args=args.coordinator_arg) as cluster:
         exp = cluster.submit(SPEC, overrides)
         cluster.watch(exp)
@@ -183,7 +186,7 @@ def main():
     widths = [INPUTS] + HIDDEN
     shared = sum((a + 1) * b for a, b in zip(widths, HIDDEN))
     print(f"\nMTL step: GradNorm regression, 10 tasks, shared layers "
-          f"{'-'.join(map(str, widths))} ({shared / 1e6:.2f}M parameters), batch {BATCH}, "
+          f"{'-'.join(map(str, widths))} ({shared / 1e6:.2f}M parameters), batch {args.batch}, "
           f"{args.steps} steps (first {WARMUP} left out), 1 libtorch thread per process")
     if args.repeat > 1:
         print(f"medians of {args.repeat} runs each, the configurations taking turns; range: the "
@@ -219,8 +222,8 @@ def main():
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
     out = os.path.join(ROOT, "bench", "results", f"mtl-{args.steps}.json")
     with open(out, "w") as f:
-        json.dump({"steps": args.steps, "warmup": WARMUP, "batch": BATCH, "hidden": HIDDEN,
-                   "chunk_rows": CHUNK_ROWS, "repeat": args.repeat,
+        json.dump({"steps": args.steps, "warmup": WARMUP, "batch": args.batch, "hidden": HIDDEN,
+                   "chunk_rows": args.chunk_rows, "repeat": args.repeat,
                    "matmul_two_process_scaling": matmul_scaling,
                    "matmul_two_process_scaling_runs": scalings,
                    "rows": rows, "runs": runs}, f, indent=2)

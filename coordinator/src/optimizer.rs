@@ -1,8 +1,10 @@
 //! Outer optimizers (SGD with momentum, Adam) on flat f32 parameter buffers, as torch.optim defines them.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use crate::finite::not_finite;
+use crate::parallel;
 use crate::spec::{MetaSpec, OptimizerKind};
 
 /// An outer optimizer: one update of `params` from the meta-gradient `grad`. The learning rate
@@ -115,11 +117,25 @@ impl OuterOptimizer {
                     momentum: *momentum,
                     lr,
                 };
+                let spread = parallel::worth_it(params.len());
                 // The same arithmetic twice: first only to look, then to write.
-                if !sgd_stays_finite(rule, params, grad, velocity) {
+                let looks = parallel::map(&segments(params.len()), spread, |r| {
+                    sgd_stays_finite(
+                        rule,
+                        &params[r.clone()],
+                        &grad[r.clone()],
+                        &velocity[r.clone()],
+                    )
+                });
+                if !looks.into_iter().all(|finite| finite) {
                     return Err(rule.first_overflow(params, grad, velocity));
                 }
-                sgd_write(rule, params, grad, velocity);
+                let mut parts: Vec<_> = (params.chunks_mut(SEGMENT).zip(grad.chunks(SEGMENT)))
+                    .zip(velocity.chunks_mut(SEGMENT))
+                    .collect();
+                parallel::for_each_mut(&mut parts, spread, |_, ((p, g), v)| {
+                    sgd_write(rule, p, g, v)
+                });
                 Ok(())
             }
             OuterOptimizer::Adam(adam) => adam.step(params, grad, lr),
@@ -152,6 +168,19 @@ impl Overflow {
 /// overflow, and within a block it `or`s flags, which vectorises where stopping at the first
 /// value cannot (a tenth of a multi-task step's coordinator time at 1M parameters).
 const BLOCK: usize = 4096;
+
+/// Values per segment of an update spread over the cores: whole blocks, and so many that the
+/// parameters of a large model make a few dozen segments. Each value's update is on its own,
+/// so any split gives the same bits.
+const SEGMENT: usize = 16 * BLOCK;
+
+/// The segments of `len` values.
+fn segments(len: usize) -> Vec<Range<usize>> {
+    (0..len)
+        .step_by(SEGMENT)
+        .map(|start| start..(start + SEGMENT).min(len))
+        .collect()
+}
 
 /// torch.optim.SGD's update with momentum at one learning rate.
 #[derive(Clone, Copy)]
@@ -281,12 +310,23 @@ impl Adam {
             step_size: lr / (1.0 - self.beta1.powi(t)),
             bias2_sqrt: (1.0 - self.beta2.powi(t)).sqrt(),
         };
+        let spread = parallel::worth_it(params.len());
+        let (m, v) = (&self.m, &self.v);
         // The same arithmetic twice: first only to look, then to write.
-        if !adam_stays_finite(rule, params, grad, &self.m, &self.v) {
-            return Err(rule.first_overflow(params, grad, &self.m, &self.v));
+        let looks = parallel::map(&segments(params.len()), spread, |r| {
+            let r = || r.clone();
+            adam_stays_finite(rule, &params[r()], &grad[r()], &m[r()], &v[r()])
+        });
+        if !looks.into_iter().all(|finite| finite) {
+            return Err(rule.first_overflow(params, grad, m, v));
         }
         self.step = t;
-        adam_write(rule, params, grad, &mut self.m, &mut self.v);
+        let mut parts: Vec<_> = (params.chunks_mut(SEGMENT).zip(grad.chunks(SEGMENT)))
+            .zip(self.m.chunks_mut(SEGMENT).zip(self.v.chunks_mut(SEGMENT)))
+            .collect();
+        parallel::for_each_mut(&mut parts, spread, |_, ((p, g), (m, v))| {
+            adam_write(rule, p, g, m, v)
+        });
         Ok(())
     }
 }
@@ -389,8 +429,9 @@ mod tests {
 
     #[test]
     fn updates_of_many_blocks_have_the_bits_of_the_update_value_by_value() {
-        // Three blocks and a partial one, values over many magnitudes.
-        let n = 3 * BLOCK + 17;
+        // Three segments and a partial one (spread over the cores), values over many
+        // magnitudes.
+        let n = 3 * SEGMENT + 17;
         let value = |i: usize, salt: usize| {
             let x = ((i * 2654435761 + salt) % 20011) as f32 / 20011.0 - 0.5;
             x * 10f32.powi((i % 9) as i32 - 4)
@@ -422,27 +463,28 @@ mod tests {
     }
 
     #[test]
-    fn the_first_overflow_is_named_even_blocks_after_the_start() {
-        let n = 2 * BLOCK + 5;
+    fn the_first_overflow_is_named_even_segments_after_the_start() {
+        // The bad values in the second and third of the segments spread over the cores.
+        let n = 2 * SEGMENT + 5;
         let mut adam = OuterOptimizer::new(&meta(OptimizerKind::Adam, 0.1, 0.0), n);
         let mut p = vec![1.0f32; n];
         let mut g = vec![0.5f32; n];
-        g[BLOCK + 3] = f32::NAN;
-        g[2 * BLOCK + 1] = 1e30;
+        g[SEGMENT + 3] = f32::NAN;
+        g[2 * SEGMENT + 1] = 1e30;
         let overflow = adam.step(&mut p, &g, 0.1).unwrap_err();
         assert_eq!(
             (overflow.what, overflow.index),
-            ("Adam's first moment", BLOCK + 3)
+            ("Adam's first moment", SEGMENT + 3)
         );
         assert!(overflow.value.is_nan());
         assert_eq!(p, vec![1.0; n], "nothing was written");
         let mut sgd = OuterOptimizer::new(&meta(OptimizerKind::Sgd, 0.1, 0.9), n);
-        g[BLOCK + 3] = 0.5;
-        g[2 * BLOCK + 1] = f32::INFINITY;
+        g[SEGMENT + 3] = 0.5;
+        g[2 * SEGMENT + 1] = f32::INFINITY;
         let overflow = sgd.step(&mut p, &g, 0.1).unwrap_err();
         assert_eq!(
             (overflow.what, overflow.index),
-            ("the momentum", 2 * BLOCK + 1)
+            ("the momentum", 2 * SEGMENT + 1)
         );
         assert_eq!(p, vec![1.0; n]);
     }

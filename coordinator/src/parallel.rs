@@ -1,9 +1,13 @@
 //! Vector work of a multi-task step spread over the coordinator's cores, cut by the data and never by the number of threads, so results are the same on every machine.
 //!
 //! While the coordinator reduces and combines a step's gradients every worker waits for the
-//! next parameters, so the cores are free; the pieces each thread takes are whole items
-//! (tasks, fixed segments of a vector) whose results are combined in item order.
+//! next parameters, so the cores are free; the pieces are whole items (tasks, fixed segments
+//! of a vector) whose results are combined in item order. Each thread takes the next item
+//! not yet taken, so a thread the system runs late (on a core the message handling or a
+//! worker also wants) does fewer items instead of holding up the others with its fixed share.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::thread;
 
 /// Most threads one call uses: past a few, memory bandwidth is the limit.
@@ -29,24 +33,36 @@ pub fn map<T: Sync, R: Send>(items: &[T], parallel: bool, f: impl Fn(&T) -> R + 
     if !parallel || threads <= 1 {
         return items.iter().map(f).collect();
     }
-    let per_thread = items.len().div_ceil(threads);
-    let (first, rest) = items.split_at(per_thread);
-    thread::scope(|scope| {
-        let handles: Vec<_> = rest
-            .chunks(per_thread)
-            .map(|group| {
-                let f = &f;
-                scope.spawn(move || group.iter().map(f).collect::<Vec<R>>())
-            })
-            .collect();
-        // The calling thread takes the first group rather than waiting idle: one thread fewer
-        // to start, and a core that is already awake.
-        let mut results: Vec<R> = first.iter().map(&f).collect();
-        for handle in handles {
-            results.extend(handle.join().expect("a parallel map's thread panicked"));
+    let next = AtomicUsize::new(0);
+    let take = || {
+        let mut done = Vec::new();
+        loop {
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            let Some(item) = items.get(index) else {
+                return done;
+            };
+            done.push((index, f(item)));
         }
-        results
-    })
+    };
+    let mut slots: Vec<Option<R>> = std::iter::repeat_with(|| None).take(items.len()).collect();
+    let mut place = |done: Vec<(usize, R)>| {
+        for (index, result) in done {
+            slots[index] = Some(result);
+        }
+    };
+    thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(take)).collect();
+        // The calling thread takes items too rather than waiting idle: one thread fewer to
+        // start, and a core that is already awake.
+        place(take());
+        for helper in helpers {
+            place(helper.join().expect("a parallel map's thread panicked"));
+        }
+    });
+    slots
+        .into_iter()
+        .map(|result| result.expect("every item was taken once"))
+        .collect()
 }
 
 /// Runs `f` on every item with its index, the items spread over the cores when `parallel`.
@@ -59,20 +75,21 @@ pub fn for_each_mut<T: Send>(items: &mut [T], parallel: bool, f: impl Fn(usize, 
             .for_each(|(i, item)| f(i, item));
         return;
     }
-    let per_thread = items.len().div_ceil(threads);
-    let run = |group_index: usize, group: &mut [T]| {
-        for (i, item) in group.iter_mut().enumerate() {
-            f(group_index * per_thread + i, item);
+    // Held only to take the next item, never while `f` runs.
+    let queue = Mutex::new(items.iter_mut().enumerate());
+    let run = || loop {
+        let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
+        match next {
+            Some((index, item)) => f(index, item),
+            None => break,
         }
     };
-    let (first, rest) = items.split_at_mut(per_thread);
     thread::scope(|scope| {
-        for (group_index, group) in rest.chunks_mut(per_thread).enumerate() {
-            let run = &run;
-            scope.spawn(move || run(group_index + 1, group));
+        for _ in 1..threads {
+            scope.spawn(run);
         }
-        // The calling thread takes the first group, as in `map`.
-        run(0, first);
+        // The calling thread takes items too, as in `map`.
+        run();
     });
 }
 
