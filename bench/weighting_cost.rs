@@ -28,6 +28,8 @@ fn main() {
             .map_or(default, |a| a.parse().expect("TASKS PARAMS: whole numbers"))
     };
     let (tasks, params) = (number(10), number(1_000_000));
+    // As in the coordinator's update: the vector threads spin for work between calls.
+    let _awake = outerloop_coordinator::parallel::awake();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     // A shared component plus noise: correlated, partly conflicting gradients, as tasks give.
     let common: Vec<f32> = (0..params).map(|_| rng.random_range(-1.0..1.0)).collect();

@@ -2,12 +2,19 @@
 //!
 //! While the coordinator reduces and combines a step's gradients every worker waits for the
 //! next parameters, so the cores are free; the pieces are whole items (tasks, fixed segments
-//! of a vector) whose results are combined in item order. Each thread takes the next item
-//! not yet taken, so a thread the system runs late (on a core the message handling or a
-//! worker also wants) does fewer items instead of holding up the others with its fixed share.
+//! of a vector) whose results are combined in item order, and each thread takes the next item
+//! not yet taken.
+//!
+//! The threads live as long as the process. A thread started for each call, or one woken from
+//! sleep, took from a quarter to over a millisecond to begin on this project's virtual
+//! machines (a step's update makes five to ten calls), while the calling thread did the items
+//! alone; so while an [`Awake`] guard lives (a step's update) the helpers wait for work by
+//! spinning, and otherwise they sleep.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::any::Any;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread;
 
 /// Most threads one call uses: past a few, memory bandwidth is the limit.
@@ -27,48 +34,174 @@ fn threads() -> usize {
         .min(MAX_THREADS)
 }
 
+/// While one lives, the helper threads spin for work rather than sleep: for a burst of calls
+/// that should each start at once. Drop it when the burst is over: spinning takes a core.
+#[must_use = "the helpers spin only while the guard lives"]
+pub struct Awake(());
+
+/// Keeps the helpers spinning until the guard is dropped (guards may overlap).
+pub fn awake() -> Awake {
+    let pool = pool();
+    pool.awake.fetch_add(1, Ordering::SeqCst);
+    // Taken so that no helper can be between seeing nothing to do and starting to sleep.
+    drop(pool.lock());
+    pool.wake.notify_all();
+    Awake(())
+}
+
+impl Drop for Awake {
+    fn drop(&mut self) {
+        pool().awake.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The work of one call, shared with the helpers that join it.
+type Job = &'static (dyn Fn() + Sync);
+
+/// The helper threads and the call they may join.
+struct Pool {
+    helpers: usize,
+    /// The current call's work; `None` between calls. Helpers join only under this lock.
+    job: Mutex<Option<Job>>,
+    /// Whether `job` is set: what spinning helpers watch, without the lock.
+    posted: AtomicBool,
+    /// Helpers inside the current call's work.
+    joined: AtomicUsize,
+    /// [`Awake`] guards alive.
+    awake: AtomicUsize,
+    /// Where sleeping helpers wait for a job or a guard.
+    wake: Condvar,
+    /// The first panic of a helper in the current call, rethrown by the caller.
+    panicked: Mutex<Option<Box<dyn Any + Send>>>,
+}
+
+impl Pool {
+    fn lock(&self) -> MutexGuard<'_, Option<Job>> {
+        self.job.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A helper's life: join every call it sees posted, spin between calls while a guard
+    /// lives, sleep otherwise.
+    fn serve(&self) {
+        loop {
+            if self.posted.load(Ordering::Acquire) || self.awake.load(Ordering::Acquire) == 0 {
+                let mut job = self.lock();
+                while job.is_none() && self.awake.load(Ordering::Acquire) == 0 {
+                    job = self.wake.wait(job).unwrap_or_else(PoisonError::into_inner);
+                }
+                let Some(work) = *job else { continue };
+                self.joined.fetch_add(1, Ordering::AcqRel);
+                drop(job);
+                if let Err(panic) = panic::catch_unwind(AssertUnwindSafe(work)) {
+                    let mut first = self.panicked.lock().unwrap_or_else(PoisonError::into_inner);
+                    first.get_or_insert(panic);
+                }
+                self.joined.fetch_sub(1, Ordering::AcqRel);
+                // Not again into the same call: wait until it is over.
+                while self.posted.load(Ordering::Acquire) {
+                    std::hint::spin_loop();
+                }
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    /// Runs `work` on the calling thread and on every helper that joins before it is done;
+    /// returns once all of them have left it.
+    fn run(&self, work: &(dyn Fn() + Sync)) {
+        // SAFETY: the reference is reachable only through `job` until it is taken back below,
+        // and this function returns only once every helper that took it (under the lock) has
+        // left it, so no helper uses it after `work`'s borrow ends.
+        let job: Job = unsafe { std::mem::transmute::<&(dyn Fn() + Sync), Job>(work) };
+        *self.lock() = Some(job);
+        self.posted.store(true, Ordering::Release);
+        self.wake.notify_all();
+        let mine = panic::catch_unwind(AssertUnwindSafe(work));
+        *self.lock() = None;
+        while self.joined.load(Ordering::Acquire) > 0 {
+            std::hint::spin_loop();
+        }
+        self.posted.store(false, Ordering::Release);
+        let theirs = self
+            .panicked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(panic) = mine.err().or(theirs) {
+            panic::resume_unwind(panic);
+        }
+    }
+}
+
+/// The process's helpers, started at the first call that spreads.
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<&'static Pool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let pool: &'static Pool = Box::leak(Box::new(Pool {
+            helpers: threads().saturating_sub(1),
+            job: Mutex::new(None),
+            posted: AtomicBool::new(false),
+            joined: AtomicUsize::new(0),
+            awake: AtomicUsize::new(0),
+            wake: Condvar::new(),
+            panicked: Mutex::new(None),
+        }));
+        for i in 0..pool.helpers {
+            thread::Builder::new()
+                .name(format!("vector-{i}"))
+                .spawn(move || pool.serve())
+                .expect("the coordinator's vector threads start");
+        }
+        pool
+    })
+}
+
+/// One call at a time uses the helpers; a call made while another runs does its items alone.
+static IN_USE: AtomicBool = AtomicBool::new(false);
+
+/// Runs `take` (which takes items until none is left) on the calling thread, and on the helpers
+/// when they are free.
+fn spread(take: &(dyn Fn() + Sync)) {
+    let pool = pool();
+    if pool.helpers == 0 || IN_USE.swap(true, Ordering::Acquire) {
+        return take();
+    }
+    struct Release;
+    impl Drop for Release {
+        fn drop(&mut self) {
+            IN_USE.store(false, Ordering::Release);
+        }
+    }
+    let _release = Release;
+    pool.run(take);
+}
+
 /// `f` of every item, in item order; the items are spread over the cores when `parallel`.
 pub fn map<T: Sync, R: Send>(items: &[T], parallel: bool, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = threads().min(items.len());
-    if !parallel || threads <= 1 {
+    if !parallel || items.len() <= 1 || threads() <= 1 {
         return items.iter().map(f).collect();
     }
     let next = AtomicUsize::new(0);
-    let take = || {
-        let mut done = Vec::new();
-        loop {
-            let index = next.fetch_add(1, Ordering::Relaxed);
-            let Some(item) = items.get(index) else {
-                return done;
-            };
-            done.push((index, f(item)));
-        }
-    };
-    let mut slots: Vec<Option<R>> = std::iter::repeat_with(|| None).take(items.len()).collect();
-    let mut place = |done: Vec<(usize, R)>| {
-        for (index, result) in done {
-            slots[index] = Some(result);
-        }
-    };
-    thread::scope(|scope| {
-        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(take)).collect();
-        // The calling thread takes items too rather than waiting idle: one thread fewer to
-        // start, and a core that is already awake.
-        place(take());
-        for helper in helpers {
-            place(helper.join().expect("a parallel map's thread panicked"));
-        }
+    let slots: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    spread(&|| loop {
+        let index = next.fetch_add(1, Ordering::Relaxed);
+        let Some(item) = items.get(index) else { break };
+        let result = f(item);
+        *slots[index].lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
     });
     slots
         .into_iter()
-        .map(|result| result.expect("every item was taken once"))
+        .map(|slot| {
+            (slot.into_inner().unwrap_or_else(PoisonError::into_inner))
+                .expect("every item was taken once")
+        })
         .collect()
 }
 
 /// Runs `f` on every item with its index, the items spread over the cores when `parallel`.
 pub fn for_each_mut<T: Send>(items: &mut [T], parallel: bool, f: impl Fn(usize, &mut T) + Sync) {
-    let threads = threads().min(items.len());
-    if !parallel || threads <= 1 {
+    if !parallel || items.len() <= 1 || threads() <= 1 {
         items
             .iter_mut()
             .enumerate()
@@ -77,19 +210,10 @@ pub fn for_each_mut<T: Send>(items: &mut [T], parallel: bool, f: impl Fn(usize, 
     }
     // Held only to take the next item, never while `f` runs.
     let queue = Mutex::new(items.iter_mut().enumerate());
-    let run = || loop {
+    spread(&|| loop {
         let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
-        match next {
-            Some((index, item)) => f(index, item),
-            None => break,
-        }
-    };
-    thread::scope(|scope| {
-        for _ in 1..threads {
-            scope.spawn(run);
-        }
-        // The calling thread takes items too, as in `map`.
-        run();
+        let Some((index, item)) = next else { break };
+        f(index, item);
     });
 }
 
@@ -100,6 +224,7 @@ mod tests {
     #[test]
     fn results_come_back_in_item_order_whichever_thread_ran_them() {
         let items: Vec<u64> = (0..37).collect();
+        let _awake = awake();
         for parallel in [false, true] {
             assert_eq!(
                 map(&items, parallel, |x| x * x),
@@ -110,5 +235,44 @@ mod tests {
             assert_eq!(seen, (1..=37).collect::<Vec<_>>());
         }
         assert!(map(&[] as &[u8], true, |x| *x).is_empty());
+    }
+
+    #[test]
+    fn sleeping_helpers_are_woken_and_calls_from_many_threads_all_finish() {
+        // No guard here: the helpers sleep between calls. Several threads call at once: one
+        // has the helpers, the others do their items alone; every result is right.
+        let items: Vec<u64> = (0..200).collect();
+        thread::scope(|scope| {
+            for salt in 0..4u64 {
+                let items = &items;
+                scope.spawn(move || {
+                    for _ in 0..50 {
+                        let got = map(items, true, |x| x * 3 + salt);
+                        assert_eq!(got, items.iter().map(|x| x * 3 + salt).collect::<Vec<_>>());
+                    }
+                });
+            }
+        });
+    }
+
+    #[test]
+    fn a_panic_in_an_item_reaches_the_caller_and_the_helpers_serve_again() {
+        let _awake = awake();
+        let items: Vec<usize> = (0..64).collect();
+        for _ in 0..3 {
+            let caught = panic::catch_unwind(|| {
+                map(&items, true, |&x| {
+                    assert!(x != 40, "item 40 fails");
+                    x
+                })
+            });
+            let message = caught.expect_err("the panic came back");
+            let text = (message.downcast_ref::<&str>().copied())
+                .or_else(|| message.downcast_ref::<String>().map(String::as_str));
+            assert_eq!(text, Some("item 40 fails"));
+            let mut seen = vec![0usize; 64];
+            for_each_mut(&mut seen, true, |i, s| *s = 2 * i);
+            assert_eq!(seen, (0..64).map(|i| 2 * i).collect::<Vec<_>>());
+        }
     }
 }
