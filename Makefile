@@ -24,7 +24,7 @@ else
   TEST_ENV := OUTERLOOP_PYTHON="$(PYTHON)"
 endif
 
-.PHONY: all setup build demo demo-fewshot test lint bench bench-full bench-fewshot bench-mtl bench-load bench-trust clean-demo
+.PHONY: all setup build demo demo-fewshot test lint bench bench-full bench-fewshot bench-mtl bench-mtl-large bench-load bench-trust clean-demo
 all: build
 
 # The marker is written last, so an interrupted install is redone on the next run.
@@ -73,6 +73,11 @@ bench-fewshot: build $(VENV_READY)
 # A multi-task step (10 tasks, 1M shared parameters, PCGrad and MGDA) against PyTorch.
 bench-mtl: build $(VENV_READY)
 	$(PYTHON) bench/compare_mtl.py --steps 100 --repeat 3
+
+# The same step with ten times the rows (1,000 per step, chunks of 500; `auto` picks dense
+# gradients there): the workers' compute dominates the step.
+bench-mtl-large: build $(VENV_READY)
+	$(PYTHON) bench/compare_mtl.py --steps 40 --repeat 3 --batch 1000 --chunk-rows 500 --forms dense
 
 # The coordinator under 16 to 1024 in-process workers that answer at once: throughput, lease
 # latency, memory, and no chunk lost or counted twice.

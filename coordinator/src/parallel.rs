@@ -13,7 +13,7 @@
 
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread;
 
@@ -58,38 +58,50 @@ impl Drop for Awake {
 /// The work of one call, shared with the helpers that join it.
 type Job = &'static (dyn Fn() + Sync);
 
+/// The call helpers may join: its number (calls are numbered from 1) and its work.
+type Posted = Option<(u64, Job)>;
+
 /// The helper threads and the call they may join.
 struct Pool {
     helpers: usize,
-    /// The current call's work; `None` between calls. Helpers join only under this lock.
-    job: Mutex<Option<Job>>,
-    /// Whether `job` is set: what spinning helpers watch, without the lock.
-    posted: AtomicBool,
+    /// The current call; `None` between calls. Helpers join only under this lock.
+    job: Mutex<Posted>,
+    /// The current call's number, 0 between calls: what spinning helpers watch, without the
+    /// lock.
+    posted: AtomicU64,
+    /// The last call's number.
+    calls: AtomicU64,
     /// Helpers inside the current call's work.
     joined: AtomicUsize,
     /// [`Awake`] guards alive.
     awake: AtomicUsize,
-    /// Where sleeping helpers wait for a job or a guard.
+    /// Where sleeping helpers wait for a call or a guard.
     wake: Condvar,
     /// The first panic of a helper in the current call, rethrown by the caller.
     panicked: Mutex<Option<Box<dyn Any + Send>>>,
 }
 
 impl Pool {
-    fn lock(&self) -> MutexGuard<'_, Option<Job>> {
+    fn lock(&self) -> MutexGuard<'_, Posted> {
         self.job.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A helper's life: join every call it sees posted, spin between calls while a guard
-    /// lives, sleep otherwise.
+    /// A helper's life: join every call it sees posted (each once), spin between calls while a
+    /// guard lives, sleep otherwise.
     fn serve(&self) {
+        let mut last = 0;
         loop {
-            if self.posted.load(Ordering::Acquire) || self.awake.load(Ordering::Acquire) == 0 {
+            let posted = self.posted.load(Ordering::Acquire);
+            if (posted != 0 && posted != last) || self.awake.load(Ordering::Acquire) == 0 {
                 let mut job = self.lock();
-                while job.is_none() && self.awake.load(Ordering::Acquire) == 0 {
+                let new = |job: &Posted| job.is_some_and(|(call, _)| call != last);
+                while !new(&job) && self.awake.load(Ordering::Acquire) == 0 {
                     job = self.wake.wait(job).unwrap_or_else(PoisonError::into_inner);
                 }
-                let Some(work) = *job else { continue };
+                let Some((call, work)) = job.filter(|(call, _)| *call != last) else {
+                    continue;
+                };
+                last = call;
                 self.joined.fetch_add(1, Ordering::AcqRel);
                 drop(job);
                 if let Err(panic) = panic::catch_unwind(AssertUnwindSafe(work)) {
@@ -97,10 +109,6 @@ impl Pool {
                     first.get_or_insert(panic);
                 }
                 self.joined.fetch_sub(1, Ordering::AcqRel);
-                // Not again into the same call: wait until it is over.
-                while self.posted.load(Ordering::Acquire) {
-                    std::hint::spin_loop();
-                }
             } else {
                 std::hint::spin_loop();
             }
@@ -114,15 +122,16 @@ impl Pool {
         // and this function returns only once every helper that took it (under the lock) has
         // left it, so no helper uses it after `work`'s borrow ends.
         let job: Job = unsafe { std::mem::transmute::<&(dyn Fn() + Sync), Job>(work) };
-        *self.lock() = Some(job);
-        self.posted.store(true, Ordering::Release);
+        let call = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.lock() = Some((call, job));
+        self.posted.store(call, Ordering::Release);
         self.wake.notify_all();
         let mine = panic::catch_unwind(AssertUnwindSafe(work));
         *self.lock() = None;
+        self.posted.store(0, Ordering::Release);
         while self.joined.load(Ordering::Acquire) > 0 {
             std::hint::spin_loop();
         }
-        self.posted.store(false, Ordering::Release);
         let theirs = self
             .panicked
             .lock()
@@ -141,7 +150,8 @@ fn pool() -> &'static Pool {
         let pool: &'static Pool = Box::leak(Box::new(Pool {
             helpers: threads().saturating_sub(1),
             job: Mutex::new(None),
-            posted: AtomicBool::new(false),
+            posted: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
             joined: AtomicUsize::new(0),
             awake: AtomicUsize::new(0),
             wake: Condvar::new(),
