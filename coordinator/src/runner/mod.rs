@@ -163,8 +163,6 @@ async fn update_off_runtime<L: Send + 'static, R: Send + 'static>(
 ) -> Result<R, RunError> {
     let mut learner = slot.take().expect("the learner is home between steps");
     let (learner, updated) = off_runtime(move || {
-        // Every worker waits for the update: the cores are the vector threads' until it ends.
-        let _awake = crate::parallel::awake();
         let updated = update(&mut learner);
         (learner, updated)
     })

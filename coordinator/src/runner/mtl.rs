@@ -23,6 +23,7 @@ use crate::mtl::reduce::{
 };
 use crate::mtl::weighting::{StepInput, TaskGradients, Weighting, WeightingError};
 use crate::optimizer::OuterOptimizer;
+use crate::parallel;
 use crate::registry::{Job, Registry};
 use crate::sampling::{self, Split};
 use crate::spec::MtlSpec;
@@ -480,6 +481,9 @@ impl UpdatePlan {
     /// Reduces the round's `results` per task, combines the tasks by the weighting method and
     /// applies the outer optimizer to `learner`. Diverged values never reach the parameters.
     fn apply(&self, learner: &mut Learner, results: &[ChunkResult]) -> Result<Updated, RunError> {
+        // Every worker waits for the update: the cores are the vector threads' until it ends
+        // (a model too small to spread leaves them asleep).
+        let _awake = parallel::worth_it(self.shape.param_count).then(parallel::awake);
         let started = Instant::now();
         let failed = |source| RunError::Weighting {
             step: self.step + 1,
