@@ -28,6 +28,8 @@ pub fn worth_it(values: usize) -> bool {
     values >= MIN_PARALLEL_VALUES
 }
 
+/// Threads a call may use, the caller's included: read once, when the pool starts (it reads
+/// the CPU affinity and the cgroup's quota files).
 fn threads() -> usize {
     thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -79,6 +81,8 @@ struct Pool {
     wake: Condvar,
     /// The first panic of a helper in the current call, rethrown by the caller.
     panicked: Mutex<Option<Box<dyn Any + Send>>>,
+    /// Whether a call has the helpers: a call made meanwhile does its items alone.
+    in_use: AtomicBool,
 }
 
 impl Pool {
@@ -156,6 +160,7 @@ fn pool() -> &'static Pool {
             awake: AtomicUsize::new(0),
             wake: Condvar::new(),
             panicked: Mutex::new(None),
+            in_use: AtomicBool::new(false),
         }));
         for i in 0..pool.helpers {
             thread::Builder::new()
@@ -167,29 +172,31 @@ fn pool() -> &'static Pool {
     })
 }
 
-/// One call at a time uses the helpers; a call made while another runs does its items alone.
-static IN_USE: AtomicBool = AtomicBool::new(false);
-
 /// Runs `take` (which takes items until none is left) on the calling thread, and on the helpers
 /// when they are free.
 fn spread(take: &(dyn Fn() + Sync)) {
     let pool = pool();
-    if pool.helpers == 0 || IN_USE.swap(true, Ordering::Acquire) {
+    if pool.in_use.swap(true, Ordering::Acquire) {
         return take();
     }
-    struct Release;
+    struct Release(&'static Pool);
     impl Drop for Release {
         fn drop(&mut self) {
-            IN_USE.store(false, Ordering::Release);
+            self.0.in_use.store(false, Ordering::Release);
         }
     }
-    let _release = Release;
+    let _release = Release(pool);
     pool.run(take);
+}
+
+/// Whether a call over `items` items, asked to spread, has anyone to share them with.
+fn spreads(parallel: bool, items: usize) -> bool {
+    parallel && items > 1 && pool().helpers > 0
 }
 
 /// `f` of every item, in item order; the items are spread over the cores when `parallel`.
 pub fn map<T: Sync, R: Send>(items: &[T], parallel: bool, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    if !parallel || items.len() <= 1 || threads() <= 1 {
+    if !spreads(parallel, items.len()) {
         return items.iter().map(f).collect();
     }
     let next = AtomicUsize::new(0);
@@ -211,7 +218,7 @@ pub fn map<T: Sync, R: Send>(items: &[T], parallel: bool, f: impl Fn(&T) -> R + 
 
 /// Runs `f` on every item with its index, the items spread over the cores when `parallel`.
 pub fn for_each_mut<T: Send>(items: &mut [T], parallel: bool, f: impl Fn(usize, &mut T) + Sync) {
-    if !parallel || items.len() <= 1 || threads() <= 1 {
+    if !spreads(parallel, items.len()) {
         items
             .iter_mut()
             .enumerate()
