@@ -16,24 +16,14 @@
 use std::ops::Range;
 
 use crate::finite::all_finite;
+use crate::mtl::product::{product, Product, Strip, PANEL};
 use crate::mtl::weighting::linalg::{dot_wide_rows, LANES};
 use crate::parallel;
 use crate::simd::with_avx2;
 
-/// Rows of a [`product`] (and of `K`) formed together: each load of the other operand's row
-/// serves all of them.
+/// Rows of `K`, and pairs of tasks, whose sums are formed together: each load of the other
+/// operand's row serves all of them.
 const ROW_BLOCK: usize = 4;
-/// Columns of a [`product`] formed together: [`ROW_BLOCK`] rows of 16 `f32` accumulators fill
-/// eight AVX2 registers and stay there over the whole inner sum.
-const TILE: usize = 16;
-
-/// One row of a tile of columns, packed for a [`product`]: a cache line, aligned as one, so
-/// that no vector load of it straddles two lines (an allocator's 16-byte alignment made every
-/// other load do so, and the products about 2.5 times slower, by where the heap happened to
-/// place the strip).
-#[derive(Clone, Copy, Default)]
-#[repr(C, align(64))]
-struct TileRow([f32; TILE]);
 /// Weight values per piece of a formed gradient: pieces of about equal work, so the cores get
 /// even shares however wide the layers are, each with enough rows that a column strip of the
 /// inputs, copied once, serves many.
@@ -162,12 +152,19 @@ impl FactoredGradients {
     /// non-finite delta, or task 0 when an input is non-finite (the inputs are every task's).
     /// `None` when all are finite; the other results mean nothing otherwise.
     pub fn first_non_finite(&self) -> Option<usize> {
-        if self.tasks() > 0 && !self.inputs.iter().all(|a| all_finite(a)) {
-            return Some(0);
-        }
-        self.deltas
-            .iter()
-            .position(|task| !task.iter().all(|d| all_finite(d)))
+        // Every layer's inputs, then every task's deltas, each a part checked on its own and
+        // the parts spread over the cores: a step's are several megabytes.
+        let parts: Vec<(Option<usize>, &[f32])> = (self.inputs.iter().map(|a| (None, &a[..])))
+            .chain(
+                (self.deltas.iter().enumerate())
+                    .flat_map(|(t, task)| task.iter().map(move |d| (Some(t), &d[..]))),
+            )
+            .collect();
+        let values = parts.iter().map(|(_, p)| p.len()).sum();
+        let finite = parallel::map(&parts, parallel::worth_it(values), |(_, p)| all_finite(p));
+        let (owner, _) = parts.iter().zip(finite).find(|(_, finite)| !finite)?.0;
+        // The inputs are every task's: task 0 is the first they spoil.
+        (self.tasks() > 0).then_some(owner.unwrap_or(0))
     }
 
     /// The Gram matrix of the tasks' gradients (tasks × tasks, symmetric): the inner
@@ -219,12 +216,12 @@ impl FactoredGradients {
             .collect();
         let partials = parallel::map(&blocks, spread, |(layer, columns)| {
             let f = &factors[*layer];
-            let mut strip = vec![TileRow::default(); self.rows];
+            let mut strip = Strip::new(self.rows);
             // Every task's `Lᵀ Δ_t` in the tile of columns at hand.
-            let mut lt_deltas = vec![vec![0.0; f.rank * TILE]; tasks];
+            let mut lt_deltas = vec![vec![0.0; f.rank * PANEL]; tasks];
             let mut lanes = vec![[0.0; LANES]; tasks * tasks];
-            for start in columns.clone().step_by(TILE) {
-                let cols = start..(start + TILE).min(columns.end);
+            for start in columns.clone().step_by(PANEL) {
+                let cols = start..(start + PANEL).min(columns.end);
                 for (lt_delta, task) in lt_deltas.iter_mut().zip(&self.deltas) {
                     let p = Product {
                         left: &f.upper,
@@ -234,7 +231,7 @@ impl FactoredGradients {
                         m: f.rank,
                         n: self.layers[*layer].1,
                     };
-                    product_wide(p, cols.clone(), &mut strip, lt_delta);
+                    product(p, cols.clone(), &mut strip, lt_delta);
                 }
                 pair_lanes(&lt_deltas, f.rank * cols.len(), &mut lanes);
             }
@@ -325,7 +322,7 @@ impl FactoredGradients {
             m: count,
             n: inputs,
         };
-        let mut strip = vec![TileRow::default(); rows];
+        let mut strip = Strip::new(rows);
         product(st_a, 0..inputs, &mut strip, piece.weight);
         for (o, bias) in piece.bias.iter_mut().enumerate() {
             let s = &transposed[o * rows..][..rows];
@@ -384,22 +381,30 @@ with_avx2! {
     }
 }
 
+/// Values of every task's `Lᵀ Δ_t` whose pairs [`pair_lanes`] takes together: 2 KiB a task, so
+/// that ten tasks' stay in the first level of cache while all their pairs pass over them.
+const PAIR_PART: usize = 256;
+
 with_avx2! {
     /// Adds the products of the first `len` values of every pair `s ≤ t` of `q` to the lanes
-    /// `lanes[s * q.len() + t]`, [`ROW_BLOCK`] pairs at a time.
+    /// `lanes[s * q.len() + t]`, [`ROW_BLOCK`] pairs at a time, [`PAIR_PART`] values at a time.
+    /// A part is a whole number of lanes, so each lane sums its values in the same order as
+    /// over the whole length at once.
     fn pair_lanes(q: &[Vec<f64>], len: usize, lanes: &mut [[f64; LANES]]) {
         let n = q.len();
-        let row = |t: usize| &q[t][..len];
-        for s in 0..n {
-            let blocked = s + (n - s) / ROW_BLOCK * ROW_BLOCK;
-            for t in (s..blocked).step_by(ROW_BLOCK) {
-                let at = s * n + t..s * n + t + ROW_BLOCK;
-                let block = (&mut lanes[at]).try_into().expect("a block of pairs");
-                let others: [_; ROW_BLOCK] = std::array::from_fn(|k| row(t + k));
-                dot_wide_rows(row(s), others, block);
-            }
-            for t in blocked..n {
-                dot_wide_rows(row(s), [row(t)], std::array::from_mut(&mut lanes[s * n + t]));
+        for part in (0..len).step_by(PAIR_PART) {
+            let row = |t: usize| &q[t][part..(part + PAIR_PART).min(len)];
+            for s in 0..n {
+                let blocked = s + (n - s) / ROW_BLOCK * ROW_BLOCK;
+                for t in (s..blocked).step_by(ROW_BLOCK) {
+                    let at = s * n + t..s * n + t + ROW_BLOCK;
+                    let block = (&mut lanes[at]).try_into().expect("a block of pairs");
+                    let others: [_; ROW_BLOCK] = std::array::from_fn(|k| row(t + k));
+                    dot_wide_rows(row(s), others, block);
+                }
+                for t in blocked..n {
+                    dot_wide_rows(row(s), [row(t)], std::array::from_mut(&mut lanes[s * n + t]));
+                }
             }
         }
     }
@@ -462,111 +467,6 @@ with_avx2! {
             })
             .collect();
         Factor { upper, order, rank }
-    }
-}
-
-/// The product `left · right[order]` of `f32` matrices, row-major: `left` is `[m, inner]` and
-/// `right` `n` wide, its row `order[j]` taken as the `j`-th (`inner = order.len()`). When
-/// `upper`, row `i` of `left` is zero before column `i` and those products are skipped.
-#[derive(Clone, Copy)]
-struct Product<'a> {
-    left: &'a [f32],
-    right: &'a [f32],
-    order: &'a [usize],
-    upper: bool,
-    m: usize,
-    n: usize,
-}
-
-with_avx2! {
-    /// Columns `columns` of `p` into `out` (`[m, columns.len()]` row-major); `strip` holds
-    /// `inner` rows of a tile.
-    fn product(p: Product, columns: Range<usize>, strip: &mut [TileRow], out: &mut [f32]) {
-        product_into(p, columns, strip, out)
-    }
-}
-
-with_avx2! {
-    /// [`product`] written out in `f64`, for inner products that need no widening.
-    fn product_wide(p: Product, columns: Range<usize>, strip: &mut [TileRow], out: &mut [f64]) {
-        product_into(p, columns, strip, out)
-    }
-}
-
-/// Columns `columns` of `p` into `out` (`[m, columns.len()]` row-major). Every entry is its own
-/// sum over `inner` in order, so any grouping of rows and columns gives the same bits.
-#[inline(always)]
-fn product_into<T: From<f32>>(
-    p: Product,
-    columns: Range<usize>,
-    strip: &mut [TileRow],
-    out: &mut [T],
-) {
-    let (inner, width) = (p.order.len(), columns.len());
-    let blocked = p.m / ROW_BLOCK * ROW_BLOCK;
-    for start in columns.clone().step_by(TILE) {
-        let cols = start..(start + TILE).min(columns.end);
-        // The tile's columns of `right`, copied in `order` into one contiguous block that stays
-        // in cache while every row of `left` passes over it. A last tile narrower than the
-        // rest leaves its padding as it was: those columns are summed and dropped.
-        for (TileRow(packed), &j) in strip.iter_mut().zip(p.order) {
-            let source = &p.right[j * p.n + cols.start..j * p.n + cols.end];
-            // A whole tile is a copy of known length, two vector moves rather than a call.
-            match <&[f32; TILE]>::try_from(source) {
-                Ok(whole) => *packed = *whole,
-                Err(_) => packed[..source.len()].copy_from_slice(source),
-            }
-        }
-        let strip = &strip[..inner];
-        let within = cols.start - columns.start..cols.end - columns.start;
-        for row in (0..blocked).step_by(ROW_BLOCK) {
-            let from = if p.upper { row } else { 0 };
-            let rows =
-                std::array::from_fn(|r| &p.left[(row + r) * inner + from..(row + r + 1) * inner]);
-            let out = &mut out[row * width..];
-            tile::<T, ROW_BLOCK>(rows, &strip[from..], out, width, within.clone());
-        }
-        for row in blocked..p.m {
-            let from = if p.upper { row } else { 0 };
-            let rows = [&p.left[row * inner + from..(row + 1) * inner]];
-            let out = &mut out[row * width..];
-            tile::<T, 1>(rows, &strip[from..], out, width, within.clone());
-        }
-    }
-}
-
-/// Columns `cols` (at most a tile) of `M` rows of a [`Product`], summed in registers: `left`
-/// holds the rows' coefficients and `strip` the matching rows of those columns, a tile wide;
-/// `out`'s rows are `n` apart.
-#[inline(always)]
-fn tile<T: From<f32>, const M: usize>(
-    left: [&[f32]; M],
-    strip: &[TileRow],
-    out: &mut [T],
-    n: usize,
-    cols: Range<usize>,
-) {
-    let mut acc = [[0.0f32; TILE]; M];
-    for (j, TileRow(b)) in strip.iter().enumerate() {
-        for (acc, left) in acc.iter_mut().zip(&left) {
-            let k = left[j];
-            // Fused: one rounding per multiply-add, and the FMA unit's throughput.
-            for (a, &x) in acc.iter_mut().zip(b) {
-                *a = k.mul_add(x, *a);
-            }
-        }
-    }
-    for (r, acc) in acc.into_iter().enumerate() {
-        let out = &mut out[r * n + cols.start..r * n + cols.end];
-        // A whole tile is a store of known length, vector moves rather than a call.
-        match <&mut [T; TILE]>::try_from(&mut *out) {
-            Ok(whole) => *whole = acc.map(T::from),
-            Err(_) => {
-                for (o, a) in out.iter_mut().zip(acc) {
-                    *o = T::from(a);
-                }
-            }
-        }
     }
 }
 

@@ -2,5 +2,6 @@
 
 pub mod delta_m;
 pub mod factored;
+mod product;
 pub mod reduce;
 pub mod weighting;
