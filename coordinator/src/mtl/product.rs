@@ -198,8 +198,9 @@ unsafe fn product_into<K: Tile, T: From<f32>, const M: usize, const W: usize>(
                 }
             }
         }
-        // The next panel's rows, fetched while this one is multiplied: `right`'s rows are far
-        // apart, each in its own page, which the CPU's own prefetching does not follow.
+        // The next panel's rows, fetched while this one is multiplied, even past `columns` (a
+        // caller that cuts a product by panels asks for the next one soon): `right`'s rows
+        // are far apart, each in its own page, where the CPU's own prefetching does not look.
         prefetch(
             p,
             (start + W * TILE).min(p.n)..(start + 2 * W * TILE).min(p.n),
@@ -261,8 +262,8 @@ unsafe fn rows<K: Tile, T: From<f32>, const M: usize, const W: usize>(
     // the later rows' zeros there add nothing (a finite `x` times zero is zero).
     let from = if p.upper { row.min(inner) } else { 0 };
     let left = std::array::from_fn(|r| &p.left[(row + r) * inner + from..(row + r + 1) * inner]);
-    // SAFETY: the caller's.
     let strips = std::array::from_fn(|w| &strips[w][from..]);
+    // SAFETY: the caller's.
     let acc = unsafe { K::tile::<M, W>(left, strips) };
     for (r, acc) in acc.into_iter().enumerate() {
         let out = &mut out[(row + r) * n + panel.start..(row + r) * n + panel.end];
@@ -349,7 +350,7 @@ mod x86 {
                     (_mm256_load_ps(b), _mm256_load_ps(b.add(8)))
                 });
                 for r in 0..M {
-                    // SAFETY: every row was cut to the strips' length above.
+                    // SAFETY: every row was checked above to hold at least `inner` values.
                     let k = _mm256_set1_ps(unsafe { *left[r].get_unchecked(j) });
                     for (w, &(b0, b1)) in b.iter().enumerate() {
                         low[r][w] = _mm256_fmadd_ps(k, b0, low[r][w]);
@@ -389,7 +390,7 @@ mod x86 {
                     _mm512_load_ps(strips[w].get_unchecked(j).0.as_ptr())
                 });
                 for r in 0..M {
-                    // SAFETY: every row was cut to the strips' length above.
+                    // SAFETY: every row was checked above to hold at least `inner` values.
                     let k = _mm512_set1_ps(unsafe { *left[r].get_unchecked(j) });
                     for w in 0..W {
                         sums[r][w] = _mm512_fmadd_ps(k, b[w], sums[r][w]);
