@@ -16,13 +16,14 @@
 use std::ops::Range;
 
 use crate::finite::all_finite;
+use crate::mtl::pair_sums::{add_block, add_pairs, BlockAt, BLOCK};
 use crate::mtl::product::{product, Product, Strip, PANEL};
-use crate::mtl::weighting::linalg::{dot_wide_rows, LANES};
+use crate::mtl::weighting::linalg::LANES;
 use crate::parallel;
 use crate::simd::with_avx2;
 
-/// Rows of `K`, and pairs of tasks, whose sums are formed together: each load of the other
-/// operand's row serves all of them.
+/// Rows of a formed gradient's piece come in multiples of this, as the product kernels' blocks
+/// of rows do.
 const ROW_BLOCK: usize = 4;
 /// Weight values per piece of a formed gradient: pieces of about equal work, so the cores get
 /// even shares however wide the layers are, each with enough rows that a column strip of the
@@ -47,6 +48,9 @@ pub struct FactoredGradients {
     deltas: Vec<Vec<Vec<f32>>>,
     /// Values of one task's gradient.
     len: usize,
+    /// Whether every value is known to be finite without reading it again (see
+    /// [`known_finite`](Self::known_finite)).
+    known_finite: bool,
 }
 
 /// Output rows `first..first + bias.len()` of one layer's gradient, formed alone.
@@ -125,7 +129,17 @@ impl FactoredGradients {
             inputs,
             deltas,
             len,
+            known_finite: false,
         })
+    }
+
+    /// These gradients, marked as known to be finite: every chunk they were joined from was
+    /// checked as it arrived (`reduce::check_chunk`), and a scale of at most one keeps them so.
+    /// [`first_non_finite`](Self::first_non_finite) then answers without reading the step's
+    /// several megabytes a second time; debug builds read them anyway, to hold the caller to it.
+    pub fn known_finite(mut self) -> Self {
+        self.known_finite = true;
+        self
     }
 
     /// Number of tasks.
@@ -152,6 +166,19 @@ impl FactoredGradients {
     /// non-finite delta, or task 0 when an input is non-finite (the inputs are every task's).
     /// `None` when all are finite; the other results mean nothing otherwise.
     pub fn first_non_finite(&self) -> Option<usize> {
+        if self.known_finite {
+            debug_assert_eq!(
+                self.find_non_finite(),
+                None,
+                "gradients marked finite are not"
+            );
+            return None;
+        }
+        self.find_non_finite()
+    }
+
+    /// [`first_non_finite`](Self::first_non_finite), from the values.
+    fn find_non_finite(&self) -> Option<usize> {
         // Every layer's inputs, then every task's deltas, each a part checked on its own and
         // the parts spread over the cores: a step's are several megabytes.
         let parts: Vec<(Option<usize>, &[f32])> = (self.inputs.iter().map(|a| (None, &a[..])))
@@ -332,81 +359,55 @@ impl FactoredGradients {
 }
 
 /// `K = A Aᵀ + 1` of a layer's input rows, `[rows, rows]` row-major, each entry summed in
-/// `f64` (the products of `f32` are exact). Row `i` has `i + 1` entries on and below the
-/// diagonal, so each item forms rows `i` and `rows - 1 - i`: the items have equal work.
+/// `f64` (the products of `f32` are exact), the pairs of rows a block of 4 × 4 at a time.
 fn kernel(inputs: &[f32], rows: usize, width: usize, spread: bool) -> Vec<f64> {
     let wide: Vec<f64> = inputs.iter().map(|&x| f64::from(x)).collect();
-    let items: Vec<usize> = (0..rows.div_ceil(2)).collect();
-    let lower = parallel::map(&items, spread, |&i| {
-        let mine = if 2 * i + 1 == rows {
-            vec![i]
-        } else {
-            vec![i, rows - 1 - i]
-        };
-        mine.into_iter()
-            .map(|r| {
-                let mut lanes = vec![[0.0; LANES]; r + 1];
-                kernel_row(&wide, width, r, &mut lanes);
-                (r, lanes)
-            })
-            .collect::<Vec<_>>()
+    let row = |i: usize| &wide[i * width..][..width];
+    let blocks: Vec<(usize, usize)> = (0..rows)
+        .step_by(BLOCK)
+        .flat_map(|s| (s..rows).step_by(BLOCK).map(move |t| (s, t)))
+        .collect();
+    // Every pair of the block has a place; a block past the last row repeats it, and what
+    // it sums for it is dropped below.
+    let at: BlockAt = std::array::from_fn(|a| std::array::from_fn(|b| Some(a * BLOCK + b)));
+    let sums = parallel::map(&blocks, spread, |&(s, t)| {
+        let mut lanes = [[0.0; LANES]; BLOCK * BLOCK];
+        add_block(
+            std::array::from_fn(|a| row((s + a).min(rows - 1))),
+            std::array::from_fn(|b| row((t + b).min(rows - 1))),
+            &at,
+            &mut lanes,
+        );
+        lanes
     });
     let mut k = vec![0.0; rows * rows];
-    for (r, entries) in lower.into_iter().flatten() {
-        for (j, lanes) in entries.iter().enumerate() {
-            let value = lanes.iter().sum::<f64>() + 1.0;
-            k[r * rows + j] = value;
-            k[j * rows + r] = value;
+    for (&(s, t), lanes) in blocks.iter().zip(&sums) {
+        for (at, lanes) in lanes.iter().enumerate() {
+            let (i, j) = (s + at / BLOCK, t + at % BLOCK);
+            if i <= j && j < rows {
+                let value = lanes.iter().sum::<f64>() + 1.0;
+                k[i * rows + j] = value;
+                k[j * rows + i] = value;
+            }
         }
     }
     k
 }
 
-with_avx2! {
-    /// The lanes of the sums `<a_r, a_j>`, `j ≤ r` (`lanes` holds `r + 1`), from the input
-    /// rows widened to `f64`. The caller adds the lanes up: in the same function, the compiler
-    /// vectorises the loop across the rows rather than the lanes, several times slower.
-    fn kernel_row(wide: &[f64], width: usize, r: usize, lanes: &mut [[f64; LANES]]) {
-        let row = |i: usize| &wide[i * width..][..width];
-        let blocked = (r + 1) / ROW_BLOCK * ROW_BLOCK;
-        lanes.fill([0.0; LANES]);
-        for j in (0..blocked).step_by(ROW_BLOCK) {
-            let others: [_; ROW_BLOCK] = std::array::from_fn(|k| row(j + k));
-            let block = (&mut lanes[j..j + ROW_BLOCK]).try_into().expect("a block of rows");
-            dot_wide_rows(row(r), others, block);
-        }
-        for (j, lane) in lanes.iter_mut().enumerate().skip(blocked) {
-            dot_wide_rows(row(r), [row(j)], std::array::from_mut(lane));
-        }
-    }
-}
-
-/// Values of every task's `Lᵀ Δ_t` whose pairs [`pair_lanes`] takes together: 2 KiB a task, so
+/// Values of every task's `Lᵀ Δ_t` whose pairs [`pair_lanes`] takes together: 4 KiB a task, so
 /// that ten tasks' stay in the first level of cache while all their pairs pass over them.
-const PAIR_PART: usize = 256;
+const PAIR_PART: usize = 512;
 
-with_avx2! {
-    /// Adds the products of the first `len` values of every pair `s ≤ t` of `q` to the lanes
-    /// `lanes[s * q.len() + t]`, [`ROW_BLOCK`] pairs at a time, [`PAIR_PART`] values at a time.
-    /// A part is a whole number of lanes, so each lane sums its values in the same order as
-    /// over the whole length at once.
-    fn pair_lanes(q: &[Vec<f64>], len: usize, lanes: &mut [[f64; LANES]]) {
-        let n = q.len();
-        for part in (0..len).step_by(PAIR_PART) {
-            let row = |t: usize| &q[t][part..(part + PAIR_PART).min(len)];
-            for s in 0..n {
-                let blocked = s + (n - s) / ROW_BLOCK * ROW_BLOCK;
-                for t in (s..blocked).step_by(ROW_BLOCK) {
-                    let at = s * n + t..s * n + t + ROW_BLOCK;
-                    let block = (&mut lanes[at]).try_into().expect("a block of pairs");
-                    let others: [_; ROW_BLOCK] = std::array::from_fn(|k| row(t + k));
-                    dot_wide_rows(row(s), others, block);
-                }
-                for t in blocked..n {
-                    dot_wide_rows(row(s), [row(t)], std::array::from_mut(&mut lanes[s * n + t]));
-                }
-            }
-        }
+/// Adds the products of the first `len` values of every pair `s ≤ t` of `q` to the lanes
+/// `lanes[s * q.len() + t]`, [`PAIR_PART`] values at a time. A part is a whole number of
+/// lanes, so each lane sums its values in the same order as over the whole length at once.
+fn pair_lanes(q: &[Vec<f64>], len: usize, lanes: &mut [[f64; LANES]]) {
+    for part in (0..len).step_by(PAIR_PART) {
+        let rows: Vec<&[f64]> = q
+            .iter()
+            .map(|q| &q[part..(part + PAIR_PART).min(len)])
+            .collect();
+        add_pairs(&rows, lanes);
     }
 }
 
@@ -685,6 +686,21 @@ mod tests {
         assert_eq!(g.first_non_finite(), Some(2));
         g.inputs[1][0] = f32::NEG_INFINITY;
         assert_eq!(g.first_non_finite(), Some(0), "the inputs are every task's");
+    }
+
+    #[test]
+    fn gradients_known_finite_are_finite_without_a_look() {
+        let g = random(&[(4, 3), (3, 2)], 5, 4, 3).known_finite();
+        assert_eq!(g.first_non_finite(), None);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "gradients marked finite are not")]
+    fn a_wrong_mark_of_finiteness_is_caught_in_debug_builds() {
+        let mut g = random(&[(4, 3), (3, 2)], 5, 4, 3);
+        g.deltas[1][0][2] = f32::NAN;
+        g.known_finite().first_non_finite();
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod delta_m;
 pub mod factored;
+mod pair_sums;
 mod product;
 pub mod reduce;
 pub mod weighting;

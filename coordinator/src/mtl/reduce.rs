@@ -232,8 +232,15 @@ pub fn factored_gradients(
             }
         }
     }
-    FactoredGradients::new(layers.to_vec(), rows, inputs, deltas)
-        .map_err(|problem| AggregateError::Malformed { index: 0, problem })
+    let gradients = FactoredGradients::new(layers.to_vec(), rows, inputs, deltas)
+        .map_err(|problem| AggregateError::Malformed { index: 0, problem })?;
+    // Every chunk's values were checked finite as it arrived, and a scale of at most one (a
+    // mean's) keeps them so: the weighting's own check need not read them again.
+    Ok(if scale.abs() <= 1.0 {
+        gradients.known_finite()
+    } else {
+        gradients
+    })
 }
 
 /// Appends little-endian `f32` `bytes`, each value times `scale`.
