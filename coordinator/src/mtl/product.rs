@@ -159,10 +159,12 @@ pub(crate) fn product_by<T: From<f32>>(
 /// Sums `M` rows of a product over `W` tiles of columns side by side, in registers.
 trait Tile {
     /// `acc[r][w][c] = Σ_j left[r][j] · strips[w][j][c]`, `j` in order, each step one fused
-    /// multiply-add; every `left[r]` and `strips[w]` holds at least `strips[0].len()` values.
+    /// multiply-add.
     ///
     /// # Safety
-    /// The CPU has the instructions the implementation is compiled for.
+    /// The CPU has the instructions the implementation is compiled for, and every `left[r]`
+    /// and `strips[w]` holds at least `strips[0].len()` values (the vector kernels read them
+    /// unchecked).
     unsafe fn tile<const M: usize, const W: usize>(
         left: [&[f32]; M],
         strips: [&[TileRow]; W],
@@ -262,8 +264,11 @@ unsafe fn rows<K: Tile, T: From<f32>, const M: usize, const W: usize>(
     // the later rows' zeros there add nothing (a finite `x` times zero is zero).
     let from = if p.upper { row.min(inner) } else { 0 };
     let left = std::array::from_fn(|r| &p.left[(row + r) * inner + from..(row + r + 1) * inner]);
-    let strips = std::array::from_fn(|w| &strips[w][from..]);
-    // SAFETY: the caller's.
+    let strips: [&[TileRow]; W] = std::array::from_fn(|w| &strips[w][from..]);
+    // Checked once a block, so that the kernels' loops check no bounds.
+    let len = strips[0].len();
+    assert!(left.iter().all(|row| row.len() >= len) && strips.iter().all(|s| s.len() >= len));
+    // SAFETY: the CPU's, the caller's; the lengths, just checked.
     let acc = unsafe { K::tile::<M, W>(left, strips) };
     for (r, acc) in acc.into_iter().enumerate() {
         let out = &mut out[(row + r) * n + panel.start..(row + r) * n + panel.end];
@@ -338,9 +343,6 @@ mod x86 {
             strips: [&[TileRow]; W],
         ) -> [[[f32; TILE]; W]; M] {
             let inner = strips[0].len();
-            // Checked once here, so that the loop below checks no bounds.
-            assert!(left.iter().all(|row| row.len() >= inner));
-            assert!(strips.iter().all(|strip| strip.len() >= inner));
             let mut low = [[_mm256_setzero_ps(); W]; M];
             let mut high = [[_mm256_setzero_ps(); W]; M];
             for j in 0..inner {
@@ -350,7 +352,7 @@ mod x86 {
                     (_mm256_load_ps(b), _mm256_load_ps(b.add(8)))
                 });
                 for r in 0..M {
-                    // SAFETY: every row was checked above to hold at least `inner` values.
+                    // SAFETY: every row holds at least `inner` values (the caller's).
                     let k = _mm256_set1_ps(unsafe { *left[r].get_unchecked(j) });
                     for (w, &(b0, b1)) in b.iter().enumerate() {
                         low[r][w] = _mm256_fmadd_ps(k, b0, low[r][w]);
@@ -380,9 +382,6 @@ mod x86 {
             strips: [&[TileRow]; W],
         ) -> [[[f32; TILE]; W]; M] {
             let inner = strips[0].len();
-            // Checked once here, so that the loop below checks no bounds.
-            assert!(left.iter().all(|row| row.len() >= inner));
-            assert!(strips.iter().all(|strip| strip.len() >= inner));
             let mut sums = [[_mm512_setzero_ps(); W]; M];
             for j in 0..inner {
                 // SAFETY: a `TileRow` is 16 `f32`, 64-byte aligned; `j` is within every strip.
@@ -390,7 +389,7 @@ mod x86 {
                     _mm512_load_ps(strips[w].get_unchecked(j).0.as_ptr())
                 });
                 for r in 0..M {
-                    // SAFETY: every row was checked above to hold at least `inner` values.
+                    // SAFETY: every row holds at least `inner` values (the caller's).
                     let k = _mm512_set1_ps(unsafe { *left[r].get_unchecked(j) });
                     for w in 0..W {
                         sums[r][w] = _mm512_fmadd_ps(k, b[w], sums[r][w]);
