@@ -22,8 +22,8 @@ use crate::mtl::weighting::linalg::LANES;
 use crate::parallel;
 use crate::simd::with_avx2;
 
-/// Rows of a formed gradient's piece come in multiples of this, as the product kernels' blocks
-/// of rows do.
+/// Rows of a formed gradient's piece come in multiples of this: the product kernels' smallest
+/// block of rows before single ones.
 const ROW_BLOCK: usize = 4;
 /// Weight values per piece of a formed gradient: pieces of about equal work, so the cores get
 /// even shares however wide the layers are, each with enough rows that a column strip of the
