@@ -76,37 +76,35 @@ pub(crate) enum Kernel {
 impl Kernel {
     /// The widest kernel this CPU runs.
     pub(crate) fn best() -> Kernel {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Kernel::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Kernel::Avx2;
-            }
-        }
-        Kernel::Portable
+        [Kernel::Avx512, Kernel::Avx2]
+            .into_iter()
+            .find(|k| k.runs())
+            .unwrap_or(Kernel::Portable)
     }
 
     /// Every kernel this CPU runs, the portable one first.
     #[cfg(test)]
     pub(crate) fn available() -> Vec<Kernel> {
-        #[allow(unused_mut)]
-        let mut kernels = vec![Kernel::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                kernels.push(Kernel::Avx2);
+        [Kernel::Portable, Kernel::Avx2, Kernel::Avx512]
+            .into_iter()
+            .filter(|k| k.runs())
+            .collect()
+    }
+
+    /// Whether this CPU has the instructions the kernel is compiled for.
+    fn runs(self) -> bool {
+        match self {
+            Kernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
             }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                kernels.push(Kernel::Avx512);
-            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx2 | Kernel::Avx512 => false,
         }
-        kernels
     }
 }
 
@@ -127,32 +125,18 @@ pub(crate) fn product_by<T: From<f32>>(
         strip.0.len() / MAX_TILES,
         p.order.len()
     );
+    assert!(kernel.runs(), "the CPU does not run the {kernel:?} kernel");
     match kernel {
-        // SAFETY: the portable kernel runs on any CPU.
+        // SAFETY (all three): the CPU runs the kernel, just checked.
         Kernel::Portable => unsafe {
             product_into::<Portable, T, 4, 1>(p, columns, &mut strip.0, out)
         },
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => {
-            assert!(
-                std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma"),
-                "the CPU has no AVX2 with FMA"
-            );
-            // SAFETY: the CPU was just seen to have AVX2 and FMA.
-            unsafe { x86::product_avx2(p, columns, &mut strip.0, out) }
-        }
+        Kernel::Avx2 => unsafe { x86::product_avx2(p, columns, &mut strip.0, out) },
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => {
-            assert!(
-                std::arch::is_x86_feature_detected!("avx512f"),
-                "the CPU has no AVX-512"
-            );
-            // SAFETY: the CPU was just seen to have AVX-512F.
-            unsafe { x86::product_avx512(p, columns, &mut strip.0, out) }
-        }
+        Kernel::Avx512 => unsafe { x86::product_avx512(p, columns, &mut strip.0, out) },
         #[cfg(not(target_arch = "x86_64"))]
-        _ => panic!("{kernel:?} is an x86-64 kernel"),
+        _ => unreachable!("no x86-64 kernel runs here"),
     }
 }
 
