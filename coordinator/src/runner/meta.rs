@@ -13,7 +13,6 @@ use crate::aggregate::{check_chunk, reduce, RoundTotals};
 use crate::dispatch::{DatasetVersion, Dispatcher, ResultCheck, RoundInput};
 use crate::finite::all_finite;
 use crate::optimizer::OuterOptimizer;
-use crate::parallel;
 use crate::registry::{Job, Registry};
 use crate::sampling::{self, Sampler, Split};
 use crate::spec::Spec;
@@ -157,10 +156,8 @@ impl<'a> Run<'a> {
                 step: self.step,
                 lr,
             };
-            let stepped = super::update_off_runtime(&mut self.learner, move |learner| {
-                // Every worker waits for the update: the cores are the vector threads' until
-                // it ends (a model too small to spread leaves them asleep).
-                let _awake = parallel::worth_it(learner.params.len()).then(parallel::awake);
+            let values = self.layout.param_count();
+            let stepped = super::update_off_runtime(&mut self.learner, values, move |learner| {
                 update.apply(learner, &out.results)
             })
             .await?;

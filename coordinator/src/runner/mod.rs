@@ -156,13 +156,18 @@ async fn off_runtime<T: Send + 'static>(
 }
 
 /// Runs `update` on the learner in `slot` with [`off_runtime`], the learner moved to the
-/// blocking thread and back: it is home again whenever a step is not under way.
+/// blocking thread and back: it is home again whenever a step is not under way. `values`: the
+/// model's parameters, what the update's vector work is the size of.
 async fn update_off_runtime<L: Send + 'static, R: Send + 'static>(
     slot: &mut Option<L>,
+    values: usize,
     update: impl FnOnce(&mut L) -> R + Send + 'static,
 ) -> Result<R, RunError> {
     let mut learner = slot.take().expect("the learner is home between steps");
     let (learner, updated) = off_runtime(move || {
+        // Every worker waits for the update: the cores are the vector threads' until it ends
+        // (a model too small to spread leaves them asleep).
+        let _awake = crate::parallel::worth_it(values).then(crate::parallel::awake);
         let updated = update(&mut learner);
         (learner, updated)
     })

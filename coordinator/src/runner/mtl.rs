@@ -23,7 +23,6 @@ use crate::mtl::reduce::{
 };
 use crate::mtl::weighting::{StepInput, TaskGradients, Weighting, WeightingError};
 use crate::optimizer::OuterOptimizer;
-use crate::parallel;
 use crate::registry::{Job, Registry};
 use crate::sampling::{self, Split};
 use crate::spec::MtlSpec;
@@ -186,7 +185,8 @@ impl<'a> Run<'a> {
             batch,
             rng_key: sampling::task_key(spec.seed, Split::Train, self.step, u64::MAX),
         };
-        let updated = super::update_off_runtime(&mut self.learner, move |learner| {
+        let values = self.shape.param_count;
+        let updated = super::update_off_runtime(&mut self.learner, values, move |learner| {
             plan.apply(learner, &out.results)
         })
         .await?;
@@ -481,9 +481,6 @@ impl UpdatePlan {
     /// Reduces the round's `results` per task, combines the tasks by the weighting method and
     /// applies the outer optimizer to `learner`. Diverged values never reach the parameters.
     fn apply(&self, learner: &mut Learner, results: &[ChunkResult]) -> Result<Updated, RunError> {
-        // Every worker waits for the update: the cores are the vector threads' until it ends
-        // (a model too small to spread leaves them asleep).
-        let _awake = parallel::worth_it(self.shape.param_count).then(parallel::awake);
         let started = Instant::now();
         let failed = |source| RunError::Weighting {
             step: self.step + 1,
