@@ -13,6 +13,7 @@
 //! a sum) whose results are combined in item order, so the results are the same on every
 //! machine and with any number of threads.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use crate::finite::all_finite;
@@ -53,13 +54,23 @@ pub struct FactoredGradients {
     known_finite: bool,
 }
 
-/// Output rows `first..first + bias.len()` of one layer's gradient, formed alone.
+/// Output rows `first..first + bias.len()` of one layer's gradient, formed alone into memory
+/// not yet written.
 struct Piece<'a> {
     layer: usize,
     first: usize,
     /// Their weight rows, `[bias.len(), inputs]` row-major.
-    weight: &'a mut [f32],
-    bias: &'a mut [f32],
+    weight: &'a mut [MaybeUninit<f32>],
+    bias: &'a mut [MaybeUninit<f32>],
+}
+
+/// The gradients at the layers' outputs that a formed gradient is the gradient of.
+#[derive(Clone, Copy)]
+enum Outputs<'a> {
+    /// One task's `Δ`.
+    Task(usize),
+    /// `Σ_t c_t Δ_t`, summed in `f64` in task order and rounded once.
+    Weighted(&'a [f64]),
 }
 
 /// A layer's `K = A Aᵀ + 1`, factored with its rows in pivot order: `K[order][:, order] = L Lᵀ`.
@@ -206,20 +217,20 @@ impl FactoredGradients {
     }
 
     /// `Σ_t coefficients[t] · g_t`, in the layout of [`materialize`](Self::materialize):
-    /// `S_l = Σ_t c_t Δ_t,l` summed in `f64` and rounded once, then `S_lᵀ A_l` in `f32`.
+    /// `S_l = Σ_t c_t Δ_t,l` summed in `f64` and rounded once, then `S_lᵀ A_l` in `f32`, each
+    /// piece of the result summing the part of `S_l` it needs, so that `S` is never held whole.
     ///
     /// # Panics
     /// When there is not one coefficient per task.
     pub fn combine(&self, coefficients: &[f64]) -> Vec<f32> {
         assert_eq!(coefficients.len(), self.tasks(), "one coefficient per task");
-        let spread = self.worth_forming_spread();
-        self.form(&self.weighted_sums(coefficients, spread), spread)
+        self.form(Outputs::Weighted(coefficients), self.worth_forming_spread())
     }
 
     /// Task `task`'s gradient: for each layer in order, the weight `[outputs, inputs]`
     /// row-major, then the bias `[outputs]`.
     pub fn materialize(&self, task: usize) -> Vec<f32> {
-        self.form(&self.deltas[task], self.worth_forming_spread())
+        self.form(Outputs::Task(task), self.worth_forming_spread())
     }
 
     /// [`gram`](Self::gram), spread over the cores when `spread`.
@@ -281,30 +292,13 @@ impl FactoredGradients {
         parallel::worth_it(self.rows.saturating_mul(self.len))
     }
 
-    /// Every layer's `S = Σ_t c_t Δ_t` (`[rows, outputs]`), each row summed on its own.
-    fn weighted_sums(&self, coefficients: &[f64], spread: bool) -> Vec<Vec<f32>> {
-        let mut sums: Vec<Vec<f32>> = (self.layers.iter())
-            .map(|&(_, outputs)| vec![0.0; self.rows * outputs])
-            .collect();
-        let mut rows: Vec<(usize, usize, &mut [f32])> = (sums.iter_mut().zip(&self.layers))
-            .enumerate()
-            .flat_map(|(layer, (s, &(_, outputs)))| {
-                (s.chunks_mut(outputs.max(1)).enumerate())
-                    .map(move |(r, row)| (layer, r * outputs, row))
-            })
-            .collect();
-        parallel::for_each_mut(&mut rows, spread, |_, (layer, at, row)| {
-            weighted_sum(coefficients, &self.deltas, *layer, *at, row)
-        });
-        sums
-    }
-
-    /// The gradient whose gradients at the layers' outputs are `s` (`s[l]`: `[rows,
-    /// outputs]`), piece by piece, the pieces spread over the cores when `spread`.
-    fn form(&self, s: &[Vec<f32>], spread: bool) -> Vec<f32> {
-        let mut gradient = vec![0.0f32; self.len];
+    /// The gradient whose gradients at the layers' outputs are `source`'s, piece by piece, the
+    /// pieces spread over the cores when `spread`. Every value is written once, by its piece:
+    /// the gradient's megabytes are never zeroed first.
+    fn form(&self, source: Outputs, spread: bool) -> Vec<f32> {
+        let mut gradient = Vec::with_capacity(self.len);
         let mut pieces = Vec::new();
-        let mut rest = gradient.as_mut_slice();
+        let mut rest = &mut gradient.spare_capacity_mut()[..self.len];
         for (layer, &(inputs, outputs)) in self.layers.iter().enumerate() {
             let (mut weight, tail) = rest.split_at_mut(outputs * inputs);
             let (bias, tail) = tail.split_at_mut(outputs);
@@ -323,21 +317,40 @@ impl FactoredGradients {
             }
         }
         parallel::for_each_mut(&mut pieces, spread, |_, piece| {
-            self.form_piece(&s[piece.layer], piece)
+            self.form_piece(source, piece)
         });
+        // SAFETY: the pieces cover the first `len` values, each its weight rows whole (the
+        // product writes every entry of its output) and its biases.
+        unsafe { gradient.set_len(self.len) };
         gradient
     }
 
-    /// Forms one piece from its layer's `s`: `sᵀ` of the piece's outputs, then their weight
-    /// rows `sᵀ A` and biases `Σ_rows s` (in `f64`).
-    fn form_piece(&self, s: &[f32], piece: &mut Piece) {
-        let (inputs, outputs) = self.layers[piece.layer];
+    /// Forms one piece: `sᵀ` of the piece's outputs (`s` the gradient at the layer's outputs
+    /// that `source` says), then their weight rows `sᵀ A` and biases `Σ_rows s` (in `f64`).
+    fn form_piece(&self, source: Outputs, piece: &mut Piece) {
+        let (inputs, width) = self.layers[piece.layer];
         let (rows, count) = (self.rows, piece.bias.len());
         let mut transposed = vec![0.0f32; count * rows];
-        for r in 0..rows {
-            let row = &s[r * outputs + piece.first..][..count];
-            for (o, &x) in row.iter().enumerate() {
-                transposed[o * rows + r] = x;
+        let columns = piece.first..piece.first + count;
+        match source {
+            Outputs::Task(task) => {
+                let s = &self.deltas[task][piece.layer];
+                for r in 0..rows {
+                    let row = &s[r * width..][columns.clone()];
+                    for (o, &x) in row.iter().enumerate() {
+                        transposed[o * rows + r] = x;
+                    }
+                }
+            }
+            Outputs::Weighted(coefficients) => {
+                let mut sums = vec![0.0f64; count];
+                for r in 0..rows {
+                    let at = r * width + piece.first;
+                    weighted_sum(coefficients, &self.deltas, piece.layer, at, &mut sums);
+                    for (o, &x) in sums.iter().enumerate() {
+                        transposed[o * rows + r] = x as f32;
+                    }
+                }
             }
         }
         let order: Vec<usize> = (0..rows).collect();
@@ -353,7 +366,7 @@ impl FactoredGradients {
         product(st_a, 0..inputs, &mut strip, piece.weight);
         for (o, bias) in piece.bias.iter_mut().enumerate() {
             let s = &transposed[o * rows..][..rows];
-            *bias = s.iter().map(|&x| f64::from(x)).sum::<f64>() as f32;
+            bias.write(s.iter().map(|&x| f64::from(x)).sum::<f64>() as f32);
         }
     }
 }
@@ -472,23 +485,20 @@ with_avx2! {
 }
 
 with_avx2! {
-    /// Sets `out` to `Σ_t coefficients[t] · deltas[t][layer][at..]`, summed in `f64` in task
-    /// order and rounded once.
+    /// Sets `sums` to `Σ_t coefficients[t] · deltas[t][layer][at..]`, summed in `f64` in task
+    /// order.
     fn weighted_sum(
         coefficients: &[f64],
         deltas: &[Vec<Vec<f32>>],
         layer: usize,
         at: usize,
-        out: &mut [f32],
+        sums: &mut [f64],
     ) {
-        let mut sums = vec![0.0f64; out.len()];
+        sums.fill(0.0);
         for (&c, task) in coefficients.iter().zip(deltas) {
             for (s, &x) in sums.iter_mut().zip(&task[layer][at..]) {
                 *s += c * f64::from(x);
             }
-        }
-        for (o, s) in out.iter_mut().zip(sums) {
-            *o = s as f32;
         }
     }
 }
@@ -639,11 +649,32 @@ mod tests {
         let g = random(&[(300, 70), (70, 45)], 10, 5, 11);
         assert_eq!(g.gram_spread(true), g.gram_spread(false));
         let c = [0.3, -1.0, 2.5, 0.0, 1e-3];
-        let sums = g.weighted_sums(&c, true);
-        assert_eq!(sums, g.weighted_sums(&c, false));
-        for s in [&sums, &g.deltas[3]] {
-            assert_eq!(g.form(s, true), g.form(s, false));
+        for source in [Outputs::Weighted(&c), Outputs::Task(3)] {
+            assert_eq!(g.form(source, true), g.form(source, false));
         }
+    }
+
+    #[test]
+    fn a_combination_is_the_gradient_of_the_weighted_sum_rounded_once() {
+        // Pieces that start inside a layer's rows, so each piece's part of the weighted sum
+        // must be the part of the whole.
+        let g = random(&[(300, 70), (70, 45)], 10, 4, 12);
+        let c = [0.7, -1.3, 1e-2, 2.0];
+        // `S = Σ_t c_t Δ_t` by its definition, one task of its own.
+        let s: Vec<Vec<f32>> = (0..g.layers.len())
+            .map(|l| {
+                (0..g.deltas[0][l].len())
+                    .map(|i| {
+                        let sum = (c.iter().zip(&g.deltas))
+                            .fold(0.0f64, |sum, (&c, task)| sum + c * f64::from(task[l][i]));
+                        sum as f32
+                    })
+                    .collect()
+            })
+            .collect();
+        let alone =
+            FactoredGradients::new(g.layers.clone(), g.rows, g.inputs.clone(), vec![s]).unwrap();
+        assert_eq!(g.combine(&c), alone.materialize(0));
     }
 
     #[test]

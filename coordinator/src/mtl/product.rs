@@ -5,6 +5,7 @@
 //! (how many rows of `left`, how wide a vector), never the order of an entry's sum, so the
 //! widest kernel the CPU has gives the bits of the portable one.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// Columns of one packed row of a strip: one AVX-512 register, two AVX2 ones.
@@ -14,6 +15,34 @@ const MAX_TILES: usize = 2;
 /// Columns the widest kernel forms at once: callers that cut a product by columns cut it in
 /// multiples of this, so that no kernel pads a narrow cut.
 pub(crate) const PANEL: usize = MAX_TILES * TILE;
+
+/// What a product's entries are stored as: `f32`, widened to `f64`, or written into memory
+/// not yet initialized (a result the product fills whole, so never zeroed first).
+pub(crate) trait Entry: Copy {
+    /// The entry holding the sum `sum`.
+    fn of(sum: f32) -> Self;
+}
+
+impl Entry for f32 {
+    #[inline(always)]
+    fn of(sum: f32) -> Self {
+        sum
+    }
+}
+
+impl Entry for f64 {
+    #[inline(always)]
+    fn of(sum: f32) -> Self {
+        f64::from(sum)
+    }
+}
+
+impl Entry for MaybeUninit<f32> {
+    #[inline(always)]
+    fn of(sum: f32) -> Self {
+        MaybeUninit::new(sum)
+    }
+}
 
 /// One row of a tile of columns, packed for a product: a cache line, aligned as one, so that
 /// no vector load of it straddles two lines (an allocator's 16-byte alignment made every other
@@ -50,7 +79,7 @@ pub(crate) struct Product<'a> {
 
 /// Columns `columns` of `p` into `out` (`[m, columns.len()]` row-major), by the widest kernel
 /// the CPU has; `strip` holds at least `inner` rows.
-pub(crate) fn product<T: From<f32>>(
+pub(crate) fn product<T: Entry>(
     p: Product,
     columns: Range<usize>,
     strip: &mut Strip,
@@ -112,7 +141,7 @@ impl Kernel {
 ///
 /// # Panics
 /// When the CPU does not run `kernel`, or `strip` is too short.
-pub(crate) fn product_by<T: From<f32>>(
+pub(crate) fn product_by<T: Entry>(
     kernel: Kernel,
     p: Product,
     columns: Range<usize>,
@@ -161,7 +190,7 @@ trait Tile {
 /// # Safety
 /// The CPU has the instructions `K` is compiled for.
 #[inline(always)]
-unsafe fn product_into<K: Tile, T: From<f32>, const M: usize, const W: usize>(
+unsafe fn product_into<K: Tile, T: Entry, const M: usize, const W: usize>(
     p: Product,
     columns: Range<usize>,
     strip: &mut [TileRow],
@@ -235,7 +264,7 @@ fn prefetch(p: Product, cols: Range<usize>) {
 /// # Safety
 /// The CPU has the instructions `K` is compiled for.
 #[inline(always)]
-unsafe fn rows<K: Tile, T: From<f32>, const M: usize, const W: usize>(
+unsafe fn rows<K: Tile, T: Entry, const M: usize, const W: usize>(
     p: Product,
     row: usize,
     strips: [&[TileRow]; W],
@@ -261,12 +290,12 @@ unsafe fn rows<K: Tile, T: From<f32>, const M: usize, const W: usize>(
             match <&mut [T; TILE]>::try_from(&mut *out) {
                 Ok(whole) => {
                     for (o, a) in whole.iter_mut().zip(acc) {
-                        *o = T::from(a);
+                        *o = T::of(a);
                     }
                 }
                 Err(_) => {
                     for (o, a) in out.iter_mut().zip(acc) {
-                        *o = T::from(a);
+                        *o = T::of(a);
                     }
                 }
             }
@@ -307,7 +336,7 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::{product_into, Product, Tile, TileRow, TILE};
+    use super::{product_into, Entry, Product, Tile, TileRow, TILE};
 
     /// Rows of `left` the AVX2 kernel keeps in registers, each as two 8-wide halves of one
     /// tile: 12 accumulators, two strip values and a broadcast fill 15 of the 16 registers.
@@ -396,7 +425,7 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn product_avx2<T: From<f32>>(
+    pub(super) unsafe fn product_avx2<T: Entry>(
         p: Product,
         columns: Range<usize>,
         strip: &mut [TileRow],
@@ -411,7 +440,7 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX-512F.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn product_avx512<T: From<f32>>(
+    pub(super) unsafe fn product_avx512<T: Entry>(
         p: Product,
         columns: Range<usize>,
         strip: &mut [TileRow],
