@@ -18,5 +18,5 @@ pub mod v1 {
     tonic::include_proto!("outerloop.v1");
 }
 
-pub use convert::{f32s_from_bytes, f32s_to_bytes, WireError};
+pub use convert::{f32s_from_bytes, f32s_into_bytes, f32s_to_bytes, WireError};
 pub use state::ExperimentState;

@@ -410,6 +410,22 @@ pub(crate) fn append_values(t: &Tensor, out: &mut Vec<f32>) -> Result<(), tch::T
         t.to_kind(Kind::Float)
     };
     let (start, count) = (out.len(), t.numel());
+    if count > 0 && t.device() == Device::Cpu && t.is_contiguous() {
+        // Straight into `out`'s spare room: zeroing it first cost half as much as the copy.
+        out.reserve(count);
+        // SAFETY: a contiguous CPU tensor of `Float` holds its `count` values from its data
+        // pointer on (the storage offset included); `out` has room for them, and its length
+        // covers them only once they are written.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                t.data_ptr() as *const f32,
+                out.as_mut_ptr().add(start),
+                count,
+            );
+            out.set_len(start + count);
+        }
+        return Ok(());
+    }
     out.resize(start + count, 0.0);
     t.f_copy_data(&mut out[start..], count)
 }
@@ -449,6 +465,28 @@ mod tests {
     use outerloop_proto::model::{Mlp, Model as Architecture};
     use outerloop_proto::v1::{self, task_descriptor};
     use outerloop_proto::work::{self, Family, SinusoidFamily};
+
+    #[test]
+    fn values_are_appended_in_row_major_order_from_any_layout() {
+        let t = Tensor::arange(12, (Kind::Float, Device::Cpu)).reshape([3, 4]);
+        let expect = |t: &Tensor| Vec::<f32>::try_from(t.contiguous().view(-1)).unwrap();
+        let mut out = vec![-1.0];
+        // Contiguous, with a storage offset, transposed, of another kind, empty.
+        let cases = [
+            t.shallow_clone(),
+            t.narrow(0, 1, 2),
+            t.transpose(0, 1),
+            t.to_kind(Kind::Double),
+            t.narrow(0, 0, 0),
+        ];
+        let mut want = out.clone();
+        for case in &cases {
+            append_values(case, &mut out).unwrap();
+            want.extend(expect(&case.to_kind(Kind::Float)));
+        }
+        assert_eq!(out, want);
+        assert_eq!(out.len(), 1 + 12 + 8 + 12 + 12);
+    }
 
     fn mlp() -> Mlp {
         Mlp {

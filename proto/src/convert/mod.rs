@@ -6,7 +6,7 @@ mod setup;
 mod task;
 mod tensor;
 
-pub use tensor::{f32s_from_bytes, f32s_to_bytes};
+pub use tensor::{f32s_from_bytes, f32s_into_bytes, f32s_to_bytes};
 
 use crate::transport::MAX_MESSAGE_BYTES;
 

@@ -11,11 +11,11 @@ mod rows;
 mod table;
 mod trunk;
 
-use outerloop_proto::f32s_to_bytes;
 use outerloop_proto::model::{Conv4, ParamLayout};
 use outerloop_proto::mtl::{MtlSetup, RowBatch, Shared, TaskLoss};
 use outerloop_proto::v1::{self, Phase, WorkChunk};
 use outerloop_proto::work::{Task, TaskDescriptor};
+use outerloop_proto::{f32s_into_bytes, f32s_to_bytes};
 use prost::bytes::Bytes;
 use tch::Tensor;
 
@@ -335,7 +335,7 @@ fn input_bytes(inputs: &[Tensor]) -> Result<Bytes, tch::TchError> {
     for input in inputs {
         append_values(&input.contiguous(), &mut values)?;
     }
-    Ok(f32s_to_bytes(&values))
+    Ok(f32s_into_bytes(values))
 }
 
 /// The wire form of `totals`, one entry per task in `tasks` order; each task's gradients are
@@ -365,6 +365,7 @@ fn wire(
         }
     }
     let mut shared = shared.into_iter();
+    let heads = f32s_into_bytes(heads);
     let mut head_start = 0;
     let mut out = Vec::with_capacity(tasks.len());
     for (i, &task) in tasks.iter().enumerate() {
@@ -382,7 +383,7 @@ fn wire(
             } else {
                 entry.shared_grad = shared;
             }
-            entry.head_grad = f32s_to_bytes(&heads[head_start..head_end]);
+            entry.head_grad = heads.slice(4 * head_start..4 * head_end);
             head_start = head_end;
         }
         out.push(entry);
