@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
-use outerloop_proto::f32s_to_bytes;
+use outerloop_proto::f32s_into_bytes;
 use outerloop_proto::model::ParamLayout;
 use outerloop_proto::mtl::{MtlSetup, RowBatch, RowSplit};
 use outerloop_proto::v1::{self, ChunkResult, ExperimentSetup, Phase};
@@ -109,7 +109,7 @@ impl<'a> Run<'a> {
             shape: Arc::new(Shape::of(&setup, &layout)),
             held_out_rows,
             learner: Some(Learner {
-                params: start.params,
+                params: Arc::new(start.params),
                 optimizer: start.optimizer,
                 weighting: start.weighting,
             }),
@@ -351,7 +351,7 @@ impl<'a> Run<'a> {
             setup: self.wire_setup.clone(),
             dataset: None,
             version: self.step,
-            params: f32s_to_bytes(&self.learner().params),
+            params: f32s_into_bytes(Arc::clone(&self.learner().params)),
             phase,
             inner_steps: 0,
             chunks,
@@ -399,7 +399,9 @@ impl<'a> Run<'a> {
 /// What every step changes: the parameters, the outer optimizer's state and the weighting
 /// method's.
 struct Learner {
-    params: Vec<f32>,
+    /// Shared with the round's lease replies, whose bytes are these values (no copy a step);
+    /// the round is over and the replies gone before the optimizer writes them again.
+    params: Arc<Vec<f32>>,
     optimizer: OuterOptimizer,
     weighting: Box<dyn Weighting>,
 }
@@ -537,7 +539,12 @@ impl UpdatePlan {
             });
         }
         (learner.optimizer)
-            .step(&mut learner.params, &grad, self.lr)
+            // A copy only if some reply still held the values (it does not, the round over).
+            .step(
+                Arc::<Vec<f32>>::make_mut(&mut learner.params),
+                &grad,
+                self.lr,
+            )
             .map_err(|o| {
                 super::overflowed(
                     self.step + 1,
