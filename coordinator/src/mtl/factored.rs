@@ -52,6 +52,9 @@ pub struct FactoredGradients {
     /// Whether every value is known to be finite without reading it again (see
     /// [`known_finite`](Self::known_finite)).
     known_finite: bool,
+    /// Values of room left after every formed gradient (see
+    /// [`with_room_after`](Self::with_room_after)).
+    room_after: usize,
 }
 
 /// Output rows `first..first + bias.len()` of one layer's gradient, formed alone into memory
@@ -141,6 +144,7 @@ impl FactoredGradients {
             deltas,
             len,
             known_finite: false,
+            room_after: 0,
         })
     }
 
@@ -150,6 +154,15 @@ impl FactoredGradients {
     /// several megabytes a second time; debug builds read them anyway, to hold the caller to it.
     pub fn known_finite(mut self) -> Self {
         self.known_finite = true;
+        self
+    }
+
+    /// These gradients, leaving room for `values` more after every gradient they form
+    /// ([`combine`](Self::combine), [`materialize`](Self::materialize)): a caller that extends
+    /// one, as the update appends the heads' gradients to the shared direction, then does so
+    /// in place rather than by moving its megabytes.
+    pub fn with_room_after(mut self, values: usize) -> Self {
+        self.room_after = values;
         self
     }
 
@@ -296,7 +309,7 @@ impl FactoredGradients {
     /// pieces spread over the cores when `spread`. Every value is written once, by its piece:
     /// the gradient's megabytes are never zeroed first.
     fn form(&self, source: Outputs, spread: bool) -> Vec<f32> {
-        let mut gradient = Vec::with_capacity(self.len);
+        let mut gradient = Vec::with_capacity(self.len.saturating_add(self.room_after));
         let mut pieces = Vec::new();
         let mut rest = &mut gradient.spare_capacity_mut()[..self.len];
         for (layer, &(inputs, outputs)) in self.layers.iter().enumerate() {
@@ -675,6 +688,15 @@ mod tests {
         let alone =
             FactoredGradients::new(g.layers.clone(), g.rows, g.inputs.clone(), vec![s]).unwrap();
         assert_eq!(g.combine(&c), alone.materialize(0));
+    }
+
+    #[test]
+    fn formed_gradients_leave_the_room_asked_for() {
+        let g = random(&[(3, 4), (4, 2)], 5, 2, 13).with_room_after(7);
+        for formed in [g.combine(&[1.0, -2.0]), g.materialize(1)] {
+            assert_eq!(formed.len(), g.len());
+            assert!(formed.capacity() >= g.len() + 7, "{}", formed.capacity());
+        }
     }
 
     #[test]

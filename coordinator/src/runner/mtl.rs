@@ -493,7 +493,11 @@ impl UpdatePlan {
         let scale = 1.0 / self.batch as f32;
         let mut sums = reduce_tasks(results, self.shape.expected(true, scale, &self.sizes))?;
         let factored = match self.shape.factoring(&self.sizes) {
-            Some(factoring) => Some(factored_gradients(results, factoring, scale)?),
+            // The heads' gradients follow the shared direction in the update's gradient.
+            Some(factoring) => Some(
+                factored_gradients(results, factoring, scale)?
+                    .with_room_after(self.shape.param_count - self.shape.shared_len),
+            ),
             None => None,
         };
         let (losses, metrics) = means(&sums, self.batch);
@@ -570,7 +574,8 @@ impl UpdatePlan {
         sums: &[TaskSums],
         scale: f32,
     ) -> Vec<f32> {
-        // The shared layers come first in the layout: the heads extend their gradient.
+        // The shared layers come first in the layout: the heads extend their gradient (in
+        // place where the direction was formed with room for them).
         let mut grad = shared;
         grad.resize(self.shape.param_count, 0.0);
         for ((sum, &weight), range) in sums.iter().zip(head_scale).zip(&self.shape.head_ranges) {
