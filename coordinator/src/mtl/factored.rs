@@ -669,9 +669,9 @@ mod tests {
 
     #[test]
     fn a_combination_is_the_gradient_of_the_weighted_sum_rounded_once() {
-        // Pieces that start inside a layer's rows, so each piece's part of the weighted sum
-        // must be the part of the whole.
-        let g = random(&[(300, 70), (70, 45)], 10, 4, 12);
+        // The first layer is two pieces (64 of its 80 outputs, then 16), so the second sums
+        // its part of `S` from inside the rows.
+        let g = random(&[(1000, 80), (80, 45)], 10, 4, 12);
         let c = [0.7, -1.3, 1e-2, 2.0];
         // `S = Σ_t c_t Δ_t` by its definition, one task of its own.
         let s: Vec<Vec<f32>> = (0..g.layers.len())
