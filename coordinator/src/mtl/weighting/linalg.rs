@@ -6,6 +6,7 @@
 //! small enough to stay in cache while every task's slice of a block is used. Every sum still
 //! runs in one fixed order, so results are the same on every run and machine.
 
+use crate::mtl::pair_sums::add_pairs;
 use crate::parallel;
 use crate::simd::with_avx2;
 
@@ -21,8 +22,6 @@ const SEGMENT: usize = 16 * BLOCK;
 /// Entries per block in [`gram`], widened to `f64` once per task rather than once per pair:
 /// every task's slice (32 KiB of f64 each) stays in cache while the pairs are formed.
 const GRAM_BLOCK: usize = 4096;
-/// Pairs of [`gram`] formed together, sharing the loads of their common task.
-const ROWS: usize = 4;
 
 /// The segments of a vector of `len` entries.
 fn segments(len: usize) -> Vec<std::ops::Range<usize>> {
@@ -80,25 +79,6 @@ pub(crate) fn dot_wide_rows<const K: usize>(
     *acc = sums;
 }
 
-/// Adds the products of task `i`'s widened block with those of tasks `j..` into their pairs'
-/// accumulators, [`ROWS`] pairs at a time.
-#[inline(always)]
-fn gram_row(wide: &[f64], len: usize, n: usize, i: usize, acc: &mut [[f64; LANES]]) {
-    let row = |t: usize| &wide[t * GRAM_BLOCK..][..len];
-    let mut j = i;
-    while j + ROWS <= n {
-        let mut sums: [[f64; LANES]; ROWS] = std::array::from_fn(|k| acc[i * n + j + k]);
-        dot_wide_rows(row(i), std::array::from_fn(|k| row(j + k)), &mut sums);
-        acc[i * n + j..][..ROWS].copy_from_slice(&sums);
-        j += ROWS;
-    }
-    for j in j..n {
-        let mut sums = [acc[i * n + j]];
-        dot_wide_rows(row(i), [row(j)], &mut sums);
-        acc[i * n + j] = sums[0];
-    }
-}
-
 with_avx2! {
     /// Dot product of two gradients, accumulated in f64.
     pub fn dot(a: &[f32], b: &[f32]) -> f64 {
@@ -110,7 +90,7 @@ with_avx2! {
 
 with_avx2! {
     /// Adds, for every pair `i ≤ j` of the tasks, the products of their entries in `range`
-    /// into `acc[i * n + j]`, one cache-sized block at a time.
+    /// into `acc[i * n + j]`, one cache-sized block at a time, each widened to `f64` once.
     fn gram_segment(gradients: &[Vec<f32>], range: std::ops::Range<usize>, acc: &mut [[f64; LANES]]) {
         let n = gradients.len();
         let mut wide = vec![0.0f64; n * GRAM_BLOCK];
@@ -122,9 +102,8 @@ with_avx2! {
                     *w = f64::from(x);
                 }
             }
-            for i in 0..n {
-                gram_row(&wide, len, n, i, acc);
-            }
+            let rows: Vec<&[f64]> = (0..n).map(|t| &wide[t * GRAM_BLOCK..][..len]).collect();
+            add_pairs(&rows, acc);
         }
     }
 }
@@ -157,7 +136,8 @@ pub fn norm(a: &[f32]) -> f64 {
 
 /// The Gram matrix `G Gᵀ` of the gradients (row-major, tasks × tasks), all of one length.
 /// Computed block by block, so each gradient is read from memory once rather than once per
-/// pair.
+/// pair, and in each block the pairs four tasks by four ([`add_pairs`]: each widened slice
+/// loaded once for four pairs, the bits of one pair at a time).
 pub fn gram(gradients: &[Vec<f32>]) -> Vec<Vec<f64>> {
     let n = gradients.len();
     let len = gradients.first().map_or(0, Vec::len);
@@ -267,7 +247,8 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         for len in [0, 1, 7, 8, 9, BLOCK - 1, BLOCK, BLOCK + 3, 3 * BLOCK + 11] {
-            let g: Vec<Vec<f32>> = (0..3)
+            // Six tasks: a block of four pairs by four and a ragged one.
+            let g: Vec<Vec<f32>> = (0..6)
                 .map(|_| (0..len).map(|_| rng.random_range(-1.0..1.0)).collect())
                 .collect();
             let plain_dot = |a: &[f32], b: &[f32]| -> f64 {
@@ -277,8 +258,8 @@ mod tests {
                     .sum()
             };
             let m = gram(&g);
-            for i in 0..3 {
-                for j in 0..3 {
+            for i in 0..6 {
+                for j in 0..6 {
                     let expected = plain_dot(&g[i], &g[j]);
                     assert!(
                         (m[i][j] - expected).abs() <= 1e-12 * expected.abs().max(1.0),
@@ -289,6 +270,8 @@ mod tests {
                         (dot(&g[i], &g[j]) - expected).abs() <= 1e-12 * expected.abs().max(1.0)
                     );
                     assert_eq!(m[i][j].to_bits(), m[j][i].to_bits());
+                    // One segment: the same lanes summed in the same order as one dot product.
+                    assert_eq!(m[i][j].to_bits(), dot(&g[i], &g[j]).to_bits(), "len {len}");
                 }
             }
             let c = [0.5, -2.0, 3.0];
