@@ -9,7 +9,8 @@ use outerloop_proto::model::{ParamLayout, ParamSlot};
 use outerloop_proto::mtl::MtlSetup;
 use outerloop_proto::v1::{ChunkResult, ExperimentSetup, Parameters, Phase, WorkChunk};
 use outerloop_proto::work::{Setup, TaskDescriptor};
-use outerloop_proto::{f32s_to_bytes, WireError};
+use outerloop_proto::{f32s_into_bytes, WireError};
+use prost::bytes::Bytes;
 use tch::{Device, Kind, Tensor};
 
 use crate::algorithms::{self, Algorithm, Context, Path};
@@ -323,7 +324,7 @@ impl Engine {
                         }
                     })
                     .collect();
-                f32s_to_bytes(&values(&dense)?)
+                values_bytes(&dense).map_err(|e| e.to_string())?
             }
             None => Default::default(),
         };
@@ -430,6 +431,16 @@ pub(crate) fn append_values(t: &Tensor, out: &mut Vec<f32>) -> Result<(), tch::T
     t.f_copy_data(&mut out[start..], count)
 }
 
+/// Tensors' values one after another, as the little-endian bytes that go on the wire: one copy
+/// off the tensors, whose values then become the bytes without another.
+pub(crate) fn values_bytes(tensors: &[Tensor]) -> Result<Bytes, tch::TchError> {
+    let mut values = Vec::new();
+    for t in tensors {
+        append_values(t, &mut values)?;
+    }
+    Ok(f32s_into_bytes(values))
+}
+
 /// The result of a chunk that could not be computed, with why.
 pub fn failed_chunk(chunk_id: u64, error: String) -> ChunkResult {
     ChunkResult {
@@ -461,10 +472,10 @@ pub fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outerloop_proto::f32s_from_bytes;
     use outerloop_proto::model::{Mlp, Model as Architecture};
     use outerloop_proto::v1::{self, task_descriptor};
     use outerloop_proto::work::{self, Family, SinusoidFamily};
+    use outerloop_proto::{f32s_from_bytes, f32s_to_bytes};
 
     #[test]
     fn values_are_appended_in_row_major_order_from_any_layout() {

@@ -24,7 +24,7 @@ pub use rows::{RowSource, Rows};
 
 use crate::algorithms::Path;
 use crate::data::DataRoot;
-use crate::engine::{append_values, EngineError};
+use crate::engine::{append_values, values_bytes, EngineError};
 
 /// Input values one descriptor may ask for (1 GiB of `f32`): a larger batch of rows is a
 /// coordinator bug, reported rather than allocated.
@@ -281,7 +281,8 @@ impl MtlExperiment {
             self.setup.shared_len()
         };
         let inputs = match &totals.shared_inputs {
-            Some(inputs) => input_bytes(inputs).map_err(|e| e.to_string())?,
+            // The shared layers' inputs `[rows, in]`, layer after layer.
+            Some(inputs) => values_bytes(inputs).map_err(|e| e.to_string())?,
             None => Bytes::new(),
         };
         Ok((wire(totals, tasks, shared_len, &head_lens)?, inputs))
@@ -327,15 +328,6 @@ impl MtlExperiment {
             .collect();
         (body, scored)
     }
-}
-
-/// The shared layers' inputs `[rows, in]`, layer after layer, as little-endian `f32` bytes.
-fn input_bytes(inputs: &[Tensor]) -> Result<Bytes, tch::TchError> {
-    let mut values = Vec::new();
-    for input in inputs {
-        append_values(&input.contiguous(), &mut values)?;
-    }
-    Ok(f32s_into_bytes(values))
 }
 
 /// The wire form of `totals`, one entry per task in `tasks` order; each task's gradients are
