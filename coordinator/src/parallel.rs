@@ -9,7 +9,11 @@
 //! sleep, took from a quarter to over a millisecond to begin on this project's virtual
 //! machines (a step's update makes five to ten calls), while the calling thread did the items
 //! alone; so while an [`Awake`] guard lives (a step's update) the helpers wait for work by
-//! spinning, and otherwise they sleep.
+//! spinning, and otherwise they sleep. A spinning thread yields its core at every turn: with
+//! workers on the coordinator's machine there are more threads than cores, and a helper that
+//! spun on the core the update thread (or a helper still in an item) waited for slowed the
+//! very step it waited for (two workers on two cores, six runs each way: the mean step 3.6%
+//! shorter, its 90th percentile 6%).
 
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
@@ -114,7 +118,8 @@ impl Pool {
                 }
                 self.joined.fetch_sub(1, Ordering::AcqRel);
             } else {
-                std::hint::spin_loop();
+                // Spinning, but giving the core to any thread that waits for it.
+                thread::yield_now();
             }
         }
     }
@@ -133,8 +138,9 @@ impl Pool {
         let mine = panic::catch_unwind(AssertUnwindSafe(work));
         *self.lock() = None;
         self.posted.store(0, Ordering::Release);
+        // A helper still in an item may be waiting for this very core.
         while self.joined.load(Ordering::Acquire) > 0 {
-            std::hint::spin_loop();
+            thread::yield_now();
         }
         let theirs = self
             .panicked
