@@ -24,7 +24,7 @@ else
   TEST_ENV := OUTERLOOP_PYTHON="$(PYTHON)"
 endif
 
-.PHONY: all setup build demo demo-fewshot test lint bench bench-full bench-fewshot bench-mtl bench-mtl-large bench-load bench-trust clean-demo
+.PHONY: all setup build demo demo-fewshot test lint bench bench-full bench-fewshot bench-mtl bench-mtl-large bench-load bench-trust device-build clean-demo
 all: build
 
 # The marker is written last, so an interrupted install is redone on the next run.
@@ -87,6 +87,11 @@ bench-load: setup
 # One table: every fault in one run, every hostile call refused, load held, nothing lost.
 bench-trust: setup
 	$(TORCH_ENV) python3 bench/trust_report.py --workers 256 --seconds 20
+
+# The binary for the lent GPU machine, built against that machine's older PyTorch
+# (bench/device/build.sh; bench/device/check.sh is what runs there).
+device-build:
+	bench/device/build.sh
 
 clean-demo:
 	rm -rf outerloop-demo $(DEMO_DATA)
