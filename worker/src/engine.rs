@@ -302,13 +302,8 @@ impl Engine {
         };
         let train = chunk.phase == Phase::Train as i32;
         let outcome = experiment.algorithm.run(&cx, theta, &batch, train);
-        let values = |tensors: &[Tensor]| -> Result<Vec<f32>, String> {
-            let mut out = Vec::new();
-            for t in tensors {
-                append_values(t, &mut out).map_err(|e| e.to_string())?;
-            }
-            Ok(out)
-        };
+        // The chunk's error is a message.
+        let listed = |tensors: &[Tensor]| values(tensors).map_err(|e| e.to_string());
         let grad_sum = match &outcome.grad_sum {
             // A parameter the loss does not depend on gets no gradient from autograd at all:
             // its gradient is zero.
@@ -329,14 +324,14 @@ impl Engine {
             None => Default::default(),
         };
         let optional = |t: &Option<Tensor>| match t {
-            Some(t) => values(std::slice::from_ref(t)),
+            Some(t) => listed(std::slice::from_ref(t)),
             None => Ok(Vec::new()),
         };
         Ok(ChunkResult {
             chunk_id: chunk.chunk_id,
             grad_sum,
-            loss_before: values(std::slice::from_ref(&outcome.loss_before))?,
-            loss_after: values(std::slice::from_ref(&outcome.loss_after))?,
+            loss_before: listed(std::slice::from_ref(&outcome.loss_before))?,
+            loss_after: listed(std::slice::from_ref(&outcome.loss_after))?,
             accuracy_before: optional(&outcome.accuracy_before)?,
             accuracy_after: optional(&outcome.accuracy_after)?,
             ..ChunkResult::default()
@@ -431,14 +426,19 @@ pub(crate) fn append_values(t: &Tensor, out: &mut Vec<f32>) -> Result<(), tch::T
     t.f_copy_data(&mut out[start..], count)
 }
 
-/// Tensors' values one after another, as the little-endian bytes that go on the wire: one copy
-/// off the tensors, whose values then become the bytes without another.
-pub(crate) fn values_bytes(tensors: &[Tensor]) -> Result<Bytes, tch::TchError> {
+/// Tensors' values one after another, in row-major order.
+fn values(tensors: &[Tensor]) -> Result<Vec<f32>, tch::TchError> {
     let mut values = Vec::new();
     for t in tensors {
         append_values(t, &mut values)?;
     }
-    Ok(f32s_into_bytes(values))
+    Ok(values)
+}
+
+/// [`values`] as the little-endian bytes that go on the wire: one copy off the tensors, whose
+/// values then become the bytes without another.
+pub(crate) fn values_bytes(tensors: &[Tensor]) -> Result<Bytes, tch::TchError> {
+    values(tensors).map(f32s_into_bytes)
 }
 
 /// The result of a chunk that could not be computed, with why.
