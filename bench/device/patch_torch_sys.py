@@ -30,8 +30,10 @@ def main():
         if not lines:
             return
         text = open(source).read().split("\n")
-        # Each wrapper starts at column 0 and ends with the first "}" at column 0 after it.
-        starts = [i for i, l in enumerate(text) if re.match(r"^[a-z_]+\** ?atg_\w+\(", l)]
+        # Each wrapper starts at column 0 and ends with the first "}" at column 0 after it;
+        # all return their tensors through `out__`, so a stub needs no value to return (one
+        # that did would be left alone and reported below).
+        starts = [i for i, l in enumerate(text) if re.match(r"^void atg_\w+\(", l)]
         stubbed = []
         for start in starts:
             end = next(i for i in range(start, len(text)) if text[i] == "}")
@@ -40,9 +42,6 @@ def main():
                 body = ['  PROTECT(',
                         f'    throw std::runtime_error("{name}: not in this libtorch");',
                         '  )']
-                # Wrappers that return a value return nothing useful once they have raised.
-                if not text[start].startswith("void"):
-                    body.append("  return nullptr;")
                 text[start + 1:end] = body + [""] * (end - start - 1 - len(body))
                 stubbed.append(name)
         if not stubbed:
