@@ -14,8 +14,8 @@ use crate::mtl::weighting::linalg::{dot_wide_rows, LANES};
 pub(crate) const BLOCK: usize = 4;
 
 /// Where a block's sixteen pairs keep their lanes: `at[a][b]` is the index, in the caller's
-/// lanes, of the pair of row `a` of the first four and row `b` of the second; `None` for a
-/// pair whose sums are not wanted (summed, then dropped).
+/// lanes, of the pair of row `a` of the first four and row `b` of the second, no two pairs
+/// sharing one; `None` for a pair whose sums are not wanted (summed, then dropped).
 pub(crate) type BlockAt = [[Option<usize>; BLOCK]; BLOCK];
 
 /// Adds the products of `first[a]` and `second[b]` (all of one length) to `lanes[at[a][b]]`,
@@ -35,6 +35,17 @@ pub(crate) fn add_block(
     assert!(
         at.iter().flatten().flatten().all(|&i| i < lanes.len()),
         "a place for every pair within the lanes"
+    );
+    // The AVX-512 kernel loads each place's lanes once and stores them at the end, so two
+    // pairs sharing a place would keep only one of their sums.
+    debug_assert!(
+        (at.iter().flatten().flatten()).enumerate().all(|(n, i)| at
+            .iter()
+            .flatten()
+            .flatten()
+            .skip(n + 1)
+            .all(|j| i != j)),
+        "a place of its own for every pair"
     );
     debug_assert!(
         (first.iter().chain(&second))

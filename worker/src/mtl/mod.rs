@@ -438,9 +438,18 @@ fn shared_bytes(pieces: &[Tensor], tasks: usize) -> Result<Vec<Vec<u8>>, tch::Tc
             // Written by libtorch straight into the allocation, never zeroed first: at 40 MB a
             // chunk, zeroing cost as much as the copy.
             let mut bytes = Vec::<u8>::with_capacity(4 * len);
+            // A byte vector is only promised byte alignment; every allocator this binary links
+            // (mimalloc, glibc) gives at least 8, and one that did not would be refused here
+            // rather than have libtorch write misaligned floats.
+            if bytes.as_ptr().align_offset(std::mem::align_of::<f32>()) != 0 {
+                return Err(tch::TchError::Kind(
+                    "the allocator returned a result buffer not aligned for f32".into(),
+                ));
+            }
             {
-                // SAFETY: the tensor views the allocation's `4 * len` bytes as `len` f32s and
-                // is dropped before `bytes` is touched again; libtorch only writes to it.
+                // SAFETY: the allocation is aligned for f32 (checked above); the tensor views
+                // its `4 * len` bytes as `len` f32s and is dropped before `bytes` is touched
+                // again; libtorch only writes to it.
                 let wire = unsafe {
                     Tensor::f_from_blob(
                         bytes.as_mut_ptr(),
