@@ -26,7 +26,7 @@ impl ExperimentSpec {
     /// Parses a spec of either kind; `kind` (default `meta`) decides which, as the file and
     /// the overrides set it. Errors are those of the kind's own parser.
     pub fn parse(text: &str, source_name: &str, overrides: &[String]) -> Result<Self, SpecError> {
-        match kind_of(text, overrides) {
+        match kind_of(text, source_name, overrides)? {
             ExperimentKind::Mtl => MtlSpec::parse(text, source_name, overrides).map(Self::Mtl),
             ExperimentKind::Meta => Spec::parse(text, source_name, overrides).map(Self::Meta),
         }
@@ -107,22 +107,38 @@ impl ExperimentSpec {
 
 /// The kind a document declares once overrides are applied; a document that does not parse
 /// or names no known kind is read as `meta`, whose parser then reports what is wrong.
-fn kind_of(text: &str, assignments: &[String]) -> ExperimentKind {
-    #[derive(serde::Deserialize)]
-    struct Kind {
-        kind: Option<ExperimentKind>,
-    }
+/// The kind the spec names, as the file and the overrides set it (`meta` where neither does).
+/// A kind that is neither is refused here, naming the field: read as the default, its spec
+/// would be blamed for the sections of the kind it meant (`unknown field data`).
+fn kind_of(
+    text: &str,
+    source_name: &str,
+    assignments: &[String],
+) -> Result<ExperimentKind, SpecError> {
+    // A file that does not parse is reported by the kind's own parser, with its line.
     let Ok(mut doc) = toml::from_str::<toml::Table>(text) else {
-        return ExperimentKind::Meta;
+        return Ok(ExperimentKind::Meta);
     };
     for assignment in assignments {
         let _ = overrides::apply(&mut doc, assignment);
     }
-    toml::Value::Table(doc)
-        .try_into::<Kind>()
-        .ok()
-        .and_then(|k| k.kind)
-        .unwrap_or(ExperimentKind::Meta)
+    match doc.get("kind") {
+        None => Ok(ExperimentKind::Meta),
+        Some(toml::Value::String(kind)) if kind == "meta" => Ok(ExperimentKind::Meta),
+        Some(toml::Value::String(kind)) if kind == "mtl" => Ok(ExperimentKind::Mtl),
+        Some(other) => Err(SpecError::blame(
+            text,
+            source_name,
+            assignments,
+            (
+                "kind".into(),
+                format!(
+                    "{other} is not a kind of experiment: give \"meta\" (meta-learning, the \
+                     default) or \"mtl\" (multi-task learning)"
+                ),
+            ),
+        )),
+    }
 }
 
 impl Serialize for ExperimentSpec {
@@ -166,8 +182,28 @@ mod tests {
         assert!(error.to_string().contains("unknown field"), "{error}");
         let unknown = ExperimentSpec::parse(SPEC, "a.toml", &["kind=\"rl\"".into()]).unwrap_err();
         assert!(
-            unknown.to_string().contains("expected `meta` or `mtl`"),
+            unknown.to_string().contains("--set kind=\"rl\"")
+                && unknown.to_string().contains(
+                    "\"rl\" is not a kind of experiment: give \"meta\" (meta-learning, the default) or \"mtl\""
+                ),
             "{unknown}"
         );
+    }
+
+    #[test]
+    fn a_misspelt_kind_is_blamed_rather_than_the_sections_it_meant() {
+        // Read as the default kind, this spec's `[data]` would be the error.
+        let text = MTL_SPEC.replace("kind = \"mtl\"", "kind = \"MTL\"");
+        assert_ne!(text, MTL_SPEC);
+        let error = ExperimentSpec::parse(&text, "b.toml", &[])
+            .unwrap_err()
+            .to_string();
+        let line = text.lines().position(|l| l.starts_with("kind")).unwrap() + 1;
+        assert!(error.starts_with(&format!("b.toml:{line}:")), "{error}");
+        assert!(
+            error.contains("\"MTL\" is not a kind of experiment"),
+            "{error}"
+        );
+        assert!(!error.contains("unknown field"), "{error}");
     }
 }
