@@ -372,7 +372,9 @@ fn a_diverging_run_stops_before_a_non_finite_update_naming_the_step_and_the_task
     let error = status["error"].as_str().unwrap();
     // The non-finite chunk results are refused as they arrive, tried again, then the step is.
     assert!(
-        error.contains("refused step 2") && error.contains("task ") && error.contains("not finite"),
+        error.contains("refused step 2")
+            && error.contains("task `t")
+            && error.contains("not finite"),
         "{error}"
     );
     assert!(error.contains("(3 tries)"), "{error}");
@@ -382,6 +384,40 @@ fn a_diverging_run_stops_before_a_non_finite_update_naming_the_step_and_the_task
         .exists());
     let steps = common::train_steps(&cluster.metrics(&id));
     assert_eq!(steps, [1], "only the finite step was applied and recorded");
+    // A refusal is about the results, not the worker: it kept its first registration (no new
+    // id, no back-off) and every try was refused under it.
+    let workers = cluster.workers();
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    assert_eq!(workers[0]["number"], 1, "{workers:?}");
+    assert!(
+        workers[0]["refused_results"].as_u64() >= Some(3),
+        "{workers:?}"
+    );
+
+    // Every chunk finite, but a weight that overflows the combination in f32: the run stops at
+    // that step naming the task and the setting, and applies nothing.
+    let id = submit(
+        &cluster,
+        &[
+            "weighting.method=\"fixed\"",
+            "weighting.weights=[1.0, 1.0, 3e38]",
+            "train.steps=20",
+            "eval.every=20",
+        ],
+    );
+    let status = cluster.wait_for(&id, Duration::from_secs(120), |s| {
+        matches!(s["state"].as_str(), Some("finished" | "failed"))
+    });
+    assert_eq!(status["state"], "failed", "{status}");
+    let error = status["error"].as_str().unwrap();
+    assert!(
+        error.contains("at step 1")
+            && error.contains("task `t2`")
+            && error.contains("weighted 3.000e38")
+            && error.contains("check weighting.weights"),
+        "{error}"
+    );
+    assert!(common::train_steps(&cluster.metrics(&id)).is_empty());
 }
 
 #[test]

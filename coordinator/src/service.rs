@@ -306,7 +306,8 @@ impl Results for ResultsService {
         let r = request.into_inner();
         let done = self.dispatcher.complete(r.worker_id, r.results);
         if !done.refused.is_empty() {
-            // The chunks went back to other leases; this worker hears why and asks no more.
+            // The chunks went back to other leases. This worker hears why and gets no lease in
+            // this reply; it asks again in its next call.
             return Err(Status::invalid_argument(format!(
                 "results refused: {}",
                 done.refused.join("; ")

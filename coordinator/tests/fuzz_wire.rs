@@ -109,6 +109,7 @@ impl MtlShape {
             train: self.train,
             shared_scale: self.shared_scale,
             factored: None,
+            task_names: &[],
         }
     }
 }
@@ -377,6 +378,7 @@ proptest! {
             train: true,
             shared_scale: 0.5,
             factored: Some(factoring),
+            task_names: &[],
         };
         let mut refused = false;
         for (index, result) in results.iter().enumerate() {

@@ -290,9 +290,12 @@ async fn work_session(
                     results,
                     next,
                 })
-                .await?
-                .into_inner();
-            lease = reply.next.unwrap_or_default();
+                .await;
+            // A refusal answers no lease: the next turn asks for one.
+            lease = match accepted(reply)? {
+                Some(reply) => reply.into_inner().next.unwrap_or_default(),
+                None => v1::LeaseReply::default(),
+            };
         }
     };
     tokio::select! {
@@ -310,9 +313,30 @@ const MAX_SENDS_IN_FLIGHT: usize = 2;
 
 /// Waits for a send to be answered.
 async fn finish(send: Sending) -> Result<(), SessionEnd> {
-    send.await
-        .map_err(|e| SessionEnd::Rpc(tonic::Status::internal(e.to_string())))??;
+    let reply = send
+        .await
+        .map_err(|e| SessionEnd::Rpc(tonic::Status::internal(e.to_string())))?;
+    accepted(reply)?;
     Ok(())
+}
+
+/// The reply to a call handing results back, or `None` when the coordinator refused them
+/// (INVALID_ARGUMENT: values that were not finite, sizes that did not fit). A refusal is about
+/// those results, not about this worker's session: their chunks go to other workers, and this
+/// one keeps serving without registering again. A diverged experiment has every worker's
+/// results refused, and ending the session for each refusal had left every worker backing
+/// off for seconds, stalling the other experiments.
+fn accepted<T>(
+    reply: Result<tonic::Response<T>, tonic::Status>,
+) -> Result<Option<tonic::Response<T>>, SessionEnd> {
+    match reply {
+        Ok(reply) => Ok(Some(reply)),
+        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            tracing::warn!(reason = %status.message(), "the coordinator refused results of this worker; their chunks go to other workers");
+            Ok(None)
+        }
+        Err(status) => Err(SessionEnd::Rpc(status)),
+    }
 }
 
 /// Computes a lease's chunks one after another and hands each result but the last back as

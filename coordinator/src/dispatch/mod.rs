@@ -605,13 +605,19 @@ impl Dispatcher {
                 continue;
             }
             let slot = &mut round.slots[index];
+            let first_fault = slot.failures.is_empty() && slot.refusals.is_empty();
             if let Err(why) = verdict {
                 tracing::warn!(worker = %worker_name, chunk = index, reason = %why, "refused a worker's result; the chunk goes to another lease");
-                slot.refusals.push(format!("{worker_name}: {why}"));
+                if first_fault {
+                    round.failed_chunks += 1;
+                }
+                let slot = &mut round.slots[index];
+                slot.refusals
+                    .push((worker, format!("{worker_name}: {why}")));
                 done.refused
                     .push(format!("chunk {}: {why}", result.chunk_id));
                 if slot.refusals.len() >= MAX_REFUSALS {
-                    let refusals = std::mem::take(&mut slot.refusals);
+                    let refusals = slot.refusals.drain(..).map(|(_, why)| why).collect();
                     let round = state.rounds.remove(&key).expect("round checked above");
                     let _ = round.done.send(Err(RoundError::Refused {
                         chunk: index,
@@ -639,7 +645,7 @@ impl Dispatcher {
             }
             if !result.error.is_empty() {
                 done.accepted += 1;
-                if slot.failures.is_empty() {
+                if first_fault {
                     round.failed_chunks += 1;
                 }
                 let slot = &mut round.slots[index];
@@ -1696,15 +1702,17 @@ mod tests {
                 bad[0].chunk_id
             )]
         );
-        // The refused chunk is leased again first (here to `b`), then the one nobody took yet.
-        let mut again = d.lease(&ask(b, 8)).await.chunks;
-        again.extend(d.lease(&ask(b, 8)).await.chunks);
+        // `a` keeps serving, but the chunk it sent bad values for waits for `b`, who has not
+        // tried it: `a` gets only the one nobody took yet.
+        let other = d.lease(&ask(a, 8)).await.chunks;
+        let ids: Vec<u64> = other.iter().map(|c| c.chunk_id).collect();
+        assert_eq!(ids, [bad[0].chunk_id + 1]);
+        let again = d.lease(&ask(b, 8)).await.chunks;
         let ids: Vec<u64> = again.iter().map(|c| c.chunk_id).collect();
-        assert_eq!(ids, [bad[0].chunk_id, bad[0].chunk_id + 1]);
-        for chunk in &again {
-            assert_eq!(d.complete(b, vec![result(chunk, 3.0)]).accepted, 1);
-        }
-        assert_eq!(round.await.unwrap().unwrap().workers, [b, b]);
+        assert_eq!(ids, [bad[0].chunk_id]);
+        assert_eq!(d.complete(b, vec![result(&again[0], 3.0)]).accepted, 1);
+        assert_eq!(d.complete(a, vec![result(&other[0], 3.0)]).accepted, 1);
+        assert_eq!(round.await.unwrap().unwrap().workers, [b, a]);
 
         // Every try refused: the round fails naming each worker and why.
         let round = {

@@ -52,15 +52,18 @@ pub(super) struct Slot {
     /// the first of theirs to arrive wins (a slow worker's lease may have passed to another).
     pub(super) leased_to: Vec<u64>,
     pub(super) result: Option<(ChunkResult, u64)>,
-    /// Why each refused result for this chunk was refused, with the worker that sent it.
-    pub(super) refusals: Vec<String>,
+    /// The workers whose results for this chunk were refused, and `name: why` for each.
+    pub(super) refusals: Vec<(u64, String)>,
     /// The workers that failed to compute this chunk, and `name: message` for each.
     pub(super) failures: Vec<(u64, String)>,
 }
 
 impl Slot {
+    /// Whether `worker` failed to compute this chunk or sent a result for it that was refused:
+    /// the chunk goes to another worker first, so that one worker's fault does not use up
+    /// every try.
     pub(super) fn failed_on(&self, worker: u64) -> bool {
-        self.failures.iter().any(|(w, _)| *w == worker)
+        (self.failures.iter().chain(&self.refusals)).any(|(w, _)| *w == worker)
     }
 }
 
@@ -88,7 +91,7 @@ pub(super) struct Round {
     pub(super) slowest_cost: Option<Duration>,
     /// Chunks leased to each worker now.
     pub(super) held: HashMap<u64, usize>,
-    /// Chunks some worker failed to compute.
+    /// Chunks some worker failed to compute or sent a refused result for.
     pub(super) failed_chunks: usize,
     /// Its experiment's share of the workers (see `share`).
     pub(super) weight: f64,

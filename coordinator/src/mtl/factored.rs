@@ -246,6 +246,33 @@ impl FactoredGradients {
         self.form(Outputs::Task(task), self.worth_forming_spread())
     }
 
+    /// Value `index` of task `task`'s gradient (in the layout of
+    /// [`materialize`](Self::materialize)), summed in `f64` over the rows: one value without
+    /// forming the gradient, for saying where a combination went wrong.
+    ///
+    /// # Panics
+    /// When `task` or `index` is out of range.
+    pub fn value(&self, task: usize, index: usize) -> f64 {
+        let mut at = index;
+        for (layer, &(inputs, outputs)) in self.layers.iter().enumerate() {
+            let delta = &self.deltas[task][layer];
+            let column = |o: usize| (0..self.rows).map(move |r| f64::from(delta[r * outputs + o]));
+            if at < outputs * inputs {
+                let (o, i) = (at / inputs, at % inputs);
+                let a = &self.inputs[layer];
+                return (column(o).enumerate())
+                    .map(|(r, d)| d * f64::from(a[r * inputs + i]))
+                    .sum();
+            }
+            at -= outputs * inputs;
+            if at < outputs {
+                return column(at).sum();
+            }
+            at -= outputs;
+        }
+        panic!("value {index} of a gradient of {} values", self.len);
+    }
+
     /// [`gram`](Self::gram), spread over the cores when `spread`.
     ///
     /// The items are blocks of [`GRAM_COLUMNS`] output columns of a layer. Each forms every
@@ -592,6 +619,8 @@ mod tests {
             g.materialize(0),
             vec![23.0, 34.0, 11.0, 23.0, -7.0, 3.0, -1.0]
         );
+        let values: Vec<f64> = (0..g.len()).map(|i| g.value(0, i)).collect();
+        assert_eq!(values, [23.0, 34.0, 11.0, 23.0, -7.0, 3.0, -1.0]);
         // 23² + 34² + 11² + 23² + 7² + 3² + 1² = 2394, to rounding (the factoring takes roots).
         let gram = g.gram();
         assert!((gram[0][0] - 2394.0).abs() <= 1e-6 * 2394.0, "{gram:?}");

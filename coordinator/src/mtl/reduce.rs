@@ -31,6 +31,18 @@ pub struct Expected<'a> {
     /// Training with the shared layers' gradients factored: what each chunk's inputs and
     /// deltas must hold (and `shared_grad` is then empty).
     pub factored: Option<Factoring<'a>>,
+    /// Each task's name, for messages; a task past the list is named by its number.
+    pub task_names: &'a [String],
+}
+
+impl Expected<'_> {
+    /// How messages name task `task`: `` `name` ``, or `task N` where it has no name.
+    fn task(&self, task: usize) -> String {
+        match self.task_names.get(task) {
+            Some(name) => format!("task `{name}`"),
+            None => format!("task {task}"),
+        }
+    }
 }
 
 /// The shapes of a factored round: the shared MLP's layers and each chunk's rows.
@@ -142,7 +154,8 @@ fn check_sizes(
         ] {
             if bytes.len() != 4 * len {
                 return Err(malformed(format!(
-                    "task {task}: {what} gradient has {} bytes, expected {}",
+                    "{}: {what} gradient has {} bytes, expected {}",
+                    expected.task(task),
                     bytes.len(),
                     4 * len
                 )));
@@ -175,7 +188,7 @@ pub fn check_chunk(
         if let Some(what) = bad {
             return Err(AggregateError::Malformed {
                 index,
-                problem: format!("task {task}: {what} is not finite"),
+                problem: format!("{}: {what} is not finite", expected.task(task)),
             });
         }
     }
@@ -328,6 +341,7 @@ mod tests {
         train: true,
         shared_scale: 1.0,
         factored: None,
+        task_names: &[],
     };
 
     #[test]
@@ -425,6 +439,7 @@ mod tests {
             train: true,
             shared_scale: 0.5,
             factored: Some(factoring),
+            task_names: &[],
         };
         // Rows (1, 2), (3, 4), (5, 6); task 0's deltas 1, 2, 3 and task 1's 0, 1, 0.
         let results = [
@@ -559,5 +574,17 @@ mod tests {
             let error = check_chunk(2, &result, &TRAIN).unwrap_err().to_string();
             assert_eq!(error, format!("chunk 2: {says}"));
         }
+        // With the spec's names, the task is named as the user wrote it.
+        let names = ["height".to_string(), "width".to_string()];
+        let named = Expected {
+            task_names: &names,
+            ..TRAIN
+        };
+        let mut result = good();
+        result.task_totals[1] = totals(1, f64::INFINITY, &[1.0], &[1.0, 1.0]);
+        assert_eq!(
+            check_chunk(0, &result, &named).unwrap_err().to_string(),
+            "chunk 0: task `width`: loss or metric sum is not finite"
+        );
     }
 }

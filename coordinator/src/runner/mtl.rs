@@ -21,7 +21,7 @@ use crate::mtl::delta_m::delta_m_percent;
 use crate::mtl::reduce::{
     check_chunk, factored_gradients, reduce_tasks, Expected, Factoring, TaskSums,
 };
-use crate::mtl::weighting::{StepInput, TaskGradients, Weighting, WeightingError};
+use crate::mtl::weighting::{Combination, StepInput, TaskGradients, Weighting, WeightingError};
 use crate::optimizer::OuterOptimizer;
 use crate::registry::{Job, Registry};
 use crate::sampling::{self, Split};
@@ -106,7 +106,7 @@ impl<'a> Run<'a> {
             registry,
             dispatcher,
             wire_setup: (&setup).into(),
-            shape: Arc::new(Shape::of(&setup, &layout)),
+            shape: Arc::new(Shape::of(&setup, &layout, spec.task_names())),
             held_out_rows,
             learner: Some(Learner {
                 params: Arc::new(start.params),
@@ -417,10 +417,12 @@ struct Shape {
     /// The shared MLP's layers (inputs, outputs) when training chunks send their gradients
     /// factored (`MtlSetup::factored`).
     factored_layers: Option<Vec<(usize, usize)>>,
+    /// Each task's name, in task order, for messages.
+    task_names: Vec<String>,
 }
 
 impl Shape {
-    fn of(setup: &MtlSetup, layout: &ParamLayout) -> Shape {
+    fn of(setup: &MtlSetup, layout: &ParamLayout, task_names: Vec<String>) -> Shape {
         let head_ranges: Vec<Range<usize>> = (0..setup.tasks.len())
             .map(|t| setup.head_range(t))
             .collect();
@@ -433,6 +435,7 @@ impl Shape {
                 let widths = setup.shared.mlp().widths();
                 widths.windows(2).map(|w| (w[0], w[1])).collect()
             }),
+            task_names,
         }
     }
 
@@ -444,6 +447,7 @@ impl Shape {
             train,
             shared_scale,
             factored: self.factoring(sizes).filter(|_| train),
+            task_names: &self.task_names,
         }
     }
 
@@ -517,7 +521,7 @@ impl UpdatePlan {
             gradients,
             rng_key: self.rng_key,
         };
-        let combination = learner.weighting.combine(&input).map_err(failed)?;
+        let mut combination = learner.weighting.combine(&input).map_err(failed)?;
         let weighting_seconds = weighting_started.elapsed().as_secs_f64();
         let (shared_len, tasks) = (self.shape.shared_len, sums.len());
         if combination.shared.len() != shared_len || combination.head_scale.len() != tasks {
@@ -531,16 +535,18 @@ impl UpdatePlan {
                 ),
             }));
         }
-        let grad = self.full_gradient(combination.shared, &combination.head_scale, &sums, scale);
+        let shared = std::mem::take(&mut combination.shared);
+        let grad = self.full_gradient(shared, &combination.head_scale, &sums, scale);
         // Checked before the update, so that diverged values never reach the parameters.
         if !all_finite(&grad) {
-            let bad = grad.iter().find(|g| !g.is_finite()).copied();
-            return Err(RunError::Diverged {
-                step: self.step + 1,
-                what: "the combined gradient".into(),
-                value: bad.unwrap_or(f32::NAN) as f64,
-                hint: "try a smaller train.lr",
-            });
+            let index = grad.iter().position(|g| !g.is_finite()).unwrap_or(0);
+            return Err(self.blame(
+                index,
+                grad[index],
+                input.gradients,
+                &combination,
+                learner.weighting.name(),
+            ));
         }
         (learner.optimizer)
             // A copy only if some reply still held the values (it does not, the round over).
@@ -563,6 +569,66 @@ impl UpdatePlan {
             reduce_seconds,
             weighting_seconds,
         })
+    }
+
+    /// The error for value `index` of the update's gradient, not finite: it names the task
+    /// whose term made it (the weight the method gave the task, and the task's own value
+    /// there; every task's gradient was finite when it arrived) and what to change.
+    fn blame(
+        &self,
+        index: usize,
+        value: f32,
+        gradients: TaskGradients,
+        combination: &Combination,
+        method: &str,
+    ) -> RunError {
+        let name = |t: usize| &self.shape.task_names[t];
+        let what = match (self.shape.head_ranges.iter()).position(|r| r.contains(&index)) {
+            Some(t) => format!(
+                "the combined gradient's value {index}, in task `{}`'s head (its loss weighted {:.3e}),",
+                name(t),
+                combination.head_scale[t]
+            ),
+            None => {
+                let weights = (combination.record.iter())
+                    .find(|(key, _)| *key == "weights")
+                    .map(|(_, w)| w.as_slice());
+                // The task whose term is largest (or not finite) at the value: with the
+                // method's weights where it reports them, else the gradients alone.
+                let term = |t: usize| {
+                    let g = gradients.value(t, index);
+                    let w = weights.and_then(|w| w.get(t)).copied().unwrap_or(1.0);
+                    let size = (w * g).abs();
+                    (if size.is_nan() { f64::INFINITY } else { size }, w, g)
+                };
+                let tasks = self.shape.task_names.len();
+                let (t, (_, w, g)) = (0..tasks)
+                    .map(|t| (t, term(t)))
+                    .max_by(|(_, a), (_, b)| a.0.total_cmp(&b.0))
+                    .expect("a multi-task run has tasks");
+                match weights {
+                    Some(_) => format!(
+                        "the combined gradient's shared value {index} (task `{}` weighted {w:.3e}, its gradient there {g:.3e})",
+                        name(t)
+                    ),
+                    None => format!(
+                        "the combined gradient's shared value {index} (largest in task `{}`, {g:.3e})",
+                        name(t)
+                    ),
+                }
+            }
+        };
+        let hint = match method {
+            "fixed" => "check weighting.weights, or try a smaller train.lr",
+            "uw" | "gradnorm" | "famo" => "try a smaller weighting.lr or train.lr",
+            _ => "try a smaller train.lr",
+        };
+        RunError::Diverged {
+            step: self.step + 1,
+            what,
+            value: f64::from(value),
+            hint,
+        }
     }
 
     /// The update's gradient in layout order: the weighting's shared direction, then each

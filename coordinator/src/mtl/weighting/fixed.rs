@@ -22,14 +22,18 @@ impl Settings {
                 self.weights.len()
             ));
         }
+        // The weighted gradients are `f32`: a weight past its largest value overflows them
+        // whatever the gradient.
+        let largest = f64::from(f32::MAX);
         if let Some((task, w)) = self
             .weights
             .iter()
             .enumerate()
-            .find(|(_, w)| !(w.is_finite() && **w >= 0.0))
+            .find(|(_, w)| !(w.is_finite() && (0.0..=largest).contains(*w)))
         {
             return Err(format!(
-                "`weights` must be finite and non-negative, got {w} for task {task}"
+                "`weights` must be finite and non-negative, at most {largest:e} (the largest \
+                 f32), got {w} for task {task}"
             ));
         }
         if self.weights.iter().all(|&w| w == 0.0) {
@@ -146,6 +150,13 @@ mod tests {
             "{err}"
         );
         assert!(settings(&[1.0, f64::NAN]).check(2).is_err());
+        let err = settings(&[1.0, 1e39]).check(2).unwrap_err();
+        assert!(
+            err.contains("the largest f32")
+                && err.contains("1000000000000000000000000000000000000000 for task 1"),
+            "{err}"
+        );
+        assert!(settings(&[1.0, f64::from(f32::MAX)]).check(2).is_ok());
         let err = settings(&[0.0, 0.0]).check(2).unwrap_err();
         assert!(err.contains("all be zero"), "{err}");
     }

@@ -65,6 +65,15 @@ impl TaskGradients<'_> {
         }
     }
 
+    /// Value `index` of task `task`'s gradient: for saying where a combination went wrong,
+    /// never for a method (one value of the factored form costs a sum over the rows).
+    pub fn value(&self, task: usize, index: usize) -> f64 {
+        match self {
+            TaskGradients::Dense(g) => f64::from(g[task][index]),
+            TaskGradients::Factored(f) => f.value(task, index),
+        }
+    }
+
     /// Each task's Euclidean norm.
     pub fn norms(&self) -> Vec<f64> {
         match self {
