@@ -2,7 +2,7 @@
 
 use serde::de::DeserializeOwned;
 
-use super::error::{line_col, Invalid, SpecError};
+use super::error::{line_col, locate_key, Invalid, SpecError};
 use super::overrides;
 
 /// Parses `text` (named `source_name` in errors) as the raw form `R`, applies `overrides`
@@ -15,10 +15,9 @@ pub(super) fn parse<R: DeserializeOwned, S>(
 ) -> Result<S, SpecError> {
     let error = |location, message| SpecError::at(text, source_name, location, message);
     let located = |e: toml::de::Error| {
-        error(
-            e.span().map(|span| line_col(text, span.start)),
-            e.message().trim().to_string(),
-        )
+        let message = e.message().trim().to_string();
+        let at = e.span().map(|span| field_line(text, span.start, &message));
+        error(at, message)
     };
     // The file alone must be well-formed (syntax, unknown fields, types) before overrides
     // are applied, so that an error is blamed on the file or on the `--set` that caused it.
@@ -32,6 +31,29 @@ pub(super) fn parse<R: DeserializeOwned, S>(
     }
     let raw = from_table::<R>(&doc).expect("checked above");
     resolve(raw).map_err(|invalid| SpecError::blame(text, source_name, overrides, invalid))
+}
+
+/// Where an error at byte `start` belongs. A section with variants (`[weighting]`, whose
+/// `method` picks its fields) is read whole before its fields are, so the parser blames an
+/// unknown field on the section's header; the line that sets the field says more.
+fn field_line(text: &str, start: usize, message: &str) -> (usize, usize) {
+    let at = line_col(text, start);
+    let header = text[start.min(text.len())..].lines().next().unwrap_or("");
+    let section = header
+        .trim()
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .filter(|h| !h.starts_with('['));
+    let field = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(field, _)| field);
+    match (section, field) {
+        (Some(section), Some(field)) => {
+            locate_key(text, &format!("{}.{field}", section.trim())).unwrap_or(at)
+        }
+        _ => at,
+    }
 }
 
 fn from_table<R: DeserializeOwned>(doc: &toml::Table) -> Result<R, toml::de::Error> {

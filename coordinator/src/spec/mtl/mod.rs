@@ -953,6 +953,21 @@ final_rows = 128
     }
 
     #[test]
+    fn an_unknown_setting_of_a_method_is_blamed_on_its_own_line() {
+        let text = MTL_SPEC.replace(
+            "method = \"ew\"",
+            "method = \"cagrad\"\nc = 0.4\nalpha = 1.5",
+        );
+        let line = text.lines().position(|l| l.starts_with("alpha")).unwrap() + 1;
+        let error = parse(&text, &[]).unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!("mtl.toml:{line}:1: unknown field `alpha`")),
+            "{error}"
+        );
+        assert!(error.contains("alpha = 1.5"), "the line is shown: {error}");
+    }
+
+    #[test]
     fn a_valid_spec_resolves_its_tasks_layout_and_defaults() {
         let spec = parse(MTL_SPEC, &[]).unwrap();
         assert_eq!(spec.task_names(), ["t0", "t1", "t2"]);
