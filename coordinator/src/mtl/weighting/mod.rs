@@ -244,10 +244,34 @@ pub enum Method {
 }
 
 /// The settings of a method without hyper-parameters: none, so that a stray key is an error
-/// (serde lets unit variants of a tagged enum ignore unknown keys).
-#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
+/// (serde lets unit variants of a tagged enum ignore unknown keys) saying so, where serde's own
+/// refusal of a field of an empty struct says only "there are no fields".
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct NoSettings {}
+
+impl<'de> serde::Deserialize<'de> for NoSettings {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Empty;
+        impl<'de> serde::de::Visitor<'de> for Empty {
+            type Value = NoSettings;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("no settings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<NoSettings, A::Error> {
+                match map.next_key::<String>()? {
+                    None => Ok(NoSettings {}),
+                    Some(key) => Err(serde::de::Error::custom(format!(
+                        "unknown field `{key}`: this method takes no settings"
+                    ))),
+                }
+            }
+        }
+        deserializer.deserialize_map(Empty)
+    }
+}
 
 impl Method {
     /// Checks the settings against the number of tasks; the error names the field and what it
@@ -557,7 +581,10 @@ mod tests {
         let field = parse("method = \"cagrad\"\nalpha = 0.4").unwrap_err();
         assert!(field.contains("alpha") && field.contains("`c`"), "{field}");
         let stray = parse("method = \"pcgrad\"\nc = 0.4").unwrap_err();
-        assert!(stray.contains('c'), "{stray}");
+        assert!(
+            stray.contains("unknown field `c`: this method takes no settings"),
+            "{stray}"
+        );
         let missing = parse("c = 0.4").unwrap_err();
         assert!(missing.contains("method"), "{missing}");
     }

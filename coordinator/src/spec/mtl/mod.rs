@@ -571,11 +571,17 @@ impl MtlSpec {
                     "name at least one task, or leave it out for all",
                 ));
             }
-            if let Some(bad) = tasks.iter().find(|&&t| t >= family || !seen.insert(t)) {
+            if let Some(bad) = tasks.iter().find(|&&t| t >= family) {
                 return Err(out_of_range(
                     "data.tasks",
                     bad,
                     &format!("each must be a distinct index into data.sigmas, below {family}"),
+                ));
+            }
+            if let Some(twice) = tasks.iter().find(|&&t| !seen.insert(t)) {
+                return Err((
+                    "data.tasks".into(),
+                    format!("task {twice} is listed twice: each must be a distinct index into data.sigmas"),
                 ));
             }
         }
@@ -1126,7 +1132,7 @@ final_rows = 128
                 &["data.tasks=[3]"],
                 "distinct index into data.sigmas, below 3",
             ),
-            (&["data.tasks=[1, 1]"], "data.tasks"),
+            (&["data.tasks=[1, 1]"], "task 1 is listed twice"),
             (&["data.sigmas=[]"], "data.sigmas"),
             (
                 &["data.sigmas=[1.0, -2.0]"],

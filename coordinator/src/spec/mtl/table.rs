@@ -319,20 +319,21 @@ impl TableSpec {
                     return Err((
                         format!("data.tasks[{i}].outputs"),
                         format!(
-                            "task `{}`: {} on {} needs a head of {needed} outputs, not {outputs}{}",
-                            task.name(),
-                            loss_name(task.loss),
-                            columns
-                                .iter()
-                                .map(|c| format!("`{c}`"))
-                                .collect::<Vec<_>>()
-                                .join(", "),
-                            if task.loss == LossSpec::CrossEntropy {
-                                " (one per class)"
-                            } else {
-                                " (one per target column)"
-                            }
-                        ),
+                        "task `{}`: {} on {} needs a head of {needed} output{}, not {outputs}{}",
+                        task.name(),
+                        loss_name(task.loss),
+                        columns
+                            .iter()
+                            .map(|c| format!("`{c}`"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        if needed == 1 { "" } else { "s" },
+                        if task.loss == LossSpec::CrossEntropy {
+                            " (one per class)"
+                        } else {
+                            " (one per target column)"
+                        }
+                    ),
                     ))
                 }
                 _ => task.outputs = Some(needed),
@@ -673,7 +674,11 @@ every = 5
 
     #[test]
     fn bad_tables_and_tasks_name_the_field_and_the_limit() {
-        let cases: [(&[&str], &str); 10] = [
+        let cases: [(&[&str], &str); 11] = [
+            (
+                &["data.tasks[0].outputs=2"],
+                "needs a head of 1 output, not 2",
+            ),
             (
                 &["data.tasks[0].target=\"salary\""],
                 "data.tasks[0].target: dataset `census` has no column `salary`; its columns are age, city",
