@@ -404,6 +404,12 @@ async fn run(
                 None => DataRoot::empty(),
             };
             let datasets = data.manifests();
+            let skipped = (data.skipped.iter())
+                .map(|(dir, why)| {
+                    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+                    (name.unwrap_or_default(), why.clone())
+                })
+                .collect();
             let compute = outerloop_worker::ComputeThread::spawn(
                 device,
                 threads as usize,
@@ -419,6 +425,7 @@ async fn run(
                 max_chunks,
                 stream_min_bytes,
                 datasets,
+                skipped,
                 token: token()?,
                 tls: tls.clone(),
             };

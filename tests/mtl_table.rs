@@ -128,6 +128,9 @@ fn regression_classification_and_multi_label_tasks_train_together_on_two_workers
 fn specs_that_do_not_fit_the_table_are_refused_naming_the_field_and_nothing_else_changes() {
     let dir = tempfile::tempdir().unwrap();
     let root = data_root(dir.path(), 200);
+    // A table with its column names and no rows: the worker skips it, and says why.
+    std::fs::create_dir_all(root.join("warehouse")).unwrap();
+    std::fs::write(root.join("warehouse/data.csv"), "x0,x1,price\n").unwrap();
     let mut cluster = Cluster::start(&[]);
     cluster.add_worker_with(&["--data-root", root.to_str().unwrap()]);
     cluster.wait_workers(1);
@@ -161,6 +164,8 @@ fn specs_that_do_not_fit_the_table_are_refused_naming_the_field_and_nothing_else
             &[
                 "data.dataset",
                 "no worker has reported a dataset named `warehouse`",
+                "could not read its warehouse/",
+                "only column names",
             ],
         ),
         (

@@ -246,13 +246,18 @@ impl Workers for WorkersService {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Status::invalid_argument(format!("a dataset manifest is invalid: {e}")))?;
         let new = self.datasets.report(&manifests);
+        let name = printable(&r.name, 128);
+        let skipped: Vec<(String, String)> = (r.skipped.iter().take(64))
+            .map(|s| (printable(&s.name, 128), printable(&s.reason, 512)))
+            .collect();
+        self.datasets.report_skipped(&name, &skipped);
         if !new.is_empty() {
             // Off the async runtime: it writes files.
             let datasets = self.datasets.clone();
             let _ = tokio::task::spawn_blocking(move || datasets.store(&new)).await;
         }
         let registration = Registration {
-            name: printable(&r.name, 128),
+            name,
             device: printable(&r.device, 64),
             threads: r.threads,
             datasets: manifests

@@ -473,6 +473,7 @@ pub fn registration(name: &str) -> outerloop_proto::v1::RegisterRequest {
         device: "cpu".into(),
         threads: 1,
         datasets: Vec::new(),
+        skipped: Vec::new(),
     }
 }
 

@@ -39,6 +39,8 @@ pub struct WorkerIdentity {
     pub stream_min_bytes: usize,
     /// The datasets under this worker's --data-root, reported when it registers.
     pub datasets: Vec<Manifest>,
+    /// The folders there that looked like datasets but could not be read: (name, why).
+    pub skipped: Vec<(String, String)>,
     /// The worker token every call carries, when the coordinator requires one.
     pub token: Option<String>,
     /// TLS files for an `https://` coordinator.
@@ -183,6 +185,12 @@ async fn work_session(
             device: identity.device.clone(),
             threads: identity.threads,
             datasets: identity.datasets.iter().map(Into::into).collect(),
+            skipped: (identity.skipped.iter())
+                .map(|(name, reason)| v1::SkippedDataset {
+                    name: name.clone(),
+                    reason: reason.clone(),
+                })
+                .collect(),
         })
         .await
         .map_err(|status| match status.code() {

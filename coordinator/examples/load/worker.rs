@@ -131,6 +131,7 @@ async fn session(
         device: "load-test".to_string(),
         threads: 1,
         datasets: Vec::new(),
+        skipped: Vec::new(),
     };
     let reply = tokio::select! {
         () = stop.cancelled() => return SessionEnd::Stopped(None),
