@@ -585,7 +585,7 @@ impl UpdatePlan {
         let name = |t: usize| &self.shape.task_names[t];
         let what = match (self.shape.head_ranges.iter()).position(|r| r.contains(&index)) {
             Some(t) => format!(
-                "the combined gradient's value {index}, in task `{}`'s head (its loss weighted {:.3e}),",
+                "the combined gradient's value {index}, in task `{}`'s head (its loss weighted {:.3e})",
                 name(t),
                 combination.head_scale[t]
             ),
