@@ -76,13 +76,17 @@ impl Coordinator {
             overrides,
             source_name: source_name.to_string(),
         };
-        Ok(self
+        let reply = self
             .client
             .submit(request)
             .await
             .map_err(|s| refused(s, self.hint))?
-            .into_inner()
-            .id)
+            .into_inner();
+        // On stderr, so that scripts reading the id from stdout still get only the id.
+        for note in &reply.notes {
+            eprintln!("note: {note}");
+        }
+        Ok(reply.id)
     }
 
     /// One experiment (`id` non-empty) or all of them.

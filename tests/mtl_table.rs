@@ -224,6 +224,27 @@ fn specs_that_do_not_fit_the_table_are_refused_naming_the_field_and_nothing_else
             .all(|m| m["kind"] != "train" || m["workers"] == 1),
         "only the worker holding the experiment's version computed"
     );
+
+    // Without a pin, the submitter is told that the workers disagree, which version was
+    // taken and how to pin one; the id alone goes to stdout.
+    let mut args = vec!["submit", spec.as_str()];
+    for o in &tiny[..4] {
+        args.extend(["--set", o]);
+    }
+    let out = cluster.cli(&args);
+    assert!(out.status.success());
+    let (id, said) = (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    );
+    assert!(id.trim().starts_with("exp-") && !id.contains("note"), "{id}");
+    assert!(
+        said.contains("note: workers hold 2 versions of dataset `shop`")
+            && said.contains("held by 1 of 2 workers")
+            && said.contains("data.fingerprint"),
+        "{said}"
+    );
+    cluster.cli(&["cancel", id.trim()]);
 }
 
 /// The shipped conv4 spec cut small, on `workers` workers: its metrics without timings, its

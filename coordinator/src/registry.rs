@@ -194,6 +194,14 @@ impl RecordWriter {
     }
 }
 
+/// A queued experiment's id, and what its submitter should know (see
+/// [`Registry::submit_noting`]).
+#[derive(Debug)]
+pub struct Submitted {
+    pub id: String,
+    pub notes: Vec<String>,
+}
+
 impl Registry {
     /// Loads the stored experiments. Those that were queued or running when the coordinator
     /// stopped are queued again; a running one restarts from step 0 (its result is the same,
@@ -266,6 +274,19 @@ impl Registry {
         overrides: &[String],
         datasets: &ManifestLookup,
     ) -> Result<String, RegistryError> {
+        self.submit_noting(text, source_name, overrides, datasets)
+            .map(|submitted| submitted.id)
+    }
+
+    /// [`submit`](Self::submit), with what the submitter should know about how the spec
+    /// was read (a number of rows larger than the data has).
+    pub fn submit_noting(
+        &self,
+        text: &str,
+        source_name: &str,
+        overrides: &[String],
+        datasets: &ManifestLookup,
+    ) -> Result<Submitted, RegistryError> {
         let mut spec = ExperimentSpec::parse(text, source_name, overrides)?;
         let blame = |invalid| SpecError::blame(text, source_name, overrides, invalid);
         let manifest = match spec.dataset() {
@@ -326,9 +347,10 @@ impl Registry {
         self.next_seq.store(seq + 1, Ordering::Relaxed);
         let id = record.id.clone();
         tracing::info!(%id, name = %spec.name(), "experiment queued");
+        let notes = spec.notes(manifest.as_deref());
         self.lock().insert(seq, Entry::new(record, spec));
         self.submitted.notify_waiters();
-        Ok(id)
+        Ok(Submitted { id, notes })
     }
 
     /// One experiment's record, or all of them when `id` is `None`.

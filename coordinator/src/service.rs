@@ -1,5 +1,6 @@
 //! The gRPC edge: unpacks requests, delegates to the registry and dispatcher, maps errors to statuses.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use outerloop_proto::dataset::Manifest;
@@ -16,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::datasets::Catalog;
 use crate::dispatch::{DatasetVersion, Dispatcher, Registration};
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Registry, RegistryError, Submitted};
 use crate::store::{EvalRecord, ExperimentRecord};
 use crate::text::{bounded, printable};
 
@@ -116,6 +117,22 @@ impl ExperimentsService {
     }
 }
 
+/// What a submitter hears when the live workers hold several versions of dataset `name` and
+/// the spec pinned none: the version taken (`fingerprint`, the most held) and how to pin one.
+fn version_note(name: &str, fingerprint: &str, holders: &BTreeMap<String, usize>) -> String {
+    let total: usize = holders.values().sum();
+    let held = holders.get(fingerprint).copied().unwrap_or(0);
+    let others: Vec<String> = (holders.iter())
+        .filter(|(f, _)| f.as_str() != fingerprint)
+        .map(|(f, n)| format!("{f} ({n})"))
+        .collect();
+    format!(
+        "workers hold {} versions of dataset `{name}`: this experiment uses {fingerprint}, held by {held} of {total} workers (others: {}); pin one with task.fingerprint (meta-learning) or data.fingerprint (multi-task)",
+        holders.len(),
+        others.join(", ")
+    )
+}
+
 #[tonic::async_trait]
 impl Experiments for ExperimentsService {
     async fn submit(
@@ -136,16 +153,28 @@ impl Experiments for ExperimentsService {
         // heartbeats and results.
         let submitted = tokio::task::spawn_blocking(move || {
             // A spec on a dataset is checked against the version most registered workers hold
-            // (or the one it pins), from the manifests workers reported.
+            // (or the one it pins), from the manifests workers reported; where they hold
+            // several, the submitter hears which one was taken.
+            let chosen = std::sync::Mutex::new(None);
             let resolve = |name: &str, pinned: Option<&str>| {
-                datasets.resolve(name, pinned, &dispatcher.dataset_holders(name))
+                let holders = dispatcher.dataset_holders(name);
+                let manifest = datasets.resolve(name, pinned, &holders)?;
+                if pinned.is_none() && holders.len() > 1 {
+                    *chosen.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(version_note(name, &manifest.fingerprint, &holders));
+                }
+                Ok(manifest)
             };
-            registry.submit(&r.spec_toml, &source, &r.overrides, &resolve)
+            let mut submitted =
+                registry.submit_noting(&r.spec_toml, &source, &r.overrides, &resolve)?;
+            let chosen = chosen.into_inner().unwrap_or_else(|e| e.into_inner());
+            submitted.notes.splice(0..0, chosen);
+            Ok::<_, RegistryError>(submitted)
         })
         .await
         .map_err(|e| Status::internal(format!("the submission was not processed: {e}")))?;
-        let id = submitted.map_err(to_status)?;
-        Ok(Response::new(SubmitReply { id }))
+        let Submitted { id, notes } = submitted.map_err(to_status)?;
+        Ok(Response::new(SubmitReply { id, notes }))
     }
 
     async fn list_workers(

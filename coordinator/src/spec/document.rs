@@ -38,7 +38,10 @@ pub(super) fn parse<R: DeserializeOwned, S>(
 /// unknown field on the section's header; the line that sets the field says more.
 fn field_line(text: &str, start: usize, message: &str) -> (usize, usize) {
     let at = line_col(text, start);
-    let header = text.get(start..).and_then(|t| t.lines().next()).unwrap_or("");
+    let header = text
+        .get(start..)
+        .and_then(|t| t.lines().next())
+        .unwrap_or("");
     let section = header
         .trim()
         .strip_prefix('[')

@@ -54,6 +54,15 @@ impl ExperimentSpec {
         }
     }
 
+    /// What the submitter should know about how the spec reads its data, though nothing in
+    /// it is wrong (a multi-task table with fewer rows than the spec asks for).
+    pub fn notes(&self, manifest: Option<&Manifest>) -> Vec<String> {
+        match self {
+            Self::Meta(_) => Vec::new(),
+            Self::Mtl(spec) => spec.notes(manifest),
+        }
+    }
+
     /// Outer steps the experiment runs.
     pub fn steps(&self) -> u64 {
         match self {

@@ -746,6 +746,41 @@ impl MtlSpec {
         }
     }
 
+    /// What the submitter should know about rows asked for that the table does not have: an
+    /// evaluation scores all of its split, a step larger than the training split passes over
+    /// it more than once. Nothing for generated data, whose streams do not end.
+    pub fn notes(&self, manifest: Option<&Manifest>) -> Vec<String> {
+        let MtlDataSpec::Table(table) = &self.data else {
+            return Vec::new();
+        };
+        let Some(Ok(counts)) =
+            (manifest.and_then(|m| m.table.as_ref())).map(|t| table.split_counts(t))
+        else {
+            return Vec::new();
+        };
+        let name = &table.dataset;
+        let mut notes = Vec::new();
+        let batch = u64::from(self.train.batch);
+        if batch > counts[0] {
+            notes.push(format!(
+                "train.batch = {batch} is more than the {} training rows of `{name}`: each step passes over them about {} times",
+                counts[0],
+                batch.div_ceil(counts[0].max(1))
+            ));
+        }
+        for (asked, split, field, which) in [
+            (self.eval.rows, counts[1], "eval.rows", "validation"),
+            (self.eval.final_rows, counts[2], "eval.final_rows", "test"),
+        ] {
+            if let Some(asked) = asked.map(u64::from).filter(|&a| a > split) {
+                notes.push(format!(
+                    "{field} = {asked} is more than the {split} {which} rows of `{name}`: all {split} are scored"
+                ));
+            }
+        }
+        notes
+    }
+
     /// Rows of the validation and test splits when the data has an end (a table's, from its
     /// manifest); `None` for generated data, whose streams do not end.
     pub fn held_out_rows(&self, manifest: Option<&Manifest>) -> Result<Option<[u64; 2]>, String> {

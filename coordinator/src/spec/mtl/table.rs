@@ -600,6 +600,47 @@ every = 5
     }
 
     #[test]
+    fn rows_asked_past_what_the_table_has_are_noted_not_refused() {
+        let table = manifest();
+        let counts = match &checked(&[]).unwrap().data {
+            crate::spec::MtlDataSpec::Table(t) => {
+                t.split_counts(table.table.as_ref().unwrap()).unwrap()
+            }
+            _ => unreachable!("a table spec"),
+        };
+        let fits = format!("train.batch={}", counts[0]);
+        let fits = checked(&[&fits, "train.chunk_rows=1"]).unwrap();
+        assert!(
+            fits.notes(Some(&table)).is_empty(),
+            "every split's rows, and no more"
+        );
+        let batch = format!("train.batch={}", 2 * counts[0] + 1);
+        let rows = format!("eval.rows={}", counts[1] + 5);
+        let exact = format!("eval.final_rows={}", counts[2]);
+        let notes = checked(&[&batch, &rows, &exact])
+            .unwrap()
+            .notes(Some(&table));
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes[0].starts_with(&format!(
+                "train.batch = {} is more than the {} training rows of `census`",
+                2 * counts[0] + 1,
+                counts[0]
+            )) && notes[0].ends_with("about 3 times"),
+            "{notes:?}"
+        );
+        assert_eq!(
+            notes[1],
+            format!(
+                "eval.rows = {} is more than the {} validation rows of `census`: all {} are scored",
+                counts[1] + 5,
+                counts[1],
+                counts[1]
+            )
+        );
+    }
+
+    #[test]
     fn the_manifest_decides_features_heads_and_inputs() {
         let spec = checked(&[]).unwrap();
         assert_eq!(spec.task_names(), ["income", "job", "tags"]);
