@@ -237,7 +237,10 @@ fn specs_that_do_not_fit_the_table_are_refused_naming_the_field_and_nothing_else
         String::from_utf8(out.stdout).unwrap(),
         String::from_utf8(out.stderr).unwrap(),
     );
-    assert!(id.trim().starts_with("exp-") && !id.contains("note"), "{id}");
+    assert!(
+        id.trim().starts_with("exp-") && !id.contains("note"),
+        "{id}"
+    );
     assert!(
         said.contains("note: workers hold 2 versions of dataset `shop`")
             && said.contains("held by 1 of 2 workers")

@@ -12,7 +12,7 @@ pub fn apply(doc: &mut toml::Table, assignment: &str) -> Result<(), String> {
         .split_once('=')
         .ok_or_else(|| "expected key.path=value".to_string())?;
     let path = path.trim();
-    let value = parse_value(raw.trim());
+    let value = parse_value(raw.trim())?;
     let keys: Vec<&str> = path.split('.').collect();
     if keys.iter().any(|k| k.is_empty()) {
         return Err(format!("`{path}` is not a field path like meta.steps"));
@@ -59,16 +59,40 @@ fn indexed(key: &str) -> Option<(&str, usize)> {
     Some((name, index))
 }
 
-fn parse_value(raw: &str) -> toml::Value {
-    toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+/// `raw` read as a TOML value; a bare word that is not one is a string (`fomaml`, a
+/// fingerprint). An array, table or quoted string that does not parse is an error saying why,
+/// rather than a string the field then refuses as the wrong type.
+fn parse_value(raw: &str) -> Result<toml::Value, String> {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut table) => Ok(table
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into()))),
+        Err(e) if raw.starts_with(['[', '{', '"', '\'']) => Err(format!(
+            "`{raw}` is not a TOML value: {}",
+            e.message().trim()
+        )),
+        Err(_) => Ok(toml::Value::String(raw.to_string())),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_structure_that_does_not_parse_says_why() {
+        let mut doc = toml::Table::new();
+        for raw in ["[1.0, 1e309]", "[0,", "{a = }", "\"open"] {
+            let e = apply(&mut doc, &format!("weighting.weights={raw}")).unwrap_err();
+            assert!(
+                e.starts_with(&format!("`{raw}` is not a TOML value: ")),
+                "{e}"
+            );
+        }
+        assert!(doc.is_empty(), "nothing applied");
+        apply(&mut doc, "task.fingerprint=3fa9e0").unwrap();
+        assert_eq!(doc["task"]["fingerprint"].as_str(), Some("3fa9e0"));
+    }
 
     #[test]
     fn values_are_read_as_toml_and_bare_words_as_strings() {
