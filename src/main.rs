@@ -404,10 +404,12 @@ async fn run(
                 None => DataRoot::empty(),
             };
             let datasets = data.manifests();
-            let skipped = (data.skipped.iter())
+            // As many as the coordinator keeps, each reason cut to what it shows: a data root
+            // of many unreadable folders must not make the registration too large to accept.
+            let skipped = (data.skipped.iter().take(16))
                 .map(|(dir, why)| {
                     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
-                    (name.unwrap_or_default(), why.clone())
+                    (name.unwrap_or_default(), why.chars().take(256).collect())
                 })
                 .collect();
             let compute = outerloop_worker::ComputeThread::spawn(

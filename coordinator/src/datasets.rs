@@ -15,15 +15,7 @@ use outerloop_proto::dataset::Manifest;
 pub struct Catalog {
     dir: PathBuf,
     known: Mutex<BTreeMap<(String, String), Known>>,
-    /// Why workers could not read folders that looked like datasets: by the folder's name,
-    /// then by worker; told to whoever submits an experiment on a name no worker holds.
-    skipped: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
 }
-
-/// Folder names whose skip reasons are kept, and workers' reasons kept per name: a bound on
-/// what workers' registrations can make the coordinator hold.
-const MAX_SKIPPED_NAMES: usize = 1024;
-const MAX_SKIP_REASONS: usize = 8;
 
 #[derive(Debug)]
 struct Known {
@@ -67,7 +59,6 @@ impl Catalog {
         Ok(Catalog {
             dir,
             known: Mutex::new(known),
-            skipped: Mutex::default(),
         })
     }
 
@@ -118,42 +109,6 @@ impl Catalog {
         crate::store::write_atomically(&self.dir.join(name), &json)
     }
 
-    /// Records why `worker` could not read the folders `skipped` (name, why) under its
-    /// --data-root, in place of what it said before; the reasons are shown as they were sent
-    /// (the caller bounds them).
-    pub fn report_skipped(&self, worker: &str, skipped: &[(String, String)]) {
-        let mut all = self.skipped.lock().unwrap_or_else(|e| e.into_inner());
-        for reasons in all.values_mut() {
-            reasons.remove(worker);
-        }
-        for (name, why) in skipped {
-            if !all.contains_key(name) && all.len() >= MAX_SKIPPED_NAMES {
-                continue;
-            }
-            let reasons = all.entry(name.clone()).or_default();
-            if reasons.len() < MAX_SKIP_REASONS || reasons.contains_key(worker) {
-                reasons.insert(worker.to_string(), why.clone());
-            }
-        }
-        all.retain(|_, reasons| !reasons.is_empty());
-    }
-
-    /// What workers said of folders named `name` they could not read, if anything.
-    fn skip_reasons(&self, name: &str) -> String {
-        let all = self.skipped.lock().unwrap_or_else(|e| e.into_inner());
-        match all.get(name) {
-            None => String::new(),
-            Some(reasons) => {
-                let said: Vec<String> = (reasons.iter())
-                    .map(|(worker, why)| {
-                        format!("worker `{worker}` could not read its {name}/: {why}")
-                    })
-                    .collect();
-                format!(" ({})", said.join("; "))
-            }
-        }
-    }
-
     /// The manifest an experiment on dataset `name` uses: the version `pinned` when given;
     /// otherwise the version held by the most live workers (`holders`: fingerprint to count),
     /// then the most recently reported one. The error says what is known instead.
@@ -196,8 +151,7 @@ impl Catalog {
             .ok_or_else(|| {
                 let names: std::collections::BTreeSet<&str> = known.keys().map(|(n, _)| n.as_str()).collect();
                 format!(
-                    "no worker has reported a dataset named `{name}`{}; {}. Start a worker whose --data-root holds {name}/ (Omniglot's published layout, train/, val/ and test/ class folders, or CSV or Parquet files) and submit again",
-                    self.skip_reasons(name),
+                    "no worker has reported a dataset named `{name}`; {}. Start a worker whose --data-root holds {name}/ (Omniglot's published layout, train/, val/ and test/ class folders, or CSV or Parquet files) and submit again",
                     if names.is_empty() {
                         "no worker has reported any dataset yet".to_string()
                     } else {
@@ -259,43 +213,6 @@ mod tests {
             e.contains("`omniglot`") && e.contains("datasets known: mini"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn why_workers_could_not_read_a_dataset_is_told_to_its_submitter() {
-        let dir = tempfile::tempdir().unwrap();
-        let catalog = Catalog::open(dir.path()).unwrap();
-        let none = BTreeMap::new();
-        let why = "the table has no rows, only column names".to_string();
-        catalog.report_skipped("w1", &[("shop".into(), why.clone())]);
-        catalog.report_skipped("w2", &[("shop".into(), "a ragged row".into())]);
-        let e = catalog.resolve("shop", None, &none).unwrap_err();
-        assert!(
-            e.contains(&format!("worker `w1` could not read its shop/: {why}"))
-                && e.contains("worker `w2` could not read its shop/: a ragged row"),
-            "{e}"
-        );
-        assert!(
-            !catalog
-                .resolve("other", None, &none)
-                .unwrap_err()
-                .contains("could not read"),
-            "only the name's own reasons"
-        );
-        // A worker registering again says what holds now: w1 fixed its copy.
-        catalog.report_skipped("w1", &[]);
-        let e = catalog.resolve("shop", None, &none).unwrap_err();
-        assert!(!e.contains("w1") && e.contains("w2"), "{e}");
-        // However many workers and folders, what is kept stays bounded.
-        for w in 0..2 * MAX_SKIP_REASONS {
-            let names: Vec<(String, String)> = (0..2 * MAX_SKIPPED_NAMES)
-                .map(|n| (format!("d{n}"), "unreadable".to_string()))
-                .collect();
-            catalog.report_skipped(&format!("x{w}"), &names);
-        }
-        let kept = catalog.skipped.lock().unwrap();
-        assert_eq!(kept.len(), MAX_SKIPPED_NAMES);
-        assert!(kept.values().all(|r| r.len() <= MAX_SKIP_REASONS));
     }
 
     #[test]

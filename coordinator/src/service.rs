@@ -117,20 +117,32 @@ impl ExperimentsService {
     }
 }
 
+/// Unreadable folders a worker's registration may list (more are dropped): a worker sends at
+/// most this many too.
+const MAX_SKIPPED: usize = 16;
+
 /// What a submitter hears when the live workers hold several versions of dataset `name` and
 /// the spec pinned none: the version taken (`fingerprint`, the most held) and how to pin one.
+/// Fingerprints come from workers' manifests: shown printable, a few of them.
 fn version_note(name: &str, fingerprint: &str, holders: &BTreeMap<String, usize>) -> String {
+    const SHOWN: usize = 4;
     let total: usize = holders.values().sum();
     let held = holders.get(fingerprint).copied().unwrap_or(0);
-    let others: Vec<String> = (holders.iter())
+    let others: Vec<(&String, &usize)> = (holders.iter())
         .filter(|(f, _)| f.as_str() != fingerprint)
-        .map(|(f, n)| format!("{f} ({n})"))
         .collect();
-    format!(
-        "workers hold {} versions of dataset `{name}`: this experiment uses {fingerprint}, held by {held} of {total} workers (others: {}); pin one with task.fingerprint (meta-learning) or data.fingerprint (multi-task)",
+    let mut listed: Vec<String> = (others.iter().take(SHOWN))
+        .map(|(f, n)| format!("{} ({n})", printable(f, 64)))
+        .collect();
+    if others.len() > SHOWN {
+        listed.push(format!("and {} more", others.len() - SHOWN));
+    }
+    bounded(format!(
+        "workers hold {} versions of dataset `{name}`: this experiment uses {}, held by {held} of {total} workers (others: {}); pin one with task.fingerprint (meta-learning) or data.fingerprint (multi-task)",
         holders.len(),
-        others.join(", ")
-    )
+        printable(fingerprint, 64),
+        listed.join(", ")
+    ))
 }
 
 #[tonic::async_trait]
@@ -158,7 +170,14 @@ impl Experiments for ExperimentsService {
             let chosen = std::sync::Mutex::new(None);
             let resolve = |name: &str, pinned: Option<&str>| {
                 let holders = dispatcher.dataset_holders(name);
-                let manifest = datasets.resolve(name, pinned, &holders)?;
+                let manifest = datasets.resolve(name, pinned, &holders).map_err(|e| {
+                    // Why registered workers that hold a folder of that name could not read it.
+                    let unreadable = dispatcher.unreadable(name);
+                    match unreadable.is_empty() {
+                        true => e,
+                        false => format!("{e} ({})", unreadable.join("; ")),
+                    }
+                })?;
                 if pinned.is_none() && holders.len() > 1 {
                     *chosen.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some(version_note(name, &manifest.fingerprint, &holders));
@@ -275,18 +294,17 @@ impl Workers for WorkersService {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Status::invalid_argument(format!("a dataset manifest is invalid: {e}")))?;
         let new = self.datasets.report(&manifests);
-        let name = printable(&r.name, 128);
-        let skipped: Vec<(String, String)> = (r.skipped.iter().take(64))
-            .map(|s| (printable(&s.name, 128), printable(&s.reason, 512)))
-            .collect();
-        self.datasets.report_skipped(&name, &skipped);
         if !new.is_empty() {
             // Off the async runtime: it writes files.
             let datasets = self.datasets.clone();
             let _ = tokio::task::spawn_blocking(move || datasets.store(&new)).await;
         }
         let registration = Registration {
-            name,
+            name: printable(&r.name, 128),
+            // Kept while the worker is registered: bounded, like everything a worker says.
+            skipped: (r.skipped.iter().take(MAX_SKIPPED))
+                .map(|s| (printable(&s.name, 128), printable(&s.reason, 256)))
+                .collect(),
             device: printable(&r.device, 64),
             threads: r.threads,
             datasets: manifests
@@ -353,5 +371,31 @@ impl Results for ResultsService {
             None => None,
         };
         Ok(Response::new(CompleteReply { accepted, next }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_note_names_the_choice_and_a_few_others_printably() {
+        let holders: BTreeMap<String, usize> = [("3fa9".to_string(), 3), ("a1b2".to_string(), 1)]
+            .into_iter()
+            .chain((0..10).map(|i| (format!("\u{1b}[31mx{i}"), 1)))
+            .collect();
+        let note = version_note("shop", "3fa9", &holders);
+        assert!(
+            note.starts_with("workers hold 12 versions of dataset `shop`: this experiment uses 3fa9, held by 3 of 14 workers"),
+            "{note}"
+        );
+        assert!(
+            note.contains("and 7 more") && note.contains("data.fingerprint"),
+            "{note}"
+        );
+        assert!(
+            !note.contains('\u{1b}'),
+            "no escape codes reach a terminal: {note}"
+        );
     }
 }

@@ -96,6 +96,8 @@ pub struct Registration {
     pub device: String,
     pub threads: u32,
     pub datasets: Vec<DatasetVersion>,
+    /// Folders under its --data-root it could not read: (name, why), bounded by the caller.
+    pub skipped: Vec<(String, String)>,
 }
 
 /// A registered worker, as `outerloop workers` shows it.
@@ -202,6 +204,8 @@ struct WorkerInfo {
     device: String,
     threads: u32,
     datasets: Vec<DatasetVersion>,
+    /// Folders it could not read, and why: told to whoever submits an experiment on one.
+    skipped: Vec<(String, String)>,
     /// Registration number, shown instead of the secret id.
     number: u64,
     last_seen: Instant,
@@ -304,6 +308,7 @@ impl Dispatcher {
                 device: request.device,
                 threads: request.threads,
                 datasets: request.datasets,
+                skipped: request.skipped,
                 number,
                 last_seen: Instant::now(),
                 refused_results: 0,
@@ -393,6 +398,24 @@ impl Dispatcher {
     }
 
     /// How many registered workers hold each version (fingerprint) of dataset `name`.
+    /// What the registered workers said of folders named `name` they could not read, one
+    /// entry a worker, in registration order.
+    pub fn unreadable(&self, name: &str) -> Vec<String> {
+        let state = self.lock();
+        let mut said: Vec<(u64, String)> = (state.workers.values())
+            .flat_map(|w| {
+                (w.skipped.iter().filter(|(n, _)| n == name)).map(|(_, why)| {
+                    (
+                        w.number,
+                        format!("worker `{}` could not read its {name}/: {why}", w.name),
+                    )
+                })
+            })
+            .collect();
+        said.sort();
+        said.into_iter().map(|(_, s)| s).collect()
+    }
+
     pub fn dataset_holders(&self, name: &str) -> BTreeMap<String, usize> {
         let mut holders = BTreeMap::new();
         for worker in self.lock().workers.values() {
@@ -980,6 +1003,7 @@ mod tests {
 
     fn register_with(d: &Dispatcher, name: &str, datasets: Vec<DatasetVersion>) -> u64 {
         d.register(Registration {
+            skipped: Vec::new(),
             name: name.into(),
             device: "cpu".into(),
             threads: 1,
@@ -1348,6 +1372,41 @@ mod tests {
         assert_eq!(round.await.unwrap().unwrap().workers, [b, b]);
     }
 
+    #[test]
+    fn what_workers_could_not_read_is_told_while_they_are_registered() {
+        let d = Dispatcher::new(config());
+        let with = |name: &str, skipped: &[(&str, &str)]| {
+            d.register(Registration {
+                skipped: (skipped.iter())
+                    .map(|(n, why)| (n.to_string(), why.to_string()))
+                    .collect(),
+                name: name.into(),
+                device: "cpu".into(),
+                threads: 1,
+                datasets: vec![],
+            })
+            .unwrap()
+            .worker_id
+        };
+        let a = with("a", &[("shop", "no rows"), ("other", "ragged")]);
+        with("b", &[("shop", "a ragged row")]);
+        assert_eq!(
+            d.unreadable("shop"),
+            [
+                "worker `a` could not read its shop/: no rows",
+                "worker `b` could not read its shop/: a ragged row"
+            ]
+        );
+        assert!(d.unreadable("mini").is_empty());
+        // What a worker said goes with it.
+        d.deregister(a);
+        assert_eq!(
+            d.unreadable("shop"),
+            ["worker `b` could not read its shop/: a ragged row"]
+        );
+        assert!(d.unreadable("other").is_empty());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn refusals_are_forgotten_when_their_experiment_ends_or_their_worker_is_dropped() {
         let d = Arc::new(Dispatcher::new(config()));
@@ -1607,6 +1666,7 @@ mod tests {
             ..config()
         });
         let registration = || Registration {
+            skipped: Vec::new(),
             name: "w".into(),
             device: "cpu".into(),
             threads: 1,

@@ -42,7 +42,7 @@ fn field_line(text: &str, start: usize, message: &str) -> (usize, usize) {
         .get(start..)
         .and_then(|t| t.lines().next())
         .unwrap_or("");
-    let section = header
+    let section = (header.split('#').next().unwrap_or(""))
         .trim()
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))

@@ -114,8 +114,6 @@ impl ExperimentSpec {
     }
 }
 
-/// The kind a document declares once overrides are applied; a document that does not parse
-/// or names no known kind is read as `meta`, whose parser then reports what is wrong.
 /// The kind the spec names, as the file and the overrides set it (`meta` where neither does).
 /// A kind that is neither is refused here, naming the field: read as the default, its spec
 /// would be blamed for the sections of the kind it meant (`unknown field data`).

@@ -441,7 +441,7 @@ fn shared_bytes(pieces: &[Tensor], tasks: usize) -> Result<Vec<Vec<u8>>, tch::Tc
             // A byte vector is only promised byte alignment; every allocator this binary links
             // (mimalloc, glibc) gives at least 8, and one that did not would be refused here
             // rather than have libtorch write misaligned floats.
-            if bytes.as_ptr().align_offset(std::mem::align_of::<f32>()) != 0 {
+            if len > 0 && bytes.as_ptr().align_offset(std::mem::align_of::<f32>()) != 0 {
                 return Err(tch::TchError::Kind(
                     "the allocator returned a result buffer not aligned for f32".into(),
                 ));

@@ -995,10 +995,12 @@ final_rows = 128
 
     #[test]
     fn an_unknown_setting_of_a_method_is_blamed_on_its_own_line() {
-        let text = MTL_SPEC.replace(
-            "method = \"ew\"",
-            "method = \"cagrad\"\nc = 0.4\nalpha = 1.5",
-        );
+        let text = MTL_SPEC
+            .replace(
+                "method = \"ew\"",
+                "method = \"cagrad\"\nc = 0.4\nalpha = 1.5",
+            )
+            .replace("[weighting]", "[weighting] # how the tasks combine");
         let line = text.lines().position(|l| l.starts_with("alpha")).unwrap() + 1;
         let error = parse(&text, &[]).unwrap_err().to_string();
         assert!(
