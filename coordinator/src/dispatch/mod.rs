@@ -397,7 +397,6 @@ impl Dispatcher {
         workers
     }
 
-    /// How many registered workers hold each version (fingerprint) of dataset `name`.
     /// What the registered workers said of folders named `name` they could not read, one
     /// entry a worker, in registration order.
     pub fn unreadable(&self, name: &str) -> Vec<String> {
@@ -416,6 +415,7 @@ impl Dispatcher {
         said.into_iter().map(|(_, s)| s).collect()
     }
 
+    /// How many registered workers hold each version (fingerprint) of dataset `name`.
     pub fn dataset_holders(&self, name: &str) -> BTreeMap<String, usize> {
         let mut holders = BTreeMap::new();
         for worker in self.lock().workers.values() {
@@ -627,14 +627,14 @@ impl Dispatcher {
             if round.holds(worker, result.chunk_id) != Some(index) {
                 continue;
             }
+            // A refused result or a failure to compute: the chunk's first fault counts it.
+            let fault = verdict.is_err() || (result.refusal.is_empty() && !result.error.is_empty());
+            if fault && !round.slots[index].faulted() {
+                round.failed_chunks += 1;
+            }
             let slot = &mut round.slots[index];
-            let first_fault = slot.failures.is_empty() && slot.refusals.is_empty();
             if let Err(why) = verdict {
                 tracing::warn!(worker = %worker_name, chunk = index, reason = %why, "refused a worker's result; the chunk goes to another lease");
-                if first_fault {
-                    round.failed_chunks += 1;
-                }
-                let slot = &mut round.slots[index];
                 slot.refusals
                     .push((worker, format!("{worker_name}: {why}")));
                 done.refused
@@ -668,10 +668,6 @@ impl Dispatcher {
             }
             if !result.error.is_empty() {
                 done.accepted += 1;
-                if first_fault {
-                    round.failed_chunks += 1;
-                }
-                let slot = &mut round.slots[index];
                 slot.failures
                     .push((worker, format!("{worker_name}: {}", result.error)));
                 if slot.failures.len() > self.config.chunk_retries as usize {

@@ -63,7 +63,17 @@ impl Slot {
     /// the chunk goes to another worker first, so that one worker's fault does not use up
     /// every try.
     pub(super) fn failed_on(&self, worker: u64) -> bool {
-        (self.failures.iter().chain(&self.refusals)).any(|(w, _)| *w == worker)
+        self.faults().any(|w| w == worker)
+    }
+
+    /// Whether some worker failed to compute this chunk or sent a refused result for it.
+    pub(super) fn faulted(&self) -> bool {
+        self.faults().next().is_some()
+    }
+
+    /// The workers that failed this chunk or sent refused results for it.
+    fn faults(&self) -> impl Iterator<Item = u64> + '_ {
+        (self.failures.iter().chain(&self.refusals)).map(|(w, _)| *w)
     }
 }
 
