@@ -406,10 +406,12 @@ async fn run(
             let datasets = data.manifests();
             // As many as the coordinator keeps, each reason cut to what it shows: a data root
             // of many unreadable folders must not make the registration too large to accept.
-            let skipped = (data.skipped.iter().take(16))
+            use outerloop_proto::dataset::{MAX_SKIPPED_DATASETS, MAX_SKIP_REASON_CHARS};
+            let skipped = (data.skipped.iter().take(MAX_SKIPPED_DATASETS))
                 .map(|(dir, why)| {
                     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
-                    (name.unwrap_or_default(), why.chars().take(256).collect())
+                    let why = why.chars().take(MAX_SKIP_REASON_CHARS).collect();
+                    (name.unwrap_or_default(), why)
                 })
                 .collect();
             let compute = outerloop_worker::ComputeThread::spawn(

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use outerloop_proto::dataset::Manifest;
+use outerloop_proto::dataset::{Manifest, MAX_SKIPPED_DATASETS, MAX_SKIP_REASON_CHARS};
 use outerloop_proto::v1::experiments_server::Experiments;
 use outerloop_proto::v1::results_server::Results;
 use outerloop_proto::v1::workers_server::Workers;
@@ -117,10 +117,6 @@ impl ExperimentsService {
     }
 }
 
-/// Unreadable folders a worker's registration may list (more are dropped): a worker sends at
-/// most this many too.
-const MAX_SKIPPED: usize = 16;
-
 /// What a submitter hears when the live workers hold several versions of dataset `name` and
 /// the spec pinned none: the version taken (`fingerprint`, the most held) and how to pin one.
 /// Fingerprints come from workers' manifests: shown printable, a few of them.
@@ -173,9 +169,10 @@ impl Experiments for ExperimentsService {
                 let manifest = datasets.resolve(name, pinned, &holders).map_err(|e| {
                     // Why registered workers that hold a folder of that name could not read it.
                     let unreadable = dispatcher.unreadable(name);
-                    match unreadable.is_empty() {
-                        true => e,
-                        false => format!("{e} ({})", unreadable.join("; ")),
+                    if unreadable.is_empty() {
+                        e
+                    } else {
+                        format!("{e} ({})", unreadable.join("; "))
                     }
                 })?;
                 if pinned.is_none() && holders.len() > 1 {
@@ -302,8 +299,13 @@ impl Workers for WorkersService {
         let registration = Registration {
             name: printable(&r.name, 128),
             // Kept while the worker is registered: bounded, like everything a worker says.
-            skipped: (r.skipped.iter().take(MAX_SKIPPED))
-                .map(|s| (printable(&s.name, 128), printable(&s.reason, 256)))
+            skipped: (r.skipped.iter().take(MAX_SKIPPED_DATASETS))
+                .map(|s| {
+                    (
+                        printable(&s.name, 128),
+                        printable(&s.reason, MAX_SKIP_REASON_CHARS),
+                    )
+                })
                 .collect(),
             device: printable(&r.device, 64),
             threads: r.threads,

@@ -65,6 +65,11 @@ pub struct Manifest {
     pub table: Option<TableManifest>,
 }
 
+/// Unreadable folders a worker's registration lists, at most, and the characters of each
+/// reason: the worker cuts what it sends to these, and the coordinator keeps no more.
+pub const MAX_SKIPPED_DATASETS: usize = 16;
+pub const MAX_SKIP_REASON_CHARS: usize = 256;
+
 /// Most distinct values a manifest lists for one column: enough for any categorical target
 /// or split column, small enough that a column of floats does not list every row.
 pub const MAX_LEVELS: usize = 1024;
