@@ -355,6 +355,15 @@ fn every_weighting_method_trains_every_task_on_two_workers() {
     }
 }
 
+/// Waits for experiment `id` to end, checks that it failed, and returns its error.
+fn failure(cluster: &Cluster, id: &str) -> String {
+    let status = cluster.wait_for(id, Duration::from_secs(120), |s| {
+        matches!(s["state"].as_str(), Some("finished" | "failed"))
+    });
+    assert_eq!(status["state"], "failed", "{status}");
+    status["error"].as_str().unwrap().to_string()
+}
+
 #[test]
 fn a_diverging_run_stops_before_a_non_finite_update_naming_the_step_and_the_task() {
     let mut cluster = Cluster::start(&[]);
@@ -365,11 +374,7 @@ fn a_diverging_run_stops_before_a_non_finite_update_naming_the_step_and_the_task
         &cluster,
         &["train.lr=1e30", "train.steps=20", "eval.every=20"],
     );
-    let status = cluster.wait_for(&id, Duration::from_secs(120), |s| {
-        matches!(s["state"].as_str(), Some("finished" | "failed"))
-    });
-    assert_eq!(status["state"], "failed", "{status}");
-    let error = status["error"].as_str().unwrap();
+    let error = failure(&cluster, &id);
     // The non-finite chunk results are refused as they arrive, tried again, then the step is.
     assert!(
         error.contains("refused step 2")
@@ -405,11 +410,7 @@ fn a_diverging_run_stops_before_a_non_finite_update_naming_the_step_and_the_task
             "eval.every=20",
         ],
     );
-    let status = cluster.wait_for(&id, Duration::from_secs(120), |s| {
-        matches!(s["state"].as_str(), Some("finished" | "failed"))
-    });
-    assert_eq!(status["state"], "failed", "{status}");
-    let error = status["error"].as_str().unwrap();
+    let error = failure(&cluster, &id);
     assert!(
         error.contains("at step 1")
             && error.contains("task `t2`")
